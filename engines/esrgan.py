@@ -1,0 +1,220 @@
+"""ESRGAN-family upscaling: any spandrel model, tiled, to the exact size the print-size rule asks.
+
+Plain Python (torch + numpy); the Ray deployment in ``deployments/esrgan.py`` wraps it.
+
+Steps for one image:
+1. load the model (LRU cache) in the precision the architecture supports;
+2. run it tile by tile (``engines.tiling``), once or more (``plan_passes``);
+3. resample to the planned output size (bicubic with antialiasing), crop if asked;
+4. alpha is resampled the same way (cheap, no halo on masks); gray stays gray.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engines.models import LoadedModel, ModelCache, ModelRegistry
+from engines.tiling import count_tiles, run_tiled
+from serve_app.dimensions import OutputPlan
+from serve_app.images import DecodedImage
+
+MIN_TILE = 64
+ProgressFn = Callable[[int, int], None]
+
+
+class UpscaleCancelled(Exception):
+    pass
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is visible")
+    return torch.device(device)
+
+
+def choose_dtype(device: torch.device, supports_half: bool, supports_bf16: bool,
+                 use_fp16: bool) -> torch.dtype:
+    """fp16 where the architecture is known to work in it, else bf16 (DAT, SwinIR...), else fp32.
+
+    On CPU always fp32: half precision there is slower and less accurate.
+    """
+    if device.type != "cuda" or not use_fp16:
+        return torch.float32
+    if supports_half:
+        return torch.float16
+    if supports_bf16 and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def plan_passes(scale_needed: float, model_scale: int, width: int, height: int,
+                max_passes: int, max_pixels: int) -> int:
+    """How many model passes: at least one when enlarging; another only while the factor still
+    missing is at least sqrt(model scale) (a smaller rest is resampled) and the intermediate
+    stays within ``max_pixels``. Shrinking (scale <= 1) runs no pass.
+    """
+    if model_scale <= 1:
+        return 1  # a 1x restoration model: one pass, then resample
+    if scale_needed <= 1.0 + 1e-9:
+        return 0
+    passes, reached = 1, float(model_scale)
+    while passes < max_passes:
+        rest = scale_needed / reached
+        nxt = reached * model_scale
+        if rest < math.sqrt(model_scale) - 1e-9 or width * height * nxt * nxt > max_pixels:
+            break
+        passes, reached = passes + 1, nxt
+    return passes
+
+
+def resample(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    if image.shape[-2:] == (height, width):
+        return image
+    out = F.interpolate(image, size=(height, width), mode="bicubic", align_corners=False,
+                        antialias=True)
+    return out.clamp_(0.0, 1.0)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+@dataclass
+class EsrganResult:
+    image: DecodedImage
+    stats: dict
+
+
+class EsrganEngine:
+    def __init__(self, registry: ModelRegistry, device: str = "auto", cache_size: int = 3,
+                 cpu_tile_size: int = 256, overlap: int = 32, max_passes: int = 3,
+                 max_intermediate_pixels: int = 600_000_000):
+        self.registry = registry
+        self.device = resolve_device(device)
+        self.cache = ModelCache(registry, self.device, cache_size)
+        self.cpu_tile_size = cpu_tile_size
+        self.overlap = overlap
+        self.max_passes = max_passes
+        self.max_intermediate_pixels = max_intermediate_pixels
+
+    # --- sizing --------------------------------------------------------------------------
+    def auto_tile_size(self, height: int, width: int, dtype: torch.dtype) -> int:
+        """CPU: a fixed size that bounds memory. CUDA: the biggest multiple of 64 whose
+        activations (about 12 KB per input pixel in half precision for RRDB-64, twice that in
+        fp32) fit in half the free memory; the whole image when it fits."""
+        if self.device.type != "cuda":
+            return self.cpu_tile_size
+        free, _ = torch.cuda.mem_get_info(self.device)
+        per_px = 12_000 * (2 if dtype == torch.float32 else 1)
+        side = int(math.sqrt(0.5 * free / per_px)) // 64 * 64
+        side = max(MIN_TILE * 2, min(side, 2048))
+        return max(height, width) if max(height, width) <= side else side
+
+    def load(self, name: str, use_fp16: bool) -> LoadedModel:
+        info = self.registry.info(name)
+        dtype = choose_dtype(self.device, info.supports_half, info.supports_bfloat16, use_fp16)
+        return self.cache.get(name, dtype)
+
+    # --- inference -----------------------------------------------------------------------
+    def _model_fn(self, loaded: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor]:
+        desc = loaded.descriptor
+        gray_model = desc.input_channels == 1  # type: ignore[attr-defined]
+
+        @torch.inference_mode()
+        def fn(tile: torch.Tensor) -> torch.Tensor:
+            x = tile.mean(dim=1, keepdim=True) if gray_model else tile
+            x = x.to(loaded.device, loaded.dtype, non_blocking=True)
+            y = desc(x).float().clamp_(0.0, 1.0)  # type: ignore[operator]
+            return y.repeat(1, 3, 1, 1) if gray_model else y
+
+        return fn
+
+    def upscale(self, image: DecodedImage, model_name: str, plan: OutputPlan,
+                tile_size: int | None = None, use_fp16: bool = True,
+                progress: ProgressFn | None = None,
+                should_stop: Callable[[], bool] | None = None) -> EsrganResult:
+        started = time.perf_counter()
+        loaded = self.load(model_name, use_fp16)
+        scale = int(loaded.descriptor.scale)  # type: ignore[attr-defined]
+        needed = max(plan.output_width / image.width, plan.output_height / image.height)
+        passes = plan_passes(needed, scale, image.width, image.height, self.max_passes,
+                             self.max_intermediate_pixels)
+        x = torch.from_numpy(np.ascontiguousarray(image.rgb.transpose(2, 0, 1)))[None]
+        fn = self._model_fn(loaded)
+
+        tile = tile_size or self.auto_tile_size(image.height, image.width, loaded.dtype)
+        oom_retries = 0
+        tiles_done = 0
+        model_seconds = 0.0
+        for pass_index in range(passes):
+            while True:
+                h, w = x.shape[-2:]
+                # Tiles still to do: this pass and the ones after it (at this tile size).
+                remaining = sum(count_tiles(h * scale**k, w * scale**k, tile, self.overlap)
+                                for k in range(passes - pass_index))
+                total = tiles_done + remaining
+                done_before = tiles_done
+
+                def on_tile(total: int = total) -> None:
+                    nonlocal tiles_done
+                    tiles_done += 1
+                    if progress:
+                        progress(tiles_done, total)
+                    if should_stop and should_stop():
+                        raise UpscaleCancelled()
+
+                if should_stop and should_stop():
+                    raise UpscaleCancelled()
+                t0 = time.perf_counter()
+                try:
+                    y = run_tiled(x, fn, scale, tile, self.overlap, on_tile)
+                    break
+                except Exception as exc:
+                    if not _is_oom(exc) or tile // 2 < MIN_TILE:
+                        raise
+                    # Out of memory: free what the failed pass held, halve the tile, redo pass.
+                    tiles_done = done_before
+                    oom_retries += 1
+                    tile //= 2
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                finally:
+                    model_seconds += time.perf_counter() - t0
+            x = y
+
+        out = resample(x, plan.output_height, plan.output_width)
+        alpha = None
+        if image.alpha is not None:
+            a = torch.from_numpy(np.ascontiguousarray(image.alpha))[None, None]
+            alpha = resample(a, plan.output_height, plan.output_width)[0, 0].numpy()
+        rgb = out[0].permute(1, 2, 0).numpy()
+        if plan.crop_applied and plan.crop_info is not None:
+            left, top, right, bottom = plan.crop_info.box
+            rgb = rgb[top:bottom, left:right]
+            alpha = None if alpha is None else alpha[top:bottom, left:right]
+        result = image.with_pixels(np.ascontiguousarray(rgb), alpha)
+        stats = {
+            "model": model_name,
+            "architecture": loaded.descriptor.architecture.name,  # type: ignore[attr-defined]
+            "model_scale": scale,
+            "passes": passes,
+            "tile_size": tile,
+            "tiles": tiles_done,
+            "oom_retries": oom_retries,
+            "device": str(self.device),
+            "dtype": str(loaded.dtype).replace("torch.", ""),
+            "model_seconds": round(model_seconds, 3),
+            "engine_seconds": round(time.perf_counter() - started, 3),
+        }
+        return EsrganResult(result, stats)

@@ -1,0 +1,118 @@
+"""The print-size rule: how big the output is. Every engine sizes its output through here.
+
+Semantics (the seed plan's ``calculate_output_dimensions``, kept, with three deliberate fixes):
+
+* No print size: output = input x ``upscale_factor``.
+* Print size ``W x H`` inches at ``target_dpi``: the scale that *fills* ``W*dpi x H*dpi``.
+  If the aspect ratios match within 1 %, the output is exactly the target. Otherwise the image is
+  scaled so its shorter side (relative to the target) fills the target and the other side
+  overhangs; ``crop`` says how much overhangs and where. With ``crop_to_target`` the overhang is
+  cut off (centred) and the output is exactly the target; without it the crop is only advised.
+* Fixes over the seed: pixel counts use floor with a tiny tolerance (the seed's ``int()`` turned
+  8.2 in x 300 dpi into 2459 px); a print size with only one side fills that side and keeps the
+  aspect ratio (the seed silently ignored it); the crop offset is given, not only the amount.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+ASPECT_TOLERANCE = 0.01
+
+
+def _px(value: float) -> int:
+    # floor, tolerant of binary float error (8.2 * 300 = 2459.9999999999995)
+    return max(1, math.floor(value + 1e-6))
+
+
+@dataclass(frozen=True)
+class CropInfo:
+    direction: Literal["vertical", "horizontal"]
+    amount_px: int
+    amount_inches: float
+    # Centred crop box in output pixels: (left, top, right, bottom).
+    box: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    output_width: int
+    output_height: int
+    scale_factor: float
+    crop_info: CropInfo | None
+    # Size after an applied crop (== output size when no crop is applied).
+    final_width: int
+    final_height: int
+    crop_applied: bool
+    dpi: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> OutputPlan:
+        crop = data.get("crop_info")
+        crop_info = None if crop is None else CropInfo(**{**crop, "box": tuple(crop["box"])})
+        return cls(**{**data, "crop_info": crop_info})
+
+
+def calculate_output_dimensions(
+    input_width: int,
+    input_height: int,
+    upscale_factor: float | None = 4,
+    target_dpi: int = 150,
+    target_width_inches: float | None = None,
+    target_height_inches: float | None = None,
+    crop_to_target: bool = False,
+) -> OutputPlan:
+    """Plan the output size. Raises ValueError on impossible input (callers map it to 4xx)."""
+    if input_width < 1 or input_height < 1:
+        raise ValueError("input image has zero width or height")
+    if target_dpi <= 0:
+        raise ValueError("target_dpi must be positive")
+
+    def plan(w: int, h: int, scale: float, crop: CropInfo | None = None) -> OutputPlan:
+        if crop is not None and crop_to_target:
+            left, top, right, bottom = crop.box
+            return OutputPlan(w, h, scale, crop, right - left, bottom - top, True, target_dpi)
+        return OutputPlan(w, h, scale, crop, w, h, False, target_dpi)
+
+    if target_width_inches is None and target_height_inches is None:
+        if upscale_factor is None or upscale_factor <= 0:
+            raise ValueError("upscale_factor must be positive")
+        return plan(_px(input_width * upscale_factor), _px(input_height * upscale_factor),
+                    float(upscale_factor))
+
+    if target_height_inches is None:  # width only: fill it, keep the aspect ratio
+        scale = target_width_inches * target_dpi / input_width
+        return plan(_px(target_width_inches * target_dpi), _px(input_height * scale), scale)
+    if target_width_inches is None:  # height only
+        scale = target_height_inches * target_dpi / input_height
+        return plan(_px(input_width * scale), _px(target_height_inches * target_dpi), scale)
+
+    target_w = _px(target_width_inches * target_dpi)
+    target_h = _px(target_height_inches * target_dpi)
+    input_aspect = input_width / input_height
+    target_aspect = target_width_inches / target_height_inches
+
+    if abs(input_aspect - target_aspect) < ASPECT_TOLERANCE:
+        return plan(target_w, target_h, target_w / input_width)
+
+    if input_aspect < target_aspect:
+        # Input is taller than the print: fill the width, the height overhangs.
+        scale = target_w / input_width
+        out_w, out_h = target_w, _px(input_height * scale)
+        amount = out_h - target_h
+        top = amount // 2
+        crop = CropInfo("vertical", amount, amount / target_dpi, (0, top, out_w, top + target_h))
+    else:
+        # Input is wider: fill the height, the width overhangs.
+        scale = target_h / input_height
+        out_w, out_h = _px(input_width * scale), target_h
+        amount = out_w - target_w
+        left = amount // 2
+        box = (left, 0, left + target_w, out_h)
+        crop = CropInfo("horizontal", amount, amount / target_dpi, box)
+    return plan(out_w, out_h, scale, crop)

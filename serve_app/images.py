@@ -1,0 +1,311 @@
+"""Image decoding, validation and encoding: every engine reads and writes images through here.
+
+Decoded images are float32 arrays in [0, 1] (RGB, H x W x 3) plus an optional alpha plane, with
+what is needed to write them back the same way: colour kind (rgb / gray / cmyk), bit depth and the
+ICC profile. Content is sniffed (never trusted from a file name); sizes are checked before pixels
+are decoded, so a decompression bomb costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+# Formats accepted as input (Pillow's names). Anything else Pillow can parse is refused.
+ALLOWED_INPUT_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP", "GIF"})
+OUTPUT_FORMATS = ("png", "tiff")
+MEDIA_TYPES = {"png": "image/png", "tiff": "image/tiff"}
+
+
+class ImageInputError(ValueError):
+    """Bad input image; ``status_code`` is the HTTP status the API answers with."""
+
+    def __init__(self, message: str, status_code: int = 422, code: str = "invalid_image"):
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ImageProbe:
+    format: str
+    width: int
+    height: int
+    mode: str
+    bit_depth: int
+    has_alpha: bool
+
+
+@dataclass
+class DecodedImage:
+    rgb: np.ndarray  # float32, H x W x 3, [0, 1]
+    alpha: np.ndarray | None  # float32, H x W, [0, 1]
+    color: Literal["rgb", "gray", "cmyk"]
+    bit_depth: int  # 8 or 16: what the output is written with
+    icc_profile: bytes | None
+    source_format: str
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    def with_pixels(self, rgb: np.ndarray, alpha: np.ndarray | None) -> DecodedImage:
+        return replace(self, rgb=rgb, alpha=alpha)
+
+
+# --- sniffing and limits ---------------------------------------------------------------------
+
+def _png_ihdr(data: bytes) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG header, or None if not a PNG."""
+    if len(data) >= 29 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return data[24], data[25]
+    return None
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise ImageInputError("the uploaded file is empty", 400, "empty_file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageInputError(
+                f"image is too large to decode safely ({exc}); the limit is "
+                f"{max_pixels:,} pixels", 413, "image_too_large") from exc
+        except UnidentifiedImageError as exc:
+            raise ImageInputError(
+                "the file is not an image this service reads; send PNG, JPEG, WebP, TIFF, BMP "
+                "or GIF", 415, "unsupported_format") from exc
+        except (OSError, SyntaxError, ValueError, struct.error) as exc:
+            raise ImageInputError(f"the image header is corrupt: {exc}", 422,
+                                  "corrupt_image") from exc
+    if im.format not in ALLOWED_INPUT_FORMATS:
+        raise ImageInputError(
+            f"{im.format} images are not accepted; send PNG, JPEG, WebP, TIFF, BMP or GIF",
+            415, "unsupported_format")
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise ImageInputError(f"the image has zero size ({w}x{h})", 422, "empty_image")
+    if w * h > max_pixels:
+        raise ImageInputError(
+            f"the image has {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}",
+            413, "image_too_large")
+    return im
+
+
+def _load(im: Image.Image) -> None:
+    try:
+        im.load()
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+        raise ImageInputError(f"the image data is corrupt or truncated: {exc}", 422,
+                              "corrupt_image") from exc
+
+
+def probe_image(data: bytes, max_pixels: int) -> ImageProbe:
+    """Validate an upload completely (header, limits, full pixel decode) and describe it."""
+    decoded = decode_image(data, max_pixels)
+    im = Image.open(io.BytesIO(data))
+    w, h = decoded.width, decoded.height  # after EXIF orientation
+    return ImageProbe(format=str(im.format), width=w, height=h, mode=im.mode,
+                      bit_depth=decoded.bit_depth, has_alpha=decoded.alpha is not None)
+
+
+# --- decoding --------------------------------------------------------------------------------
+
+def _decode_16bit_color(data: bytes, fmt: str) -> np.ndarray | None:
+    """16-bit RGB(A) PNG/TIFF as uint16 H x W x C; Pillow would truncate these to 8 bits."""
+    import imagecodecs
+    import tifffile
+
+    if fmt == "PNG":
+        ihdr = _png_ihdr(data)
+        if ihdr and ihdr[0] == 16 and ihdr[1] in (2, 6):
+            return np.asarray(imagecodecs.png_decode(data))
+        return None
+    if fmt == "TIFF":
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages[0]
+            if page.bitspersample == 16 and page.samplesperpixel >= 3 and \
+                    page.photometric == tifffile.PHOTOMETRIC.RGB:
+                arr = page.asarray()
+                if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+                    arr = np.moveaxis(arr, 0, -1)
+                return arr[..., :4]
+    return None
+
+
+def _icc_from_tiff(data: bytes) -> bytes | None:
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        tag = tif.pages[0].tags.get(34675)
+        return bytes(tag.value) if tag is not None else None
+
+
+def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
+    im = _open(data, max_pixels)
+    fmt = str(im.format)
+    try:
+        wide = _decode_16bit_color(data, fmt)
+    except Exception as exc:  # noqa: BLE001 - any codec failure is a corrupt upload
+        raise ImageInputError(f"the image data is corrupt or truncated: {exc}", 422,
+                              "corrupt_image") from exc
+    if wide is not None:
+        icc = im.info.get("icc_profile") or (_icc_from_tiff(data) if fmt == "TIFF" else None)
+        pixels = wide.astype(np.float32) / 65535.0
+        alpha = pixels[..., 3].copy() if pixels.shape[-1] == 4 else None
+        return DecodedImage(np.ascontiguousarray(pixels[..., :3]), alpha, "rgb", 16, icc, fmt)
+
+    _load(im)
+    if getattr(im, "n_frames", 1) > 1:
+        im.seek(0)  # animated GIF/WebP, multi-page TIFF: the first frame
+    with contextlib.suppress(Exception):  # a broken EXIF block must not reject a good image
+        im = ImageOps.exif_transpose(im)
+    icc = im.info.get("icc_profile")
+    mode = im.mode
+
+    if mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16"):
+        bit_depth = 8
+        alpha = None
+        if mode in ("LA", "La"):
+            alpha = np.asarray(im.getchannel("A"), dtype=np.float32) / 255.0
+            gray = np.asarray(im.getchannel("L"), dtype=np.float32) / 255.0
+        elif mode in ("1", "L"):
+            gray = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+        else:  # 16-bit / 32-bit integer or float gray
+            arr = np.asarray(im).astype(np.float32)
+            bit_depth = 16
+            gray = np.clip(arr / 65535.0, 0.0, 1.0)
+        rgb = np.repeat(gray[..., None], 3, axis=2)
+        return DecodedImage(rgb, alpha, "gray", bit_depth, icc, fmt)
+
+    if mode == "CMYK":
+        if icc:
+            try:
+                rgb_im = ImageCms.profileToProfile(
+                    im, ImageCms.ImageCmsProfile(io.BytesIO(icc)), _srgb_profile(),
+                    outputMode="RGB")
+            except (ImageCms.PyCMSError, OSError):
+                rgb_im = im.convert("RGB")
+        else:
+            rgb_im = im.convert("RGB")
+        rgb = np.asarray(rgb_im, dtype=np.float32) / 255.0
+        return DecodedImage(rgb, None, "cmyk", 8, icc, fmt)
+
+    has_alpha = mode in ("RGBA", "RGBa", "PA", "LA") or (
+        mode == "P" and "transparency" in im.info)
+    im = im.convert("RGBA" if has_alpha else "RGB")
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    alpha = arr[..., 3].copy() if has_alpha else None
+    return DecodedImage(np.ascontiguousarray(arr[..., :3]), alpha, "rgb", 8, icc, fmt)
+
+
+# --- encoding --------------------------------------------------------------------------------
+
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _quantize(x: np.ndarray, bit_depth: int) -> np.ndarray:
+    top = 65535.0 if bit_depth == 16 else 255.0
+    out = np.clip(x, 0.0, 1.0) * top + 0.5
+    return out.astype(np.uint16 if bit_depth == 16 else np.uint8)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(
+        ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def _png_add_metadata(png: bytes, dpi: int, icc: bytes | None) -> bytes:
+    """Insert pHYs (and iCCP) right after IHDR: for PNGs written by imagecodecs."""
+    ppm = round(dpi / 0.0254)
+    extra = _png_chunk(b"pHYs", struct.pack(">IIB", ppm, ppm, 1))
+    if icc:
+        extra = _png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc)) + extra
+    ihdr_end = 8 + 8 + 13 + 4
+    return png[:ihdr_end] + extra + png[ihdr_end:]
+
+
+def encode_image(image: DecodedImage, fmt: str, dpi: int, png_compress_level: int = 1,
+                 tiff_compression: str = "tiff_adobe_deflate") -> bytes:
+    """Write the image in its source colour kind and bit depth, with DPI and ICC profile."""
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}")
+    depth = image.bit_depth
+    alpha = None if image.alpha is None else _quantize(image.alpha, depth)
+    icc = image.icc_profile
+    buf = io.BytesIO()
+
+    if image.color == "gray":
+        gray = image.rgb.mean(axis=2)
+        plane = _quantize(gray, depth)
+        if depth == 16 and alpha is not None:
+            return _encode_wide(np.dstack([plane, alpha]), fmt, dpi, icc, png_compress_level)
+        if depth == 16:
+            im = Image.fromarray(plane)  # I;16
+        elif alpha is not None:
+            im = Image.fromarray(np.dstack([plane, alpha]), "LA")
+        else:
+            im = Image.fromarray(plane, "L")
+    else:
+        rgb = _quantize(image.rgb, depth)
+        if depth == 16:
+            arr = rgb if alpha is None else np.dstack([rgb, alpha])
+            return _encode_wide(arr, fmt, dpi, icc, png_compress_level)
+        im = Image.fromarray(rgb if alpha is None else np.dstack([rgb, alpha]),
+                             "RGB" if alpha is None else "RGBA")
+        if image.color == "cmyk":
+            if fmt == "tiff" and alpha is None:
+                # Print shops take CMYK TIFF: go back through the source profile.
+                if icc:
+                    try:
+                        im = ImageCms.profileToProfile(
+                            im, _srgb_profile(), ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                            outputMode="CMYK")
+                    except (ImageCms.PyCMSError, OSError):
+                        im = im.convert("CMYK")
+                else:
+                    im = im.convert("CMYK")
+            else:
+                icc = _srgb_profile().tobytes()  # the pixels are sRGB now
+
+    kwargs: dict = {"dpi": (dpi, dpi)}
+    if icc:
+        kwargs["icc_profile"] = icc
+    if fmt == "png":
+        im.save(buf, "PNG", compress_level=png_compress_level, **kwargs)
+    else:
+        im.save(buf, "TIFF", compression=tiff_compression, **kwargs)
+    return buf.getvalue()
+
+
+def _encode_wide(arr: np.ndarray, fmt: str, dpi: int, icc: bytes | None, level: int) -> bytes:
+    """16-bit multi-channel images, which Pillow cannot write."""
+    import imagecodecs
+    import tifffile
+
+    if fmt == "png":
+        return _png_add_metadata(bytes(imagecodecs.png_encode(arr, level=level)), dpi, icc)
+    buf = io.BytesIO()
+    channels = arr.shape[-1]
+    photometric = "rgb" if channels >= 3 else "minisblack"
+    extrasamples = ["unassalpha"] if channels in (2, 4) else None
+    tifffile.imwrite(buf, arr, photometric=photometric, compression="zlib",
+                     resolution=(dpi, dpi), resolutionunit="INCH", iccprofile=icc,
+                     extrasamples=extrasamples)
+    return buf.getvalue()

@@ -1,0 +1,416 @@
+"""FastAPI ingress deployment: parses and validates requests, owns job records, routes work to
+the engine deployments through DeploymentHandles. It never touches a model, and runs everything
+blocking (image probing, storage I/O) in threads so it stays responsive while replicas work."""
+
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Form, Header, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve_app import __version__
+from serve_app.dimensions import calculate_output_dimensions
+from serve_app.images import MEDIA_TYPES, ImageInputError, probe_image
+from serve_app.jobs import JobNotFound, JobRecord, JobState, JobStore, Size
+from serve_app.schemas import (
+    CropGuidance,
+    ErrorResponse,
+    EsrganUpscaleForm,
+    HealthResponse,
+    JobStatusResponse,
+    UpscaleResponse,
+)
+from serve_app.settings import Settings
+from serve_app.storage import Storage
+
+logger = logging.getLogger("ray.serve")
+RESULT_NAME_RE = re.compile(r"^[0-9a-f]{32}\.(png|tiff)$")
+PREFER_WAIT_RE = re.compile(r"wait=(\d+(?:\.\d+)?)")
+CHUNK = 1024 * 1024
+# Seconds per output megapixel before anything was measured (replaced by measurements).
+INITIAL_SECONDS_PER_MP = {"cpu": 8.0, "cuda": 0.3}
+
+
+class ApiError(Exception):
+    def __init__(self, status_code: int, code: str, message: str, job_id: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status_code, self.code, self.message = status_code, code, message
+        self.job_id, self.headers = job_id, headers
+
+
+def _error_response(status: int, code: str, message: str, detail: Any = None,
+                    job_id: str | None = None, headers: dict | None = None) -> JSONResponse:
+    body = ErrorResponse(error=code, message=message, detail=detail if detail is not None
+                         else message, jobId=job_id)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """Ray wraps replica exceptions (RayTaskError); get the original back."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+app = FastAPI(
+    title="upscaler",
+    version=__version__,
+    description="Image upscaling for print: ESRGAN-family models on Ray Serve. Upload an image, "
+    "get a larger one sized for the print you want (see the print-size rule in the README).",
+    docs_url="/docs",
+)
+
+
+@app.exception_handler(ApiError)
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return _error_response(exc.status_code, exc.code, exc.message, job_id=exc.job_id,
+                           headers=exc.headers)
+
+
+@app.exception_handler(Exception)
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", exc_info=exc)
+    return _error_response(500, "internal_error", f"internal error: {type(exc).__name__}; the "
+                           "service is still up, see its log")
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        problems.append(f"{'.'.join(loc) or 'request'}: {err.get('msg')}")
+    return _error_response(422, "invalid_request", "; ".join(problems),
+                           detail=[{k: v for k, v in e.items() if k != "ctx"}
+                                   for e in exc.errors()])
+
+
+@app.middleware("http")
+async def _limit_upload(request: Request, call_next):
+    # Refuse oversize uploads from the header, before reading the body.
+    limit = getattr(request.app.state, "max_upload_bytes", None)
+    length = request.headers.get("content-length")
+    if limit and length and length.isdigit() and int(length) > limit + 64 * 1024:
+        return _error_response(413, "upload_too_large",
+                               f"the upload is {int(length):,} bytes; the limit is "
+                               f"{limit:,} bytes ({limit / 1024 / 1024:.0f} MB)")
+    return await call_next(request)
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, esrgan: DeploymentHandle, settings: Settings):
+        self.settings = settings
+        self.esrgan = esrgan
+        self.esrgan_stream = esrgan.options(stream=True)
+        self.store = JobStore(Storage(settings.resolved_storage_url), settings.stale_after_s)
+        self.owner = uuid.uuid4().hex
+        self._open: dict[str, JobRecord] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._seconds_per_mp: dict[str, float] = {}
+        app.state.max_upload_bytes = settings.max_upload_bytes
+        self._background = asyncio.get_event_loop().create_task(self._heartbeat_loop())
+
+    # --- background ------------------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        """Keep our open jobs fresh; fail jobs abandoned by a dead service or replica."""
+        try:
+            swept = await asyncio.to_thread(self.store.fail_stale_jobs)
+            if swept:
+                logger.warning("reported %d abandoned jobs as failed", swept)
+        except Exception:  # noqa: BLE001
+            logger.exception("stale-job sweep failed")
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            for job in list(self._open.values()):
+                job.heartbeat_at = time.time()
+                try:
+                    await asyncio.to_thread(self.store.save, job)
+                except Exception:  # noqa: BLE001
+                    logger.exception("heartbeat for %s failed", job.job_id)
+
+    async def _save(self, job: JobRecord) -> None:
+        job.heartbeat_at = time.time()
+        await asyncio.to_thread(self.store.save, job)
+
+    # --- endpoints ---------------------------------------------------------------------------
+    @app.post("/api/upscale/esrgan", response_model=UpscaleResponse, status_code=200,
+              responses={202: {"model": UpscaleResponse}, 413: {"model": ErrorResponse},
+                         415: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+              summary="Upscale with an ESRGAN-family model (seconds)")
+    async def upscale_esrgan(
+        self,
+        form: Annotated[EsrganUpscaleForm, Form()],
+        file: Annotated[UploadFile | None, File(description="The image (PNG, JPEG, WebP, "
+                                                "TIFF, BMP, GIF)")] = None,
+        image: Annotated[UploadFile | None, File(description="Alias of `file`.")] = None,
+        prefer: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        data = await self._read_upload(file or image)
+        probe = await self._probe(data)
+        try:
+            plan = calculate_output_dimensions(
+                probe.width, probe.height, form.upscale_factor, form.target_dpi,
+                form.target_width_inches, form.target_height_inches, form.crop_to_target)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from exc
+        self._check_output_size(plan.output_width, plan.output_height)
+        model = await self._esrgan_model(form.model_name)
+        job = JobRecord(
+            engine="esrgan", input_size=Size(width=probe.width, height=probe.height),
+            output_size=Size(width=plan.final_width, height=plan.final_height),
+            input_format=probe.format, plan=plan.as_dict(), owner=self.owner,
+            params={"model": model["name"], "tile_size": form.tile_size or None,
+                    "use_fp16": form.use_fp16, "output_format": form.output_format,
+                    "upscale_factor": form.upscale_factor, "target_dpi": form.target_dpi,
+                    "target_width_inches": form.target_width_inches,
+                    "target_height_inches": form.target_height_inches,
+                    "crop_to_target": form.crop_to_target})
+        return await self._submit(job, data, self._wait_seconds(form.wait, prefer),
+                                  self.esrgan_stream.run)
+
+    @app.get("/api/status/{job_id}", response_model=JobStatusResponse,
+             responses={404: {"model": ErrorResponse}}, summary="Job status and progress")
+    async def status(self, job_id: str) -> JobStatusResponse:
+        return self._status(await self._get_job(job_id))
+
+    @app.delete("/api/jobs/{job_id}", response_model=JobStatusResponse,
+                responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+                summary="Cancel a queued or running job")
+    async def cancel(self, job_id: str) -> JobStatusResponse:
+        job = await self._get_job(job_id)
+        if job.state.is_terminal:
+            raise ApiError(409, "job_finished", f"job {job_id} is already {job.state.value}")
+        task = self._tasks.get(job_id)
+        if task is None:
+            raise ApiError(409, "not_owner", "this job is run by another ingress replica; "
+                           "retry the request")
+        task.cancel()
+        job.state, job.finished_at, job.error = JobState.cancelled, time.time(), "cancelled"
+        job.error_code = "cancelled"
+        await self._save(job)
+        return self._status(job)
+
+    @app.get("/api/results/{filename}", summary="Download a result",
+             responses={200: {"content": {"image/png": {}, "image/tiff": {}}},
+                        400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
+    async def result(self, filename: str) -> StreamingResponse:
+        if not RESULT_NAME_RE.match(filename):
+            raise ApiError(400, "invalid_filename",
+                           "result names look like <32 hex digits>.png or .tiff, as given in "
+                           "outputUrl")
+        key = JobStore.result_key(filename)
+        try:
+            size = await asyncio.to_thread(self.store.storage.size, key)
+        except FileNotFoundError:
+            raise ApiError(404, "not_found", f"no result named {filename}") from None
+
+        async def body() -> AsyncIterator[bytes]:
+            f = await asyncio.to_thread(self.store.storage.open, key)
+            try:
+                while chunk := await asyncio.to_thread(f.read, CHUNK):
+                    yield chunk
+            finally:
+                f.close()
+
+        return StreamingResponse(
+            body(), media_type=MEDIA_TYPES[filename.rsplit(".", 1)[1]],
+            headers={"Content-Length": str(size),
+                     "Content-Disposition": f'inline; filename="{filename}"'})
+
+    @app.get("/api/health", response_model=HealthResponse, summary="Service health")
+    async def health(self) -> HealthResponse:
+        engines: dict[str, Any] = {}
+        try:
+            engines["esrgan"] = await asyncio.wait_for(self.esrgan.health.remote(), 5)
+        except Exception as exc:  # noqa: BLE001 - busy or down: report, don't fail health
+            engines["esrgan"] = {"error": f"no answer: {type(_unwrap(exc)).__name__}"}
+        up = [name for name, info in engines.items() if "error" not in info]
+        gpu = next((i for i in engines.values() if i.get("gpu_available")), {})
+        return HealthResponse(
+            status="healthy" if len(up) == len(engines) else "degraded",
+            gpu_available=bool(gpu.get("gpu_available", False)),
+            gpu_name=gpu.get("gpu_name"), gpu_memory_free=gpu.get("gpu_memory_free"),
+            models_loaded=up, queue_size=len(self._open), engines=engines)
+
+    @app.get("/api/models", summary="Installed super-resolution models")
+    async def models(self) -> dict[str, Any]:
+        return {"esrgan": await self.esrgan.list_models.remote()}
+
+    # --- helpers -----------------------------------------------------------------------------
+    async def _read_upload(self, upload: UploadFile | None) -> bytes:
+        if upload is None:
+            raise ApiError(422, "missing_file",
+                           "send the image as a multipart/form-data field named 'file'")
+        limit = self.settings.max_upload_bytes
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise ApiError(413, "upload_too_large",
+                           f"the upload is larger than the limit of {limit:,} bytes")
+        return data
+
+    async def _probe(self, data: bytes):
+        try:
+            return await asyncio.to_thread(probe_image, data, self.settings.max_input_pixels)
+        except ImageInputError as exc:
+            raise ApiError(exc.status_code, exc.code, exc.message) from exc
+
+    def _check_output_size(self, width: int, height: int) -> None:
+        cap = self.settings.max_output_pixels
+        if width * height > cap:
+            raise ApiError(422, "output_too_large",
+                           f"the output would be {width}x{height} = {width * height:,} pixels; "
+                           f"the limit is {cap:,}. Lower upscale_factor, the print size or "
+                           "target_dpi")
+
+    async def _esrgan_model(self, name: str | None) -> dict[str, Any]:
+        try:
+            return await self.esrgan.model_info.remote(name)
+        except Exception as exc:
+            cause = _unwrap(exc)
+            code = getattr(cause, "code", None)
+            if code in ("unknown_model", "unsupported_model"):
+                raise ApiError(422, code, cause.message) from None
+            if code == "no_models":
+                raise ApiError(503, code, cause.message) from None
+            raise
+
+    def _wait_seconds(self, field: float | None, prefer: str | None) -> float:
+        if field is not None:
+            return field
+        if prefer:
+            if "respond-async" in prefer.lower():
+                return 0.0
+            if match := PREFER_WAIT_RE.search(prefer):
+                return min(float(match.group(1)), 600.0)
+        return self.settings.sync_wait_s
+
+    def _estimate(self, job: JobRecord, device: str = "cpu") -> float:
+        mp = job.output_size.width * job.output_size.height / 1e6
+        rate = self._seconds_per_mp.get(job.engine, INITIAL_SECONDS_PER_MP[device])
+        ahead = sum(1 for j in self._open.values() if j.engine == job.engine) - 1
+        return round(mp * rate * (1 + max(0, ahead)), 1)
+
+    async def _submit(self, job: JobRecord, data: bytes, wait: float, remote) -> JSONResponse:
+        await asyncio.to_thread(self.store.storage.write_bytes,
+                                JobStore.input_key(job.job_id), data)
+        await self._save(job)
+        self._open[job.job_id] = job
+        task = asyncio.get_running_loop().create_task(self._drive(job, remote))
+        self._tasks[job.job_id] = task
+        if wait > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), wait)
+        return self._submit_response(job)
+
+    async def _drive(self, job: JobRecord, remote) -> None:
+        last_save = 0.0
+        try:
+            async for event in remote.remote(job.model_dump(mode="json")):
+                kind = event["type"]
+                if kind == "started":
+                    job.mark_processing()
+                    job.stats["replica"] = event.get("replica")
+                    await self._save(job)
+                elif kind == "progress":
+                    job.progress = min(99.0, 100.0 * event["done"] / max(1, event["total"]))
+                    if time.monotonic() - last_save > 0.5:  # bound writes on object stores
+                        last_save = time.monotonic()
+                        await self._save(job)
+                elif kind == "completed":
+                    job.mark_completed(event["result_key"], event["filename"], event["stats"])
+                    self._learn_rate(job)
+        except asyncio.CancelledError:
+            job.state, job.finished_at = JobState.cancelled, job.finished_at or time.time()
+            job.error, job.error_code = "cancelled", "cancelled"
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure must end in a failed job
+            cause = _unwrap(exc)
+            if getattr(cause, "code", None):
+                job.mark_failed(cause.message, cause.code)
+            else:
+                logger.exception("job %s failed", job.job_id)
+                job.mark_failed(f"the worker failed: {type(cause).__name__}: {cause}")
+        finally:
+            if job.state not in (JobState.completed, JobState.failed, JobState.cancelled):
+                job.mark_failed("the worker ended without a result")
+            self._open.pop(job.job_id, None)
+            self._tasks.pop(job.job_id, None)
+            await asyncio.shield(self._finish(job))
+
+    async def _finish(self, job: JobRecord) -> None:
+        await self._save(job)
+        await asyncio.to_thread(self.store.storage.delete, JobStore.input_key(job.job_id))
+
+    def _learn_rate(self, job: JobRecord) -> None:
+        mp = job.output_size.width * job.output_size.height / 1e6
+        if job.processing_time and mp > 0:
+            new = job.processing_time / mp
+            old = self._seconds_per_mp.get(job.engine, new)
+            self._seconds_per_mp[job.engine] = 0.7 * old + 0.3 * new
+
+    async def _get_job(self, job_id: str) -> JobRecord:
+        if job_id in self._open:
+            return self._open[job_id]
+        try:
+            return await asyncio.to_thread(self.store.load, job_id)
+        except JobNotFound:
+            raise ApiError(404, "not_found", f"no job with id {job_id}") from None
+
+    @staticmethod
+    def _output_url(job: JobRecord) -> str | None:
+        return f"/api/results/{job.result_filename}" if job.result_filename else None
+
+    def _submit_response(self, job: JobRecord) -> JSONResponse:
+        plan = job.plan
+        body = UpscaleResponse(
+            jobId=job.job_id, task_id=job.job_id, status=job.state.value,
+            outputUrl=self._output_url(job), processingTime=job.processing_time,
+            estimatedTime=None if job.state.is_terminal else self._estimate(job),
+            inputSize=job.input_size, outputSize=job.output_size,
+            statusUrl=f"/api/status/{job.job_id}", progress=int(job.progress),
+            model=job.params.get("model"), scaleFactor=round(plan["scale_factor"], 6),
+            dpi=plan["dpi"],
+            cropInfo=CropGuidance(**plan["crop_info"]) if plan.get("crop_info") else None,
+            cropApplied=plan.get("crop_applied", False), error=job.error)
+        if job.state == JobState.completed:
+            return JSONResponse(body.model_dump(mode="json"), status_code=200)
+        if job.state == JobState.failed:
+            user_error = job.error_code not in (None, "processing_failed", "worker_lost")
+            err = ErrorResponse(error=job.error_code or "processing_failed",
+                                message=job.error or "failed", jobId=job.job_id,
+                                detail=body.model_dump(mode="json"))
+            return JSONResponse(err.model_dump(mode="json"), status_code=422 if user_error
+                                else 500)
+        return JSONResponse(body.model_dump(mode="json"), status_code=202,
+                            headers={"Location": body.statusUrl})
+
+    def _status(self, job: JobRecord) -> JobStatusResponse:
+        queue_time = None
+        if job.started_at:
+            queue_time = round(job.started_at - job.created_at, 3)
+        return JobStatusResponse(
+            task_id=job.job_id, job_id=job.job_id, status=job.state.value,
+            progress=int(job.progress), output_url=self._output_url(job), error=job.error,
+            error_code=job.error_code, engine=job.engine, input_size=job.input_size,
+            output_size=job.output_size, model=job.params.get("model"),
+            created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+            queue_time=queue_time, processing_time=job.processing_time, stats=job.stats)

@@ -1,0 +1,145 @@
+"""API request and response models. Field names and defaults follow the seed plan (section 2.2);
+fields beyond it are additions, never renames."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from serve_app.images import OUTPUT_FORMATS
+from serve_app.jobs import Size
+
+
+def _strip_x(value: Any) -> Any:
+    # Accept "x4" / "4x" as well as 4, like the Imagen field.
+    if isinstance(value, str):
+        return value.strip().lower().strip("x") or value
+    return value
+
+
+class CommonUpscaleForm(BaseModel):
+    """Fields every engine takes (multipart form fields next to ``file``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    target_dpi: int = Field(150, ge=1, le=2400, description="DPI written into the output and "
+                            "used with the print size.")
+    target_width_inches: float | None = Field(None, gt=0, le=1000)
+    target_height_inches: float | None = Field(None, gt=0, le=1000)
+    output_format: Literal["png", "tiff"] = Field("png", description="png or tiff")
+    crop_to_target: bool = Field(
+        False, description="When the print size has another aspect ratio: false (default, as "
+        "the seed) returns the filled size plus crop guidance; true crops centred to exactly "
+        "the print size.")
+    wait: float | None = Field(
+        None, ge=0, le=600,
+        description="Seconds to wait for a synchronous answer before answering `queued`. "
+        "Default from the server (30 s); 0 answers at once. The header `Prefer: respond-async` "
+        "(or `Prefer: wait=N`) does the same.")
+
+    @field_validator("output_format", mode="before")
+    @classmethod
+    def _fmt(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower().lstrip(".")
+            value = {"tif": "tiff"}.get(value, value)
+        if value not in OUTPUT_FORMATS:
+            raise ValueError("output_format must be 'png' or 'tiff'")
+        return value
+
+
+class EsrganUpscaleForm(CommonUpscaleForm):
+    upscale_factor: float = Field(4, gt=0, le=16, description="Scale multiplier (2, 4, 2.5 ...)"
+                                  " used when no print size is given.")
+    model: str | None = Field(None, max_length=200, description="Model name (file stem in "
+                              "upscale_models/); default: the server's default model.")
+    upscale_model: str | None = Field(None, max_length=200, description="Alias of `model`.")
+    tile_size: int = Field(512, ge=0, le=4096, description="Tile size in input pixels; 0 = "
+                           "automatic (whole image when it fits the GPU).")
+    use_fp16: bool = Field(True, description="Half precision on GPU (fp16, or bf16 for "
+                           "architectures that need it); always fp32 on CPU.")
+
+    _factor = field_validator("upscale_factor", mode="before")(lambda cls, v: _strip_x(v))
+
+    @field_validator("tile_size")
+    @classmethod
+    def _tile(cls, value: int) -> int:
+        if 0 < value < 64:
+            raise ValueError("tile_size must be 0 (automatic) or at least 64")
+        return value
+
+    @model_validator(mode="after")
+    def _model_alias(self) -> EsrganUpscaleForm:
+        if self.model and self.upscale_model and self.model != self.upscale_model:
+            raise ValueError("`model` and `upscale_model` name different models; send one")
+        self.model = self.model or self.upscale_model
+        return self
+
+    @property
+    def model_name(self) -> str | None:
+        return self.model
+
+
+class CropGuidance(BaseModel):
+    direction: Literal["vertical", "horizontal"]
+    amount_px: int
+    amount_inches: float
+    box: tuple[int, int, int, int] = Field(description="Centred crop box (left, top, right, "
+                                           "bottom) in output pixels.")
+
+
+class UpscaleResponse(BaseModel):
+    jobId: str
+    task_id: str = Field(description="Same as jobId (the seed's status endpoint calls it so).")
+    status: Literal["queued", "processing", "completed", "failed", "cancelled"]
+    outputUrl: str | None = None
+    processingTime: float | None = None
+    estimatedTime: float | None = None
+    inputSize: Size
+    outputSize: Size
+    statusUrl: str
+    progress: int = 0
+    model: str | None = None
+    scaleFactor: float
+    dpi: int
+    cropInfo: CropGuidance | None = None
+    cropApplied: bool = False
+    error: str | None = None
+
+
+class JobStatusResponse(BaseModel):
+    task_id: str
+    job_id: str
+    status: Literal["queued", "processing", "completed", "failed", "cancelled"]
+    progress: int = Field(ge=0, le=100)
+    output_url: str | None = None
+    error: str | None = None
+    error_code: str | None = None
+    engine: str
+    input_size: Size
+    output_size: Size
+    model: str | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    queue_time: float | None = None
+    processing_time: float | None = None
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+
+class HealthResponse(BaseModel):
+    status: Literal["healthy", "degraded"]
+    gpu_available: bool
+    gpu_name: str | None = None
+    gpu_memory_free: float | None = Field(None, description="GB")
+    models_loaded: list[str] = Field(description="Engines that are up, e.g. ['esrgan'].")
+    queue_size: int = Field(description="Jobs accepted and not finished.")
+    engines: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="Machine-readable code.")
+    message: str = Field(description="What went wrong and what to fix.")
+    detail: Any = None
+    jobId: str | None = None

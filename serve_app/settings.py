@@ -1,0 +1,124 @@
+"""Service settings: one place for every knob, read from the environment (prefix ``UPSCALER_``),
+an optional settings file, or explicit builder args (``serve_config.yaml`` ``args:``).
+
+Precedence, highest first: builder args > environment > settings file > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    # The project's own data/ folder when run from a checkout (the README's commands).
+    return Path("data").resolve()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="UPSCALER_",
+        env_file=os.environ.get("UPSCALER_SETTINGS_FILE", ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # --- where things live -------------------------------------------------------------
+    data_dir: Path = Field(default_factory=_default_data_dir,
+                           description="Root for models (by default) and local job storage.")
+    models_dir: Path | None = Field(
+        default=None,
+        description="Folder holding upscale_models/ (and later unet/, vae/, clip/). "
+        "Default: DATA_DIR/models.")
+    storage_url: str | None = Field(
+        default=None,
+        description="fsspec URL for jobs and results (file path, s3://..., gs://...). "
+        "Default: DATA_DIR/storage.")
+    cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "upscaler",
+        description="Download cache for `upscaler models pull`.")
+
+    # --- compute -----------------------------------------------------------------------
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    esrgan_num_gpus: float | None = Field(
+        default=None, ge=0,
+        description="GPUs reserved per ESRGAN replica; None = 1 when a GPU is visible, else 0.")
+    esrgan_num_cpus: float = Field(default=1, ge=0)
+    esrgan_min_replicas: int = Field(default=1, ge=0)
+    esrgan_max_replicas: int = Field(default=2, ge=1)
+    esrgan_max_ongoing_requests: int = Field(
+        default=2, ge=1,
+        description="Per replica. GPU work is serialised inside a replica, so a small number "
+        "keeps queued work in the router where autoscaling sees it.")
+    model_cache_size: int = Field(default=3, ge=1, description="Models kept loaded per replica.")
+    default_models: list[str] = Field(
+        default=["4x-UltraSharp", "DAT_light_x4"],
+        description="Model used when a request names none: the first of these that is present.")
+    cpu_tile_size: int = Field(default=256, ge=32,
+                               description="Automatic tile size (input px) on CPU.")
+    tile_overlap: int = Field(default=32, ge=0,
+                              description="Context overlap between tiles, input px.")
+
+    # --- limits ------------------------------------------------------------------------
+    max_upload_mb: float = Field(default=50, gt=0)
+    max_input_pixels: int = Field(default=40_000_000, gt=0)
+    max_output_pixels: int = Field(default=150_000_000, gt=0)
+    max_scale: float = Field(default=16.0, gt=1)
+    max_model_passes: int = Field(default=3, ge=1)
+
+    # --- jobs --------------------------------------------------------------------------
+    sync_wait_s: float = Field(
+        default=30.0, ge=0,
+        description="How long POST waits for a job before answering `queued`.")
+    heartbeat_s: float = Field(default=3.0, gt=0)
+    stale_after_s: float = Field(
+        default=30.0, gt=0,
+        description="A queued/processing job whose owner stopped heart-beating this long ago "
+        "is reported failed.")
+    png_compress_level: int = Field(default=1, ge=0, le=9,
+                                    description="1 is ~3x faster than Pillow's 6 for ~15% size.")
+    tiff_compression: str = "tiff_adobe_deflate"
+
+    # --- HTTP --------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    @field_validator("data_dir", "models_dir", "cache_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Replicas run in other working directories: resolve once, where settings are read.
+        return value.expanduser().resolve() if value is not None else None
+
+    @field_validator("default_models", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    # --- derived -----------------------------------------------------------------------
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def upscale_models_dir(self) -> Path:
+        return self.resolved_models_dir / "upscale_models"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str(self.data_dir / "storage")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from env/file with explicit overrides (builder args) on top."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return Settings(**overrides)
