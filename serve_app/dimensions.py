@@ -9,7 +9,7 @@ Semantics (the seed plan's ``calculate_output_dimensions``, kept, with three del
   overhangs; ``crop`` says how much overhangs and where. With ``crop_to_target`` the overhang is
   cut off (centred) and the output is exactly the target; without it the crop is only advised.
 * Fixes over the seed: pixel counts use floor with a tiny tolerance (the seed's ``int()`` turned
-  8.2 in x 300 dpi into 2459 px); a print size with only one side fills that side and keeps the
+  8.2 in x 100 dpi into 819 px); a print size with only one side fills that side and keeps the
   aspect ratio (the seed silently ignored it); the crop offset is given, not only the amount.
 """
 
@@ -23,7 +23,7 @@ ASPECT_TOLERANCE = 0.01
 
 
 def _px(value: float) -> int:
-    # floor, tolerant of binary float error (8.2 * 300 = 2459.9999999999995)
+    # floor, tolerant of binary float error (8.2 * 100 = 819.9999999999999)
     return max(1, math.floor(value + 1e-6))
 
 
@@ -70,8 +70,14 @@ def calculate_output_dimensions(
     """Plan the output size. Raises ValueError on impossible input (callers map it to 4xx)."""
     if input_width < 1 or input_height < 1:
         raise ValueError("input image has zero width or height")
-    if target_dpi <= 0:
+    if not target_dpi > 0:
         raise ValueError("target_dpi must be positive")
+    for name, inches in (("target_width_inches", target_width_inches),
+                         ("target_height_inches", target_height_inches)):
+        # ``not x > 0`` also refuses NaN; without this a zero side divided by zero and a
+        # negative one was silently turned into a 1 px output.
+        if inches is not None and not (inches > 0 and math.isfinite(inches)):
+            raise ValueError(f"{name} must be a positive number of inches")
 
     def plan(w: int, h: int, scale: float, crop: CropInfo | None = None) -> OutputPlan:
         if crop is not None and crop_to_target:
@@ -80,7 +86,7 @@ def calculate_output_dimensions(
         return OutputPlan(w, h, scale, crop, w, h, False, target_dpi)
 
     if target_width_inches is None and target_height_inches is None:
-        if upscale_factor is None or upscale_factor <= 0:
+        if upscale_factor is None or not (upscale_factor > 0 and math.isfinite(upscale_factor)):
             raise ValueError("upscale_factor must be positive")
         return plan(_px(input_width * upscale_factor), _px(input_height * upscale_factor),
                     float(upscale_factor))
@@ -97,22 +103,28 @@ def calculate_output_dimensions(
     input_aspect = input_width / input_height
     target_aspect = target_width_inches / target_height_inches
 
-    if abs(input_aspect - target_aspect) < ASPECT_TOLERANCE:
+    # "within 1 %" is relative: an absolute 0.01 is 4 % on a 1:4 print and 0.25 % on a 4:1 one.
+    if abs(input_aspect / target_aspect - 1.0) < ASPECT_TOLERANCE:
         return plan(target_w, target_h, target_w / input_width)
 
-    if input_aspect < target_aspect:
+    # Which side overhangs is decided on the whole-pixel target, the box the crop must fit:
+    # on small targets flooring can move its aspect past the input's (173x4 px to 22.8x0.59 in
+    # at 10 dpi: 228x5 px), and deciding on inches then gave a negative crop outside the image.
+    if input_width * target_h < target_w * input_height:
         # Input is taller than the print: fill the width, the height overhangs.
         scale = target_w / input_width
-        out_w, out_h = target_w, _px(input_height * scale)
+        out_w, out_h = target_w, max(target_h, _px(input_height * scale))
         amount = out_h - target_h
         top = amount // 2
         crop = CropInfo("vertical", amount, amount / target_dpi, (0, top, out_w, top + target_h))
     else:
         # Input is wider: fill the height, the width overhangs.
         scale = target_h / input_height
-        out_w, out_h = _px(input_width * scale), target_h
+        out_w, out_h = max(target_w, _px(input_width * scale)), target_h
         amount = out_w - target_w
         left = amount // 2
         box = (left, 0, left + target_w, out_h)
         crop = CropInfo("horizontal", amount, amount / target_dpi, box)
+    if amount == 0:  # nothing overhangs after rounding: the output is exactly the target
+        return plan(out_w, out_h, scale)
     return plan(out_w, out_h, scale, crop)

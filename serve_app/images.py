@@ -79,10 +79,13 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageInputError("the uploaded file is empty", 400, "empty_file")
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # ``max_pixels`` decides what is too large, not Pillow's global MAX_IMAGE_PIXELS (about
+        # 89 M): turning its warning into an error refused images between that and our limit.
+        # Its DecompressionBombError (over twice that) still stops a bomb before any decoding.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             im = Image.open(io.BytesIO(data))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        except Image.DecompressionBombError as exc:
             raise ImageInputError(
                 f"image is too large to decode safely ({exc}); the limit is "
                 f"{max_pixels:,} pixels", 413, "image_too_large") from exc
@@ -90,7 +93,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             raise ImageInputError(
                 "the file is not an image this service reads; send PNG, JPEG, WebP, TIFF, BMP "
                 "or GIF", 415, "unsupported_format") from exc
-        except (OSError, SyntaxError, ValueError, struct.error) as exc:
+        except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
             raise ImageInputError(f"the image header is corrupt: {exc}", 422,
                                   "corrupt_image") from exc
     if im.format not in ALLOWED_INPUT_FORMATS:
@@ -118,7 +121,7 @@ def _load(im: Image.Image) -> None:
 def probe_image(data: bytes, max_pixels: int) -> ImageProbe:
     """Validate an upload completely (header, limits, full pixel decode) and describe it."""
     decoded = decode_image(data, max_pixels)
-    im = Image.open(io.BytesIO(data))
+    im = _open(data, max_pixels)  # the same checks (and warning handling) as the decode
     w, h = decoded.width, decoded.height  # after EXIF orientation
     return ImageProbe(format=str(im.format), width=w, height=h, mode=im.mode,
                       bit_depth=decoded.bit_depth, has_alpha=decoded.alpha is not None)
@@ -127,24 +130,34 @@ def probe_image(data: bytes, max_pixels: int) -> ImageProbe:
 # --- decoding --------------------------------------------------------------------------------
 
 def _decode_16bit_color(data: bytes, fmt: str) -> np.ndarray | None:
-    """16-bit RGB(A) PNG/TIFF as uint16 H x W x C; Pillow would truncate these to 8 bits."""
+    """16-bit RGB(A) or gray+alpha PNG/TIFF as uint16 H x W x C (C = 2, 3 or 4).
+
+    Pillow would truncate these to 8 bits (and opens 16-bit gray+alpha PNG as 8-bit RGBA).
+    """
     import imagecodecs
     import tifffile
 
     if fmt == "PNG":
         ihdr = _png_ihdr(data)
-        if ihdr and ihdr[0] == 16 and ihdr[1] in (2, 6):
-            return np.asarray(imagecodecs.png_decode(data))
+        if ihdr and ihdr[0] == 16 and ihdr[1] in (2, 4, 6):
+            arr = np.asarray(imagecodecs.png_decode(data))
+            return arr if arr.ndim == 3 and arr.dtype == np.uint16 else None
         return None
     if fmt == "TIFF":
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             page = tif.pages[0]
-            if page.bitspersample == 16 and page.samplesperpixel >= 3 and \
-                    page.photometric == tifffile.PHOTOMETRIC.RGB:
+            rgb = page.photometric == tifffile.PHOTOMETRIC.RGB and page.samplesperpixel >= 3
+            gray_alpha = page.photometric == tifffile.PHOTOMETRIC.MINISBLACK and \
+                page.samplesperpixel == 2
+            if page.bitspersample == 16 and (rgb or gray_alpha):
                 arr = page.asarray()
-                if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+                # Planar TIFFs come samples-first; go by the tag, not the shape (a 3-pixel-wide
+                # contiguous image looks planar by shape).
+                if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and arr.ndim == 3:
                     arr = np.moveaxis(arr, 0, -1)
-                return arr[..., :4]
+                if arr.ndim != 3 or arr.dtype != np.uint16:
+                    return None
+                return arr[..., :4] if rgb else arr
     return None
 
 
@@ -154,6 +167,36 @@ def _icc_from_tiff(data: bytes) -> bytes | None:
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         tag = tif.pages[0].tags.get(34675)
         return bytes(tag.value) if tag is not None else None
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """The EXIF/TIFF Orientation (1-8) of an image Pillow has opened but not decoded."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1  # (getexif() would decode the whole PNG looking for a late eXIf chunk)
+    try:
+        value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not reject a good image
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """What ImageOps.exif_transpose does, for the H x W x C arrays Pillow cannot hold."""
+    if orientation == 2:
+        return arr[:, ::-1]
+    if orientation == 3:
+        return arr[::-1, ::-1]
+    if orientation == 4:
+        return arr[::-1]
+    if orientation == 5:
+        return arr.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(arr, -1)
+    if orientation == 7:
+        return arr[::-1, ::-1].transpose(1, 0, 2)
+    if orientation == 8:
+        return np.rot90(arr, 1)
+    return arr
 
 
 def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
@@ -166,13 +209,17 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
                               "corrupt_image") from exc
     if wide is not None:
         icc = im.info.get("icc_profile") or (_icc_from_tiff(data) if fmt == "TIFF" else None)
-        pixels = wide.astype(np.float32) / 65535.0
+        pixels = _apply_orientation(wide, _exif_orientation(im)).astype(np.float32) / 65535.0
+        if pixels.shape[-1] == 2:  # gray + alpha
+            rgb = np.repeat(pixels[..., :1], 3, axis=2)
+            return DecodedImage(rgb, pixels[..., 1].copy(), "gray", 16, icc, fmt)
         alpha = pixels[..., 3].copy() if pixels.shape[-1] == 4 else None
         return DecodedImage(np.ascontiguousarray(pixels[..., :3]), alpha, "rgb", 16, icc, fmt)
 
+    # Animated GIF/WebP/PNG, multi-page TIFF, MPO: Image.open is at the first frame, which is
+    # the one used. (Asking n_frames would walk the whole file: slow, and a damaged later frame
+    # raised IndexError from the GIF reader, an HTTP 500.)
     _load(im)
-    if getattr(im, "n_frames", 1) > 1:
-        im.seek(0)  # animated GIF/WebP, multi-page TIFF: the first frame
     with contextlib.suppress(Exception):  # a broken EXIF block must not reject a good image
         im = ImageOps.exif_transpose(im)
     icc = im.info.get("icc_profile")
@@ -184,6 +231,9 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         if mode in ("LA", "La"):
             alpha = np.asarray(im.getchannel("A"), dtype=np.float32) / 255.0
             gray = np.asarray(im.getchannel("L"), dtype=np.float32) / 255.0
+        elif mode == "L" and "transparency" in im.info:  # tRNS: one gray value transparent
+            la = np.asarray(im.convert("LA"), dtype=np.float32) / 255.0
+            gray, alpha = la[..., 0], la[..., 1].copy()
         elif mode in ("1", "L"):
             gray = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
         else:  # 16-bit / 32-bit integer or float gray
@@ -207,7 +257,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         return DecodedImage(rgb, None, "cmyk", 8, icc, fmt)
 
     has_alpha = mode in ("RGBA", "RGBa", "PA", "LA") or (
-        mode == "P" and "transparency" in im.info)
+        mode in ("P", "RGB") and "transparency" in im.info)  # RGB: a tRNS colour key
     im = im.convert("RGBA" if has_alpha else "RGB")
     arr = np.asarray(im, dtype=np.float32) / 255.0
     alpha = arr[..., 3].copy() if has_alpha else None

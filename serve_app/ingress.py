@@ -97,9 +97,11 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
         problems.append(f"{'.'.join(loc) or 'request'}: {err.get('msg')}")
-    return _error_response(422, "invalid_request", "; ".join(problems),
-                           detail=[{k: v for k, v in e.items() if k != "ctx"}
-                                   for e in exc.errors()])
+    # Echo scalar inputs only: a form-level error carries the whole form (with the upload).
+    detail = [{k: v for k, v in e.items() if k != "ctx" and (
+        k != "input" or isinstance(v, (str, int, float, bool, type(None))))}
+        for e in exc.errors()]
+    return _error_response(422, "invalid_request", "; ".join(problems), detail=detail)
 
 
 @app.middleware("http")
@@ -125,6 +127,7 @@ class Ingress:
         self.owner = uuid.uuid4().hex
         self._open: dict[str, JobRecord] = {}
         self._tasks: dict[str, asyncio.Task] = {}
+        self._cancel_requested: set[str] = set()
         self._seconds_per_mp: dict[str, float] = {}
         app.state.max_upload_bytes = settings.max_upload_bytes
         self._background = asyncio.get_event_loop().create_task(self._heartbeat_loop())
@@ -203,10 +206,10 @@ class Ingress:
         if task is None:
             raise ApiError(409, "not_owner", "this job is run by another ingress replica; "
                            "retry the request")
+        self._cancel_requested.add(job_id)
         task.cancel()
-        job.state, job.finished_at, job.error = JobState.cancelled, time.time(), "cancelled"
-        job.error_code = "cancelled"
-        await self._save(job)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         return self._status(job)
 
     @app.get("/api/results/{filename}", summary="Download a result",
@@ -339,8 +342,12 @@ class Ingress:
                     job.mark_completed(event["result_key"], event["filename"], event["stats"])
                     self._learn_rate(job)
         except asyncio.CancelledError:
-            job.state, job.finished_at = JobState.cancelled, job.finished_at or time.time()
-            job.error, job.error_code = "cancelled", "cancelled"
+            if job.job_id in self._cancel_requested:
+                job.state, job.finished_at = JobState.cancelled, job.finished_at or time.time()
+                job.error, job.error_code = "cancelled", "cancelled"
+            else:  # the service is shutting down under this job
+                job.mark_failed("the service stopped before this job finished; submit the "
+                                "image again", code="worker_lost")
             raise
         except Exception as exc:  # noqa: BLE001 - every failure must end in a failed job
             cause = _unwrap(exc)
@@ -354,6 +361,7 @@ class Ingress:
                 job.mark_failed("the worker ended without a result")
             self._open.pop(job.job_id, None)
             self._tasks.pop(job.job_id, None)
+            self._cancel_requested.discard(job.job_id)
             await asyncio.shield(self._finish(job))
 
     async def _finish(self, job: JobRecord) -> None:

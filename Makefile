@@ -1,0 +1,30 @@
+# The two commands a newcomer needs: `make run` (install, fetch the default model, serve) and
+# `make test` (install with test extras, lint, run the whole suite). CI runs `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test lint bench clean
+
+$(BIN)/upscaler: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/upscaler
+
+run: install
+	$(BIN)/upscaler models pull default
+	$(BIN)/upscaler serve
+
+lint: install
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/bench_esrgan.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,47 @@
+"""Small randomly initialised super-resolution models, written to disk in the on-disk formats of
+the real ones, so tests load them through the production loader (spandrel)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from spandrel.architectures.Compact import Compact
+from spandrel.architectures.ESRGAN import ESRGAN
+
+
+def _make_image_like(model: torch.nn.Module, last: torch.nn.Conv2d, seed: int) -> None:
+    """Random weights give near-black outputs once clamped; shift the last conv so the output
+    sits mid-grey and varies with the input, which is what tiling and seam tests need."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(1.5)
+        last.bias.fill_(0.5)
+
+
+def write_rrdb(path: Path, num_filters: int = 16, num_blocks: int = 2, scale: int = 4,
+               seed: int = 0) -> Path:
+    """RRDB (ESRGAN) in the old key layout ("model.0.weight", "model.1.sub.0.RDB1...") that
+    4x-UltraSharp, Remacri and AnimeSharp use."""
+    torch.manual_seed(seed)
+    model = ESRGAN(num_filters=num_filters, num_blocks=num_blocks, scale=scale)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    _make_image_like(model, convs[-1], seed)
+    state = model.state_dict()
+    assert "model.0.weight" in state and any(".RDB1." in k for k in state)
+    torch.save(state, path)
+    return path
+
+
+def write_compact(path: Path, num_feat: int = 16, num_conv: int = 4, scale: int = 4,
+                  seed: int = 0) -> Path:
+    """SRVGGNetCompact (Real-ESRGAN's compact model), saved as {"params": state_dict} like the
+    released realesr-general-x4v3 files."""
+    torch.manual_seed(seed)
+    model = Compact(num_feat=num_feat, num_conv=num_conv, upscale=scale)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    _make_image_like(model, convs[-1], seed)
+    torch.save({"params": model.state_dict()}, path)
+    return path
