@@ -66,6 +66,8 @@ class EsrganDeployment:
             cpu_tile_size=settings.cpu_tile_size, overlap=settings.tile_overlap,
             max_passes=settings.max_model_passes,
             max_intermediate_pixels=4 * settings.max_output_pixels)
+        if self.engine.device.type == "cpu":
+            torch.set_num_threads(settings.cpu_threads or os.cpu_count() or 1)
         self.store = JobStore(Storage(settings.resolved_storage_url), settings.stale_after_s)
         self._gpu_lock = threading.Lock()  # one image at a time on this replica's device
         self._busy_jobs = 0

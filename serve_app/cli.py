@@ -38,9 +38,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"\nupscaler: got {signal.Signals(signum).name}, shutting down ...", flush=True)
         stop.set()
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-
     init_kwargs: dict = {"include_dashboard": not args.no_dashboard,
                          "dashboard_host": "127.0.0.1", "logging_level": "WARNING"}
     if args.ray_address:
@@ -48,6 +45,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif args.dashboard_port:
         init_kwargs["dashboard_port"] = args.dashboard_port
     ray.init(**init_kwargs)
+    # After ray.init: Ray installs its own SIGTERM handler, which aborts the process.
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(build_graph(settings), name="upscaler", route_prefix="/")

@@ -14,8 +14,9 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -129,6 +130,7 @@ class Ingress:
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancel_requested: set[str] = set()
         self._seconds_per_mp: dict[str, float] = {}
+        self._last_health: dict[str, dict] = {}
         app.state.max_upload_bytes = settings.max_upload_bytes
         self._background = asyncio.get_event_loop().create_task(self._heartbeat_loop())
 
@@ -244,8 +246,14 @@ class Ingress:
         engines: dict[str, Any] = {}
         try:
             engines["esrgan"] = await asyncio.wait_for(self.esrgan.health.remote(), 5)
+            self._last_health["esrgan"] = engines["esrgan"]
         except Exception as exc:  # noqa: BLE001 - busy or down: report, don't fail health
-            engines["esrgan"] = {"error": f"no answer: {type(_unwrap(exc)).__name__}"}
+            if "esrgan" in self._last_health and not isinstance(
+                    _unwrap(exc), RayActorError):
+                # Every replica slot is taken by image work: busy, not unhealthy.
+                engines["esrgan"] = {**self._last_health["esrgan"], "state": "busy"}
+            else:
+                engines["esrgan"] = {"error": f"no answer: {type(_unwrap(exc)).__name__}"}
         up = [name for name, info in engines.items() if "error" not in info]
         gpu = next((i for i in engines.values() if i.get("gpu_available")), {})
         return HealthResponse(
@@ -253,6 +261,10 @@ class Ingress:
             gpu_available=bool(gpu.get("gpu_available", False)),
             gpu_name=gpu.get("gpu_name"), gpu_memory_free=gpu.get("gpu_memory_free"),
             models_loaded=up, queue_size=len(self._open), engines=engines)
+
+    @app.get("/", include_in_schema=False)
+    async def root(self) -> RedirectResponse:
+        return RedirectResponse("/docs")  # a person opening the bare address gets the docs
 
     @app.get("/api/models", summary="Installed super-resolution models")
     async def models(self) -> dict[str, Any]:
@@ -306,9 +318,12 @@ class Ingress:
                 return min(float(match.group(1)), 600.0)
         return self.settings.sync_wait_s
 
-    def _estimate(self, job: JobRecord, device: str = "cpu") -> float:
+    def _estimate(self, job: JobRecord) -> float:
+        """Seconds until done: measured seconds per output megapixel, times the jobs ahead."""
         mp = job.output_size.width * job.output_size.height / 1e6
-        rate = self._seconds_per_mp.get(job.engine, INITIAL_SECONDS_PER_MP[device])
+        device = str(self._last_health.get(job.engine, {}).get("device", "cpu"))
+        initial = INITIAL_SECONDS_PER_MP["cuda" if device.startswith("cuda") else "cpu"]
+        rate = self._seconds_per_mp.get(job.engine, initial)
         ahead = sum(1 for j in self._open.values() if j.engine == job.engine) - 1
         return round(mp * rate * (1 + max(0, ahead)), 1)
 

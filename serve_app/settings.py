@@ -51,9 +51,14 @@ class Settings(BaseSettings):
     esrgan_min_replicas: int = Field(default=1, ge=0)
     esrgan_max_replicas: int = Field(default=2, ge=1)
     esrgan_max_ongoing_requests: int = Field(
-        default=2, ge=1,
-        description="Per replica. GPU work is serialised inside a replica, so a small number "
-        "keeps queued work in the router where autoscaling sees it.")
+        default=3, ge=1,
+        description="Per replica: the running image, one waiting, and room for health and "
+        "model questions. GPU work is serialised inside a replica, so a small number keeps "
+        "queued work in the router, where autoscaling sees it.")
+    cpu_threads: int | None = Field(
+        default=None, ge=1,
+        description="torch threads of an engine replica running on CPU. Ray limits an actor to "
+        "its num_cpus (1) threads; None = every core, which is what a CPU-only box wants.")
     model_cache_size: int = Field(default=3, ge=1, description="Models kept loaded per replica.")
     default_models: list[str] = Field(
         default=["4x-UltraSharp", "DAT_light_x4"],

@@ -75,6 +75,14 @@ def test_cancel_stops_a_running_job(lifecycle_service):
     with lifecycle_service.client() as client:
         job_id = slow_job(client)
         wait_status(client, job_id, {"processing"})
+        # The ingress stays responsive while the replica works.
+        for _ in range(3):
+            start = time.monotonic()
+            health = client.get("/api/health").json()
+            assert time.monotonic() - start < 5
+            assert health["status"] == "healthy" and health["queue_size"] == 1
+            assert health["engines"]["esrgan"]["busy_jobs"] == 1
+            assert client.get(f"/api/status/{job_id}").json()["status"] == "processing"
         r = client.delete(f"/api/jobs/{job_id}")
         assert r.status_code == 200 and r.json()["status"] == "cancelled"
         assert client.delete(f"/api/jobs/{job_id}").status_code == 409
@@ -101,6 +109,8 @@ def test_restart_keeps_finished_jobs_and_fails_interrupted_ones(tmp_path, models
             wait_status(client, interrupted, {"processing"})
     finally:
         stop_service(svc)  # the service goes down with a job in flight
+    assert svc.process.returncode == 0, "SIGTERM must stop `upscaler serve` cleanly"
+    assert "upscaler: stopped" in svc.log()
 
     svc = start_service(data_dir, models_root, tmp_path / "second.log", FAST_STALE)
     try:
