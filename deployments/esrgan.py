@@ -21,7 +21,7 @@ from ray import serve
 from engines.esrgan import EsrganEngine
 from engines.models import ModelRegistry, UnknownModelError, UnsupportedModelError
 from serve_app.dimensions import OutputPlan
-from serve_app.images import ImageInputError, decode_image, encode_image
+from serve_app.images import DecodedImage, ImageInputError, decode_image, encode_image
 from serve_app.jobs import JobStore
 from serve_app.settings import Settings
 from serve_app.storage import Storage
@@ -144,6 +144,23 @@ class EsrganDeployment:
                  "output_bytes": len(encoded), "replica": self.replica_id}
         return {"type": "completed", "result_key": JobStore.result_key(filename),
                 "filename": filename, "stats": stats}
+
+    def _prepass_sync(self, job: dict[str, Any]) -> DecodedImage:
+        data = self.store.storage.read_bytes(JobStore.input_key(job["job_id"]))
+        image = decode_image(data, self.settings.max_input_pixels)
+        plan = OutputPlan.from_dict({**job["plan"], "crop_applied": False})
+        with self._gpu_lock:
+            return self.engine.upscale(image, job["params"]["upscale_model"], plan).image
+
+    async def prepass(self, job: dict[str, Any]) -> DecodedImage:
+        """FLUX's first step: this model to the exact output size (the crop comes later)."""
+        self._busy_jobs += 1
+        try:
+            return await asyncio.to_thread(self._prepass_sync, job)
+        except (UnknownModelError, UnsupportedModelError) as exc:
+            raise EngineUserError(str(exc), "unknown_model") from None
+        finally:
+            self._busy_jobs -= 1
 
     async def run(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Process one job; yields ``started`` / ``progress`` events, then ``completed``.

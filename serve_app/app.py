@@ -8,44 +8,74 @@ from typing import Any
 from ray.serve import Application
 
 from deployments.esrgan import EsrganDeployment
+from deployments.flux import FluxCoordinator, FluxDeployment
 from serve_app.ingress import Ingress
 from serve_app.settings import Settings, load_settings
 
 
-def esrgan_gpus(settings: Settings) -> float:
-    if settings.esrgan_num_gpus is not None:
-        return settings.esrgan_num_gpus
+def _gpu_visible(settings: Settings) -> bool:
     if settings.device == "cpu":
-        return 0
+        return False
     import torch
 
-    return 1 if torch.cuda.is_available() else 0
+    return torch.cuda.is_available()
+
+
+def esrgan_gpus(settings: Settings) -> float:
+    """Explicit setting, else a quarter card when GPUs are visible (FLUX takes the rest)."""
+    if settings.esrgan_num_gpus is not None:
+        return settings.esrgan_num_gpus
+    return 0.25 if _gpu_visible(settings) else 0
+
+
+def flux_gpus(settings: Settings) -> float:
+    if settings.flux_num_gpus is not None:
+        return settings.flux_num_gpus
+    return 0.75 if _gpu_visible(settings) else 0
+
+
+def _autoscaling(min_replicas: int, max_replicas: int) -> dict[str, Any]:
+    return {
+        "min_replicas": min_replicas,
+        "initial_replicas": max(1, min_replicas),
+        "max_replicas": max(min_replicas, max_replicas),
+        # GPU-bound: one job per replica at a time, so scale when one more is waiting.
+        "target_ongoing_requests": 1,
+        "upscale_delay_s": 5,
+        "downscale_delay_s": 120,
+    }
 
 
 def build_graph(settings: Settings) -> Application:
+    # Loading models can take minutes on a cold disk: patient health checks and shutdowns.
+    patient = {"health_check_period_s": 10, "health_check_timeout_s": 60,
+               "graceful_shutdown_timeout_s": 60}
     esrgan = EsrganDeployment.options(
         ray_actor_options={"num_gpus": esrgan_gpus(settings),
                            "num_cpus": settings.esrgan_num_cpus},
         max_ongoing_requests=settings.esrgan_max_ongoing_requests,
-        autoscaling_config={
-            "min_replicas": settings.esrgan_min_replicas,
-            "initial_replicas": max(1, settings.esrgan_min_replicas),
-            "max_replicas": settings.esrgan_max_replicas,
-            # GPU-bound: one job per replica at a time, so scale when one more is waiting.
-            "target_ongoing_requests": 1,
-            "upscale_delay_s": 5,
-            "downscale_delay_s": 120,
-        },
-        # Loading a model can take a while on a cold disk: be patient with health checks.
-        health_check_period_s=10,
-        health_check_timeout_s=60,
-        graceful_shutdown_timeout_s=60,
+        autoscaling_config=_autoscaling(settings.esrgan_min_replicas,
+                                        settings.esrgan_max_replicas),
+        **patient,
     ).bind(settings)
+    # FLUX work is resumable from stored tiles: a replica going away need not drain.
+    quick_stop = {**patient, "graceful_shutdown_timeout_s": 5}
+    flux = FluxDeployment.options(
+        ray_actor_options={"num_gpus": flux_gpus(settings), "num_cpus": settings.flux_num_cpus},
+        # The tile being drawn plus one waiting: tiles spread over replicas, not queue in one.
+        max_ongoing_requests=2,
+        autoscaling_config=_autoscaling(settings.flux_min_replicas, settings.flux_max_replicas),
+        **quick_stop,
+    ).bind(settings)
+    coordinator = FluxCoordinator.options(
+        num_replicas=1, max_ongoing_requests=100, ray_actor_options={"num_cpus": 0},
+        graceful_shutdown_timeout_s=5,
+    ).bind(settings, esrgan, flux)
     return Ingress.options(
         num_replicas=1,
         max_ongoing_requests=200,  # I/O-bound; uploads wait for handles, not for CPU
-        ray_actor_options={"num_cpus": 0.5},
-    ).bind(esrgan, settings)
+        ray_actor_options={"num_cpus": 0.25},
+    ).bind(esrgan, flux, coordinator, settings)
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:

@@ -28,6 +28,7 @@ from serve_app.schemas import (
     CropGuidance,
     ErrorResponse,
     EsrganUpscaleForm,
+    FluxUpscaleForm,
     HealthResponse,
     JobStatusResponse,
     UpscaleResponse,
@@ -40,7 +41,8 @@ RESULT_NAME_RE = re.compile(r"^[0-9a-f]{32}\.(png|tiff)$")
 PREFER_WAIT_RE = re.compile(r"wait=(\d+(?:\.\d+)?)")
 CHUNK = 1024 * 1024
 # Seconds per output megapixel before anything was measured (replaced by measurements).
-INITIAL_SECONDS_PER_MP = {"cpu": 8.0, "cuda": 0.3}
+INITIAL_SECONDS_PER_MP = {("esrgan", "cpu"): 8.0, ("esrgan", "cuda"): 0.3,
+                          ("flux", "cpu"): 600.0, ("flux", "cuda"): 8.0}
 
 
 class ApiError(Exception):
@@ -120,10 +122,13 @@ async def _limit_upload(request: Request, call_next):
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, esrgan: DeploymentHandle, settings: Settings):
+    def __init__(self, esrgan: DeploymentHandle, flux: DeploymentHandle,
+                 flux_coordinator: DeploymentHandle, settings: Settings):
         self.settings = settings
         self.esrgan = esrgan
         self.esrgan_stream = esrgan.options(stream=True)
+        self.flux = flux
+        self.flux_stream = flux_coordinator.options(stream=True)
         self.store = JobStore(Storage(settings.resolved_storage_url), settings.stale_after_s)
         self.owner = uuid.uuid4().hex
         self._open: dict[str, JobRecord] = {}
@@ -138,11 +143,16 @@ class Ingress:
     async def _heartbeat_loop(self) -> None:
         """Keep our open jobs fresh; fail jobs abandoned by a dead service or replica."""
         try:
-            swept = await asyncio.to_thread(self.store.fail_stale_jobs)
-            if swept:
-                logger.warning("reported %d abandoned jobs as failed", swept)
+            for job in await asyncio.to_thread(self.store.abandoned_jobs):
+                if job.state == JobState.failed:
+                    logger.warning("job %s was abandoned: reported failed", job.job_id)
+                    await asyncio.to_thread(self.store.storage.delete,
+                                            JobStore.input_key(job.job_id))
+                elif job.resumable and job.engine == "flux":
+                    logger.warning("resuming job %s from its finished tiles", job.job_id)
+                    self._start(job, self.flux_stream.run)
         except Exception:  # noqa: BLE001
-            logger.exception("stale-job sweep failed")
+            logger.exception("abandoned-job sweep failed")
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
             for job in list(self._open.values()):
@@ -191,6 +201,43 @@ class Ingress:
                     "crop_to_target": form.crop_to_target})
         return await self._submit(job, data, self._wait_seconds(form.wait, prefer),
                                   self.esrgan_stream.run)
+
+    @app.post("/api/upscale/flux", response_model=UpscaleResponse, status_code=202,
+              responses={413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
+                         422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+              summary="Ultimate SD Upscale with FLUX.1-dev (minutes; always asynchronous)")
+    async def upscale_flux(
+        self,
+        form: Annotated[FluxUpscaleForm, Form()],
+        file: Annotated[UploadFile | None, File(description="The image")] = None,
+        image: Annotated[UploadFile | None, File(description="Alias of `file`.")] = None,
+    ) -> JSONResponse:
+        status = await self._flux_status()
+        if not status.get("installed"):
+            raise ApiError(503, "flux_not_installed", status.get("message") or
+                           "FLUX is not available; run `upscaler models pull flux`")
+        lo = self.settings.flux_min_tile_size
+        if not lo <= form.tile_size <= 2048 or form.tile_size % 16:
+            raise ApiError(422, "invalid_request", f"tile_size must be a multiple of 16 between "
+                           f"{lo} and 2048 (got {form.tile_size})")
+        data = await self._read_upload(file or image)
+        probe = await self._probe(data)
+        try:
+            plan = calculate_output_dimensions(
+                probe.width, probe.height, form.upscale_factor, form.target_dpi,
+                form.target_width_inches, form.target_height_inches, form.crop_to_target)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from exc
+        self._check_output_size(plan.output_width, plan.output_height)
+        model = await self._esrgan_model(form.upscale_model)
+        params = form.model_dump(exclude={"wait", "model"})
+        params["upscale_model"] = model["name"]
+        job = JobRecord(
+            engine="flux", resumable=True, owner=self.owner, input_format=probe.format,
+            input_size=Size(width=probe.width, height=probe.height),
+            output_size=Size(width=plan.final_width, height=plan.final_height),
+            plan=plan.as_dict(), params=params)
+        return await self._submit(job, data, 0.0, self.flux_stream.run)
 
     @app.get("/api/status/{job_id}", response_model=JobStatusResponse,
              responses={404: {"model": ErrorResponse}}, summary="Job status and progress")
@@ -254,10 +301,14 @@ class Ingress:
                 engines["esrgan"] = {**self._last_health["esrgan"], "state": "busy"}
             else:
                 engines["esrgan"] = {"error": f"no answer: {type(_unwrap(exc)).__name__}"}
-        up = [name for name, info in engines.items() if "error" not in info]
+        flux = await self._flux_status()
+        engines["flux"] = flux
+        up = [name for name, info in engines.items()
+              if "error" not in info and info.get("installed", True)]
         gpu = next((i for i in engines.values() if i.get("gpu_available")), {})
         return HealthResponse(
-            status="healthy" if len(up) == len(engines) else "degraded",
+            status="healthy" if "error" not in engines["esrgan"] and "error" not in flux
+            else "degraded",
             gpu_available=bool(gpu.get("gpu_available", False)),
             gpu_name=gpu.get("gpu_name"), gpu_memory_free=gpu.get("gpu_memory_free"),
             models_loaded=up, queue_size=len(self._open), engines=engines)
@@ -271,6 +322,18 @@ class Ingress:
         return {"esrgan": await self.esrgan.list_models.remote()}
 
     # --- helpers -----------------------------------------------------------------------------
+    async def _flux_status(self) -> dict[str, Any]:
+        """FLUX replica status (installed, device, ...); the last answer when all are busy."""
+        try:
+            status = await asyncio.wait_for(self.flux.status.remote(), 5)
+            self._last_health["flux"] = status
+            return status
+        except Exception as exc:  # noqa: BLE001
+            if "flux" in self._last_health:
+                return {**self._last_health["flux"], "state": "busy"}
+            return {"installed": False, "error": f"no answer: {type(_unwrap(exc)).__name__}",
+                    "message": "the FLUX deployment is not answering yet; retry shortly"}
+
     async def _read_upload(self, upload: UploadFile | None) -> bytes:
         if upload is None:
             raise ApiError(422, "missing_file",
@@ -322,7 +385,8 @@ class Ingress:
         """Seconds until done: measured seconds per output megapixel, times the jobs ahead."""
         mp = job.output_size.width * job.output_size.height / 1e6
         device = str(self._last_health.get(job.engine, {}).get("device", "cpu"))
-        initial = INITIAL_SECONDS_PER_MP["cuda" if device.startswith("cuda") else "cpu"]
+        initial = INITIAL_SECONDS_PER_MP[(job.engine,
+                                          "cuda" if device.startswith("cuda") else "cpu")]
         rate = self._seconds_per_mp.get(job.engine, initial)
         ahead = sum(1 for j in self._open.values() if j.engine == job.engine) - 1
         return round(mp * rate * (1 + max(0, ahead)), 1)
@@ -331,36 +395,47 @@ class Ingress:
         await asyncio.to_thread(self.store.storage.write_bytes,
                                 JobStore.input_key(job.job_id), data)
         await self._save(job)
-        self._open[job.job_id] = job
-        task = asyncio.get_running_loop().create_task(self._drive(job, remote))
-        self._tasks[job.job_id] = task
+        task = self._start(job, remote)
         if wait > 0:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(task), wait)
         return self._submit_response(job)
 
+    def _start(self, job: JobRecord, remote) -> asyncio.Task:
+        job.owner = self.owner
+        self._open[job.job_id] = job
+        task = asyncio.get_running_loop().create_task(self._drive(job, remote))
+        self._tasks[job.job_id] = task
+        return task
+
     async def _drive(self, job: JobRecord, remote) -> None:
-        last_save = 0.0
+        """Run a job to its end, recording progress. Resumable jobs (FLUX) are re-run from
+        their finished tiles when a replica dies, up to ``flux_max_resumes`` times."""
+        left_open = False
         try:
-            async for event in remote.remote(job.model_dump(mode="json")):
-                kind = event["type"]
-                if kind == "started":
-                    job.mark_processing()
-                    job.stats["replica"] = event.get("replica")
-                    await self._save(job)
-                elif kind == "progress":
-                    job.progress = min(99.0, 100.0 * event["done"] / max(1, event["total"]))
-                    if time.monotonic() - last_save > 0.5:  # bound writes on object stores
-                        last_save = time.monotonic()
+            while True:
+                try:
+                    await self._stream(job, remote)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    cause = _unwrap(exc)
+                    if (job.resumable and not getattr(cause, "code", None)
+                            and job.resumes < self.settings.flux_max_resumes):
+                        job.resumes += 1
+                        logger.warning("job %s: %s; resuming (%d)", job.job_id,
+                                       type(cause).__name__, job.resumes)
                         await self._save(job)
-                elif kind == "completed":
-                    job.mark_completed(event["result_key"], event["filename"], event["stats"])
-                    self._learn_rate(job)
+                        continue
+                    raise
         except asyncio.CancelledError:
             if job.job_id in self._cancel_requested:
                 job.state, job.finished_at = JobState.cancelled, job.finished_at or time.time()
                 job.error, job.error_code = "cancelled", "cancelled"
-            else:  # the service is shutting down under this job
+            elif job.resumable:
+                left_open = True  # the service is stopping: the next start resumes this job
+            else:
                 job.mark_failed("the service stopped before this job finished; submit the "
                                 "image again", code="worker_lost")
             raise
@@ -372,16 +447,34 @@ class Ingress:
                 logger.exception("job %s failed", job.job_id)
                 job.mark_failed(f"the worker failed: {type(cause).__name__}: {cause}")
         finally:
-            if job.state not in (JobState.completed, JobState.failed, JobState.cancelled):
+            if not left_open and not job.state.is_terminal:
                 job.mark_failed("the worker ended without a result")
             self._open.pop(job.job_id, None)
             self._tasks.pop(job.job_id, None)
             self._cancel_requested.discard(job.job_id)
-            await asyncio.shield(self._finish(job))
+            if not left_open:
+                await asyncio.shield(self._finish(job))
+
+    async def _stream(self, job: JobRecord, remote) -> None:
+        last_save = 0.0
+        async for event in remote.remote(job.model_dump(mode="json")):
+            kind = event["type"]
+            if kind == "started":
+                job.mark_processing()
+                job.stats["replica"] = event.get("replica")
+                await self._save(job)
+            elif kind == "progress":
+                job.progress = min(99.0, 100.0 * event["done"] / max(1, event["total"]))
+                if time.monotonic() - last_save > 0.5:  # bound writes on object stores
+                    last_save = time.monotonic()
+                    await self._save(job)
+            elif kind == "completed":
+                job.mark_completed(event["result_key"], event["filename"], event["stats"])
+                self._learn_rate(job)
 
     async def _finish(self, job: JobRecord) -> None:
         await self._save(job)
-        await asyncio.to_thread(self.store.storage.delete, JobStore.input_key(job.job_id))
+        await asyncio.to_thread(self.store.delete_work_files, job.job_id)
 
     def _learn_rate(self, job: JobRecord) -> None:
         mp = job.output_size.width * job.output_size.height / 1e6

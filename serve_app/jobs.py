@@ -57,6 +57,10 @@ class JobRecord(BaseModel):
     error_code: str | None = None
     stats: dict[str, Any] = Field(default_factory=dict)
     owner: str | None = None
+    # Resumable jobs (FLUX) keep their finished tiles in storage: after a crash they are
+    # resumed by the next ingress instead of being failed.
+    resumable: bool = False
+    resumes: int = 0
     created_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
@@ -97,6 +101,7 @@ class JobRecord(BaseModel):
                 and (now or time.time()) - self.heartbeat_at > stale_after_s)
 
 
+
 class JobNotFound(KeyError):
     pass
 
@@ -115,8 +120,19 @@ class JobStore:
         return f"inputs/{job_id}"
 
     @staticmethod
+    def tiles_prefix(job_id: str) -> str:
+        return f"jobs/{job_id}/tiles"
+
+    @staticmethod
     def result_key(filename: str) -> str:
         return f"results/{filename}"
+
+    def delete_work_files(self, job_id: str) -> None:
+        """A finished job keeps its record and result; its upload and intermediates go."""
+        self.storage.delete(self.input_key(job_id))
+        for key in list(self.storage.list(self.tiles_prefix(job_id))):
+            self.storage.delete(key)
+        self.storage.delete(f"jobs/{job_id}/prepass.npz")
 
     def save(self, job: JobRecord) -> None:
         self.storage.write_bytes(self._key(job.job_id), job.model_dump_json().encode())
@@ -129,7 +145,7 @@ class JobStore:
             job = JobRecord.model_validate(json.loads(self.storage.read_bytes(self._key(job_id))))
         except FileNotFoundError as exc:
             raise JobNotFound(job_id) from exc
-        if job.is_stale(self.stale_after_s):
+        if job.is_stale(self.stale_after_s) and not job.resumable:
             job.mark_failed(
                 "the worker running this job stopped (service restarted or replica died) "
                 "before it finished; submit the image again", code="worker_lost")
@@ -144,16 +160,18 @@ class JobStore:
                 ids.append(name[:-5])
         return ids
 
-    def fail_stale_jobs(self) -> int:
-        """Sweep: report every abandoned open job failed. Returns how many were failed."""
-        failed = 0
+    def abandoned_jobs(self) -> list[JobRecord]:
+        """Sweep: every open job whose owner stopped heart-beating. Plain jobs are reported
+        failed (and saved); resumable ones are returned for the caller to resume."""
+        found = []
         for job_id in self.open_job_ids():
             try:
-                before = json.loads(self.storage.read_bytes(self._key(job_id)))
+                raw = json.loads(self.storage.read_bytes(self._key(job_id)))
             except (FileNotFoundError, ValueError):
                 continue
-            if before.get("state") in {s.value for s in TERMINAL_STATES}:
+            if raw.get("state") in {s.value for s in TERMINAL_STATES}:
                 continue
-            if self.load(job_id).state == JobState.failed:
-                failed += 1
-        return failed
+            job = self.load(job_id)
+            if job.state == JobState.failed or job.is_stale(self.stale_after_s):
+                found.append(job)
+        return found

@@ -81,6 +81,47 @@ class EsrganUpscaleForm(CommonUpscaleForm):
         return self.model
 
 
+class FluxUpscaleForm(CommonUpscaleForm):
+    """Ultimate SD Upscale with FLUX.1-dev: ESRGAN pre-pass, then tiles redrawn at low denoise."""
+
+    upscale_factor: float = Field(4, gt=0, le=16, description="Used when no print size is given.")
+    denoise: float = Field(0.2, ge=0, le=1, description="img2img strength per tile.")
+    steps: int = Field(20, ge=1, le=100, description="Diffusion steps (at strength 1).")
+    tile_size: int = Field(512, description="Tile edge in output pixels; a multiple of 16 "
+                           "between the server's minimum (256) and 2048.")
+    upscale_model: str | None = Field(None, max_length=200, description="ESRGAN model of the "
+                                      "pre-pass; default: the server's default model.")
+    model: str | None = Field(None, max_length=200, description="Alias of `upscale_model`.")
+    prompt: str = Field("", max_length=2000, description="Optional text; encoded once per job.")
+    guidance: float = Field(3.5, ge=0, le=30, description="FLUX-dev distilled guidance.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Same inputs and seed, same output.")
+    mask_blur: int = Field(8, ge=0, le=64)
+    tile_padding: int = Field(32, ge=0, le=256, description="Context pixels around each tile.")
+    color_fix: Literal["wavelet", "adain", "none"] = Field(
+        "wavelet", description="Per-tile colour correction against the pre-pass.")
+    tile_order: Literal["chess", "parallel"] = Field(
+        "chess", description="chess: two waves, the second sees the first redrawn; parallel: "
+        "one wave, every tile at once.")
+    seam_fix: Literal["none", "band_pass"] = "none"
+    seam_fix_width: int = Field(64, ge=8, le=512)
+
+    _factor = field_validator("upscale_factor", mode="before")(lambda cls, v: _strip_x(v))
+
+    @model_validator(mode="after")
+    def _model_alias(self) -> FluxUpscaleForm:
+        if self.model and self.upscale_model and self.model != self.upscale_model:
+            raise ValueError("`model` and `upscale_model` name different models; send one")
+        self.upscale_model = self.upscale_model or self.model
+        return self
+
+    @model_validator(mode="after")
+    def _padding_vs_blur(self) -> FluxUpscaleForm:
+        if self.mask_blur and self.tile_padding < self.mask_blur:
+            raise ValueError("tile_padding must be at least mask_blur (the blurred mask needs "
+                             "that much context)")
+        return self
+
+
 class CropGuidance(BaseModel):
     direction: Literal["vertical", "horizontal"]
     amount_px: int

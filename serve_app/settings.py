@@ -68,6 +68,23 @@ class Settings(BaseSettings):
     tile_overlap: int = Field(default=32, ge=0,
                               description="Context overlap between tiles, input px.")
 
+    # --- FLUX ----------------------------------------------------------------------------
+    flux_num_gpus: float | None = Field(
+        default=None, ge=0,
+        description="GPUs per FLUX replica; None = 0.75 when a GPU is visible (so ESRGAN's "
+        "0.25 fits beside it on one card), else 0.")
+    flux_num_cpus: float = Field(default=0.25, ge=0)
+    flux_min_replicas: int = Field(default=1, ge=0)
+    flux_max_replicas: int = Field(default=1, ge=1)
+    flux_memory_mode: Literal["resident", "offload"] = Field(
+        default="resident",
+        description="resident: everything on the GPU (24 GB+); offload: model CPU offload "
+        "and VAE tiling for 16 GB cards.")
+    flux_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    flux_min_tile_size: int = Field(default=256, ge=16)
+    flux_max_resumes: int = Field(default=3, ge=0,
+                                  description="Times a FLUX job is resumed after a crash.")
+
     # --- limits ------------------------------------------------------------------------
     max_upload_mb: float = Field(default=50, gt=0)
     max_input_pixels: int = Field(default=40_000_000, gt=0)
