@@ -84,9 +84,17 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         print(f"  {name:28s} NOT LOADABLE: {err}")
     if not infos and not errors:
         print("  (none) - run `upscaler models pull default`")
-    missing = [n for n in CATALOG if n not in registry.names()]
+    missing = [n for n, e in CATALOG.items()
+               if e.subfolder == "upscale_models" and n not in registry.names()]
     if missing:
         print("available to pull: " + ", ".join(missing))
+    from engines.flux import FluxFiles
+
+    flux_missing = FluxFiles(settings.resolved_models_dir).missing()
+    if flux_missing:
+        print(f"FLUX: missing {len(flux_missing)} files - run `upscaler models pull flux`")
+    else:
+        print("FLUX: installed")
     return 0
 
 

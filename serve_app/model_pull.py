@@ -48,6 +48,7 @@ class CatalogEntry:
     wheel_member: str | None = None
     wheel_sha256: str | None = None
     sha256: str | None = None  # of the weight file itself, when pinned
+    flux_configs: bool = False  # the configs + tokenizers diffusers needs beside FLUX's files
 
 
 def _hf(name: str, desc: str) -> CatalogEntry:
@@ -70,16 +71,33 @@ def _dat(scale: int) -> CatalogEntry:
         sha256=sha)
 
 
+def _flux_file(name: str, repo: str, path: str, subfolder: str, desc: str) -> CatalogEntry:
+    return CatalogEntry(name=name, filename=path.rsplit("/", 1)[-1], subfolder=subfolder,
+                        description=desc, license="FLUX.1 [dev] Non-Commercial License",
+                        hf_repo=repo, hf_path=path)
+
+
 CATALOG: dict[str, CatalogEntry] = {e.name: e for e in [
     _hf("4x-UltraSharp", "ESRGAN 4x, general photos (the seed's default)"),
     _hf("4x_foolhardy_Remacri", "ESRGAN 4x, photos, softer detail"),
     _hf("4x-AnimeSharp", "ESRGAN 4x, anime and line art"),
     _dat(4), _dat(3), _dat(2),
+    _flux_file("flux1-dev-Q8_0", "city96/FLUX.1-dev-gguf", "flux1-dev-Q8_0.gguf", "unet",
+               "FLUX.1-dev transformer, GGUF Q8_0 (12 GB)"),
+    _flux_file("flux-ae", HF_UPSCALERS_REPO, "Flux/ae.sft", "vae", "FLUX autoencoder"),
+    _flux_file("clip_l", HF_UPSCALERS_REPO, "Flux/clip_l.safetensors", "clip", "CLIP-L"),
+    _flux_file("t5xxl_fp8_e4m3fn", HF_UPSCALERS_REPO, "Flux/t5xxl_fp8_e4m3fn.safetensors",
+               "clip", "T5-XXL encoder, fp8 (4.9 GB)"),
+    CatalogEntry(name="flux-configs", filename="", subfolder="flux", license="see sources",
+                 description="configs (written here) and CLIP/T5 tokenizers (from the hub)",
+                 flux_configs=True),
 ]}
 GROUPS: dict[str, list[str]] = {
     "default": ["DAT_light_x4"],
     "esrgan": ["4x-UltraSharp", "4x_foolhardy_Remacri", "4x-AnimeSharp"],
     "dat": ["DAT_light_x2", "DAT_light_x3", "DAT_light_x4"],
+    "flux": ["flux1-dev-Q8_0", "flux-ae", "clip_l", "t5xxl_fp8_e4m3fn", "flux-configs",
+             "4x-UltraSharp"],
 }
 
 
@@ -149,29 +167,65 @@ def _pull_wheel(entry: CatalogEntry, dest: Path, cache_dir: Path) -> str:
         return _install(extracted, dest, entry.sha256)
 
 
-def _pull_hf(entry: CatalogEntry, dest: Path, cache_dir: Path) -> str:
-    assert entry.hf_repo and entry.hf_path
+def git_blob_sha1(path: Path) -> str:
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _fetch_hf(repo: str, repo_path: str, revision: str, cache_dir: Path,
+              pinned_sha256: str | None, dest: Path) -> str:
+    """Download one hub file and verify it: SHA-256 (pinned, or the hub's LFS record) for big
+    files, the git blob id for small ones. Returns the verified SHA-256."""
     try:
         from huggingface_hub import HfApi, hf_hub_download
 
-        expected = entry.sha256
-        if expected is None:
-            infos = HfApi().get_paths_info(entry.hf_repo, [entry.hf_path],
-                                           revision=entry.hf_revision)
-            lfs = getattr(infos[0], "lfs", None) if infos else None
-            if lfs is None:
-                raise PullError(f"the hub gives no SHA-256 for {entry.hf_repo}/{entry.hf_path}")
-            expected = lfs.sha256
-        path = hf_hub_download(entry.hf_repo, entry.hf_path, revision=entry.hf_revision,
-                               cache_dir=str(cache_dir / "hf"))
-    except PullError:
-        raise
+        infos = [] if pinned_sha256 else HfApi().get_paths_info(repo, [repo_path],
+                                                                 revision=revision)
+        path = Path(hf_hub_download(repo, repo_path, revision=revision,
+                                    cache_dir=str(cache_dir / "hf")))
     except Exception as exc:  # noqa: BLE001 - offline, DNS, HTTP errors, auth...
+        first = str(exc).splitlines()[0] if str(exc) else ""
         raise PullError(
-            f"could not fetch {entry.hf_path} from the Hugging Face Hub repo {entry.hf_repo} "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Check the "
-            f"network / HF_TOKEN, or copy the file by hand to {dest}") from exc
-    return _install(Path(path), dest, expected)
+            f"could not fetch {repo_path} from the Hugging Face Hub repo {repo} "
+            f"({type(exc).__name__}: {first}). Check the network / HF_TOKEN, or copy the file "
+            f"by hand to {dest}") from exc
+    expected = pinned_sha256
+    if expected is None:
+        info = infos[0] if infos else None
+        lfs = getattr(info, "lfs", None)
+        if lfs is not None:
+            expected = lfs.sha256
+        elif getattr(info, "blob_id", None):
+            if git_blob_sha1(path) != info.blob_id:
+                raise PullError(f"checksum mismatch for {repo}/{repo_path} (git blob id)")
+            expected = sha256_file(path)
+        else:
+            raise PullError(f"the hub gives no checksum for {repo}/{repo_path}")
+    return _install(path, dest, expected)
+
+
+def _pull_hf(entry: CatalogEntry, dest: Path, cache_dir: Path) -> str:
+    assert entry.hf_repo and entry.hf_path
+    return _fetch_hf(entry.hf_repo, entry.hf_path, entry.hf_revision, cache_dir, entry.sha256,
+                     dest)
+
+
+def write_flux_configs(folder: Path) -> None:
+    """The FLUX.1-dev configs diffusers/transformers need, so loading never asks a hub."""
+    from engines.flux import FLUX_DEV_CONFIGS, write_json
+
+    for rel, data in FLUX_DEV_CONFIGS.items():
+        write_json(folder / rel, data)
+
+
+def _pull_flux_configs(folder: Path, cache_dir: Path, log) -> None:
+    from engines.flux import FLUX_TOKENIZER_FILES
+
+    write_flux_configs(folder)
+    for sub, (repo, names) in FLUX_TOKENIZER_FILES.items():
+        for name in names:
+            _fetch_hf(repo, name, "main", cache_dir, None, folder / sub / name)
+    log(f"flux-configs: configs and tokenizers in {folder}")
 
 
 def pull(names: list[str], settings: Settings, force: bool = False,
@@ -179,6 +233,11 @@ def pull(names: list[str], settings: Settings, force: bool = False,
     """Install the named models (or groups). Returns their paths. Raises PullError."""
     installed = []
     for entry in expand(names):
+        if entry.flux_configs:
+            _pull_flux_configs(settings.resolved_models_dir / entry.subfolder,
+                               settings.cache_dir, log)
+            installed.append(settings.resolved_models_dir / entry.subfolder)
+            continue
         dest = settings.resolved_models_dir / entry.subfolder / entry.filename
         if dest.exists() and not force and entry.sha256 and sha256_file(dest) == entry.sha256:
             log(f"{entry.name}: already present ({dest})")
