@@ -32,10 +32,13 @@ logger = logging.getLogger("ray.serve")
 class EngineUserError(Exception):
     """A failure caused by the request (not the service); its message is shown to the user."""
 
-    def __init__(self, message: str, code: str = "invalid_request"):
+    def __init__(self, message: str, code: str = "invalid_request", status_code: int = 422,
+                 retry_after: int | None = None):
         super().__init__(message)
         self.message = message
         self.code = code
+        self.status_code = status_code
+        self.retry_after = retry_after
 
 
 def gpu_snapshot() -> dict[str, Any]:

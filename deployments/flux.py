@@ -94,7 +94,7 @@ class FluxDeployment:
             if cancelled.is_set():
                 raise TileCancelled()
 
-        start = time.perf_counter()
+        start, started_at = time.perf_counter(), time.time()
         work = asyncio.to_thread(
             engine.redraw, crop.astype(np.float32), PromptEmbeds(*embeds),
             params["denoise"], params["steps"], params["guidance"], seed, on_step)
@@ -105,7 +105,8 @@ class FluxDeployment:
             raise
         self.tiles_done += 1
         return {"image": out.astype(np.float16), "replica": self.replica_id,
-                "seconds": round(time.perf_counter() - start, 3)}
+                "seconds": round(time.perf_counter() - start, 3),
+                "started_at": started_at, "finished_at": time.time()}
 
 
 def _npy(arr: np.ndarray) -> bytes:
@@ -195,8 +196,9 @@ class FluxCoordinator:
                             self.store.storage.write_bytes,
                             f"{JobStore.tiles_prefix(job_id)}/{tile.index}.npy", _npy(out))
                         done[tile.index] = out
-                        tile_log.append({"tile": tile.index, "replica": result["replica"],
-                                         "seconds": result["seconds"]})
+                        tile_log.append({k: result[k] for k in (
+                            "replica", "seconds", "started_at", "finished_at")}
+                            | {"tile": tile.index})
                         finished += 1
                         yield {"type": "progress", "done": finished, "total": len(tiles),
                                "tile": tile.index, "replica": result["replica"]}

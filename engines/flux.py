@@ -159,6 +159,15 @@ class FluxTileEngine:
         self.pipe = load_flux_pipeline(models_dir, self.device, self.dtype, memory_mode)
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_pipeline(cls, pipe, device: torch.device, dtype: torch.dtype) -> FluxTileEngine:
+        """Wrap a pipeline built elsewhere (benchmarks with random full-size weights)."""
+        engine = cls.__new__(cls)
+        engine.device, engine.dtype, engine.pipe = device, dtype, pipe
+        engine.memory_mode, engine.max_sequence_length = "resident", 512
+        engine._lock = threading.Lock()
+        return engine
+
     @torch.inference_mode()
     def encode_prompt(self, prompt: str) -> PromptEmbeds:
         with self._lock:

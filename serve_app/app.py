@@ -9,6 +9,7 @@ from ray.serve import Application
 
 from deployments.esrgan import EsrganDeployment
 from deployments.flux import FluxCoordinator, FluxDeployment
+from deployments.imagen import ImagenDeployment
 from serve_app.ingress import Ingress
 from serve_app.settings import Settings, load_settings
 
@@ -71,11 +72,19 @@ def build_graph(settings: Settings) -> Application:
         num_replicas=1, max_ongoing_requests=100, ray_actor_options={"num_cpus": 0},
         graceful_shutdown_timeout_s=5,
     ).bind(settings, esrgan, flux)
+    imagen = ImagenDeployment.options(
+        ray_actor_options={"num_cpus": 0},  # network-bound: waits on Vertex AI
+        # Calls in flight per replica: Vertex's quota is ~50/min per region anyway.
+        max_ongoing_requests=settings.imagen_max_ongoing_requests,
+        autoscaling_config={"min_replicas": 1, "max_replicas": settings.imagen_max_replicas,
+                            "target_ongoing_requests": settings.imagen_max_ongoing_requests
+                            // 2 or 1},
+    ).bind(settings)
     return Ingress.options(
         num_replicas=1,
         max_ongoing_requests=200,  # I/O-bound; uploads wait for handles, not for CPU
         ray_actor_options={"num_cpus": 0.25},
-    ).bind(esrgan, flux, coordinator, settings)
+    ).bind(esrgan, flux, coordinator, imagen, settings)
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:

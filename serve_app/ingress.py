@@ -20,6 +20,8 @@ from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engines.imagen import ImagenError, choose_factor, request_image_bytes
+from engines.imagen import model_spec as imagen_model
 from serve_app import __version__
 from serve_app.dimensions import calculate_output_dimensions
 from serve_app.images import MEDIA_TYPES, ImageInputError, probe_image
@@ -30,6 +32,7 @@ from serve_app.schemas import (
     EsrganUpscaleForm,
     FluxUpscaleForm,
     HealthResponse,
+    ImagenUpscaleForm,
     JobStatusResponse,
     UpscaleResponse,
 )
@@ -123,12 +126,15 @@ async def _limit_upload(request: Request, call_next):
 @serve.ingress(app)
 class Ingress:
     def __init__(self, esrgan: DeploymentHandle, flux: DeploymentHandle,
-                 flux_coordinator: DeploymentHandle, settings: Settings):
+                 flux_coordinator: DeploymentHandle, imagen: DeploymentHandle,
+                 settings: Settings):
         self.settings = settings
         self.esrgan = esrgan
         self.esrgan_stream = esrgan.options(stream=True)
         self.flux = flux
         self.flux_stream = flux_coordinator.options(stream=True)
+        self.imagen = imagen
+        self.imagen_stream = imagen.options(stream=True)
         self.store = JobStore(Storage(settings.resolved_storage_url), settings.stale_after_s)
         self.owner = uuid.uuid4().hex
         self._open: dict[str, JobRecord] = {}
@@ -239,6 +245,63 @@ class Ingress:
             plan=plan.as_dict(), params=params)
         return await self._submit(job, data, 0.0, self.flux_stream.run)
 
+    @app.post("/api/upscale/imagen", response_model=UpscaleResponse, status_code=200,
+              responses={202: {"model": UpscaleResponse}, 413: {"model": ErrorResponse},
+                         422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
+                         502: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+              summary="Upscale with Imagen on Vertex AI (a cloud call)")
+    async def upscale_imagen(
+        self,
+        form: Annotated[ImagenUpscaleForm, Form()],
+        file: Annotated[UploadFile | None, File(description="The image")] = None,
+        image: Annotated[UploadFile | None, File(description="Alias of `file`.")] = None,
+        prefer: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        status = await self._engine_status("imagen", self.imagen)
+        if not status.get("credentials_found"):
+            raise ApiError(502, "credentials_missing",
+                           "Imagen is not configured: no Google Cloud credentials. Set "
+                           "UPSCALER_GCP_CREDENTIALS_FILE (or GOOGLE_APPLICATION_CREDENTIALS) to "
+                           "a service-account key with roles/aiplatform.user")
+        project = form.gcp_project_id or status.get("project")
+        if not project:
+            raise ApiError(502, "project_missing", "no Google Cloud project: send "
+                           "gcp_project_id or set UPSCALER_GCP_PROJECT_ID")
+        data = await self._read_upload(file or image)
+        probe = await self._probe(data)
+        try:
+            plan = calculate_output_dimensions(
+                probe.width, probe.height, int(form.upscale_factor[1:]), form.target_dpi,
+                form.target_width_inches, form.target_height_inches, form.crop_to_target)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from exc
+        self._check_output_size(plan.output_width, plan.output_height)
+        has_print_size = form.target_width_inches or form.target_height_inches
+        try:  # Vertex's documented limits, checked before any call
+            model = imagen_model(form.model or self.settings.imagen_model)
+            factor = choose_factor(model, probe.width, probe.height, plan.output_width,
+                                   plan.output_height,
+                                   None if has_print_size else int(form.upscale_factor[1:]))
+            await asyncio.to_thread(request_image_bytes, data, probe.format, model)
+        except ImagenError as exc:
+            raise ApiError(exc.status_code, exc.code, exc.message) from None
+        add_watermark = (self.settings.imagen_add_watermark if form.add_watermark is None
+                         else form.add_watermark)
+        job = JobRecord(
+            engine="imagen", owner=self.owner, input_format=probe.format,
+            input_size=Size(width=probe.width, height=probe.height),
+            output_size=Size(width=plan.final_width, height=plan.final_height),
+            plan=plan.as_dict(),
+            params={"model": model.name, "factor": factor, "gcp_project_id": project,
+                    "gcp_region": form.gcp_region, "add_watermark": add_watermark,
+                    "output_format": form.output_format,
+                    "upscale_factor": form.upscale_factor, "target_dpi": form.target_dpi,
+                    "target_width_inches": form.target_width_inches,
+                    "target_height_inches": form.target_height_inches,
+                    "crop_to_target": form.crop_to_target})
+        return await self._submit(job, data, self._wait_seconds(form.wait, prefer),
+                                  self.imagen_stream.run)
+
     @app.get("/api/status/{job_id}", response_model=JobStatusResponse,
              responses={404: {"model": ErrorResponse}}, summary="Job status and progress")
     async def status(self, job_id: str) -> JobStatusResponse:
@@ -303,8 +366,10 @@ class Ingress:
                 engines["esrgan"] = {"error": f"no answer: {type(_unwrap(exc)).__name__}"}
         flux = await self._flux_status()
         engines["flux"] = flux
+        engines["imagen"] = await self._engine_status("imagen", self.imagen)
         up = [name for name, info in engines.items()
-              if "error" not in info and info.get("installed", True)]
+              if "error" not in info and info.get("installed", True)
+              and info.get("configured", True)]
         gpu = next((i for i in engines.values() if i.get("gpu_available")), {})
         return HealthResponse(
             status="healthy" if "error" not in engines["esrgan"] and "error" not in flux
@@ -322,17 +387,20 @@ class Ingress:
         return {"esrgan": await self.esrgan.list_models.remote()}
 
     # --- helpers -----------------------------------------------------------------------------
-    async def _flux_status(self) -> dict[str, Any]:
-        """FLUX replica status (installed, device, ...); the last answer when all are busy."""
+    async def _engine_status(self, name: str, handle: DeploymentHandle) -> dict[str, Any]:
+        """An engine deployment's ``status()``; its last answer when every replica is busy."""
         try:
-            status = await asyncio.wait_for(self.flux.status.remote(), 5)
-            self._last_health["flux"] = status
+            status = await asyncio.wait_for(handle.status.remote(), 5)
+            self._last_health[name] = status
             return status
         except Exception as exc:  # noqa: BLE001
-            if "flux" in self._last_health:
-                return {**self._last_health["flux"], "state": "busy"}
+            if name in self._last_health:
+                return {**self._last_health[name], "state": "busy"}
             return {"installed": False, "error": f"no answer: {type(_unwrap(exc)).__name__}",
-                    "message": "the FLUX deployment is not answering yet; retry shortly"}
+                    "message": f"the {name} deployment is not answering yet; retry shortly"}
+
+    async def _flux_status(self) -> dict[str, Any]:
+        return await self._engine_status("flux", self.flux)
 
     async def _read_upload(self, upload: UploadFile | None) -> bytes:
         if upload is None:
@@ -443,6 +511,8 @@ class Ingress:
             cause = _unwrap(exc)
             if getattr(cause, "code", None):
                 job.mark_failed(cause.message, cause.code)
+                job.error_status = getattr(cause, "status_code", None)
+                job.retry_after = getattr(cause, "retry_after", None)
             else:
                 logger.exception("job %s failed", job.job_id)
                 job.mark_failed(f"the worker failed: {type(cause).__name__}: {cause}")
@@ -514,8 +584,10 @@ class Ingress:
             err = ErrorResponse(error=job.error_code or "processing_failed",
                                 message=job.error or "failed", jobId=job.job_id,
                                 detail=body.model_dump(mode="json"))
-            return JSONResponse(err.model_dump(mode="json"), status_code=422 if user_error
-                                else 500)
+            status = job.error_status or (422 if user_error else 500)
+            headers = {"Retry-After": str(job.retry_after)} if job.retry_after else None
+            return JSONResponse(err.model_dump(mode="json"), status_code=status,
+                                headers=headers)
         return JSONResponse(body.model_dump(mode="json"), status_code=202,
                             headers={"Location": body.statusUrl})
 
@@ -529,4 +601,5 @@ class Ingress:
             error_code=job.error_code, engine=job.engine, input_size=job.input_size,
             output_size=job.output_size, model=job.params.get("model"),
             created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-            queue_time=queue_time, processing_time=job.processing_time, stats=job.stats)
+            queue_time=queue_time, processing_time=job.processing_time, resumes=job.resumes,
+            stats=job.stats)

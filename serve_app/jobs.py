@@ -55,6 +55,8 @@ class JobRecord(BaseModel):
     result_filename: str | None = None
     error: str | None = None
     error_code: str | None = None
+    error_status: int | None = None  # the HTTP status a failed job's error maps to
+    retry_after: int | None = None
     stats: dict[str, Any] = Field(default_factory=dict)
     owner: str | None = None
     # Resumable jobs (FLUX) keep their finished tiles in storage: after a crash they are

@@ -122,6 +122,28 @@ class FluxUpscaleForm(CommonUpscaleForm):
         return self
 
 
+class ImagenUpscaleForm(CommonUpscaleForm):
+    """Imagen upscaling on Vertex AI (a cloud call; needs Google Cloud credentials)."""
+
+    upscale_factor: Literal["x2", "x3", "x4"] = Field(
+        "x4", description="Vertex's factor; with a print size the smallest factor that reaches "
+        "it is used and the result resampled to the exact size.")
+    gcp_project_id: str | None = Field(None, max_length=30, pattern=r"^[a-z][a-z0-9-]{4,29}$",
+                                       description="Default: the server's project.")
+    gcp_region: str = Field("us-central1", pattern=r"^[a-z]+-[a-z]+[0-9]+$")
+    model: str | None = Field(None, description="Vertex model id; default "
+                              "imagen-4.0-upscale-preview (server setting).")
+    add_watermark: bool | None = Field(None, description="Google's invisible watermark; "
+                                       "default from the server (true).")
+
+    @field_validator("upscale_factor", mode="before")
+    @classmethod
+    def _x(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) or (isinstance(value, str) and value.isdigit()):
+            return f"x{int(float(value))}"
+        return value.strip().lower() if isinstance(value, str) else value
+
+
 class CropGuidance(BaseModel):
     direction: Literal["vertical", "horizontal"]
     amount_px: int
@@ -166,6 +188,7 @@ class JobStatusResponse(BaseModel):
     finished_at: float | None = None
     queue_time: float | None = None
     processing_time: float | None = None
+    resumes: int = Field(0, description="Times the job was resumed after a crash (FLUX).")
     stats: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -85,6 +85,23 @@ class Settings(BaseSettings):
     flux_max_resumes: int = Field(default=3, ge=0,
                                   description="Times a FLUX job is resumed after a crash.")
 
+    # --- Imagen (Vertex AI) -------------------------------------------------------------
+    gcp_project_id: str | None = Field(default=None, description="Default project; a request's "
+                                       "gcp_project_id wins, the credentials' project is last.")
+    gcp_region: str = "us-central1"
+    gcp_credentials_file: str | None = Field(
+        default=None, description="Service-account key file; else application default "
+        "credentials (GOOGLE_APPLICATION_CREDENTIALS, workload identity).")
+    vertex_api_endpoint: str | None = Field(
+        default=None, description="Default: REGION-aiplatform.googleapis.com. A private "
+        "endpoint, or http://127.0.0.1:PORT for a test server.")
+    imagen_model: str = "imagen-4.0-upscale-preview"
+    imagen_add_watermark: bool = True
+    imagen_deadline_s: float = Field(default=120, gt=0, description="Per request, retries in.")
+    imagen_call_timeout_s: float = Field(default=60, gt=0, description="Per HTTP call.")
+    imagen_max_ongoing_requests: int = Field(default=8, ge=1)
+    imagen_max_replicas: int = Field(default=2, ge=1)
+
     # --- limits ------------------------------------------------------------------------
     max_upload_mb: float = Field(default=50, gt=0)
     max_input_pixels: int = Field(default=40_000_000, gt=0)

@@ -23,7 +23,8 @@ TEXT_DIM = 32  # tiny CLIP hidden size and T5 d_model
 HIGH_PRECISION = ("img_in", "txt_in", "time_in", "vector_in", "guidance_in", "final_layer")
 
 
-def _bfl_transformer_shapes(in_ch: int = 64, text_dim: int = TEXT_DIM) -> dict[str, tuple]:
+def _bfl_transformer_shapes(in_ch: int = 64, text_dim: int = TEXT_DIM, pooled_dim: int = TEXT_DIM,
+                            double: int = 1, single: int = 1) -> dict[str, tuple]:
     shapes: dict[str, tuple] = {
         "img_in.weight": (WIDTH, in_ch), "img_in.bias": (WIDTH,),
         "txt_in.weight": (WIDTH, text_dim), "txt_in.bias": (WIDTH,),
@@ -31,10 +32,18 @@ def _bfl_transformer_shapes(in_ch: int = 64, text_dim: int = TEXT_DIM) -> dict[s
         "final_layer.adaLN_modulation.1.weight": (2 * WIDTH, WIDTH),
         "final_layer.adaLN_modulation.1.bias": (2 * WIDTH,),
     }
-    for name, fan_in in (("time_in", 256), ("vector_in", text_dim), ("guidance_in", 256)):
+    for name, fan_in in (("time_in", 256), ("vector_in", pooled_dim), ("guidance_in", 256)):
         shapes |= {f"{name}.in_layer.weight": (WIDTH, fan_in), f"{name}.in_layer.bias": (WIDTH,),
                    f"{name}.out_layer.weight": (WIDTH, WIDTH), f"{name}.out_layer.bias": (WIDTH,)}
-    b = "double_blocks.0"
+    for i in range(double):
+        shapes |= _double_block(f"double_blocks.{i}")
+    for i in range(single):
+        shapes |= _single_block(f"single_blocks.{i}")
+    return shapes
+
+
+def _double_block(b: str) -> dict[str, tuple]:
+    shapes: dict[str, tuple] = {}
     for s in ("img", "txt"):
         shapes |= {
             f"{b}.{s}_mod.lin.weight": (6 * WIDTH, WIDTH), f"{b}.{s}_mod.lin.bias": (6 * WIDTH,),
@@ -45,24 +54,30 @@ def _bfl_transformer_shapes(in_ch: int = 64, text_dim: int = TEXT_DIM) -> dict[s
             f"{b}.{s}_mlp.0.weight": (MLP, WIDTH), f"{b}.{s}_mlp.0.bias": (MLP,),
             f"{b}.{s}_mlp.2.weight": (WIDTH, MLP), f"{b}.{s}_mlp.2.bias": (WIDTH,),
         }
-    b = "single_blocks.0"
-    shapes |= {
+    return shapes
+
+
+def _single_block(b: str) -> dict[str, tuple]:
+    return {
         f"{b}.linear1.weight": (3 * WIDTH + MLP, WIDTH), f"{b}.linear1.bias": (3 * WIDTH + MLP,),
         f"{b}.linear2.weight": (WIDTH, WIDTH + MLP), f"{b}.linear2.bias": (WIDTH,),
         f"{b}.norm.query_norm.scale": (HEAD_DIM,), f"{b}.norm.key_norm.scale": (HEAD_DIM,),
         f"{b}.modulation.lin.weight": (3 * WIDTH, WIDTH), f"{b}.modulation.lin.bias": (3 * WIDTH,),
     }
-    return shapes
 
 
-def write_transformer_gguf(path: Path, seed: int = 0) -> Path:
+def write_transformer_gguf(path: Path, seed: int = 0, text_dim: int = TEXT_DIM,
+                           pooled_dim: int = TEXT_DIM, double: int = 1, single: int = 1) -> Path:
+    """``double=19, single=38, text_dim=4096, pooled_dim=768`` is FLUX.1-dev's full size."""
     import gguf
 
     rng = np.random.default_rng(seed)
     writer = gguf.GGUFWriter(str(path), arch="flux")
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
-    for name, shape in _bfl_transformer_shapes().items():
+    shapes = _bfl_transformer_shapes(text_dim=text_dim, pooled_dim=pooled_dim, double=double,
+                                     single=single)
+    for name, shape in shapes.items():
         if name.endswith(".scale"):
             data = np.ones(shape, np.float32)
         else:

@@ -4,8 +4,12 @@ VAE, CLIP-L, fp8 T5), loaded by the production loader with the hub offline."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import signal
+import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,8 +71,11 @@ def test_flux_job_over_http_exact_size_and_dpi(flux_service):
         assert status["status"] == "completed", status
         stats = status["stats"]
         assert stats["tiles"] == 6 and stats["tiles_computed"] == 6
-        # Both FLUX replicas served tiles of this one job.
+        # Both FLUX replicas served tiles of this one job, at the same time.
         assert len(stats["replicas"]) == 2, stats["tile_log"]
+        log = stats["tile_log"]
+        assert any(a["replica"] != b["replica"] and a["started_at"] < b["finished_at"]
+                   and b["started_at"] < a["finished_at"] for a in log for b in log)
         out = Image.open(io.BytesIO(client.get(status["output_url"]).content))
         assert out.size == (192, 128) and round(out.info["dpi"][0]) == 200
 
@@ -102,6 +109,11 @@ def test_flux_cancel_frees_replicas(flux_service):
         while client.get(f"/api/status/{job['jobId']}").json()["progress"] < 10:
             assert time.monotonic() < deadline
             time.sleep(0.5)
+        # ESRGAN is not starved while FLUX works.
+        r = client.post("/api/upscale/esrgan",
+                        files={"file": ("p.png", png_bytes(photo("rocket", (32, 32))))},
+                        data={"model": "tiny-rrdb", "upscale_factor": "2"})
+        assert r.status_code == 200 and r.json()["status"] == "completed"
         r = client.delete(f"/api/jobs/{job['jobId']}")
         assert r.status_code == 200 and r.json()["status"] == "cancelled"
         time.sleep(2)
@@ -110,6 +122,42 @@ def test_flux_cancel_frees_replicas(flux_service):
         # The replicas are free: a small job runs right after.
         small = submit(client, png_bytes(photo("rocket", (32, 32))))
         assert wait_for_job(client, small["jobId"], timeout=300)["status"] == "completed"
+
+
+def _replica_pids(name: str, data_dir) -> list[int]:
+    """Replica processes of one service (matched by the data dir in their environment)."""
+    out = subprocess.run(["pgrep", "-f", f"ServeReplica:upscaler:{name}$"],
+                         capture_output=True, text=True).stdout.split()
+    pids = []
+    for pid in out:
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"UPSCALER_DATA_DIR={data_dir}".encode() in env:
+            pids.append(int(pid))
+    return pids
+
+
+def test_killed_flux_replica_job_resumes(flux_service):
+    with flux_service.client() as client:
+        job = submit(client, png_bytes(photo("chelsea", (96, 64))), steps="4", seed="7")
+        deadline = time.monotonic() + 300
+        while client.get(f"/api/status/{job['jobId']}").json()["progress"] < 30:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        pids = _replica_pids("FLUX", flux_service.data_dir)
+        assert len(pids) == 2
+        os.kill(pids[0], signal.SIGKILL)
+        status = wait_for_job(client, job["jobId"], timeout=600)
+        assert status["status"] == "completed", status
+        stats = status["stats"]
+        # Either Serve re-routed the lost tile call to the other replica, or the coordinator
+        # failed and the job was resumed: both keep every finished tile.
+        if status["resumes"]:
+            assert stats["tiles_resumed"] >= 1
+        assert stats["tiles_resumed"] + stats["tiles_computed"] == 6
+        assert len({t["tile"] for t in stats["tile_log"]}) == stats["tiles_computed"]
 
 
 def test_missing_flux_files_answer_503(client):
