@@ -2,13 +2,14 @@
 # `make test` (install with test extras, lint, run the whole suite). CI runs `make test`.
 PYTHON ?= python3
 VENV ?= .venv
+EXTRAS ?= dev  # `make install EXTRAS=` installs the service without the test tools (docker)
 BIN := $(VENV)/bin
 
 .PHONY: install run test lint bench clean
 
 $(BIN)/upscaler: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '$(if $(strip $(EXTRAS)),.[$(strip $(EXTRAS))],.)'
 	touch $@
 
 install: $(BIN)/upscaler

@@ -1,0 +1,93 @@
+"""The service's Prometheus metrics, through Ray's metrics API: every replica's values are
+exported on the Ray metrics endpoint of its node (names get Ray's ``ray_`` prefix) next to
+Serve's own request and replica metrics, so one Prometheus scrape config covers both.
+
+Created lazily: outside a Ray worker (plain-Python engine tests) they are no-ops.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cache
+from typing import Any
+
+LATENCY_BUCKETS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600]
+TILE_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120]
+_lock = threading.Lock()
+
+
+class _Noop:
+    def inc(self, *args: Any, **kwargs: Any) -> None: ...
+    def set(self, *args: Any, **kwargs: Any) -> None: ...
+    def observe(self, *args: Any, **kwargs: Any) -> None: ...
+
+
+@cache
+def _metric(kind: str, name: str, description: str, tags: tuple[str, ...],
+            buckets: tuple[float, ...] | None = None):
+    try:
+        import ray
+        from ray.util import metrics
+
+        if not ray.is_initialized():
+            return _Noop()
+        if kind == "counter":
+            return metrics.Counter(name, description, tag_keys=tags)
+        if kind == "gauge":
+            return metrics.Gauge(name, description, tag_keys=tags)
+        return metrics.Histogram(name, description, boundaries=list(buckets or ()),
+                                 tag_keys=tags)
+    except Exception:  # noqa: BLE001 - metrics must never break a request
+        return _Noop()
+
+
+def jobs_total():
+    return _metric("counter", "upscaler_jobs_total", "Jobs by engine and final status.",
+                   ("engine", "status"))
+
+
+def jobs_submitted():
+    return _metric("counter", "upscaler_jobs_submitted_total", "Jobs accepted, by engine.",
+                   ("engine",))
+
+
+def queue_size():
+    return _metric("gauge", "upscaler_queue_size", "Jobs accepted and not finished.",
+                   ("engine",))
+
+
+def job_seconds():
+    return _metric("histogram", "upscaler_job_seconds",
+                   "Job processing time (start to result), by engine.", ("engine",),
+                   tuple(LATENCY_BUCKETS))
+
+
+def tile_seconds():
+    return _metric("histogram", "upscaler_tile_seconds", "Seconds per FLUX tile redraw.",
+                   ("engine",), tuple(TILE_BUCKETS))
+
+
+def model_load_seconds():
+    return _metric("gauge", "upscaler_model_load_seconds", "Seconds the last load of a model "
+                   "took.", ("engine", "model"))
+
+
+def count(metric, value: float = 1.0, **tags: str) -> None:
+    _apply(metric, "inc", value, tags)
+
+
+def set_gauge(metric, value: float, **tags: str) -> None:
+    _apply(metric, "set", value, tags)
+
+
+def observe(metric, value: float, **tags: str) -> None:
+    _apply(metric, "observe", value, tags)
+
+
+def _apply(metric, method: str, value: float, tags: dict[str, str]) -> None:
+    """Record without ever raising into the caller."""
+    try:
+        with _lock:
+            getattr(metric(), method)(value, tags=tags)
+    except Exception:  # noqa: BLE001
+        pass
