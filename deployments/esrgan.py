@@ -20,6 +20,7 @@ from ray import serve
 
 from engines.esrgan import EsrganEngine
 from engines.models import ModelRegistry, UnknownModelError, UnsupportedModelError
+from serve_app import metrics
 from serve_app.dimensions import OutputPlan
 from serve_app.images import DecodedImage, ImageInputError, decode_image, encode_image
 from serve_app.jobs import JobStore
@@ -80,7 +81,9 @@ class EsrganDeployment:
         default = default_model_name(settings, self.registry)
         if default:
             try:
-                self.engine.load(default, use_fp16=True)
+                loaded = self.engine.load(default, use_fp16=True)
+                metrics.set_gauge(metrics.model_load_seconds, loaded.load_seconds,
+                                  engine="esrgan", model=default)
             except UnsupportedModelError as exc:
                 logger.warning("default model %s not loadable: %s", default, exc)
 

@@ -28,6 +28,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.esrgan import EngineUserError
 from engines.flux import FluxNotInstalled, FluxTileEngine, PromptEmbeds
 from engines.usdu import TiledCanvas, color_fix, plan_tiles, waves
+from serve_app import metrics
 from serve_app.dimensions import OutputPlan
 from serve_app.images import DecodedImage, encode_image
 from serve_app.jobs import JobStore
@@ -57,8 +58,11 @@ class FluxDeployment:
         self.missing: str | None = None
         self.tiles_done = 0
         try:
+            t0 = time.perf_counter()
             self.engine = FluxTileEngine(settings.resolved_models_dir, settings.device,
                                          settings.flux_dtype, settings.flux_memory_mode)
+            metrics.set_gauge(metrics.model_load_seconds, time.perf_counter() - t0,
+                              engine="flux", model="flux1-dev-Q8_0")
             if self.engine.device.type == "cpu":
                 torch.set_num_threads(settings.cpu_threads or os.cpu_count() or 1)
         except FluxNotInstalled as exc:
@@ -104,6 +108,7 @@ class FluxDeployment:
             cancelled.set()  # the thread stops at its next step and frees the GPU
             raise
         self.tiles_done += 1
+        metrics.observe(metrics.tile_seconds, time.perf_counter() - start, engine="flux")
         return {"image": out.astype(np.float16), "replica": self.replica_id,
                 "seconds": round(time.perf_counter() - start, 3),
                 "started_at": started_at, "finished_at": time.time()}

@@ -39,7 +39,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stop.set()
 
     init_kwargs: dict = {"include_dashboard": not args.no_dashboard,
-                         "dashboard_host": "127.0.0.1", "logging_level": "WARNING"}
+                         "dashboard_host": args.dashboard_host or settings.dashboard_host,
+                         "logging_level": "WARNING"}
+    if args.metrics_port or settings.metrics_port:
+        init_kwargs["_metrics_export_port"] = args.metrics_port or settings.metrics_port
     if args.ray_address:
         init_kwargs = {"address": args.ray_address}
     elif args.dashboard_port:
@@ -56,6 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"upscaler is up\n  API:       {base}/api\n  Docs:      {base}/docs", flush=True)
         if dashboard:
             print(f"  Dashboard: http://{dashboard}", flush=True)
+        metrics_port = args.metrics_port or settings.metrics_port
+        if metrics_port:
+            print(f"  Metrics:   http://127.0.0.1:{metrics_port}/metrics", flush=True)
         print(f"  Models:    {settings.upscale_models_dir}\n"
               f"  Storage:   {settings.resolved_storage_url}", flush=True)
         while not stop.wait(0.5):
@@ -124,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--port", type=int, help="default 8000 (UPSCALER_PORT)")
     serve_p.add_argument("--no-dashboard", action="store_true", help="skip the Ray dashboard")
     serve_p.add_argument("--dashboard-port", type=int, help="default 8265")
+    serve_p.add_argument("--dashboard-host", help="default 127.0.0.1; 0.0.0.0 in containers")
+    serve_p.add_argument("--metrics-port", type=int,
+                         help="Prometheus endpoint of Ray's metrics, ours included "
+                         "(UPSCALER_METRICS_PORT)")
     serve_p.add_argument("--ray-address", help="join an existing Ray cluster instead")
     serve_p.set_defaults(func=cmd_serve)
 

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engines.imagen import ImagenError, choose_factor, request_image_bytes
 from engines.imagen import model_spec as imagen_model
-from serve_app import __version__
+from serve_app import __version__, metrics
 from serve_app.dimensions import calculate_output_dimensions
 from serve_app.images import MEDIA_TYPES, ImageInputError, probe_image
 from serve_app.jobs import JobNotFound, JobRecord, JobState, JobStore, Size
@@ -463,15 +463,22 @@ class Ingress:
         await asyncio.to_thread(self.store.storage.write_bytes,
                                 JobStore.input_key(job.job_id), data)
         await self._save(job)
+        metrics.count(metrics.jobs_submitted, engine=job.engine)
         task = self._start(job, remote)
         if wait > 0:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(task), wait)
         return self._submit_response(job)
 
+    def _queue_gauge(self, engine: str) -> None:
+        metrics.set_gauge(metrics.queue_size,
+                          sum(1 for j in self._open.values() if j.engine == engine),
+                          engine=engine)
+
     def _start(self, job: JobRecord, remote) -> asyncio.Task:
         job.owner = self.owner
         self._open[job.job_id] = job
+        self._queue_gauge(job.engine)
         task = asyncio.get_running_loop().create_task(self._drive(job, remote))
         self._tasks[job.job_id] = task
         return task
@@ -522,7 +529,11 @@ class Ingress:
             self._open.pop(job.job_id, None)
             self._tasks.pop(job.job_id, None)
             self._cancel_requested.discard(job.job_id)
+            self._queue_gauge(job.engine)
             if not left_open:
+                metrics.count(metrics.jobs_total, engine=job.engine, status=job.state.value)
+                if job.processing_time is not None and job.state == JobState.completed:
+                    metrics.observe(metrics.job_seconds, job.processing_time, engine=job.engine)
                 await asyncio.shield(self._finish(job))
 
     async def _stream(self, job: JobRecord, remote) -> None:

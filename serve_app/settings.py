@@ -124,6 +124,10 @@ class Settings(BaseSettings):
 
     # --- HTTP --------------------------------------------------------------------------
     host: str = "127.0.0.1"
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="`upscaler serve`: Ray's Prometheus metrics endpoint port (this node).")
+    dashboard_host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
     @field_validator("data_dir", "models_dir", "cache_dir")

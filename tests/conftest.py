@@ -134,7 +134,8 @@ def stop_service(service: Service, timeout: float = 60) -> None:
 def service(tmp_path_factory, models_root) -> Iterator[Service]:
     """One real `upscaler serve` (Ray + Serve) for the HTTP tests of the session."""
     data_dir = tmp_path_factory.mktemp("service-data")
-    svc = start_service(data_dir, models_root, data_dir / "service.log", TEST_LIMITS)
+    svc = start_service(data_dir, models_root, data_dir / "service.log",
+                        {**TEST_LIMITS, "UPSCALER_METRICS_PORT": str(free_port())})
     try:
         yield svc
     finally:

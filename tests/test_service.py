@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import zlib
 
+import httpx
 import numpy as np
 import pytest
 from conftest import DAT, photo, png_bytes, psnr, wait_for_job
@@ -179,6 +181,26 @@ def test_path_tricks_and_unknown_ids(client, path, status):
     r = client.get(path)
     assert r.status_code == status
     assert "error" in r.json()
+
+
+def test_prometheus_metrics_on_the_ray_endpoint(client, service):
+    """Our job metrics are exported on Ray's metrics endpoint beside Serve's own."""
+    port = next(line.split(":")[-1].split("/")[0] for line in service.log().splitlines()
+                if line.strip().startswith("Metrics:"))
+    r = upload(client, GOOD, model="tiny-rrdb", upscale_factor=2)
+    assert r.status_code == 200
+    deadline = time.monotonic() + 90
+    text = ""
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if 'ray_upscaler_jobs_total{' in text and "ray_upscaler_model_load_seconds" in text:
+            break
+        time.sleep(2)
+    jobs = [ln for ln in text.splitlines() if ln.startswith("ray_upscaler_jobs_total{")]
+    assert any('engine="esrgan"' in ln and 'status="completed"' in ln for ln in jobs), jobs
+    assert "ray_upscaler_job_seconds_bucket" in text
+    assert "ray_upscaler_queue_size" in text
+    assert "ray_serve_num_http_requests" in text or "ray_serve_deployment_request_counter" in text
 
 
 def test_service_healthy_after_bad_input(client):

@@ -1,0 +1,53 @@
+"""`serve run serve_config.cpu.yaml`: Ray Serve's own CLI starts the graph from the config file
+and it answers a real ESRGAN job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+from conftest import REPO, free_port, photo, png_bytes
+
+
+def test_serve_run_cpu_config(tmp_path, models_root):
+    config = yaml.safe_load((REPO / "serve_config.cpu.yaml").read_text())
+    port = free_port()
+    config["http_options"].update(host="127.0.0.1", port=port)
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "UPSCALER_DATA_DIR": str(tmp_path / "data"),
+           "UPSCALER_MODELS_DIR": str(models_root), "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    serve = Path(sys.executable).with_name("serve")
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen([str(serve), "run", str(path)], cwd=REPO, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "serve run did not come up"
+            try:
+                if httpx.get(f"{url}/api/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        r = httpx.post(f"{url}/api/upscale/esrgan", timeout=120,
+                       files={"file": ("p.png", png_bytes(photo("rocket", (32, 24))))},
+                       data={"model": "tiny-rrdb", "upscale_factor": "2"})
+        assert r.status_code == 200 and r.json()["outputSize"] == {"width": 64, "height": 48}
+    finally:
+        proc.send_signal(signal.SIGTERM)  # stops serve and the local cluster it started
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
