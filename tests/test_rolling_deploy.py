@@ -1,0 +1,108 @@
+"""`serve deploy` of a changed config to a running local cluster rolls out without dropping the
+job in flight: `ray start --head` on 127.0.0.1, deploy, change ESRGAN's replicas and resources
+(its replica is replaced), deploy again, `serve status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+from conftest import REPO, free_port, photo, png_bytes, wait_for_job
+
+BIN = Path(sys.executable).parent
+
+
+def run(*args: str, env: dict, timeout: float = 180) -> str:
+    proc = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=REPO, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
+    gcs, dashboard, http_port = free_port(), free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "UPSCALER_DATA_DIR": str(tmp_path / "data"), "UPSCALER_MODELS_DIR": str(models_root)}
+    address = f"http://127.0.0.1:{dashboard}"
+    config = yaml.safe_load((REPO / "serve_config.cpu.yaml").read_text())
+    config["http_options"].update(host="127.0.0.1", port=http_port)
+    deps = {d["name"]: d for d in config["applications"][0]["deployments"]}
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    # --block keeps `ray start` in the foreground: stopping it stops this cluster only
+    # (`ray stop` would stop every Ray cluster on the machine, other tests' too).
+    with open(tmp_path / "ray.log", "wb") as log:
+        head = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+             f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+             "--num-cpus=4", "--disable-usage-stats"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # the dashboard's REST API is what `serve deploy` talks to
+            assert head.poll() is None, (tmp_path / "ray.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "ray start did not come up"
+            try:
+                if httpx.get(f"{address}/api/version", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        run("serve", "deploy", str(path), "--address", address, env=env)
+        url = f"http://127.0.0.1:{http_port}"
+        deadline = time.monotonic() + 240
+        while True:
+            assert time.monotonic() < deadline, "the deployed app did not come up"
+            try:
+                if httpx.get(f"{url}/api/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+
+        with httpx.Client(base_url=url, timeout=120) as client:
+            r = client.post("/api/upscale/esrgan", data={"tile_size": "64", "wait": "0"},
+                            files={"file": ("p.png", png_bytes(photo("coffee", (160, 96))))})
+            assert r.status_code == 202, r.text
+            job_id = r.json()["jobId"]
+            while client.get(f"/api/status/{job_id}").json()["status"] != "processing":
+                time.sleep(0.2)
+
+            # More ESRGAN replicas and other resources: Serve replaces the ESRGAN replica.
+            deps["ESRGAN"]["autoscaling_config"].update(min_replicas=2, initial_replicas=2,
+                                                        max_replicas=2)
+            deps["ESRGAN"]["ray_actor_options"]["num_cpus"] = 0.5
+            path.write_text(yaml.safe_dump(config))
+            run("serve", "deploy", str(path), "--address", address, env=env)
+
+            status = wait_for_job(client, job_id, timeout=300)
+            assert status["status"] == "completed", status  # the job in flight survived
+            deadline = time.monotonic() + 240
+            while True:
+                out = run("serve", "status", "--address", address, env=env)
+                esrgan = yaml.safe_load(out)["applications"]["upscaler"]["deployments"]["ESRGAN"]
+                running = esrgan["replica_states"].get("RUNNING", 0)
+                if esrgan["status"] == "HEALTHY" and running == 2:
+                    break
+                assert time.monotonic() < deadline, json.dumps(esrgan)
+                time.sleep(2)
+            r = client.post("/api/upscale/esrgan", data={"model": "tiny-rrdb"},
+                            files={"file": ("p.png", png_bytes(photo("rocket", (24, 24))))})
+            assert r.status_code == 200 and r.json()["status"] == "completed"
+    finally:
+        subprocess.run([str(BIN / "serve"), "shutdown", "-y", "--address", address], env=env,
+                       capture_output=True, timeout=120)
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(10)
