@@ -98,3 +98,16 @@ def test_dockerfile_installs_like_the_readme():
     assert "ENV" in dockerfile and "UPSCALER_MODELS_DIR=/models" in dockerfile
     for path in re.findall(r"^COPY \S+ (\S+) ", dockerfile, re.M):
         assert (REPO / path).exists(), path
+
+
+def test_grafana_dashboard_queries_our_metrics():
+    import json
+
+    from serve_app import metrics
+
+    dashboard = json.loads((REPO / "ops" / "grafana-dashboard.json").read_text())
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    # Each metric function is named after its metric; Ray exports it with a ray_ prefix.
+    for fn in (metrics.jobs_total, metrics.queue_size, metrics.job_seconds,
+               metrics.tile_seconds, metrics.model_load_seconds):
+        assert f"ray_upscaler_{fn.__name__}" in exprs
