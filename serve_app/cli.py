@@ -38,7 +38,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"\nupscaler: got {signal.Signals(signum).name}, shutting down ...", flush=True)
         stop.set()
 
-    init_kwargs: dict = {"include_dashboard": not args.no_dashboard,
+    # address="local": always a new cluster of our own, never one a `ray start` left behind.
+    init_kwargs: dict = {"address": "local", "include_dashboard": not args.no_dashboard,
                          "dashboard_host": args.dashboard_host or settings.dashboard_host,
                          "logging_level": "WARNING"}
     if args.metrics_port or settings.metrics_port:

@@ -23,10 +23,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from engines.imagen import ImagenError, choose_factor, request_image_bytes
 from engines.imagen import model_spec as imagen_model
 from serve_app import __version__, metrics
-from serve_app.dimensions import calculate_output_dimensions
-from serve_app.images import MEDIA_TYPES, ImageInputError, probe_image
+from serve_app.dimensions import OutputPlan, calculate_output_dimensions
+from serve_app.images import MEDIA_TYPES, ImageInputError, ImageProbe, probe_image
 from serve_app.jobs import JobNotFound, JobRecord, JobState, JobStore, Size
 from serve_app.schemas import (
+    CommonUpscaleForm,
     CropGuidance,
     ErrorResponse,
     EsrganUpscaleForm,
@@ -185,26 +186,11 @@ class Ingress:
         image: Annotated[UploadFile | None, File(description="Alias of `file`.")] = None,
         prefer: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:
-        data = await self._read_upload(file or image)
-        probe = await self._probe(data)
-        try:
-            plan = calculate_output_dimensions(
-                probe.width, probe.height, form.upscale_factor, form.target_dpi,
-                form.target_width_inches, form.target_height_inches, form.crop_to_target)
-        except ValueError as exc:
-            raise ApiError(422, "invalid_request", str(exc)) from exc
-        self._check_output_size(plan.output_width, plan.output_height)
+        data, probe, plan = await self._intake(file or image, form.upscale_factor, form)
         model = await self._esrgan_model(form.model_name)
-        job = JobRecord(
-            engine="esrgan", input_size=Size(width=probe.width, height=probe.height),
-            output_size=Size(width=plan.final_width, height=plan.final_height),
-            input_format=probe.format, plan=plan.as_dict(), owner=self.owner,
-            params={"model": model["name"], "tile_size": form.tile_size or None,
-                    "use_fp16": form.use_fp16, "output_format": form.output_format,
-                    "upscale_factor": form.upscale_factor, "target_dpi": form.target_dpi,
-                    "target_width_inches": form.target_width_inches,
-                    "target_height_inches": form.target_height_inches,
-                    "crop_to_target": form.crop_to_target})
+        job = self._new_job("esrgan", probe, plan, form, {
+            "model": model["name"], "tile_size": form.tile_size or None,
+            "use_fp16": form.use_fp16, "upscale_factor": form.upscale_factor})
         return await self._submit(job, data, self._wait_seconds(form.wait, prefer),
                                   self.esrgan_stream.run)
 
@@ -226,23 +212,11 @@ class Ingress:
         if not lo <= form.tile_size <= 2048 or form.tile_size % 16:
             raise ApiError(422, "invalid_request", f"tile_size must be a multiple of 16 between "
                            f"{lo} and 2048 (got {form.tile_size})")
-        data = await self._read_upload(file or image)
-        probe = await self._probe(data)
-        try:
-            plan = calculate_output_dimensions(
-                probe.width, probe.height, form.upscale_factor, form.target_dpi,
-                form.target_width_inches, form.target_height_inches, form.crop_to_target)
-        except ValueError as exc:
-            raise ApiError(422, "invalid_request", str(exc)) from exc
-        self._check_output_size(plan.output_width, plan.output_height)
+        data, probe, plan = await self._intake(file or image, form.upscale_factor, form)
         model = await self._esrgan_model(form.upscale_model)
         params = form.model_dump(exclude={"wait", "model"})
         params["upscale_model"] = model["name"]
-        job = JobRecord(
-            engine="flux", resumable=True, owner=self.owner, input_format=probe.format,
-            input_size=Size(width=probe.width, height=probe.height),
-            output_size=Size(width=plan.final_width, height=plan.final_height),
-            plan=plan.as_dict(), params=params)
+        job = self._new_job("flux", probe, plan, form, params, resumable=True)
         return await self._submit(job, data, 0.0, self.flux_stream.run)
 
     @app.post("/api/upscale/imagen", response_model=UpscaleResponse, status_code=200,
@@ -267,15 +241,7 @@ class Ingress:
         if not project:
             raise ApiError(502, "project_missing", "no Google Cloud project: send "
                            "gcp_project_id or set UPSCALER_GCP_PROJECT_ID")
-        data = await self._read_upload(file or image)
-        probe = await self._probe(data)
-        try:
-            plan = calculate_output_dimensions(
-                probe.width, probe.height, int(form.upscale_factor[1:]), form.target_dpi,
-                form.target_width_inches, form.target_height_inches, form.crop_to_target)
-        except ValueError as exc:
-            raise ApiError(422, "invalid_request", str(exc)) from exc
-        self._check_output_size(plan.output_width, plan.output_height)
+        data, probe, plan = await self._intake(file or image, int(form.upscale_factor[1:]), form)
         has_print_size = form.target_width_inches or form.target_height_inches
         try:  # Vertex's documented limits, checked before any call
             model = imagen_model(form.model or self.settings.imagen_model)
@@ -287,18 +253,10 @@ class Ingress:
             raise ApiError(exc.status_code, exc.code, exc.message) from None
         add_watermark = (self.settings.imagen_add_watermark if form.add_watermark is None
                          else form.add_watermark)
-        job = JobRecord(
-            engine="imagen", owner=self.owner, input_format=probe.format,
-            input_size=Size(width=probe.width, height=probe.height),
-            output_size=Size(width=plan.final_width, height=plan.final_height),
-            plan=plan.as_dict(),
-            params={"model": model.name, "factor": factor, "gcp_project_id": project,
-                    "gcp_region": form.gcp_region, "add_watermark": add_watermark,
-                    "output_format": form.output_format,
-                    "upscale_factor": form.upscale_factor, "target_dpi": form.target_dpi,
-                    "target_width_inches": form.target_width_inches,
-                    "target_height_inches": form.target_height_inches,
-                    "crop_to_target": form.crop_to_target})
+        job = self._new_job("imagen", probe, plan, form, {
+            "model": model.name, "factor": factor, "gcp_project_id": project,
+            "gcp_region": form.gcp_region, "add_watermark": add_watermark,
+            "upscale_factor": form.upscale_factor})
         return await self._submit(job, data, self._wait_seconds(form.wait, prefer),
                                   self.imagen_stream.run)
 
@@ -401,6 +359,33 @@ class Ingress:
 
     async def _flux_status(self) -> dict[str, Any]:
         return await self._engine_status("flux", self.flux)
+
+    async def _intake(self, upload: UploadFile | None, factor: float,
+                      form: CommonUpscaleForm) -> tuple[bytes, ImageProbe, OutputPlan]:
+        """Every engine's first steps: the upload, validated, and its output size planned."""
+        data = await self._read_upload(upload)
+        probe = await self._probe(data)
+        try:
+            plan = calculate_output_dimensions(
+                probe.width, probe.height, factor, form.target_dpi, form.target_width_inches,
+                form.target_height_inches, form.crop_to_target)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from exc
+        self._check_output_size(plan.output_width, plan.output_height)
+        return data, probe, plan
+
+    def _new_job(self, engine: str, probe: ImageProbe, plan: OutputPlan,
+                 form: CommonUpscaleForm, params: dict[str, Any],
+                 resumable: bool = False) -> JobRecord:
+        common = {"output_format": form.output_format, "target_dpi": form.target_dpi,
+                  "target_width_inches": form.target_width_inches,
+                  "target_height_inches": form.target_height_inches,
+                  "crop_to_target": form.crop_to_target}
+        return JobRecord(
+            engine=engine, owner=self.owner, resumable=resumable, input_format=probe.format,
+            input_size=Size(width=probe.width, height=probe.height),
+            output_size=Size(width=plan.final_width, height=plan.final_height),
+            plan=plan.as_dict(), params={**common, **params})
 
     async def _read_upload(self, upload: UploadFile | None) -> bytes:
         if upload is None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,9 +41,13 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
 
     # --block keeps `ray start` in the foreground: stopping it stops this cluster only
     # (`ray stop` would stop every Ray cluster on the machine, other tests' too).
+    # Its own temp dir (short: Ray's socket paths must fit 107 bytes): the cluster's address
+    # file stays out of /tmp/ray, where other clusters' ray.init() would look for it.
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     with open(tmp_path / "ray.log", "wb") as log:
         head = subprocess.Popen(
             [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+             f"--temp-dir={ray_tmp}",
              f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
              "--num-cpus=4", "--disable-usage-stats"],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -106,3 +112,4 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(10)
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -23,7 +23,7 @@ def test_serve_run_cpu_config(tmp_path, models_root):
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "UPSCALER_DATA_DIR": str(tmp_path / "data"),
            "UPSCALER_MODELS_DIR": str(models_root), "RAY_AUTH_MODE": "disabled",
-           "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": "local"}
     serve = Path(sys.executable).with_name("serve")
     with open(tmp_path / "serve.log", "wb") as log:
         proc = subprocess.Popen([str(serve), "run", str(path)], cwd=REPO, env=env, stdout=log,
