@@ -309,8 +309,10 @@ class Ingress:
             headers={"Content-Length": str(size),
                      "Content-Disposition": f'inline; filename="{filename}"'})
 
-    @app.get("/api/health", response_model=HealthResponse, summary="Service health")
-    async def health(self) -> HealthResponse:
+    @app.get("/api/health", response_model=HealthResponse, summary="Service health",
+             responses={503: {"model": HealthResponse,
+                              "description": "degraded: an engine deployment does not answer"}})
+    async def health(self) -> JSONResponse:
         engines: dict[str, Any] = {}
         try:
             engines["esrgan"] = await asyncio.wait_for(self.esrgan.health.remote(), 5)
@@ -329,12 +331,14 @@ class Ingress:
               if "error" not in info and info.get("installed", True)
               and info.get("configured", True)]
         gpu = next((i for i in engines.values() if i.get("gpu_available")), {})
-        return HealthResponse(
-            status="healthy" if "error" not in engines["esrgan"] and "error" not in flux
-            else "degraded",
+        healthy = "error" not in engines["esrgan"] and "error" not in flux
+        body = HealthResponse(
+            status="healthy" if healthy else "degraded",
             gpu_available=bool(gpu.get("gpu_available", False)),
             gpu_name=gpu.get("gpu_name"), gpu_memory_free=gpu.get("gpu_memory_free"),
             models_loaded=up, queue_size=len(self._open), engines=engines)
+        # 503 until the engines answer: container and load-balancer health checks wait for it.
+        return JSONResponse(body.model_dump(mode="json"), status_code=200 if healthy else 503)
 
     @app.get("/", include_in_schema=False)
     async def root(self) -> RedirectResponse:
