@@ -93,6 +93,24 @@ class Service:
         return self.log_path.read_text(errors="replace")
 
 
+def wait_http_ok(url: str, timeout: float, process: subprocess.Popen | None = None,
+                 log_path: Path | None = None) -> None:
+    """Until ``url`` answers 200; fails early if ``process`` exits (showing its log's end)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-3000:] if log_path else ""
+            raise RuntimeError(f"process exited before {url} answered:\n{tail}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f} s")
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+
+
 def start_service(data_dir: Path, models_dir: Path, log_path: Path,
                   extra_env: dict[str, str] | None = None, timeout: float = 180) -> Service:
     port = free_port()

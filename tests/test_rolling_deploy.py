@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import yaml
-from conftest import REPO, free_port, photo, png_bytes, wait_for_job
+from conftest import REPO, free_port, photo, png_bytes, wait_for_job, wait_http_ok
 
 BIN = Path(sys.executable).parent
 
@@ -52,27 +52,11 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
              "--num-cpus=4", "--disable-usage-stats"],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:  # the dashboard's REST API is what `serve deploy` talks to
-            assert head.poll() is None, (tmp_path / "ray.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "ray start did not come up"
-            try:
-                if httpx.get(f"{address}/api/version", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        # The dashboard's REST API is what `serve deploy` talks to.
+        wait_http_ok(f"{address}/api/version", 120, head, tmp_path / "ray.log")
         run("serve", "deploy", str(path), "--address", address, env=env)
         url = f"http://127.0.0.1:{http_port}"
-        deadline = time.monotonic() + 240
-        while True:
-            assert time.monotonic() < deadline, "the deployed app did not come up"
-            try:
-                if httpx.get(f"{url}/api/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        wait_http_ok(f"{url}/api/health", 240)
 
         with httpx.Client(base_url=url, timeout=120) as client:
             r = client.post("/api/upscale/esrgan", data={"tile_size": "64", "wait": "0"},

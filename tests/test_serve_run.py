@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import yaml
-from conftest import REPO, free_port, photo, png_bytes
+from conftest import REPO, free_port, photo, png_bytes, wait_http_ok
 
 
 def test_serve_run_cpu_config(tmp_path, models_root):
@@ -30,16 +29,7 @@ def test_serve_run_cpu_config(tmp_path, models_root):
                                 stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "serve run did not come up"
-            try:
-                if httpx.get(f"{url}/api/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        wait_http_ok(f"{url}/api/health", 180, proc, tmp_path / "serve.log")
         r = httpx.post(f"{url}/api/upscale/esrgan", timeout=120,
                        files={"file": ("p.png", png_bytes(photo("rocket", (32, 24))))},
                        data={"model": "tiny-rrdb", "upscale_factor": "2"})
