@@ -85,6 +85,7 @@ class Service:
     models_dir: Path
     process: subprocess.Popen
     log_path: Path
+    metrics_port: int | None = None
 
     def client(self, timeout: float = 120) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
@@ -152,8 +153,10 @@ def stop_service(service: Service, timeout: float = 60) -> None:
 def service(tmp_path_factory, models_root) -> Iterator[Service]:
     """One real `upscaler serve` (Ray + Serve) for the HTTP tests of the session."""
     data_dir = tmp_path_factory.mktemp("service-data")
+    metrics_port = free_port()
     svc = start_service(data_dir, models_root, data_dir / "service.log",
-                        {**TEST_LIMITS, "UPSCALER_METRICS_PORT": str(free_port())})
+                        {**TEST_LIMITS, "UPSCALER_METRICS_PORT": str(metrics_port)})
+    svc.metrics_port = metrics_port
     try:
         yield svc
     finally:

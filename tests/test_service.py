@@ -185,15 +185,16 @@ def test_path_tricks_and_unknown_ids(client, path, status):
 
 def test_prometheus_metrics_on_the_ray_endpoint(client, service):
     """Our job metrics are exported on Ray's metrics endpoint beside Serve's own."""
-    port = next(line.split(":")[-1].split("/")[0] for line in service.log().splitlines()
-                if line.strip().startswith("Metrics:"))
+    port = service.metrics_port
     r = upload(client, GOOD, model="tiny-rrdb", upscale_factor=2)
     assert r.status_code == 200
-    deadline = time.monotonic() + 90
+    wanted = ("ray_upscaler_jobs_total{", "ray_upscaler_model_load_seconds",
+              "ray_upscaler_job_seconds_bucket", "ray_upscaler_queue_size")
+    deadline = time.monotonic() + 120
     text = ""
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline:  # Ray exports replicas' metrics every few seconds
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        if 'ray_upscaler_jobs_total{' in text and "ray_upscaler_model_load_seconds" in text:
+        if all(name in text for name in wanted):
             break
         time.sleep(2)
     jobs = [ln for ln in text.splitlines() if ln.startswith("ray_upscaler_jobs_total{")]
