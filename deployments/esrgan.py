@@ -42,6 +42,14 @@ class EngineUserError(Exception):
         self.retry_after = retry_after
 
 
+def replica_tag() -> str:
+    """This Serve replica's id (a pid outside Serve), recorded with the work it does."""
+    try:
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # noqa: BLE001 - outside Serve
+        return f"pid-{os.getpid()}"
+
+
 def gpu_snapshot() -> dict[str, Any]:
     if not torch.cuda.is_available():
         return {"gpu_available": False, "gpu_name": None, "gpu_memory_free": None,
@@ -76,7 +84,7 @@ class EsrganDeployment:
         self._gpu_lock = threading.Lock()  # one image at a time on this replica's device
         self._busy_jobs = 0
         self._completed = 0
-        self.replica_id = self._replica_tag()
+        self.replica_id = replica_tag()
         # Warm the default model so the first request does not pay for loading it.
         default = default_model_name(settings, self.registry)
         if default:
@@ -86,13 +94,6 @@ class EsrganDeployment:
                                   engine="esrgan", model=default)
             except UnsupportedModelError as exc:
                 logger.warning("default model %s not loadable: %s", default, exc)
-
-    @staticmethod
-    def _replica_tag() -> str:
-        try:
-            return str(serve.get_replica_context().replica_id.unique_id)
-        except Exception:  # noqa: BLE001 - outside Serve (tests call the class directly)
-            return f"pid-{os.getpid()}"
 
     # --- model questions (cheap; answered while a job runs) -------------------------------
     def default_model(self) -> str | None:

@@ -25,7 +25,7 @@ import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.esrgan import EngineUserError
+from deployments.esrgan import EngineUserError, replica_tag
 from engines.flux import FluxNotInstalled, FluxTileEngine, PromptEmbeds
 from engines.usdu import TiledCanvas, color_fix, plan_tiles, waves
 from serve_app import metrics
@@ -42,18 +42,11 @@ class TileCancelled(Exception):
     pass
 
 
-def _replica_tag() -> str:
-    try:
-        return str(serve.get_replica_context().replica_id.unique_id)
-    except Exception:  # noqa: BLE001 - outside Serve
-        return f"pid-{os.getpid()}"
-
-
 @serve.deployment(name="FLUX")
 class FluxDeployment:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.replica_id = _replica_tag()
+        self.replica_id = replica_tag()
         self.engine: FluxTileEngine | None = None
         self.missing: str | None = None
         self.tiles_done = 0

@@ -18,6 +18,13 @@ def _strip_x(value: Any) -> Any:
     return value
 
 
+def one_model_name(model: str | None, upscale_model: str | None) -> str | None:
+    """`model` and `upscale_model` are aliases: either, or both naming the same model."""
+    if model and upscale_model and model != upscale_model:
+        raise ValueError("`model` and `upscale_model` name different models; send one")
+    return model or upscale_model
+
+
 class CommonUpscaleForm(BaseModel):
     """Fields every engine takes (multipart form fields next to ``file``)."""
 
@@ -71,9 +78,7 @@ class EsrganUpscaleForm(CommonUpscaleForm):
 
     @model_validator(mode="after")
     def _model_alias(self) -> EsrganUpscaleForm:
-        if self.model and self.upscale_model and self.model != self.upscale_model:
-            raise ValueError("`model` and `upscale_model` name different models; send one")
-        self.model = self.model or self.upscale_model
+        self.model = one_model_name(self.model, self.upscale_model)
         return self
 
     @property
@@ -109,9 +114,7 @@ class FluxUpscaleForm(CommonUpscaleForm):
 
     @model_validator(mode="after")
     def _model_alias(self) -> FluxUpscaleForm:
-        if self.model and self.upscale_model and self.model != self.upscale_model:
-            raise ValueError("`model` and `upscale_model` name different models; send one")
-        self.upscale_model = self.upscale_model or self.model
+        self.upscale_model = one_model_name(self.model, self.upscale_model)
         return self
 
     @model_validator(mode="after")
