@@ -25,7 +25,7 @@ from engines.imagen import model_spec as imagen_model
 from serve_app import __version__, metrics
 from serve_app.dimensions import OutputPlan, calculate_output_dimensions
 from serve_app.images import MEDIA_TYPES, ImageInputError, ImageProbe, probe_image
-from serve_app.jobs import JobNotFound, JobRecord, JobState, JobStore, Size
+from serve_app.jobs import ENGINES, JobNotFound, JobRecord, JobState, JobStore, Size
 from serve_app.schemas import (
     CommonUpscaleForm,
     CropGuidance,
@@ -144,6 +144,8 @@ class Ingress:
         self._seconds_per_mp: dict[str, float] = {}
         self._last_health: dict[str, dict] = {}
         app.state.max_upload_bytes = settings.max_upload_bytes
+        for engine in ENGINES:  # an empty queue is a value too, exported from the start
+            self._queue_gauge(engine)
         self._background = asyncio.get_event_loop().create_task(self._heartbeat_loop())
 
     # --- background ------------------------------------------------------------------------

@@ -34,6 +34,7 @@ class JobState(str, Enum):
 
 TERMINAL_STATES = frozenset({JobState.completed, JobState.failed, JobState.cancelled})
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+ENGINES = ("esrgan", "flux", "imagen")
 
 
 class Size(BaseModel):

@@ -3,17 +3,26 @@ exported on the Ray metrics endpoint of its node (names get Ray's ``ray_`` prefi
 Serve's own request and replica metrics, so one Prometheus scrape config covers both.
 
 Created lazily: outside a Ray worker (plain-Python engine tests) they are no-ops.
+
+Ray's metrics agent drops a gauge value that its process has not re-reported for two export
+intervals (``metrics_report_interval_ms``, 10 s by default), so a gauge set once (a queue that
+stays empty, a model loaded at start) would vanish from the endpoint. Every gauge set here is
+therefore re-sent to Ray twice per export interval by one daemon thread per process.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from functools import cache
 from typing import Any
 
 LATENCY_BUCKETS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600]
 TILE_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120]
 _lock = threading.Lock()
+# (gauge factory, sorted tags) -> last value: what the refresh thread re-sends.
+_gauge_values: dict[tuple[Any, tuple[tuple[str, str], ...]], float] = {}
+_refresher: threading.Thread | None = None
 
 
 class _Noop:
@@ -77,7 +86,34 @@ def count(metric, value: float = 1.0, **tags: str) -> None:
 
 
 def set_gauge(metric, value: float, **tags: str) -> None:
+    global _refresher
+    with _lock:
+        _gauge_values[(metric, tuple(sorted(tags.items())))] = value
+        if _refresher is None:
+            _refresher = threading.Thread(target=_refresh_gauges, name="upscaler-gauges",
+                                          daemon=True)
+            _refresher.start()
     _apply(metric, "set", value, tags)
+
+
+def _gauge_refresh_seconds() -> float:
+    try:
+        import ray
+
+        # The same floor of 1 s that Ray's exporter applies to the interval.
+        return max(ray._config.metrics_report_interval_ms(), 1000) / 2000
+    except Exception:  # noqa: BLE001 - a private API: fall back to half the default
+        return 5.0
+
+
+def _refresh_gauges() -> None:
+    every = _gauge_refresh_seconds()
+    while True:
+        time.sleep(every)
+        with _lock:
+            values = list(_gauge_values.items())
+        for (metric, tags), value in values:
+            _apply(metric, "set", value, dict(tags))
 
 
 def observe(metric, value: float, **tags: str) -> None:

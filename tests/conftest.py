@@ -149,13 +149,19 @@ def stop_service(service: Service, timeout: float = 60) -> None:
             service.process.wait(10)
 
 
+METRICS_INTERVAL_MS = 1000
+
+
 @pytest.fixture(scope="session")
 def service(tmp_path_factory, models_root) -> Iterator[Service]:
     """One real `upscaler serve` (Ray + Serve) for the HTTP tests of the session."""
     data_dir = tmp_path_factory.mktemp("service-data")
     metrics_port = free_port()
+    # A 1 s metrics export interval (Ray's default is 10 s): metrics show sooner, and the
+    # metrics test can outwait the gauge expiry (two intervals) quickly.
     svc = start_service(data_dir, models_root, data_dir / "service.log",
-                        {**TEST_LIMITS, "UPSCALER_METRICS_PORT": str(metrics_port)})
+                        {**TEST_LIMITS, "UPSCALER_METRICS_PORT": str(metrics_port),
+                         "RAY_metrics_report_interval_ms": str(METRICS_INTERVAL_MS)})
     svc.metrics_port = metrics_port
     try:
         yield svc

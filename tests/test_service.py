@@ -10,8 +10,10 @@ import zlib
 import httpx
 import numpy as np
 import pytest
-from conftest import DAT, photo, png_bytes, psnr, wait_for_job
+from conftest import DAT, METRICS_INTERVAL_MS, photo, png_bytes, psnr, wait_for_job
 from PIL import Image
+
+from serve_app.jobs import ENGINES
 
 
 def upload(client, data: bytes, filename: str = "photo.png", field: str = "file", headers=None,
@@ -185,22 +187,33 @@ def test_path_tricks_and_unknown_ids(client, path, status):
 
 def test_prometheus_metrics_on_the_ray_endpoint(client, service):
     """Our job metrics are exported on Ray's metrics endpoint beside Serve's own."""
-    port = service.metrics_port
     r = upload(client, GOOD, model="tiny-rrdb", upscale_factor=2)
     assert r.status_code == 200
     wanted = ("ray_upscaler_jobs_total{", "ray_upscaler_model_load_seconds",
-              "ray_upscaler_job_seconds_bucket")
-    deadline = time.monotonic() + 120
-    text = ""
-    while time.monotonic() < deadline:  # Ray exports replicas' metrics every few seconds
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        if all(name in text for name in wanted):
-            break
-        time.sleep(2)
+              "ray_upscaler_job_seconds_bucket", "ray_upscaler_queue_size{")
+    text = _scrape_until(service.metrics_port, wanted)
     jobs = [ln for ln in text.splitlines() if ln.startswith("ray_upscaler_jobs_total{")]
     assert any('engine="esrgan"' in ln and 'status="completed"' in ln for ln in jobs), jobs
     assert "ray_upscaler_job_seconds_bucket" in text
     assert "ray_serve_num_http_requests" in text or "ray_serve_deployment_request_counter" in text
+    # Ray drops a gauge its process has not re-reported for two export intervals; ours are
+    # re-sent, so the queue gauges set at start are still there well after that.
+    time.sleep(5 * METRICS_INTERVAL_MS / 1000)
+    text = httpx.get(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=10).text
+    queues = [ln for ln in text.splitlines() if ln.startswith("ray_upscaler_queue_size{")]
+    assert {e for e in ENGINES if any(f'engine="{e}"' in ln for ln in queues)} == set(ENGINES)
+    assert "ray_upscaler_model_load_seconds" in text
+
+
+def _scrape_until(port: int, wanted: tuple[str, ...], timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:  # Ray exports replicas' metrics every interval
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if all(name in text for name in wanted):
+            break
+        time.sleep(1)
+    return text
 
 
 def test_service_healthy_after_bad_input(client):
