@@ -14,9 +14,18 @@ from serve_app.ingress import Ingress
 from serve_app.settings import Settings, load_settings
 
 
-def _gpu_visible(settings: Settings) -> bool:
-    if settings.device == "cpu":
-        return False
+def gpus_available(settings: Settings) -> bool:
+    """Whether GPU engines should reserve GPUs: ``device`` decides, and ``auto`` asks Ray.
+
+    Ray's resources, not torch: the builder of a config deploy runs in a Ray task on the head
+    node, which Ray hides every GPU from (and a cluster's head has none anyway).
+    """
+    if settings.device != "auto":
+        return settings.device == "cuda"
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources().get("GPU", 0) > 0
     import torch
 
     return torch.cuda.is_available()
@@ -26,13 +35,13 @@ def esrgan_gpus(settings: Settings) -> float:
     """Explicit setting, else a quarter card when GPUs are visible (FLUX takes the rest)."""
     if settings.esrgan_num_gpus is not None:
         return settings.esrgan_num_gpus
-    return 0.25 if _gpu_visible(settings) else 0
+    return 0.25 if gpus_available(settings) else 0
 
 
 def flux_gpus(settings: Settings) -> float:
     if settings.flux_num_gpus is not None:
         return settings.flux_num_gpus
-    return 0.75 if _gpu_visible(settings) else 0
+    return 0.75 if gpus_available(settings) else 0
 
 
 def _autoscaling(min_replicas: int, max_replicas: int) -> dict[str, Any]:

@@ -8,8 +8,20 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
-from serve_app.settings import load_settings
+import yaml
+
+from serve_app.settings import Settings, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CPU_SERVE_CONFIG = REPO_ROOT / "serve_config.cpu.yaml"
+# The graph with the builder's own deployment options: `upscaler serve` on a GPU machine.
+BUILT_IN_APP = {"name": "upscaler", "route_prefix": "/", "import_path": "serve_app.app:build_app"}
+
+
+class ServeConfigError(ValueError):
+    pass
 
 
 def _settings_from(args: argparse.Namespace):
@@ -21,16 +33,57 @@ def _settings_from(args: argparse.Namespace):
     })
 
 
+def local_serve_config(path: Path | None, cli_values: dict[str, Any]):
+    """The Serve config `upscaler serve` deploys: ``path`` (None: the built-in graph), with
+    settings taken, highest first, from the command line, the ``UPSCALER_*`` environment (and
+    ``.env``), the file's app ``args``, then the defaults. Returns the validated config and the
+    settings the app will run with."""
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load(path.read_text()) if path else {"applications": [dict(BUILT_IN_APP)]}
+    apps = raw.get("applications") or []
+    if len(apps) != 1:
+        raise ServeConfigError(f"{path}: expected one application, found {len(apps)}")
+    cli = {k: v for k, v in cli_values.items() if v is not None}
+    from_env = Settings()  # the environment and .env only
+    env_values = from_env.model_dump(mode="json", include=from_env.model_fields_set)
+    settings = load_settings({**(apps[0].get("args") or {}), **env_values, **cli})
+    # data_dir always: its default is relative to the directory `upscaler serve` runs in.
+    apps[0]["args"] = settings.model_dump(mode="json",
+                                          include=settings.model_fields_set | {"data_dir"})
+    http = raw.setdefault("http_options", {})
+    for key in ("host", "port"):
+        if key in cli or key in from_env.model_fields_set or key not in http:
+            http[key] = getattr(settings, key)
+    config = ServeDeploySchema.model_validate(raw)
+    return config, settings.model_copy(update={"host": http["host"], "port": http["port"]})
+
+
+def _print_urls(settings: Settings, args: argparse.Namespace, dashboard: str | None) -> None:
+    base = f"http://{settings.host}:{settings.port}"
+    print(f"upscaler is up\n  API:       {base}/api\n  Docs:      {base}/docs", flush=True)
+    if dashboard and not args.no_dashboard:
+        print(f"  Dashboard: http://{dashboard}", flush=True)
+    metrics_port = args.metrics_port or settings.metrics_port
+    if metrics_port:
+        print(f"  Metrics:   http://127.0.0.1:{metrics_port}/metrics", flush=True)
+    print(f"  Models:    {settings.upscale_models_dir}\n"
+          f"  Storage:   {settings.resolved_storage_url}", flush=True)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     # Local-cluster defaults (each can be overridden by the environment).
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    settings = _settings_from(args)
+    cli_values = {"data_dir": args.data_dir, "models_dir": args.models_dir, "host": args.host,
+                  "port": args.port}
+    settings = load_settings(cli_values)
 
     import ray
     from ray import serve
+    from ray.serve._private.api import serve_start  # what `serve run CONFIG` itself uses
 
-    from serve_app.app import build_graph
+    from serve_app.app import gpus_available
 
     stop = threading.Event()
 
@@ -48,25 +101,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
         init_kwargs = {"address": args.ray_address}
     elif args.dashboard_port:
         init_kwargs["dashboard_port"] = args.dashboard_port
-    ray.init(**init_kwargs)
+    ray_context = ray.init(**init_kwargs)
     # After ray.init: Ray installs its own SIGTERM handler, which aborts the process.
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
-        serve.start(http_options={"host": settings.host, "port": settings.port})
-        serve.run(build_graph(settings), name="upscaler", route_prefix="/")
-        base = f"http://{settings.host}:{settings.port}"
-        dashboard = ray.get_runtime_context().dashboard_url if not args.no_dashboard else None
-        print(f"upscaler is up\n  API:       {base}/api\n  Docs:      {base}/docs", flush=True)
-        if dashboard:
-            print(f"  Dashboard: http://{dashboard}", flush=True)
-        metrics_port = args.metrics_port or settings.metrics_port
-        if metrics_port:
-            print(f"  Metrics:   http://127.0.0.1:{metrics_port}/metrics", flush=True)
-        print(f"  Models:    {settings.upscale_models_dir}\n"
-              f"  Storage:   {settings.resolved_storage_url}", flush=True)
+        path = args.config or (None if gpus_available(settings) else CPU_SERVE_CONFIG)
+        config, settings = local_serve_config(path, cli_values)
+        client = serve_start(http_options=config.http_options.model_dump(),
+                             grpc_options=config.grpc_options.model_dump(),
+                             proxy_location=config.proxy_location)
+        client.deploy_apps(config)
+        name = config.applications[0].name
+        print(f"upscaler: deploying {path or 'the built-in graph (GPU)'} ...", flush=True)
+        while not stop.is_set():  # replicas load their models before they report healthy
+            app = serve.status().applications.get(name)
+            if app is not None and app.status == "RUNNING":
+                break
+            if app is not None and app.status == "DEPLOY_FAILED":
+                print(f"upscaler: the deployment failed: {app.message}", file=sys.stderr,
+                      flush=True)
+                return 1
+            stop.wait(1)
+        if not stop.is_set():
+            _print_urls(settings, args, ray_context.dashboard_url)
         while not stop.wait(0.5):
             pass
+    except ServeConfigError as exc:
+        print(f"upscaler serve: {exc}", file=sys.stderr)
+        return 2
     finally:
         try:
             serve.shutdown()
@@ -136,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Prometheus endpoint of Ray's metrics, ours included "
                          "(UPSCALER_METRICS_PORT)")
     serve_p.add_argument("--ray-address", help="join an existing Ray cluster instead")
+    serve_p.add_argument("--config", type=Path, default=os.environ.get("UPSCALER_SERVE_CONFIG"),
+                         help="a Ray Serve config file to deploy (UPSCALER_SERVE_CONFIG); "
+                         "default: serve_config.cpu.yaml without GPUs, else the built-in graph "
+                         "(FLUX 0.75 + ESRGAN 0.25 of each card)")
     serve_p.set_defaults(func=cmd_serve)
 
     models_p = sub.add_parser("models", help="list or pull model weights")

@@ -23,17 +23,22 @@ def deployments(app: dict) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.cpu.yaml"])
-def test_serve_configs_validate_and_name_the_graph(name):
+def test_serve_configs_validate_against_rays_schema(name):
     from ray.serve.schema import ServeDeploySchema
+
+    from serve_app.settings import Settings
 
     config = ServeDeploySchema.model_validate(load(name))
     [app] = config.applications
     assert app.import_path == "serve_app.app:build_app"
-    assert {d.name for d in app.deployments} == GRAPH
+    assert {d.name for d in app.deployments} <= GRAPH
     build_app(app.args)  # the builder accepts the args (unknown keys would be ignored silently)
-    from serve_app.settings import Settings
-
     assert set(app.args) <= set(Settings.model_fields)
+    assert config.http_options.request_timeout_s >= 300  # large uploads, long sync waits
+
+
+def test_gpu_config_names_the_whole_graph():
+    assert set(deployments(load("serve_config.yaml")["applications"][0])) == GRAPH
 
 
 def test_gpu_config_reserves_gpus_as_planned():
@@ -49,8 +54,55 @@ def test_gpu_config_reserves_gpus_as_planned():
 
 
 def test_cpu_config_reserves_no_gpu():
-    deps = deployments(load("serve_config.cpu.yaml")["applications"][0])
-    assert all(d.get("ray_actor_options", {}).get("num_gpus", 0) == 0 for d in deps.values())
+    from serve_app.app import esrgan_gpus, flux_gpus
+    from serve_app.settings import load_settings
+
+    [app] = load("serve_config.cpu.yaml")["applications"]
+    # Deployment options come from the builder, which reserves no GPU with device=cpu.
+    assert "deployments" not in app and app["args"]["device"] == "cpu"
+    settings = load_settings(app["args"])
+    assert esrgan_gpus(settings) == 0 and flux_gpus(settings) == 0
+
+
+def test_upscaler_serve_takes_flags_then_environment_then_the_file(tmp_path, monkeypatch):
+    from serve_app.cli import CPU_SERVE_CONFIG, local_serve_config
+
+    for var in [v for v in __import__("os").environ if v.startswith("UPSCALER_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.chdir(tmp_path)
+    config, settings = local_serve_config(CPU_SERVE_CONFIG, {})
+    [app] = config.applications
+    assert app.args == {"device": "cpu", "data_dir": str(tmp_path / "data")}  # absolute
+    assert (config.http_options.host, config.http_options.port) == ("127.0.0.1", 8000)
+    assert config.http_options.request_timeout_s == 900  # the file's own options stay
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"http_options": {"host": "0.0.0.0", "port": 9000},
+                                    "applications": [{**load("serve_config.cpu.yaml")[
+                                        "applications"][0], "args": {
+                                        "device": "cpu", "max_upload_mb": 5, "sync_wait_s": 7,
+                                        "models_dir": "/from/file"}}]}))
+    monkeypatch.setenv("UPSCALER_MAX_UPLOAD_MB", "9")
+    monkeypatch.setenv("UPSCALER_MODELS_DIR", "/from/env")
+    monkeypatch.setenv("UPSCALER_PORT", "9100")
+    config, settings = local_serve_config(path, {"models_dir": Path("/from/flag"),
+                                                 "host": None})
+    args = config.applications[0].args
+    assert args["sync_wait_s"] == 7  # the file
+    assert args["max_upload_mb"] == 9  # the environment over the file
+    assert args["models_dir"] == "/from/flag"  # the flag over both
+    assert (config.http_options.host, config.http_options.port) == ("0.0.0.0", 9100)
+    assert (settings.host, settings.port) == ("0.0.0.0", 9100)
+
+
+def test_upscaler_serve_without_a_file_deploys_the_built_in_graph(monkeypatch, tmp_path):
+    from serve_app.cli import local_serve_config
+
+    monkeypatch.chdir(tmp_path)
+    config, _ = local_serve_config(None, {"port": 8123})
+    [app] = config.applications
+    assert app.import_path == "serve_app.app:build_app" and not app.deployments
+    assert config.http_options.port == 8123
 
 
 def test_kuberay_service_embeds_a_valid_serve_config():

@@ -35,7 +35,12 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
     address = f"http://127.0.0.1:{dashboard}"
     config = yaml.safe_load((REPO / "serve_config.cpu.yaml").read_text())
     config["http_options"].update(host="127.0.0.1", port=http_port)
-    deps = {d["name"]: d for d in config["applications"][0]["deployments"]}
+    esrgan = {"name": "ESRGAN", "max_ongoing_requests": 3,
+              "autoscaling_config": {"min_replicas": 1, "initial_replicas": 1,
+                                     "max_replicas": 1},
+              "ray_actor_options": {"num_cpus": 1, "num_gpus": 0},
+              "graceful_shutdown_timeout_s": 60}
+    config["applications"][0]["deployments"] = [esrgan]
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
 
@@ -67,9 +72,9 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
                 time.sleep(0.2)
 
             # More ESRGAN replicas and other resources: Serve replaces the ESRGAN replica.
-            deps["ESRGAN"]["autoscaling_config"].update(min_replicas=2, initial_replicas=2,
-                                                        max_replicas=2)
-            deps["ESRGAN"]["ray_actor_options"]["num_cpus"] = 0.5
+            esrgan["autoscaling_config"].update(min_replicas=2, initial_replicas=2,
+                                                max_replicas=2)
+            esrgan["ray_actor_options"]["num_cpus"] = 0.5
             path.write_text(yaml.safe_dump(config))
             run("serve", "deploy", str(path), "--address", address, env=env)
 
