@@ -44,6 +44,11 @@ def flux_gpus(settings: Settings) -> float:
     return 0.75 if gpus_available(settings) else 0
 
 
+def ingress_shutdown_s(settings: Settings) -> float:
+    """The Ingress's graceful shutdown: its job drain plus time for requests in flight."""
+    return settings.ingress_drain_s + 30
+
+
 def _autoscaling(min_replicas: int, max_replicas: int) -> dict[str, Any]:
     return {
         "min_replicas": min_replicas,
@@ -93,6 +98,8 @@ def build_graph(settings: Settings) -> Application:
         num_replicas=1,
         max_ongoing_requests=200,  # I/O-bound; uploads wait for handles, not for CPU
         ray_actor_options={"num_cpus": 0.25},
+        # Requests in flight drain first, then __del__ lets the jobs in flight finish.
+        graceful_shutdown_timeout_s=ingress_shutdown_s(settings),
     ).bind(esrgan, flux, coordinator, imagen, settings)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -83,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
     from ray.serve._private.api import serve_start  # what `serve run CONFIG` itself uses
 
-    from serve_app.app import gpus_available
+    from serve_app.app import gpus_available, ingress_shutdown_s
 
     stop = threading.Event()
 
@@ -132,6 +133,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     finally:
         try:
+            # serve.shutdown() waits 30 s at most; the Ingress may drain jobs for longer.
+            from ray.serve.context import _get_global_client
+
+            with contextlib.suppress(Exception):
+                _get_global_client().shutdown(timeout_s=ingress_shutdown_s(settings) + 10)
             serve.shutdown()
         finally:
             ray.shutdown()

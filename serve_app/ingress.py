@@ -146,13 +146,33 @@ class Ingress:
         app.state.max_upload_bytes = settings.max_upload_bytes
         for engine in ENGINES:  # an empty queue is a value too, exported from the start
             self._queue_gauge(engine)
+        self._stopping = False
         self._background = asyncio.get_event_loop().create_task(self._heartbeat_loop())
 
     # --- background ------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
-        """Keep our open jobs fresh; fail jobs abandoned by a dead service or replica."""
+        """Keep our open jobs fresh; take over jobs whose owner (a dead service, or an Ingress
+        replaced by a rollout) stopped heart-beating: resume FLUX jobs, fail the others."""
+        last_sweep = 0.0
+        while True:
+            if time.monotonic() - last_sweep >= self.settings.stale_after_s / 2:
+                last_sweep = time.monotonic()
+                await self._sweep_abandoned()
+            await asyncio.sleep(self.settings.heartbeat_s)
+            for job in list(self._open.values()):
+                job.heartbeat_at = time.time()
+                try:
+                    await asyncio.to_thread(self.store.save, job)
+                except Exception:  # noqa: BLE001
+                    logger.exception("heartbeat for %s failed", job.job_id)
+
+    async def _sweep_abandoned(self) -> None:
+        if self._stopping:  # a stopping replica takes nothing over
+            return
         try:
             for job in await asyncio.to_thread(self.store.abandoned_jobs):
+                if job.job_id in self._open:
+                    continue
                 if job.state == JobState.failed:
                     logger.warning("job %s was abandoned: reported failed", job.job_id)
                     await asyncio.to_thread(self.store.storage.delete,
@@ -162,14 +182,31 @@ class Ingress:
                     self._start(job, self.flux_stream.run)
         except Exception:  # noqa: BLE001
             logger.exception("abandoned-job sweep failed")
-        while True:
-            await asyncio.sleep(self.settings.heartbeat_s)
-            for job in list(self._open.values()):
-                job.heartbeat_at = time.time()
-                try:
-                    await asyncio.to_thread(self.store.save, job)
-                except Exception:  # noqa: BLE001
-                    logger.exception("heartbeat for %s failed", job.job_id)
+
+    async def __del__(self) -> None:
+        """Serve calls this when it stops the replica (a rollout, a shutdown). New requests
+        already go to the replacement; our jobs in flight are handed over or finished."""
+        self._stopping = True
+        # FLUX jobs resume from their tiles: hand them over at once, marked stale so the
+        # next Ingress's sweep takes them without waiting for the heartbeat to age.
+        handed_over = [job for job in self._open.values() if job.resumable]
+        tasks = [t for job in handed_over if (t := self._tasks.get(job.job_id))]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for job in handed_over:
+            job.heartbeat_at = 0.0
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.store.save, job)
+        plain = list(self._tasks.values())
+        if plain:
+            logger.info("draining %d job(s) for up to %.0f s", len(plain),
+                        self.settings.ingress_drain_s)
+            _, late = await asyncio.wait(plain, timeout=self.settings.ingress_drain_s)
+            for task in late:  # reported failed (worker_lost) by _drive
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        self._background.cancel()
 
     async def _save(self, job: JobRecord) -> None:
         job.heartbeat_at = time.time()

@@ -156,11 +156,13 @@ class JobStore:
         return job
 
     def open_job_ids(self) -> list[str]:
+        """Jobs not finished yet: those whose upload is still stored (a finished job's upload
+        is deleted), so a sweep costs a listing of open jobs, not of every job ever run."""
         ids = []
-        for key in self.storage.list("jobs"):
+        for key in self.storage.list("inputs"):
             name = key.rsplit("/", 1)[-1]
-            if name.endswith(".json") and JOB_ID_RE.match(name[:-5]):
-                ids.append(name[:-5])
+            if JOB_ID_RE.match(name):
+                ids.append(name)
         return ids
 
     def abandoned_jobs(self) -> list[JobRecord]:

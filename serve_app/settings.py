@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     esrgan_num_gpus: float | None = Field(
         default=None, ge=0,
-        description="GPUs reserved per ESRGAN replica; None = 1 when a GPU is visible, else 0.")
+        description="GPUs reserved per ESRGAN replica; None = 0.25 when Ray has GPUs, else 0.")
     esrgan_num_cpus: float = Field(default=1, ge=0)
     esrgan_min_replicas: int = Field(default=1, ge=0)
     esrgan_max_replicas: int = Field(default=2, ge=1)
@@ -118,6 +118,11 @@ class Settings(BaseSettings):
         default=30.0, gt=0,
         description="A queued/processing job whose owner stopped heart-beating this long ago "
         "is reported failed.")
+    ingress_drain_s: float = Field(
+        default=60.0, ge=0,
+        description="When the Ingress stops (a rollout, `serve shutdown`, SIGTERM), how long "
+        "its ESRGAN/Imagen jobs in flight get to finish before they are reported failed. FLUX "
+        "jobs are handed over at once: the next Ingress resumes them from their tiles.")
     png_compress_level: int = Field(default=1, ge=0, le=9,
                                     description="1 is ~3x faster than Pillow's 6 for ~15% size.")
     tiff_compression: str = "tiff_adobe_deflate"

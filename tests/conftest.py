@@ -178,10 +178,17 @@ def client(service) -> Iterator[httpx.Client]:
 
 
 def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 300) -> dict:
+    """Poll a job to its end; an Ingress being replaced may answer 5xx or not at all."""
     deadline = time.monotonic() + timeout
+    status: dict = {}
     while time.monotonic() < deadline:
-        status = client.get(f"/api/status/{job_id}").json()
-        if status["status"] in ("completed", "failed", "cancelled"):
-            return status
+        try:
+            r = client.get(f"/api/status/{job_id}")
+        except httpx.TransportError:
+            r = None
+        if r is not None and r.status_code == 200:
+            status = r.json()
+            if status["status"] in ("completed", "failed", "cancelled"):
+                return status
         time.sleep(0.5)
     raise TimeoutError(f"job {job_id} did not finish: {status}")

@@ -53,6 +53,18 @@ def test_gpu_config_reserves_gpus_as_planned():
         assert deps[name]["health_check_timeout_s"] >= 60
 
 
+def test_stops_leave_time_for_the_ingress_drain():
+    from serve_app.app import ingress_shutdown_s
+    from serve_app.settings import load_settings
+
+    [app] = load("serve_config.yaml")["applications"]
+    settings = load_settings(app["args"])
+    assert deployments(app)["Ingress"]["graceful_shutdown_timeout_s"] >= ingress_shutdown_s(
+        settings)
+    grace = load("docker/compose.yaml")["services"]["upscaler"]["stop_grace_period"]
+    assert float(grace.rstrip("s")) > ingress_shutdown_s(load_settings({}))
+
+
 def test_cpu_config_reserves_no_gpu():
     from serve_app.app import esrgan_gpus, flux_gpus
     from serve_app.settings import load_settings

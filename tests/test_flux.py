@@ -126,7 +126,7 @@ def test_flux_cancel_frees_replicas(flux_service):
 
 def _replica_pids(name: str, data_dir) -> list[int]:
     """Replica processes of one service (matched by the data dir in their environment)."""
-    out = subprocess.run(["pgrep", "-f", f"ServeReplica:upscaler:{name}$"],
+    out = subprocess.run(["pgrep", "-f", rf"ServeReplica:upscaler:{name}(\.|$)"],
                          capture_output=True, text=True).stdout.split()
     pids = []
     for pid in out:
@@ -158,6 +158,24 @@ def test_killed_flux_replica_job_resumes(flux_service):
             assert stats["tiles_resumed"] >= 1
         assert stats["tiles_resumed"] + stats["tiles_computed"] == 6
         assert len({t["tile"] for t in stats["tile_log"]}) == stats["tiles_computed"]
+
+
+def test_killed_ingress_flux_job_is_taken_over(flux_service):
+    """The Ingress driving a FLUX job dies: Serve starts another, whose periodic sweep finds
+    the job's heartbeat stale and resumes it from its stored tiles."""
+    with flux_service.client() as client:
+        job = submit(client, png_bytes(photo("rocket", (96, 64))), steps="4", seed="3")
+        deadline = time.monotonic() + 300
+        while client.get(f"/api/status/{job['jobId']}").json()["progress"] < 30:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        [ingress] = _replica_pids("Ingress", flux_service.data_dir)
+        os.kill(ingress, signal.SIGKILL)
+        status = wait_for_job(client, job["jobId"], timeout=600)
+        assert status["status"] == "completed", status
+        stats = status["stats"]
+        assert stats["tiles_resumed"] >= 1
+        assert stats["tiles_resumed"] + stats["tiles_computed"] == 6
 
 
 def test_missing_flux_files_answer_503(client):

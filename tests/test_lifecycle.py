@@ -98,7 +98,9 @@ def test_cancel_stops_a_running_job(lifecycle_service):
 
 def test_restart_keeps_finished_jobs_and_fails_interrupted_ones(tmp_path, models_root):
     data_dir = tmp_path / "data"
-    svc = start_service(data_dir, models_root, tmp_path / "first.log", FAST_STALE)
+    # No drain: the stop interrupts the job, as a crash or an impatient stop would.
+    svc = start_service(data_dir, models_root, tmp_path / "first.log",
+                        {**FAST_STALE, "UPSCALER_INGRESS_DRAIN_S": "0"})
     try:
         with svc.client() as client:
             done = client.post("/api/upscale/esrgan",

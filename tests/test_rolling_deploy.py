@@ -1,6 +1,6 @@
 """`serve deploy` of a changed config to a running local cluster rolls out without dropping the
 job in flight: `ray start --head` on 127.0.0.1, deploy, change ESRGAN's replicas and resources
-(its replica is replaced), deploy again, `serve status`."""
+and the Ingress's resources (both are replaced), deploy again, `serve status`."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
                                      "max_replicas": 1},
               "ray_actor_options": {"num_cpus": 1, "num_gpus": 0},
               "graceful_shutdown_timeout_s": 60}
-    config["applications"][0]["deployments"] = [esrgan]
+    ingress = {"name": "Ingress", "ray_actor_options": {"num_cpus": 0.25}}
+    config["applications"][0]["deployments"] = [esrgan, ingress]
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
 
@@ -72,6 +73,8 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
                 time.sleep(0.2)
 
             # More ESRGAN replicas and other resources: Serve replaces the ESRGAN replica.
+            # The Ingress, which drives the job, is replaced too: it finishes the job first.
+            ingress["ray_actor_options"]["num_cpus"] = 0.3
             esrgan["autoscaling_config"].update(min_replicas=2, initial_replicas=2,
                                                 max_replicas=2)
             esrgan["ray_actor_options"]["num_cpus"] = 0.5
@@ -92,6 +95,11 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
             r = client.post("/api/upscale/esrgan", data={"model": "tiny-rrdb"},
                             files={"file": ("p.png", png_bytes(photo("rocket", (24, 24))))})
             assert r.status_code == 200 and r.json()["status"] == "completed"
+            # A new Ingress took the new job; the old one had finished the first (drained).
+            jobs = tmp_path / "data" / "storage" / "jobs"
+            owners = [json.loads((jobs / f"{i}.json").read_text())["owner"]
+                      for i in (job_id, r.json()["jobId"])]
+            assert owners[0] != owners[1]
     finally:
         subprocess.run([str(BIN / "serve"), "shutdown", "-y", "--address", address], env=env,
                        capture_output=True, timeout=120)
