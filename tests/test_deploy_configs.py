@@ -122,8 +122,17 @@ def test_kuberay_service_embeds_a_valid_serve_config():
 
     manifest = load("k8s/rayservice.yaml")
     assert manifest["kind"] == "RayService"
-    embedded = ServeDeploySchema.model_validate(yaml.safe_load(manifest["spec"]["serveConfigV2"]))
+    raw = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    embedded = ServeDeploySchema.model_validate(raw)
     assert embedded.applications[0].import_path == "serve_app.app:build_app"
+    # The same config as serve_config.yaml, except storage in a bucket (pods share no disk).
+    production = load("serve_config.yaml")
+    assert raw["http_options"] == production["http_options"]
+    [app], [prod_app] = raw["applications"], production["applications"]
+    assert app["deployments"] == prod_app["deployments"]
+    assert app["args"].pop("storage_url").startswith("s3://")
+    prod_app["args"].pop("storage_url")
+    assert app["args"] == prod_app["args"]
     worker = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     limits = worker["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1"
