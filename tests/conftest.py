@@ -113,15 +113,19 @@ def wait_http_ok(url: str, timeout: float, process: subprocess.Popen | None = No
 
 
 def start_service(data_dir: Path, models_dir: Path, log_path: Path,
-                  extra_env: dict[str, str] | None = None, timeout: float = 180) -> Service:
+                  extra_env: dict[str, str] | None = None, timeout: float = 180,
+                  dashboard_port: int | None = None) -> Service:
+    """`upscaler serve` as a user runs it; the Ray dashboard only when a port is given."""
     port = free_port()
+    dashboard = (["--dashboard-port", str(dashboard_port)] if dashboard_port
+                 else ["--no-dashboard"])
     env = {**os.environ, "UPSCALER_DATA_DIR": str(data_dir), "UPSCALER_MODELS_DIR":
            str(models_dir), "UPSCALER_PORT": str(port), "UPSCALER_HOST": "127.0.0.1",
            "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "UPSCALER_SYNC_WAIT_S": "60", **(extra_env or {})}
     with open(log_path, "ab") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "serve_app.cli", "serve", "--no-dashboard"], cwd=REPO,
+            [sys.executable, "-m", "serve_app.cli", "serve", *dashboard], cwd=REPO,
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     service = Service(f"http://127.0.0.1:{port}", data_dir, models_dir, proc, log_path)
     deadline = time.monotonic() + timeout

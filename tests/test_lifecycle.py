@@ -9,7 +9,15 @@ import time
 
 import httpx
 import pytest
-from conftest import TEST_LIMITS, photo, png_bytes, start_service, stop_service, wait_for_job
+from conftest import (
+    TEST_LIMITS,
+    free_port,
+    photo,
+    png_bytes,
+    start_service,
+    stop_service,
+    wait_for_job,
+)
 
 FAST_STALE = {**TEST_LIMITS, "UPSCALER_HEARTBEAT_S": "1", "UPSCALER_STALE_AFTER_S": "8"}
 
@@ -99,9 +107,18 @@ def test_cancel_stops_a_running_job(lifecycle_service):
 def test_restart_keeps_finished_jobs_and_fails_interrupted_ones(tmp_path, models_root):
     data_dir = tmp_path / "data"
     # No drain: the stop interrupts the job, as a crash or an impatient stop would.
+    dashboard = free_port()
     svc = start_service(data_dir, models_root, tmp_path / "first.log",
-                        {**FAST_STALE, "UPSCALER_INGRESS_DRAIN_S": "0"})
+                        {**FAST_STALE, "UPSCALER_INGRESS_DRAIN_S": "0"}, dashboard_port=dashboard)
     try:
+        # `upscaler serve` says where everything is, and the Ray dashboard answers there.
+        deadline = time.monotonic() + 30  # printed once Serve reports the app running
+        while "Dashboard:" not in svc.log() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for line in (f"API:       {svc.url}/api", f"Docs:      {svc.url}/docs",
+                     f"Dashboard: http://127.0.0.1:{dashboard}"):
+            assert line in svc.log()
+        assert httpx.get(f"http://127.0.0.1:{dashboard}/api/version", timeout=30).is_success
         with svc.client() as client:
             done = client.post("/api/upscale/esrgan",
                                files={"file": ("p.png", png_bytes(photo("rocket", (32, 24))))},
