@@ -2,7 +2,7 @@
 # `make test` (install with test extras, lint, run the whole suite). CI runs `make test`.
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= dev  # `make install EXTRAS=` installs the service without the test tools (docker)
+EXTRAS ?= dev  # the image: `make install EXTRAS=cloud` (no test tools; s3fs/gcsfs)
 BIN := $(VENV)/bin
 
 .PHONY: install run test lint bench clean
