@@ -190,7 +190,8 @@ def test_prometheus_metrics_on_the_ray_endpoint(client, service):
     r = upload(client, GOOD, model="tiny-rrdb", upscale_factor=2)
     assert r.status_code == 200
     wanted = ("ray_upscaler_jobs_total{", "ray_upscaler_model_load_seconds",
-              "ray_upscaler_job_seconds_bucket", "ray_upscaler_queue_size{")
+              "ray_upscaler_job_seconds_bucket", "ray_upscaler_queue_size{",
+              "ray_serve_http_request_latency_ms_bucket")  # request latency, Serve's own
     text = _scrape_until(service.metrics_port, wanted)
     jobs = [ln for ln in text.splitlines() if ln.startswith("ray_upscaler_jobs_total{")]
     assert any('engine="esrgan"' in ln and 'status="completed"' in ln for ln in jobs), jobs
