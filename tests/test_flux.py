@@ -139,18 +139,24 @@ def _replica_pids(name: str, data_dir) -> list[int]:
     return pids
 
 
+def _kill_mid_job(client, image: Image.Image, pid: int, **fields) -> dict:
+    """Run a 6-tile job, SIGKILL ``pid`` once 30 % is done; the job must still complete."""
+    job = submit(client, png_bytes(image), steps="4", **fields)
+    deadline = time.monotonic() + 300
+    while client.get(f"/api/status/{job['jobId']}").json()["progress"] < 30:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    os.kill(pid, signal.SIGKILL)
+    status = wait_for_job(client, job["jobId"], timeout=600)
+    assert status["status"] == "completed", status
+    return status
+
+
 def test_killed_flux_replica_job_resumes(flux_service):
     with flux_service.client() as client:
-        job = submit(client, png_bytes(photo("chelsea", (96, 64))), steps="4", seed="7")
-        deadline = time.monotonic() + 300
-        while client.get(f"/api/status/{job['jobId']}").json()["progress"] < 30:
-            assert time.monotonic() < deadline
-            time.sleep(0.3)
         pids = _replica_pids("FLUX", flux_service.data_dir)
         assert len(pids) == 2
-        os.kill(pids[0], signal.SIGKILL)
-        status = wait_for_job(client, job["jobId"], timeout=600)
-        assert status["status"] == "completed", status
+        status = _kill_mid_job(client, photo("chelsea", (96, 64)), pids[0], seed="7")
         stats = status["stats"]
         # Either Serve re-routed the lost tile call to the other replica, or the coordinator
         # failed and the job was resumed: both keep every finished tile.
@@ -164,16 +170,8 @@ def test_killed_ingress_flux_job_is_taken_over(flux_service):
     """The Ingress driving a FLUX job dies: Serve starts another, whose periodic sweep finds
     the job's heartbeat stale and resumes it from its stored tiles."""
     with flux_service.client() as client:
-        job = submit(client, png_bytes(photo("rocket", (96, 64))), steps="4", seed="3")
-        deadline = time.monotonic() + 300
-        while client.get(f"/api/status/{job['jobId']}").json()["progress"] < 30:
-            assert time.monotonic() < deadline
-            time.sleep(0.3)
         [ingress] = _replica_pids("Ingress", flux_service.data_dir)
-        os.kill(ingress, signal.SIGKILL)
-        status = wait_for_job(client, job["jobId"], timeout=600)
-        assert status["status"] == "completed", status
-        stats = status["stats"]
+        stats = _kill_mid_job(client, photo("rocket", (96, 64)), ingress, seed="3")["stats"]
         assert stats["tiles_resumed"] >= 1
         assert stats["tiles_resumed"] + stats["tiles_computed"] == 6
 
