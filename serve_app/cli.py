@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -58,6 +59,12 @@ def local_serve_config(path: Path | None, cli_values: dict[str, Any]):
             http[key] = getattr(settings, key)
     config = ServeDeploySchema.model_validate(raw)
     return config, settings.model_copy(update={"host": http["host"], "port": http["port"]})
+
+
+def _last_error(message: str) -> str:
+    """The exception line of a Serve failure message (which carries whole tracebacks)."""
+    errors = [ln for ln in message.splitlines() if re.match(r"[\w.]+(Error|Exception): ", ln)]
+    return errors[-1] if errors else message.strip().splitlines()[0]
 
 
 def _print_urls(settings: Settings, args: argparse.Namespace, dashboard: str | None) -> None:
@@ -120,8 +127,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if app is not None and app.status == "RUNNING":
                 break
             if app is not None and app.status == "DEPLOY_FAILED":
-                print(f"upscaler: the deployment failed: {app.message}", file=sys.stderr,
-                      flush=True)
+                reasons = [f"{n}: {_last_error(d.message)}"
+                           for n, d in app.deployments.items() if d.message]
+                print("upscaler: the deployment failed: " + "\n".join([app.message, *reasons]),
+                      file=sys.stderr, flush=True)
                 return 1
             stop.wait(1)
         if not stop.is_set():

@@ -137,6 +137,7 @@ class Ingress:
         self.imagen = imagen
         self.imagen_stream = imagen.options(stream=True)
         self.store = JobStore(Storage(settings.resolved_storage_url), settings.stale_after_s)
+        self.store.storage.check_usable()
         self.owner = uuid.uuid4().hex
         self._open: dict[str, JobRecord] = {}
         self._tasks: dict[str, asyncio.Task] = {}

@@ -15,6 +15,10 @@ from typing import IO
 import fsspec
 
 
+class StorageError(RuntimeError):
+    pass
+
+
 class Storage:
     def __init__(self, url: str):
         self.url = url
@@ -22,8 +26,24 @@ class Storage:
         self.root = root.rstrip("/")
         self._is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple)
                                     else (self.fs.protocol,))
-        if self._is_local:
-            self.fs.makedirs(self.root, exist_ok=True)
+        if self._is_local:  # a failure here is reported by check_usable(), clearly
+            with contextlib.suppress(OSError):
+                self.fs.makedirs(self.root, exist_ok=True)
+
+    def check_usable(self) -> None:
+        """Write, read back and delete a probe, so a wrong URL or missing credentials stop the
+        start with one clear message instead of failing every job later."""
+        key = f"probe/{uuid.uuid4().hex}"
+        try:
+            self.write_bytes(key, b"ok")
+            if self.read_bytes(key) != b"ok":
+                raise OSError("read back something else than was written")
+            self.delete(key)
+        except Exception as exc:
+            raise StorageError(
+                f"job storage {self.url} is not usable here ({type(exc).__name__}: {exc}). "
+                "Set storage_url (UPSCALER_STORAGE_URL) to a location this node can write: "
+                "a local folder on one machine, a bucket on a cluster.") from exc
 
     def path(self, key: str) -> str:
         return posixpath.join(self.root, key)

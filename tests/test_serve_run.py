@@ -41,3 +41,19 @@ def test_serve_run_cpu_config(tmp_path, models_root):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def test_upscaler_serve_stops_with_the_reason_when_storage_is_unusable(tmp_path, models_root):
+    """A wrong storage location ends the start (exit 1) naming the setting, instead of a
+    service that fails every job later."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {**os.environ, "UPSCALER_DATA_DIR": str(tmp_path / "data"),
+           "UPSCALER_MODELS_DIR": str(models_root), "UPSCALER_PORT": str(free_port()),
+           "UPSCALER_STORAGE_URL": str(blocker / "storage")}
+    proc = subprocess.run([sys.executable, "-m", "serve_app.cli", "serve", "--no-dashboard"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "the deployment failed" in proc.stderr
+    assert "Ingress: serve_app.storage.StorageError: job storage" in proc.stderr
+    assert "UPSCALER_STORAGE_URL" in proc.stderr
