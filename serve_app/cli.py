@@ -114,14 +114,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
-        path = args.config or (None if gpus_available(settings) else CPU_SERVE_CONFIG)
+        path = args.config
+        if path is None and not gpus_available(settings) and CPU_SERVE_CONFIG.exists():
+            path = CPU_SERVE_CONFIG  # absent from a wheel install: the built-in graph, on CPU
         config, settings = local_serve_config(path, cli_values)
         client = serve_start(http_options=config.http_options.model_dump(),
                              grpc_options=config.grpc_options.model_dump(),
                              proxy_location=config.proxy_location)
         client.deploy_apps(config)
         name = config.applications[0].name
-        print(f"upscaler: deploying {path or 'the built-in graph (GPU)'} ...", flush=True)
+        print(f"upscaler: deploying {path or 'the built-in graph'} ...", flush=True)
         while not stop.is_set():  # replicas load their models before they report healthy
             app = serve.status().applications.get(name)
             if app is not None and app.status == "RUNNING":
