@@ -47,9 +47,12 @@ def esrgan_replica_pids() -> list[int]:
     return [int(p) for p in out.split()]
 
 
-@pytest.fixture
-def lifecycle_service(tmp_path, models_root):
-    svc = start_service(tmp_path / "data", models_root, tmp_path / "service.log", FAST_STALE)
+@pytest.fixture(scope="module")
+def lifecycle_service(tmp_path_factory, models_root):
+    """One service for the failure tests: each leaves it healthy (a killed replica is
+    replaced, a cancelled job frees its replica), which the tests themselves check."""
+    data = tmp_path_factory.mktemp("lifecycle-data")
+    svc = start_service(data, models_root, data / "service.log", FAST_STALE)
     try:
         yield svc
     finally:
