@@ -1,11 +1,14 @@
-"""`serve deploy` of a changed config to a running local cluster rolls out without dropping the
-job in flight: `ray start --head` on 127.0.0.1, deploy, change ESRGAN's replicas and resources
-and the Ingress's resources (both are replaced), deploy again, `serve status`."""
+"""`serve deploy` of the production config (serve_config.yaml) to a local cluster, then of a
+changed one, which rolls out without dropping the job in flight: `ray start --head` on 127.0.0.1
+with two GPUs as Ray's scheduler sees them, deploy, check the GPU reservations, change ESRGAN's
+replicas and resources and the Ingress's resources (both are replaced), deploy again,
+`serve status`."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,20 +31,30 @@ def run(*args: str, env: dict, timeout: float = 180) -> str:
     return proc.stdout
 
 
+def gpus_in_use(gcs: int, env: dict, expected: float) -> float:
+    """GPUs the cluster's actors hold, from `ray status` (waits for replicas to settle)."""
+    deadline = time.monotonic() + 90
+    while True:
+        out = run("ray", "status", f"--address=127.0.0.1:{gcs}", env=env)
+        used = float(re.search(r"([\d.]+)/2\.0 GPU", out).group(1))
+        if used == expected or time.monotonic() > deadline:
+            return used
+        time.sleep(2)
+
+
 def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
     gcs, dashboard, http_port = free_port(), free_port(), free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           "UPSCALER_DATA_DIR": str(tmp_path / "data"), "UPSCALER_MODELS_DIR": str(models_root)}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     address = f"http://127.0.0.1:{dashboard}"
-    config = yaml.safe_load((REPO / "serve_config.cpu.yaml").read_text())
+    # The production config; only where things live and where HTTP listens are changed.
+    # The GPUs are logical (`ray start --num-gpus`): replicas reserve them, and the engines
+    # run on the CPU as torch finds no CUDA here.
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     config["http_options"].update(host="127.0.0.1", port=http_port)
-    esrgan = {"name": "ESRGAN", "max_ongoing_requests": 3,
-              "autoscaling_config": {"min_replicas": 1, "initial_replicas": 1,
-                                     "max_replicas": 1},
-              "ray_actor_options": {"num_cpus": 1, "num_gpus": 0},
-              "graceful_shutdown_timeout_s": 60}
-    ingress = {"name": "Ingress", "ray_actor_options": {"num_cpus": 0.25}}
-    config["applications"][0]["deployments"] = [esrgan, ingress]
+    config["applications"][0]["args"].update(
+        models_dir=str(models_root), data_dir=str(tmp_path / "data"),
+        storage_url=str(tmp_path / "data" / "storage"))
+    deps = {d["name"]: d for d in config["applications"][0]["deployments"]}
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
 
@@ -55,7 +68,7 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
             [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
              f"--temp-dir={ray_tmp}",
              f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-             "--num-cpus=4", "--disable-usage-stats"],
+             "--num-cpus=12", "--num-gpus=2", "--disable-usage-stats"],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # The dashboard's REST API is what `serve deploy` talks to.
@@ -63,6 +76,8 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
         run("serve", "deploy", str(path), "--address", address, env=env)
         url = f"http://127.0.0.1:{http_port}"
         wait_http_ok(f"{url}/api/health", 240)
+        # FLUX holds a whole card, the one ESRGAN replica a quarter of one.
+        assert gpus_in_use(gcs, env, 1.25) == 1.25
 
         with httpx.Client(base_url=url, timeout=120) as client:
             r = client.post("/api/upscale/esrgan", data={"tile_size": "64", "wait": "0"},
@@ -74,10 +89,10 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
 
             # More ESRGAN replicas and other resources: Serve replaces the ESRGAN replica.
             # The Ingress, which drives the job, is replaced too: it finishes the job first.
-            ingress["ray_actor_options"]["num_cpus"] = 0.3
-            esrgan["autoscaling_config"].update(min_replicas=2, initial_replicas=2,
-                                                max_replicas=2)
-            esrgan["ray_actor_options"]["num_cpus"] = 0.5
+            deps["Ingress"]["ray_actor_options"]["num_cpus"] = 0.4
+            deps["ESRGAN"]["autoscaling_config"].update(min_replicas=2, initial_replicas=2,
+                                                        max_replicas=2)
+            deps["ESRGAN"]["ray_actor_options"]["num_cpus"] = 1
             path.write_text(yaml.safe_dump(config))
             run("serve", "deploy", str(path), "--address", address, env=env)
 
@@ -86,12 +101,13 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
             deadline = time.monotonic() + 240
             while True:
                 out = run("serve", "status", "--address", address, env=env)
-                esrgan = yaml.safe_load(out)["applications"]["upscaler"]["deployments"]["ESRGAN"]
-                running = esrgan["replica_states"].get("RUNNING", 0)
-                if esrgan["status"] == "HEALTHY" and running == 2:
+                state = yaml.safe_load(out)["applications"]["upscaler"]["deployments"]["ESRGAN"]
+                running = state["replica_states"].get("RUNNING", 0)
+                if state["status"] == "HEALTHY" and running == 2:
                     break
-                assert time.monotonic() < deadline, json.dumps(esrgan)
+                assert time.monotonic() < deadline, json.dumps(state)
                 time.sleep(2)
+            assert gpus_in_use(gcs, env, 1.5) == 1.5  # two ESRGAN replicas share a card
             r = client.post("/api/upscale/esrgan", data={"model": "tiny-rrdb"},
                             files={"file": ("p.png", png_bytes(photo("rocket", (24, 24))))})
             assert r.status_code == 200 and r.json()["status"] == "completed"
