@@ -161,6 +161,8 @@ class Ingress:
                 await self._sweep_abandoned()
             await asyncio.sleep(self.settings.heartbeat_s)
             for job in list(self._open.values()):
+                if job.job_id not in self._open:  # finished or handed over meanwhile
+                    continue
                 job.heartbeat_at = time.time()
                 try:
                     await asyncio.to_thread(self.store.save, job)
