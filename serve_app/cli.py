@@ -26,13 +26,14 @@ class ServeConfigError(ValueError):
     pass
 
 
-def _settings_from(args: argparse.Namespace):
-    return load_settings({
-        "data_dir": getattr(args, "data_dir", None),
-        "models_dir": getattr(args, "models_dir", None),
-        "host": getattr(args, "host", None),
-        "port": getattr(args, "port", None),
-    })
+def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings a command's flags give (None where a flag was not used)."""
+    return {name: getattr(args, name, None)
+            for name in ("data_dir", "models_dir", "host", "port")}
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    return load_settings(_cli_values(args))
 
 
 def local_serve_config(path: Path | None, cli_values: dict[str, Any]):
@@ -83,8 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Local-cluster defaults (each can be overridden by the environment).
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    cli_values = {"data_dir": args.data_dir, "models_dir": args.models_dir, "host": args.host,
-                  "port": args.port}
+    cli_values = _cli_values(args)
     settings = load_settings(cli_values)
 
     import ray

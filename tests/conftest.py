@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +154,20 @@ def stop_service(service: Service, timeout: float = 60) -> None:
             service.process.wait(10)
 
 
+@contextmanager
+def running_service(data_dir: Path, models_dir: Path, log_path: Path,
+                    extra_env: dict[str, str] | None = None, **options) -> Iterator[Service]:
+    """A started service, stopped (SIGTERM) on leaving; its log tail is printed if the stop
+    was not clean."""
+    svc = start_service(data_dir, models_dir, log_path, extra_env, **options)
+    try:
+        yield svc
+    finally:
+        stop_service(svc)
+        if svc.process.returncode not in (0, None):
+            print(svc.log()[-4000:])
+
+
 METRICS_INTERVAL_MS = 1000
 
 
@@ -163,16 +178,11 @@ def service(tmp_path_factory, models_root) -> Iterator[Service]:
     metrics_port = free_port()
     # A 1 s metrics export interval (Ray's default is 10 s): metrics show sooner, and the
     # metrics test can outwait the gauge expiry (two intervals) quickly.
-    svc = start_service(data_dir, models_root, data_dir / "service.log",
-                        {**TEST_LIMITS, "UPSCALER_METRICS_PORT": str(metrics_port),
-                         "RAY_metrics_report_interval_ms": str(METRICS_INTERVAL_MS)})
-    svc.metrics_port = metrics_port
-    try:
+    with running_service(data_dir, models_root, data_dir / "service.log",
+                         {**TEST_LIMITS, "UPSCALER_METRICS_PORT": str(metrics_port),
+                          "RAY_metrics_report_interval_ms": str(METRICS_INTERVAL_MS)}) as svc:
+        svc.metrics_port = metrics_port
         yield svc
-    finally:
-        stop_service(svc)
-        if svc.process.returncode not in (0, None):
-            print(svc.log()[-4000:])
 
 
 @pytest.fixture

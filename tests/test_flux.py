@@ -17,8 +17,7 @@ from conftest import (
     TEST_LIMITS,
     photo,
     png_bytes,
-    start_service,
-    stop_service,
+    running_service,
     wait_for_job,
 )
 from flux_factory import write_flux_models
@@ -50,13 +49,10 @@ def submit(client, data: bytes, **fields) -> dict:
 @pytest.fixture(scope="module")
 def flux_service(tmp_path_factory, flux_models):
     data = tmp_path_factory.mktemp("flux-data")
-    svc = start_service(data, flux_models, data / "service.log",
-                        {**FLUX_ENV, "UPSCALER_FLUX_MIN_REPLICAS": "2",
-                         "UPSCALER_FLUX_MAX_REPLICAS": "2"}, timeout=300)
-    try:
+    with running_service(data, flux_models, data / "service.log",
+                         {**FLUX_ENV, "UPSCALER_FLUX_MIN_REPLICAS": "2",
+                          "UPSCALER_FLUX_MAX_REPLICAS": "2"}, timeout=300) as svc:
         yield svc
-    finally:
-        stop_service(svc)
 
 
 def test_flux_job_over_http_exact_size_and_dpi(flux_service):
@@ -192,22 +188,19 @@ def test_missing_flux_files_answer_503(client):
 def test_resume_after_restart_computes_only_missing_tiles(tmp_path, flux_models):
     data = tmp_path / "data"
     env = {**FLUX_ENV, "UPSCALER_FLUX_MIN_REPLICAS": "1", "UPSCALER_FLUX_MAX_REPLICAS": "1"}
-    svc = start_service(data, flux_models, tmp_path / "first.log", env, timeout=300)
-    try:
-        with svc.client() as client:
-            job = submit(client, png_bytes(photo("chelsea", (96, 64))), steps="4")
-            tiles_dir = data / "storage" / "jobs" / job["jobId"] / "tiles"
-            deadline = time.monotonic() + 300
-            while len(list(tiles_dir.glob("*.npy"))) < 2:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
-    finally:
-        stop_service(svc)  # a crash of the whole service, k tiles in
+    # Leaving the block stops the whole service, k tiles in.
+    with (running_service(data, flux_models, tmp_path / "first.log", env, timeout=300) as svc,
+          svc.client() as client):
+        job = submit(client, png_bytes(photo("chelsea", (96, 64))), steps="4")
+        tiles_dir = data / "storage" / "jobs" / job["jobId"] / "tiles"
+        deadline = time.monotonic() + 300
+        while len(list(tiles_dir.glob("*.npy"))) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
     k = len(list(tiles_dir.glob("*.npy")))
     assert 2 <= k < 6
 
-    svc = start_service(data, flux_models, tmp_path / "second.log", env, timeout=300)
-    try:
+    with running_service(data, flux_models, tmp_path / "second.log", env, timeout=300) as svc:
         with svc.client() as client:
             status = wait_for_job(client, job["jobId"], timeout=600)
             assert status["status"] == "completed", status
@@ -216,5 +209,3 @@ def test_resume_after_restart_computes_only_missing_tiles(tmp_path, flux_models)
             out = Image.open(io.BytesIO(client.get(status["output_url"]).content))
             assert out.size == (192, 128)
         assert not tiles_dir.exists() or not list(tiles_dir.glob("*.npy"))  # cleaned up
-    finally:
-        stop_service(svc)

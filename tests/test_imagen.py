@@ -9,7 +9,7 @@ import json
 import time
 
 import pytest
-from conftest import TEST_LIMITS, photo, png_bytes, start_service, stop_service
+from conftest import TEST_LIMITS, photo, png_bytes, running_service
 from fake_vertex import FakeVertex, write_service_account
 from PIL import Image
 
@@ -32,12 +32,9 @@ def imagen_service(tmp_path_factory, models_root, vertex):
     env = {**TEST_LIMITS, "UPSCALER_VERTEX_API_ENDPOINT": vertex.url,
            "UPSCALER_GCP_CREDENTIALS_FILE": str(data / "sa.json"),
            "UPSCALER_IMAGEN_DEADLINE_S": str(DEADLINE), "UPSCALER_IMAGEN_CALL_TIMEOUT_S": "2"}
-    svc = start_service(data, models_root, data / "service.log", env)
-    svc.service_account = sa
-    try:
+    with running_service(data, models_root, data / "service.log", env) as svc:
+        svc.service_account = sa
         yield svc
-    finally:
-        stop_service(svc)
 
 
 def post(client, data: bytes, **fields):

@@ -14,8 +14,7 @@ from conftest import (
     free_port,
     photo,
     png_bytes,
-    start_service,
-    stop_service,
+    running_service,
     wait_for_job,
 )
 
@@ -52,11 +51,8 @@ def lifecycle_service(tmp_path_factory, models_root):
     """One service for the failure tests: each leaves it healthy (a killed replica is
     replaced, a cancelled job frees its replica), which the tests themselves check."""
     data = tmp_path_factory.mktemp("lifecycle-data")
-    svc = start_service(data, models_root, data / "service.log", FAST_STALE)
-    try:
+    with running_service(data, models_root, data / "service.log", FAST_STALE) as svc:
         yield svc
-    finally:
-        stop_service(svc)
 
 
 def test_killed_replica_fails_job_and_service_recovers(lifecycle_service):
@@ -111,9 +107,10 @@ def test_restart_keeps_finished_jobs_and_fails_interrupted_ones(tmp_path, models
     data_dir = tmp_path / "data"
     # No drain: the stop interrupts the job, as a crash or an impatient stop would.
     dashboard = free_port()
-    svc = start_service(data_dir, models_root, tmp_path / "first.log",
-                        {**FAST_STALE, "UPSCALER_INGRESS_DRAIN_S": "0"}, dashboard_port=dashboard)
-    try:
+    # The service goes down (SIGTERM) with a job in flight when the block is left.
+    with running_service(data_dir, models_root, tmp_path / "first.log",
+                         {**FAST_STALE, "UPSCALER_INGRESS_DRAIN_S": "0"},
+                         dashboard_port=dashboard) as svc:
         # `upscaler serve` says where everything is, and the Ray dashboard answers there.
         deadline = time.monotonic() + 30  # printed once Serve reports the app running
         while "Dashboard:" not in svc.log() and time.monotonic() < deadline:
@@ -129,21 +126,16 @@ def test_restart_keeps_finished_jobs_and_fails_interrupted_ones(tmp_path, models
             assert done["status"] == "completed"
             interrupted = slow_job(client)
             wait_status(client, interrupted, {"processing"})
-    finally:
-        stop_service(svc)  # the service goes down with a job in flight
     assert svc.process.returncode == 0, "SIGTERM must stop `upscaler serve` cleanly"
     assert "upscaler: stopped" in svc.log()
 
-    svc = start_service(data_dir, models_root, tmp_path / "second.log", FAST_STALE)
-    try:
-        with svc.client() as client:
-            status = wait_for_job(client, done["jobId"])
-            assert status["status"] == "completed"
-            r = client.get(status["output_url"])
-            assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-            assert len(r.content) == int(r.headers["content-length"]) > 0
-            lost = wait_status(client, interrupted, {"failed", "completed", "cancelled"}, 30)
-            assert lost["status"] == "failed" and lost["error_code"] == "worker_lost"
-            assert "submit the image again" in lost["error"]
-    finally:
-        stop_service(svc)
+    with (running_service(data_dir, models_root, tmp_path / "second.log", FAST_STALE) as svc,
+          svc.client() as client):
+        status = wait_for_job(client, done["jobId"])
+        assert status["status"] == "completed"
+        r = client.get(status["output_url"])
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert len(r.content) == int(r.headers["content-length"]) > 0
+        lost = wait_status(client, interrupted, {"failed", "completed", "cancelled"}, 30)
+        assert lost["status"] == "failed" and lost["error_code"] == "worker_lost"
+        assert "submit the image again" in lost["error"]
