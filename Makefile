@@ -5,7 +5,7 @@ VENV ?= .venv
 EXTRAS ?= dev  # the image: `make install EXTRAS=cloud` (no test tools; s3fs/gcsfs)
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-fast lint bench clean
 
 $(BIN)/upscaler: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,14 @@ run: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The inner loop: everything but the tests that start Ray (marked slow).
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: install
 	$(BIN)/python bench/bench_esrgan.py

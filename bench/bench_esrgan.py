@@ -23,12 +23,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import photo, png_bytes, start_service, stop_service  # noqa: E402
 from model_factory import write_rrdb  # noqa: E402
 
-from engines.esrgan import EsrganEngine  # noqa: E402
-from engines.models import ModelRegistry  # noqa: E402
-from serve_app.dimensions import calculate_output_dimensions  # noqa: E402
-from serve_app.images import DecodedImage, decode_image, encode_image  # noqa: E402
 from serve_app.model_pull import pull  # noqa: E402
-from serve_app.settings import Settings  # noqa: E402
+from upscaler.dimensions import calculate_output_dimensions  # noqa: E402
+from upscaler.engines.esrgan import EsrganEngine  # noqa: E402
+from upscaler.engines.models import ModelRegistry  # noqa: E402
+from upscaler.images import DecodedImage, decode_image, encode_image  # noqa: E402
+from upscaler.settings import Settings  # noqa: E402
 
 
 def timed(fn, repeat: int) -> float:

@@ -25,10 +25,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from model_factory import write_rrdb  # noqa: E402
 
-from engines.esrgan import EsrganEngine  # noqa: E402
-from engines.models import ModelRegistry  # noqa: E402
-from serve_app.dimensions import calculate_output_dimensions  # noqa: E402
-from serve_app.images import DecodedImage  # noqa: E402
+from upscaler.dimensions import calculate_output_dimensions  # noqa: E402
+from upscaler.engines.esrgan import EsrganEngine  # noqa: E402
+from upscaler.engines.models import ModelRegistry  # noqa: E402
+from upscaler.images import DecodedImage  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""ESRGAN deployment: a thin Ray Serve wrapper around ``engines.esrgan.EsrganEngine``.
+"""ESRGAN deployment: a thin Ray Serve wrapper around ``upscaler.engines.esrgan.EsrganEngine``.
 
 It adds what the engine should not know about: resources (GPU reservation, autoscaling, set in
 ``serve_app.app``), reading the upload from and writing the result to job storage, one GPU job
@@ -9,55 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import torch
 from ray import serve
 
-from engines.esrgan import EsrganEngine
-from engines.models import ModelRegistry, UnknownModelError, UnsupportedModelError
-from serve_app import metrics
-from serve_app.dimensions import OutputPlan
-from serve_app.images import DecodedImage, ImageInputError, decode_image, encode_image
-from serve_app.jobs import JobStore
-from serve_app.settings import Settings
-from serve_app.storage import Storage
+from deployments import metrics
+from deployments.common import (
+    Emit,
+    engine_device,
+    finish_job,
+    gpu_snapshot,
+    read_input,
+    replica_tag,
+    stream_from_thread,
+)
+from upscaler.engines.esrgan import EsrganEngine
+from upscaler.engines.models import ModelInfo, ModelRegistry
+from upscaler.errors import ServiceUnavailable, UnsupportedModel
+from upscaler.images import DecodedImage
+from upscaler.job_store import JobStore
+from upscaler.jobs import Completed, EsrganParams, FluxParams, JobEvent, JobSpec, Progress, Started
+from upscaler.settings import Settings
 
 logger = logging.getLogger("ray.serve")
-
-
-class EngineUserError(Exception):
-    """A failure caused by the request (not the service); its message is shown to the user."""
-
-    def __init__(self, message: str, code: str = "invalid_request", status_code: int = 422,
-                 retry_after: int | None = None):
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.status_code = status_code
-        self.retry_after = retry_after
-
-
-def replica_tag() -> str:
-    """This Serve replica's id (a pid outside Serve), recorded with the work it does."""
-    try:
-        return str(serve.get_replica_context().replica_id.unique_id)
-    except Exception:  # noqa: BLE001 - outside Serve
-        return f"pid-{os.getpid()}"
-
-
-def gpu_snapshot() -> dict[str, Any]:
-    if not torch.cuda.is_available():
-        return {"gpu_available": False, "gpu_name": None, "gpu_memory_free": None,
-                "gpu_memory_total": None}
-    free, total = torch.cuda.mem_get_info()
-    return {"gpu_available": True, "gpu_name": torch.cuda.get_device_name(),
-            "gpu_memory_free": round(free / 1024**3, 2),
-            "gpu_memory_total": round(total / 1024**3, 2)}
 
 
 def default_model_name(settings: Settings, registry: ModelRegistry) -> str | None:
@@ -74,13 +51,11 @@ class EsrganDeployment:
         self.settings = settings
         self.registry = ModelRegistry(settings.upscale_models_dir)
         self.engine = EsrganEngine(
-            self.registry, device=settings.device, cache_size=settings.model_cache_size,
+            self.registry, device=engine_device(settings), cache_size=settings.model_cache_size,
             cpu_tile_size=settings.cpu_tile_size, overlap=settings.tile_overlap,
             max_passes=settings.max_model_passes,
             max_intermediate_pixels=4 * settings.max_output_pixels)
-        if self.engine.device.type == "cpu":
-            torch.set_num_threads(settings.cpu_threads or os.cpu_count() or 1)
-        self.store = JobStore(Storage(settings.resolved_storage_url), settings.stale_after_s)
+        self.store = JobStore.from_settings(settings)
         self._gpu_lock = threading.Lock()  # one image at a time on this replica's device
         self._busy_jobs = 0
         self._completed = 0
@@ -92,26 +67,22 @@ class EsrganDeployment:
                 loaded = self.engine.load(default, use_fp16=True)
                 metrics.set_gauge(metrics.model_load_seconds, loaded.load_seconds,
                                   engine="esrgan", model=default)
-            except UnsupportedModelError as exc:
+            except UnsupportedModel as exc:
                 logger.warning("default model %s not loadable: %s", default, exc)
 
     # --- model questions (cheap; answered while a job runs) -------------------------------
     def default_model(self) -> str | None:
         return default_model_name(self.settings, self.registry)
 
-    def model_info(self, name: str | None) -> dict[str, Any]:
-        """Info for ``name`` (or the default). Raises EngineUserError for unknown names."""
+    def model_info(self, name: str | None) -> ModelInfo:
+        """``name`` (or the default). Raises UnknownModel / UnsupportedModel /
+        ServiceUnavailable (no model installed)."""
         name = name or self.default_model()
         if name is None:
-            raise EngineUserError(
-                "no super-resolution model is installed; run `upscaler models pull DAT_light_x4`",
-                "no_models")
-        try:
-            return self.registry.info(name).as_dict()
-        except UnknownModelError as exc:
-            raise EngineUserError(str(exc), "unknown_model") from exc
-        except UnsupportedModelError as exc:
-            raise EngineUserError(str(exc), "unsupported_model") from exc
+            raise ServiceUnavailable(
+                "no super-resolution model is installed; run `upscaler models pull "
+                "DAT_light_x4`", code="no_models")
+        return self.registry.info(name)
 
     def list_models(self) -> dict[str, Any]:
         infos, errors = self.registry.list_info()
@@ -127,82 +98,50 @@ class EsrganDeployment:
         if self.engine.device.type == "cuda":
             torch.cuda.mem_get_info()  # raises if the device is gone
 
-    # --- the job -------------------------------------------------------------------------
-    def _process(self, job: dict[str, Any], progress, cancelled: threading.Event) -> dict:
-        data = self.store.storage.read_bytes(JobStore.input_key(job["job_id"]))
-        image = decode_image(data, self.settings.max_input_pixels)
-        plan = OutputPlan.from_dict(job["plan"])
-        params = job["params"]
+    # --- the work ------------------------------------------------------------------------
+    def _upscale(self, spec: JobSpec, model: str, tile_size: int | None, use_fp16: bool,
+                 emit: Emit | None = None,
+                 cancelled: threading.Event | None = None) -> tuple[DecodedImage, dict]:
+        _, image = read_input(self.store, spec, self.settings.max_input_pixels)
         with self._gpu_lock:
-            progress({"type": "started", "replica": self.replica_id})
+            if emit:
+                emit(Started(self.replica_id))
             result = self.engine.upscale(
-                image, params["model"], plan, tile_size=params.get("tile_size"),
-                use_fp16=params.get("use_fp16", True),
-                progress=lambda done, total: progress(
-                    {"type": "progress", "done": done, "total": total}),
-                should_stop=cancelled.is_set)
-        t0 = time.perf_counter()
-        fmt = params["output_format"]
-        encoded = encode_image(result.image, fmt, plan.dpi, self.settings.png_compress_level,
-                               self.settings.tiff_compression)
-        filename = f"{job['job_id']}.{fmt}"
-        self.store.storage.write_bytes(JobStore.result_key(filename), encoded)
-        stats = {**result.stats, "encode_seconds": round(time.perf_counter() - t0, 3),
-                 "output_bytes": len(encoded), "replica": self.replica_id}
-        return {"type": "completed", "result_key": JobStore.result_key(filename),
-                "filename": filename, "stats": stats}
+                image, model, spec.plan, tile_size=tile_size, use_fp16=use_fp16,
+                progress=emit and (lambda done, total: emit(Progress(done, total))),
+                should_stop=cancelled.is_set if cancelled else None)
+        return result.image, result.stats
 
-    def _prepass_sync(self, job: dict[str, Any]) -> DecodedImage:
-        data = self.store.storage.read_bytes(JobStore.input_key(job["job_id"]))
-        image = decode_image(data, self.settings.max_input_pixels)
-        plan = OutputPlan.from_dict({**job["plan"], "crop_applied": False})
-        with self._gpu_lock:
-            return self.engine.upscale(image, job["params"]["upscale_model"], plan).image
+    def _process(self, spec: JobSpec, emit: Emit, cancelled: threading.Event) -> Completed:
+        params = spec.params
+        assert isinstance(params, EsrganParams)
+        image, stats = self._upscale(spec, params.model, params.tile_size, params.use_fp16,
+                                     emit, cancelled)
+        return finish_job(self.store, spec, image, self.settings,
+                          {**stats, "replica": self.replica_id})
 
-    async def prepass(self, job: dict[str, Any]) -> DecodedImage:
-        """FLUX's first step: this model to the exact output size (the crop comes later)."""
+    async def prepass(self, spec: JobSpec) -> DecodedImage:
+        """FLUX's first step: the pre-pass model to the exact output size (uncropped)."""
+        params = spec.params
+        assert isinstance(params, FluxParams)
         self._busy_jobs += 1
         try:
-            return await asyncio.to_thread(self._prepass_sync, job)
-        except (UnknownModelError, UnsupportedModelError) as exc:
-            raise EngineUserError(str(exc), "unknown_model") from None
+            image, _ = await asyncio.to_thread(self._upscale, spec, params.upscale_model, None,
+                                               True)
+            return image
         finally:
             self._busy_jobs -= 1
 
-    async def run(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Process one job; yields ``started`` / ``progress`` events, then ``completed``.
-
-        Inference runs in a worker thread so this replica keeps answering health and model
-        questions; cancelling the call (the caller went away or cancelled) stops between tiles.
-        """
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[dict] = asyncio.Queue()
-        cancelled = threading.Event()
-
-        def progress(event: dict) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
+    async def run(self, spec: JobSpec) -> AsyncIterator[JobEvent]:
+        """Process one job: ``Started`` / ``Progress`` events, then ``Completed``. Cancelling
+        the call (the caller went away or cancelled) stops between tiles."""
         self._busy_jobs += 1
-        work = loop.run_in_executor(None, self._process, job, progress, cancelled)
         try:
-            while True:
-                getter = asyncio.ensure_future(events.get())
-                done, _ = await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    yield getter.result()
-                    continue
-                getter.cancel()
-                while not events.empty():
-                    yield events.get_nowait()
-                try:
-                    result = work.result()
-                except ImageInputError as exc:
-                    raise EngineUserError(exc.message, exc.code) from None
-                except (UnknownModelError, UnsupportedModelError) as exc:
-                    raise EngineUserError(str(exc), "unknown_model") from None
-                self._completed += 1
-                yield result
-                return
+            async for event in stream_from_thread(lambda emit, cancelled: self._process(
+                    spec, emit, cancelled)):
+                if isinstance(event, Completed):
+                    self._completed += 1
+                yield event
         finally:
-            cancelled.set()
             self._busy_jobs -= 1
+

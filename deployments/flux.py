@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -25,15 +24,14 @@ import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.esrgan import EngineUserError, replica_tag
-from engines.flux import FluxNotInstalled, FluxTileEngine, PromptEmbeds
-from engines.usdu import TiledCanvas, color_fix, plan_tiles, waves
-from serve_app import metrics
-from serve_app.dimensions import OutputPlan
-from serve_app.images import DecodedImage, encode_image
-from serve_app.jobs import JobStore
-from serve_app.settings import Settings
-from serve_app.storage import Storage
+from deployments import metrics
+from deployments.common import engine_device, finish_job, replica_tag
+from upscaler.engines.flux import FluxNotInstalled, FluxTileEngine, PromptEmbeds
+from upscaler.engines.usdu import TiledCanvas, color_fix, plan_tiles, waves
+from upscaler.images import DecodedImage
+from upscaler.job_store import JobStore
+from upscaler.jobs import FluxParams, JobEvent, JobSpec, Progress, Started
+from upscaler.settings import Settings
 
 logger = logging.getLogger("ray.serve")
 
@@ -48,24 +46,22 @@ class FluxDeployment:
         self.settings = settings
         self.replica_id = replica_tag()
         self.engine: FluxTileEngine | None = None
-        self.missing: str | None = None
+        self.missing: FluxNotInstalled | None = None
         self.tiles_done = 0
         try:
             t0 = time.perf_counter()
-            self.engine = FluxTileEngine(settings.resolved_models_dir, settings.device,
+            self.engine = FluxTileEngine(settings.resolved_models_dir, engine_device(settings),
                                          settings.flux_dtype, settings.flux_memory_mode)
             metrics.set_gauge(metrics.model_load_seconds, time.perf_counter() - t0,
                               engine="flux", model="flux1-dev-Q8_0")
-            if self.engine.device.type == "cpu":
-                torch.set_num_threads(settings.cpu_threads or os.cpu_count() or 1)
         except FluxNotInstalled as exc:
-            self.missing = str(exc)  # the service runs; FLUX requests get a 503 saying this
+            self.missing = exc  # the service runs; FLUX requests get a 503 saying this
 
     def status(self) -> dict[str, Any]:
         base = {"installed": self.engine is not None, "replica": self.replica_id,
                 "tiles_done": self.tiles_done}
         if self.engine is None:
-            return {**base, "message": self.missing}
+            return {**base, "message": self.missing and self.missing.message}
         gpu = {}
         if torch.cuda.is_available():
             free, total = torch.cuda.mem_get_info()
@@ -75,7 +71,7 @@ class FluxDeployment:
 
     def _require(self) -> FluxTileEngine:
         if self.engine is None:
-            raise EngineUserError(self.missing or "FLUX is not installed", "flux_not_installed")
+            raise self.missing or FluxNotInstalled("FLUX is not installed")
         return self.engine
 
     async def encode_prompt(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +79,7 @@ class FluxDeployment:
         return embeds.prompt_embeds, embeds.pooled
 
     async def redraw(self, crop: np.ndarray, embeds: tuple[np.ndarray, np.ndarray],
-                     params: dict[str, Any], seed: int) -> dict[str, Any]:
+                     params: FluxParams, seed: int) -> dict[str, Any]:
         engine = self._require()
         cancelled = threading.Event()
 
@@ -94,7 +90,7 @@ class FluxDeployment:
         start, started_at = time.perf_counter(), time.time()
         work = asyncio.to_thread(
             engine.redraw, crop.astype(np.float32), PromptEmbeds(*embeds),
-            params["denoise"], params["steps"], params["guidance"], seed, on_step)
+            params.denoise, params.steps, params.guidance, seed, on_step)
         try:
             out = await work
         except asyncio.CancelledError:
@@ -123,7 +119,7 @@ class FluxCoordinator:
         self.settings = settings
         self.esrgan = esrgan
         self.flux = flux
-        self.store = JobStore(Storage(settings.resolved_storage_url), settings.stale_after_s)
+        self.store = JobStore.from_settings(settings)
 
     def _load_done(self, job_id: str) -> dict[int, np.ndarray]:
         done = {}
@@ -133,41 +129,32 @@ class FluxCoordinator:
                 done[int(name[:-4])] = _from_npy(self.store.storage.read_bytes(key))
         return done
 
-    async def _prepass(self, job: dict[str, Any]) -> DecodedImage:
+    async def _prepass(self, spec: JobSpec) -> DecodedImage:
         """ESRGAN to the exact output size (no crop yet), kept in storage for resumes."""
-        key = f"jobs/{job['job_id']}/prepass.npz"
+        key = JobStore.prepass_key(spec.job_id)
         if await asyncio.to_thread(self.store.storage.exists, key):
-            data = np.load(io.BytesIO(await asyncio.to_thread(self.store.storage.read_bytes,
-                                                              key)), allow_pickle=False)
-            meta = data["meta"].item().split("|")
-            alpha = data["alpha"] if data["alpha"].size else None
-            return DecodedImage(data["rgb"].astype(np.float32),
-                                None if alpha is None else alpha.astype(np.float32),
-                                meta[0], int(meta[1]), data["icc"].tobytes() or None, meta[2])
-        image = await self.esrgan.prepass.remote(job)
-        buf = io.BytesIO()
-        np.savez(buf, rgb=image.rgb.astype(np.float16),
-                 alpha=(image.alpha if image.alpha is not None else np.zeros(0)).astype(
-                     np.float16),
-                 icc=np.frombuffer(image.icc_profile or b"", np.uint8),
-                 meta=np.array(f"{image.color}|{image.bit_depth}|{image.source_format}"))
-        await asyncio.to_thread(self.store.storage.write_bytes, key, buf.getvalue())
-        return image
+            return _image_from_npz(await asyncio.to_thread(self.store.storage.read_bytes, key))
+        image = await self.esrgan.prepass.remote(spec)
+        stored = _image_to_npz(image)
+        await asyncio.to_thread(self.store.storage.write_bytes, key, stored)
+        # What a resumed run will read back (half precision): the same image either way.
+        return _image_from_npz(stored)
 
-    async def run(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        job_id, params = job["job_id"], job["params"]
-        yield {"type": "started", "replica": "coordinator"}
+    async def run(self, spec: JobSpec) -> AsyncIterator[JobEvent]:
+        job_id, params = spec.job_id, spec.params
+        assert isinstance(params, FluxParams)
+        yield Started("coordinator")
         start = time.perf_counter()
-        prepass = await self._prepass(job)
-        yield {"type": "progress", "done": 0, "total": 1, "stage": "prepass"}
-        embeds = await self.flux.encode_prompt.remote(params["prompt"])
+        prepass = await self._prepass(spec)
+        yield Progress(0, 1, stage="prepass")
+        embeds = await self.flux.encode_prompt.remote(params.prompt)
 
         h, w = prepass.height, prepass.width
-        tiles = plan_tiles(h, w, params["tile_size"], params["tile_padding"],
-                           params["tile_order"], params["seam_fix"], params["seam_fix_width"])
+        tiles = plan_tiles(h, w, params.tile_size, params.tile_padding, params.tile_order,
+                           params.seam_fix, params.seam_fix_width)
         done = await asyncio.to_thread(self._load_done, job_id)
         resumed = len(done)
-        canvas = TiledCanvas(prepass.rgb, params["mask_blur"])
+        canvas = TiledCanvas(prepass.rgb, params.mask_blur)
         tile_log: list[dict] = []
         finished = 0
         for wave in waves(tiles):
@@ -176,11 +163,10 @@ class FluxCoordinator:
             todo = [t for t in wave if t.index not in done]
             crops = {t.index: canvas.crop(t) for t in todo}
             calls = {asyncio.ensure_future(self.flux.redraw.remote(
-                crops[t.index], embeds, params, params["seed"] + t.index)): t for t in todo}
+                crops[t.index], embeds, params, params.seed + t.index)): t for t in todo}
             try:
-                for t in wave:  # tiles finished in an earlier run are pasted, not recomputed
-                    if t.index in done:
-                        finished += 1
+                # tiles finished in an earlier run are pasted, not recomputed
+                finished += sum(1 for t in wave if t.index in done)
                 pending = set(calls)
                 while pending:
                     ready, pending = await asyncio.wait(pending,
@@ -189,7 +175,7 @@ class FluxCoordinator:
                         tile = calls[fut]
                         result = fut.result()
                         out = color_fix(result["image"].astype(np.float32), crops[tile.index],
-                                        params["color_fix"]).astype(np.float16)
+                                        params.color_fix).astype(np.float16)
                         await asyncio.to_thread(
                             self.store.storage.write_bytes,
                             f"{JobStore.tiles_prefix(job_id)}/{tile.index}.npy", _npy(out))
@@ -198,8 +184,8 @@ class FluxCoordinator:
                             "replica", "seconds", "started_at", "finished_at")}
                             | {"tile": tile.index})
                         finished += 1
-                        yield {"type": "progress", "done": finished, "total": len(tiles),
-                               "tile": tile.index, "replica": result["replica"]}
+                        yield Progress(finished, len(tiles), tile=tile.index,
+                                       replica=result["replica"])
             finally:
                 for fut in calls:  # cancelled job or failure: stop the tiles still running
                     fut.cancel()
@@ -208,23 +194,25 @@ class FluxCoordinator:
             canvas.end_wave()
 
         image = prepass.with_pixels(canvas.image(), prepass.alpha)
-        plan = OutputPlan.from_dict(job["plan"])
-        if plan.crop_applied and plan.crop_info is not None:
-            left, top, right, bottom = plan.crop_info.box
-            image = image.with_pixels(
-                image.rgb[top:bottom, left:right],
-                None if image.alpha is None else image.alpha[top:bottom, left:right])
-        fmt = params["output_format"]
-        encoded = await asyncio.to_thread(encode_image, image, fmt, plan.dpi,
-                                          self.settings.png_compress_level,
-                                          self.settings.tiff_compression)
-        filename = f"{job_id}.{fmt}"
-        await asyncio.to_thread(self.store.storage.write_bytes, JobStore.result_key(filename),
-                                encoded)
         replicas = sorted({t["replica"] for t in tile_log})
-        yield {"type": "completed", "result_key": JobStore.result_key(filename),
-               "filename": filename,
-               "stats": {"tiles": len(tiles), "tiles_computed": len(tile_log),
-                         "tiles_resumed": resumed, "replicas": replicas, "tile_log": tile_log,
-                         "seconds": round(time.perf_counter() - start, 3)}}
+        yield await asyncio.to_thread(finish_job, self.store, spec, image, self.settings, {
+            "tiles": len(tiles), "tiles_computed": len(tile_log), "tiles_resumed": resumed,
+            "replicas": replicas, "tile_log": tile_log,
+            "seconds": round(time.perf_counter() - start, 3)})
 
+
+def _image_to_npz(image: DecodedImage) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, rgb=image.rgb.astype(np.float16),
+             alpha=(image.alpha if image.alpha is not None else np.zeros(0)).astype(np.float16),
+             icc=np.frombuffer(image.icc_profile or b"", np.uint8),
+             meta=np.array(f"{image.color}|{image.bit_depth}|{image.source_format}"))
+    return buf.getvalue()
+
+
+def _image_from_npz(data: bytes) -> DecodedImage:
+    arrays = np.load(io.BytesIO(data), allow_pickle=False)
+    color, bit_depth, source_format = arrays["meta"].item().split("|")
+    alpha = arrays["alpha"].astype(np.float32) if arrays["alpha"].size else None
+    return DecodedImage(arrays["rgb"].astype(np.float32), alpha, color, int(bit_depth),
+                        arrays["icc"].tobytes() or None, source_format)

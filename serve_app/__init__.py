@@ -1,3 +1,1 @@
-"""upscaler: image upscaling for print as a Ray Serve deployment graph."""
-
-__version__ = "0.1.0"
+"""The HTTP app (FastAPI ingress), the application builder and the `upscaler` command."""

@@ -1,17 +1,24 @@
 """The application builder: one graph for `serve run serve_config.yaml`, `serve deploy` and
 `upscaler serve`. Settings come from the config's ``args`` on top of the environment."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Ray reads build_app's parameter annotation as a class
+# to validate a config file's ``args`` with it.
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, create_model
 from ray.serve import Application
 
 from deployments.esrgan import EsrganDeployment
 from deployments.flux import FluxCoordinator, FluxDeployment
 from deployments.imagen import ImagenDeployment
 from serve_app.ingress import Ingress
-from serve_app.settings import Settings, load_settings
+from upscaler.settings import Settings, load_settings
+
+# A Serve config's ``args``: any of the settings, nothing else, so a misspelt key stops the
+# deploy with its name instead of being ignored. Values are checked by Settings itself.
+AppArgs: type[BaseModel] = create_model(
+    "AppArgs", __config__=ConfigDict(extra="forbid"),
+    **{name: (Any, None) for name in Settings.model_fields})
 
 
 def gpus_available(settings: Settings) -> bool:
@@ -103,6 +110,8 @@ def build_graph(settings: Settings) -> Application:
     ).bind(esrgan, flux, coordinator, imagen, settings)
 
 
-def build_app(args: dict[str, Any] | None = None) -> Application:
+def build_app(args: AppArgs) -> Application:  # type: ignore[valid-type]
     """Application builder for Serve config files (``import_path: serve_app.app:build_app``)."""
-    return build_graph(load_settings(args))
+    if isinstance(args, dict):  # called directly rather than by Serve
+        args = AppArgs.model_validate(args)
+    return build_graph(load_settings(args.model_dump(exclude_none=True)))

@@ -9,15 +9,17 @@ import re
 import signal
 import sys
 import threading
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from serve_app.settings import Settings, load_settings
+from upscaler.settings import Settings, load_settings
+from upscaler.storage import Storage, StorageError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CPU_SERVE_CONFIG = REPO_ROOT / "serve_config.cpu.yaml"
+# Package data: found beside the installed package, wherever it is installed.
+CPU_SERVE_CONFIG = Path(str(resources.files("serve_app") / "serve_config.cpu.yaml"))
 # The graph with the builder's own deployment options: `upscaler serve` on a GPU machine.
 BUILT_IN_APP = {"name": "upscaler", "route_prefix": "/", "import_path": "serve_app.app:build_app"}
 
@@ -89,8 +91,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import ray
     from ray import serve
-    from ray.serve._private.api import serve_start  # what `serve run CONFIG` itself uses
 
+    from deployments import ray_compat
     from serve_app.app import gpus_available, ingress_shutdown_s
 
     stop = threading.Event()
@@ -115,12 +117,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         path = args.config
-        if path is None and not gpus_available(settings) and CPU_SERVE_CONFIG.exists():
-            path = CPU_SERVE_CONFIG  # absent from a wheel install: the built-in graph, on CPU
+        if path is None and not gpus_available(settings):
+            path = CPU_SERVE_CONFIG
         config, settings = local_serve_config(path, cli_values)
-        client = serve_start(http_options=config.http_options.model_dump(),
-                             grpc_options=config.grpc_options.model_dump(),
-                             proxy_location=config.proxy_location)
+        # A wrong storage location stops the start here, in seconds, with the setting to fix
+        # (the Ingress checks again wherever Serve starts it).
+        Storage(settings.resolved_storage_url).check_usable()
+        client = ray_compat.serve_start(http_options=config.http_options.model_dump(),
+                                        grpc_options=config.grpc_options.model_dump(),
+                                        proxy_location=config.proxy_location)
         client.deploy_apps(config)
         name = config.applications[0].name
         print(f"upscaler: deploying {path or 'the built-in graph'} ...", flush=True)
@@ -142,13 +147,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ServeConfigError as exc:
         print(f"upscaler serve: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:
+        print(f"upscaler serve: {exc.message}", file=sys.stderr)
+        return 1
     finally:
         try:
-            # serve.shutdown() waits 30 s at most; the Ingress may drain jobs for longer.
-            from ray.serve.context import _get_global_client
-
+            # The Ingress may drain jobs for longer than serve.shutdown() waits.
             with contextlib.suppress(Exception):
-                _get_global_client().shutdown(timeout_s=ingress_shutdown_s(settings) + 10)
+                ray_compat.shutdown_serve(ingress_shutdown_s(settings) + 10)
             serve.shutdown()
         finally:
             ray.shutdown()
@@ -157,8 +163,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from engines.models import ModelRegistry
     from serve_app.model_pull import CATALOG
+    from upscaler.engines.models import ModelRegistry
 
     settings = _settings_from(args)
     registry = ModelRegistry(settings.upscale_models_dir)
@@ -175,7 +181,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
                if e.subfolder == "upscale_models" and n not in registry.names()]
     if missing:
         print("available to pull: " + ", ".join(missing))
-    from engines.flux import FluxFiles
+    from upscaler.engines.flux import FluxFiles
 
     flux_missing = FluxFiles(settings.resolved_models_dir).missing()
     if flux_missing:

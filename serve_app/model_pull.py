@@ -23,7 +23,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve_app.settings import Settings
+from upscaler.settings import Settings
 
 HF_UPSCALERS_REPO = "Isi99999/Upscalers"
 
@@ -212,14 +212,14 @@ def _pull_hf(entry: CatalogEntry, dest: Path, cache_dir: Path) -> str:
 
 def write_flux_configs(folder: Path) -> None:
     """The FLUX.1-dev configs diffusers/transformers need, so loading never asks a hub."""
-    from engines.flux import FLUX_DEV_CONFIGS, write_json
+    from upscaler.engines.flux import FLUX_DEV_CONFIGS, write_json
 
     for rel, data in FLUX_DEV_CONFIGS.items():
         write_json(folder / rel, data)
 
 
 def _pull_flux_configs(folder: Path, cache_dir: Path, log) -> None:
-    from engines.flux import FLUX_TOKENIZER_FILES
+    from upscaler.engines.flux import FLUX_TOKENIZER_FILES
 
     write_flux_configs(folder)
     for sub, (repo, names) in FLUX_TOKENIZER_FILES.items():

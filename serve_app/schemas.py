@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from serve_app.images import OUTPUT_FORMATS
-from serve_app.jobs import Size
+from upscaler.images import OUTPUT_FORMATS
+from upscaler.jobs import OutputOptions, Size
 
 
 def _strip_x(value: Any) -> Any:
@@ -34,6 +34,12 @@ class CommonUpscaleForm(BaseModel):
                             "used with the print size.")
     target_width_inches: float | None = Field(None, gt=0, le=1000)
     target_height_inches: float | None = Field(None, gt=0, le=1000)
+    target_width: int | None = Field(
+        None, ge=1, le=100_000, description="Target width in pixels (the seed's test client), "
+        "instead of a print size in inches: the same rule (fill, crop guidance, "
+        "crop_to_target). Not together with target_width_inches/target_height_inches.")
+    target_height: int | None = Field(None, ge=1, le=100_000,
+                                      description="Target height in pixels; see target_width.")
     output_format: Literal["png", "tiff"] = Field("png", description="png or tiff")
     crop_to_target: bool = Field(
         False, description="When the print size has another aspect ratio: false (default, as "
@@ -44,6 +50,21 @@ class CommonUpscaleForm(BaseModel):
         description="Seconds to wait for a synchronous answer before answering `queued`. "
         "Default from the server (30 s); 0 answers at once. The header `Prefer: respond-async` "
         "(or `Prefer: wait=N`) does the same.")
+
+    @property
+    def plan_factor(self) -> float:
+        """The scale the print-size rule uses when no target size is given."""
+        raise NotImplementedError
+
+    @property
+    def has_target_size(self) -> bool:
+        """A print size or a pixel target was given (else ``upscale_factor`` sizes it)."""
+        return any(v is not None for v in (self.target_width_inches, self.target_height_inches,
+                                           self.target_width, self.target_height))
+
+    def output_options(self) -> dict[str, Any]:
+        """The fields of ``OutputOptions`` (how every engine's result is sized and written)."""
+        return self.model_dump(include=set(OutputOptions.model_fields))
 
     @field_validator("output_format", mode="before")
     @classmethod
@@ -82,8 +103,8 @@ class EsrganUpscaleForm(CommonUpscaleForm):
         return self
 
     @property
-    def model_name(self) -> str | None:
-        return self.model
+    def plan_factor(self) -> float:
+        return self.upscale_factor
 
 
 class FluxUpscaleForm(CommonUpscaleForm):
@@ -117,6 +138,10 @@ class FluxUpscaleForm(CommonUpscaleForm):
         self.upscale_model = one_model_name(self.model, self.upscale_model)
         return self
 
+    @property
+    def plan_factor(self) -> float:
+        return self.upscale_factor
+
     @model_validator(mode="after")
     def _padding_vs_blur(self) -> FluxUpscaleForm:
         if self.mask_blur and self.tile_padding < self.mask_blur:
@@ -138,6 +163,10 @@ class ImagenUpscaleForm(CommonUpscaleForm):
                               "imagen-4.0-upscale-preview (server setting).")
     add_watermark: bool | None = Field(None, description="Google's invisible watermark; "
                                        "default from the server (true).")
+
+    @property
+    def plan_factor(self) -> float:
+        return int(self.upscale_factor[1:])
 
     @field_validator("upscale_factor", mode="before")
     @classmethod

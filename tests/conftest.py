@@ -1,4 +1,5 @@
-"""Shared fixtures: real model files on disk and a real running service on 127.0.0.1."""
+"""Shared fixtures: real model files on disk, a fake Vertex AI on 127.0.0.1, the whole graph in
+this process (fast), and a real running `upscaler serve` (slow)."""
 
 from __future__ import annotations
 
@@ -21,15 +22,23 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from fake_vertex import FakeVertex, write_service_account  # noqa: E402
+from flux_factory import write_flux_models  # noqa: E402
+from local_graph import local_client  # noqa: E402
 from model_factory import write_compact, write_rrdb  # noqa: E402
 
-from serve_app.settings import Settings  # noqa: E402
+from upscaler.settings import Settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DAT = "DAT_light_x4"
 # Small limits so the limit tests send small requests.
 TEST_LIMITS = {"UPSCALER_MAX_UPLOAD_MB": "2", "UPSCALER_MAX_INPUT_PIXELS": "4000000",
                "UPSCALER_MAX_OUTPUT_PIXELS": "20000000"}
+# FLUX in seconds: small tiles allowed; never the hub.
+FLUX_ENV = {"UPSCALER_FLUX_MIN_TILE_SIZE": "32", "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1"}
+# Vertex's deadline and per-call timeout, short so retried failures end in seconds.
+VERTEX_DEADLINE_S = 3
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +61,59 @@ def upscale_models_dir(models_root) -> Path:
     return models_root / "upscale_models"
 
 
+@pytest.fixture(scope="session")
+def full_models_root(tmp_path_factory, models_root) -> Path:
+    """The ESRGAN models plus a tiny FLUX set (the GGUF transformer in diffusers' layout)."""
+    root = tmp_path_factory.mktemp("full-models")
+    (root / "upscale_models").symlink_to(models_root / "upscale_models")
+    return write_flux_models(root)
+
+
+@pytest.fixture(scope="session")
+def vertex(tmp_path_factory) -> Iterator[FakeVertex]:
+    fake = FakeVertex(slow_seconds=VERTEX_DEADLINE_S)
+    fake.key_file = tmp_path_factory.mktemp("gcp") / "sa.json"
+    fake.service_account = write_service_account(fake.key_file)
+    yield fake
+    fake.close()
+
+
+def vertex_env(vertex: FakeVertex) -> dict[str, str]:
+    return {"UPSCALER_VERTEX_API_ENDPOINT": vertex.url,
+            "UPSCALER_GCP_CREDENTIALS_FILE": str(vertex.key_file),
+            "UPSCALER_IMAGEN_DEADLINE_S": str(VERTEX_DEADLINE_S),
+            "UPSCALER_IMAGEN_CALL_TIMEOUT_S": "1"}
+
+
+def settings_from_env(env: dict[str, str], **fields) -> Settings:
+    """Settings as a service started with these UPSCALER_* variables has them."""
+    values = {k.removeprefix("UPSCALER_").lower(): v for k, v in env.items()
+              if k.startswith("UPSCALER_")}
+    return Settings(**{**values, **fields})
+
+
+@pytest.fixture(scope="session")
+def app(tmp_path_factory, full_models_root, vertex):
+    """The whole graph in this process (no Ray): ESRGAN, FLUX (tiny) and Imagen (fake
+    Vertex), with the test limits. Tests leave it as they found it."""
+    data = tmp_path_factory.mktemp("app-data")
+    settings = settings_from_env({**TEST_LIMITS, **vertex_env(vertex)}, data_dir=data,
+                                 models_dir=full_models_root, flux_min_tile_size=32,
+                                 sync_wait_s=60, device="cpu")
+    with local_client(settings) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def bare_app(tmp_path_factory, models_root):
+    """The graph with ESRGAN models only, no FLUX files and no Google credentials."""
+    data = tmp_path_factory.mktemp("bare-data")
+    settings = settings_from_env(TEST_LIMITS, data_dir=data, models_dir=models_root,
+                                 sync_wait_s=60, device="cpu")
+    with local_client(settings) as client:
+        yield client
+
+
 def photo(name: str = "astronaut", size: tuple[int, int] | None = None) -> Image.Image:
     from skimage import data
 
@@ -63,6 +125,21 @@ def png_bytes(im: Image.Image, **kwargs) -> bytes:
     buf = io.BytesIO()
     im.save(buf, "PNG", **kwargs)
     return buf.getvalue()
+
+
+def upload(client, data: bytes, engine: str = "esrgan", field: str = "file",
+           filename: str = "photo.png", headers: dict | None = None, **fields):
+    """POST an image to an upscale route as a form (fields sent as strings)."""
+    return client.post(f"/api/upscale/{engine}", files={field: (filename, data, "image/png")},
+                       data={k: str(v) for k, v in fields.items()}, headers=headers)
+
+
+def download(client, url: str) -> Image.Image:
+    r = client.get(url)
+    assert r.status_code == 200, r.text
+    im = Image.open(io.BytesIO(r.content))
+    im.load()
+    return im
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -169,18 +246,25 @@ def running_service(data_dir: Path, models_dir: Path, log_path: Path,
 
 
 METRICS_INTERVAL_MS = 1000
+# Heartbeats and staleness in seconds, for the tests of dying replicas and restarts.
+FAST_STALE = {"UPSCALER_HEARTBEAT_S": "1", "UPSCALER_STALE_AFTER_S": "6",
+              "UPSCALER_INGRESS_DRAIN_S": "5"}
 
 
 @pytest.fixture(scope="session")
-def service(tmp_path_factory, models_root) -> Iterator[Service]:
-    """One real `upscaler serve` (Ray + Serve) for the HTTP tests of the session."""
+def service(tmp_path_factory, full_models_root, vertex) -> Iterator[Service]:
+    """One real `upscaler serve` (Ray + Serve) for the end-to-end tests: every engine (two
+    FLUX replicas, Imagen against the fake Vertex), fast heartbeats for the failure tests."""
     data_dir = tmp_path_factory.mktemp("service-data")
     metrics_port = free_port()
     # A 1 s metrics export interval (Ray's default is 10 s): metrics show sooner, and the
     # metrics test can outwait the gauge expiry (two intervals) quickly.
-    with running_service(data_dir, models_root, data_dir / "service.log",
-                         {**TEST_LIMITS, "UPSCALER_METRICS_PORT": str(metrics_port),
-                          "RAY_metrics_report_interval_ms": str(METRICS_INTERVAL_MS)}) as svc:
+    env = {**TEST_LIMITS, **FLUX_ENV, **vertex_env(vertex), **FAST_STALE,
+           "UPSCALER_FLUX_MIN_REPLICAS": "2", "UPSCALER_FLUX_MAX_REPLICAS": "2",
+           "UPSCALER_METRICS_PORT": str(metrics_port),
+           "RAY_metrics_report_interval_ms": str(METRICS_INTERVAL_MS)}
+    with running_service(data_dir, full_models_root, data_dir / "service.log", env,
+                         timeout=300) as svc:
         svc.metrics_port = metrics_port
         yield svc
 
@@ -191,7 +275,7 @@ def client(service) -> Iterator[httpx.Client]:
         yield c
 
 
-def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 300) -> dict:
+def wait_for_job(client, job_id: str, timeout: float = 300) -> dict:
     """Poll a job to its end; an Ingress being replaced may answer 5xx or not at all."""
     deadline = time.monotonic() + timeout
     status: dict = {}

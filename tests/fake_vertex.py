@@ -37,6 +37,15 @@ ERRORS = {"429": (429, "RESOURCE_EXHAUSTED", "Quota exceeded for base_model imag
           "403": (403, "PERMISSION_DENIED", "Permission 'aiplatform.endpoints.predict' denied")}
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that gave up (its timeout) closed the connection under a slow answer:
+        # expected here, and a traceback on stderr would land in another test's output.
+        pass
+
+
 class FakeVertex:
     def __init__(self, slow_seconds: float = 4.0):
         self.calls: list[dict] = []
@@ -58,7 +67,7 @@ class FakeVertex:
                 mode = fake.modes.popleft() if fake.modes else fake.default_mode
                 fake.answer(self, mode, call["body"])
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -90,8 +99,10 @@ class FakeVertex:
             self._json(handler, code, {"error": {"code": code, "status": status,
                                                  "message": message}})
             return
-        if mode == "slow":
+        if mode == "slow":  # past the client's call timeout: retried, then a deadline
             time.sleep(self.slow_seconds)
+        if mode == "delay":  # slower than a job's wait, within the call timeout
+            time.sleep(0.6)
         if mode == "malformed":
             data = b"<html>502 Bad Gateway</html>"
             handler.send_response(200)

@@ -1,9 +1,14 @@
 """Tiny FLUX model files in the real on-disk formats, written at test time.
 
-* transformer: a Q8_0 GGUF in the community (city96) layout: original BFL key names, no prefix,
-  1-D tensors F32, small/embedding 2-D tensors F16, the rest Q8_0. diffusers' converter for that
-  layout hard-codes the width (3072) and MLP ratio (4), so the file has the real width with one
-  double and one single block (~530 M parameters, ~560 MB);
+* transformer, two kinds:
+  - ``real_width=True``: a Q8_0 GGUF in the community (city96) layout: original BFL key names,
+    no prefix, 1-D tensors F32, small/embedding 2-D tensors F16, the rest Q8_0. diffusers'
+    converter for that layout hard-codes the width (3072) and MLP ratio (4), so the file has
+    the real width with one double and one single block (~530 M parameters, ~560 MB, seconds
+    per tile on a CPU): what the production loader's conversion path is tested with, once;
+  - the default: the same GGUF format (Q8_0 where the row length allows) with diffusers' own
+    key names at a tiny width, which the same loader reads without conversion: a whole job in
+    seconds, for the tests of everything around the model;
 * VAE: the BFL autoencoder single-file layout (encoder.down.N.block.M..., mid.attn_1 with 1x1
   conv weights), tiny channels, 4 levels (scale factor 8) and 16 latent channels like FLUX's;
 * CLIP-L and T5: tiny encoders in the transformers key layout of ComfyUI's files, T5 in fp8;
@@ -197,24 +202,62 @@ def write_text_encoders(clip_path: Path, t5_path: Path, flux_dir: Path, seed: in
               str(t5_path))
 
 
-def write_flux_models(root: Path) -> Path:
-    """The whole tiny FLUX set under ``root`` (a models folder). Returns root."""
-    from engines.flux import FLUX_SCHEDULER_CONFIG, write_json
+TINY_HEADS, TINY_HEAD_DIM, TINY_ROPE = 2, 32, [8, 12, 12]
+
+
+def write_tiny_transformer_gguf(path: Path, seed: int = 0) -> dict:
+    """A FluxTransformer2DModel of tiny width in diffusers' key layout, as a GGUF file;
+    returns its config."""
+    import gguf
+    from diffusers import FluxTransformer2DModel
+
+    config = {"attention_head_dim": TINY_HEAD_DIM, "axes_dims_rope": TINY_ROPE,
+              "guidance_embeds": True, "in_channels": 64, "joint_attention_dim": TEXT_DIM,
+              "num_attention_heads": TINY_HEADS, "num_layers": 1, "num_single_layers": 1,
+              "patch_size": 1, "pooled_projection_dim": TEXT_DIM}
+    torch.manual_seed(seed)
+    model = FluxTransformer2DModel(**config)
+    writer = gguf.GGUFWriter(str(path), arch="flux")
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    for name, tensor in model.state_dict().items():
+        data = tensor.float().numpy()
+        if data.ndim == 2 and data.shape[-1] % 32 == 0 and data.size >= 1024:
+            q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(name, data.astype(np.float16 if data.ndim == 2 else np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return {"_class_name": "FluxTransformer2DModel", **config}
+
+
+def write_flux_models(root: Path, real_width: bool = False) -> Path:
+    """The whole FLUX set under ``root`` (a models folder), tiny but for the transformer's
+    width when ``real_width``. Returns root."""
+    from upscaler.engines.flux import FLUX_SCHEDULER_CONFIG, write_json
 
     flux_dir = root / "flux"
     (root / "unet").mkdir(parents=True, exist_ok=True)
     (root / "vae").mkdir(parents=True, exist_ok=True)
     (root / "clip").mkdir(parents=True, exist_ok=True)
-    write_transformer_gguf(root / "unet" / "flux1-dev-Q8_0.gguf")
+    gguf_path = root / "unet" / "flux1-dev-Q8_0.gguf"
+    if real_width:
+        write_transformer_gguf(gguf_path)
+        transformer_config = {
+            "_class_name": "FluxTransformer2DModel", "attention_head_dim": HEAD_DIM,
+            "axes_dims_rope": [16, 56, 56], "guidance_embeds": True, "in_channels": 64,
+            "joint_attention_dim": TEXT_DIM, "num_attention_heads": WIDTH // HEAD_DIM,
+            "num_layers": 1, "num_single_layers": 1, "patch_size": 1,
+            "pooled_projection_dim": TEXT_DIM}
+    else:
+        transformer_config = write_tiny_transformer_gguf(gguf_path)
     write_vae(root / "vae" / "ae.sft")
     write_text_encoders(root / "clip" / "clip_l.safetensors",
                         root / "clip" / "t5xxl_fp8_e4m3fn.safetensors", flux_dir)
     write_json(flux_dir / "vae" / "config.json", VAE_CONFIG)
     write_json(flux_dir / "scheduler" / "scheduler_config.json", FLUX_SCHEDULER_CONFIG)
-    write_json(flux_dir / "transformer" / "config.json", {
-        "_class_name": "FluxTransformer2DModel", "attention_head_dim": HEAD_DIM,
-        "axes_dims_rope": [16, 56, 56], "guidance_embeds": True, "in_channels": 64,
-        "joint_attention_dim": TEXT_DIM, "num_attention_heads": WIDTH // HEAD_DIM,
-        "num_layers": 1, "num_single_layers": 1, "patch_size": 1,
-        "pooled_projection_dim": TEXT_DIM})
+    write_json(flux_dir / "transformer" / "config.json", transformer_config)
     return root

@@ -26,15 +26,38 @@ def deployments(app: dict) -> dict[str, dict]:
 def test_serve_configs_validate_against_rays_schema(name):
     from ray.serve.schema import ServeDeploySchema
 
-    from serve_app.settings import Settings
+    from upscaler.settings import Settings
 
     config = ServeDeploySchema.model_validate(load(name))
     [app] = config.applications
     assert app.import_path == "serve_app.app:build_app"
     assert {d.name for d in app.deployments} <= GRAPH
-    build_app(app.args)  # the builder accepts the args (unknown keys would be ignored silently)
+    build_app(app.args)  # the builder's typed args accept them
     assert set(app.args) <= set(Settings.model_fields)
     assert config.http_options.request_timeout_s >= 300  # large uploads, long sync waits
+
+
+def test_a_misspelt_arg_stops_the_deploy():
+    """Serve validates a config's args with the builder's typed model: a key that is not a
+    setting is an error naming it, not a setting silently ignored."""
+    from pydantic import ValidationError
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from serve_app.app import build_app
+
+    with pytest.raises(ValidationError, match="storage_ulr"):
+        call_user_app_builder_with_args_if_necessary(build_app, {"storage_ulr": "/x"})
+    app = call_user_app_builder_with_args_if_necessary(build_app, {"device": "cpu"})
+    assert type(app).__name__ == "Application"
+
+
+def test_cpu_config_is_package_data():
+    """`upscaler serve` finds the CPU config beside the installed package, not the checkout;
+    the root file is a link to it for `serve run serve_config.cpu.yaml`."""
+    from serve_app.cli import CPU_SERVE_CONFIG
+
+    assert CPU_SERVE_CONFIG.parent == Path(__import__("serve_app").__file__).parent
+    assert (REPO / "serve_config.cpu.yaml").resolve() == CPU_SERVE_CONFIG.resolve()
 
 
 def test_gpu_config_names_the_whole_graph():
@@ -55,7 +78,7 @@ def test_gpu_config_reserves_gpus_as_planned():
 
 def test_stops_leave_time_for_the_ingress_drain():
     from serve_app.app import ingress_shutdown_s
-    from serve_app.settings import load_settings
+    from upscaler.settings import load_settings
 
     [app] = load("serve_config.yaml")["applications"]
     settings = load_settings(app["args"])
@@ -67,7 +90,7 @@ def test_stops_leave_time_for_the_ingress_drain():
 
 def test_cpu_config_reserves_no_gpu():
     from serve_app.app import esrgan_gpus, flux_gpus
-    from serve_app.settings import load_settings
+    from upscaler.settings import load_settings
 
     [app] = load("serve_config.cpu.yaml")["applications"]
     # Deployment options come from the builder, which reserves no GPU with device=cpu.
@@ -173,7 +196,7 @@ def test_dockerfile_installs_like_the_readme():
 def test_grafana_dashboard_queries_our_metrics():
     import json
 
-    from serve_app import metrics
+    from deployments import metrics
 
     dashboard = json.loads((REPO / "ops" / "grafana-dashboard.json").read_text())
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])

@@ -1,4 +1,4 @@
-"""The print-size rule: serve_app.dimensions.calculate_output_dimensions and OutputPlan."""
+"""The print-size rule: upscaler.dimensions.calculate_output_dimensions and OutputPlan."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from serve_app.dimensions import CropInfo, OutputPlan, calculate_output_dimensions
+from upscaler.dimensions import CropInfo, OutputPlan, calculate_output_dimensions
 
 # --- seed cases ------------------------------------------------------------------------------
 
@@ -327,3 +327,52 @@ def test_as_dict_shape():
     assert data["final_height"] == 1800
     assert data["crop_applied"] is True
     assert data["dpi"] == 300
+
+
+# --- a target in pixels (the seed's test client: target_width / target_height) ----------------
+
+def test_pixel_target_fills_and_advises_the_crop():
+    """The seed's test-api.sh asks 2000x1000 px of a 3:2 photo: fill the width, overhang the
+    height, the centred crop advised (or applied)."""
+    plan = calculate_output_dimensions(1200, 800, target_width_px=2000, target_height_px=1000)
+    assert (plan.output_width, plan.output_height) == (2000, 1333)
+    assert plan.crop_info == CropInfo("vertical", 333, 333 / 150, (0, 166, 2000, 1166))
+    assert not plan.crop_applied and plan.applied_crop_box is None
+    cut = calculate_output_dimensions(1200, 800, target_width_px=2000, target_height_px=1000,
+                                      crop_to_target=True, target_dpi=300)
+    assert (cut.final_width, cut.final_height, cut.dpi) == (2000, 1000, 300)
+    assert cut.applied_crop_box == (0, 166, 2000, 1166)
+
+
+def test_pixel_target_of_one_side_keeps_the_aspect_ratio():
+    plan = calculate_output_dimensions(300, 200, target_width_px=1000)
+    assert (plan.output_width, plan.output_height) == (1000, 666) and plan.crop_info is None
+    plan = calculate_output_dimensions(300, 200, target_height_px=500)
+    assert (plan.output_width, plan.output_height) == (750, 500)
+
+
+@pytest.mark.parametrize("w,h", [(640, 427), (173, 4), (97, 131), (1000, 1000), (31, 2000)])
+@pytest.mark.parametrize("tw,th,dpi", [(8, 10, 100), (24, 16, 50), (3, 3, 7), (11, 4, 30)])
+@pytest.mark.parametrize("crop", [False, True])
+def test_pixel_target_is_the_print_size_rule(w, h, tw, th, dpi, crop):
+    """A print size of W x H inches at D dpi and a pixel target of W*D x H*D are one rule."""
+    by_inches = calculate_output_dimensions(w, h, None, dpi, tw, th, crop)
+    by_pixels = calculate_output_dimensions(w, h, None, dpi, None, None, crop, tw * dpi,
+                                            th * dpi)
+    assert by_pixels == by_inches
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"target_width_px": 100, "target_width_inches": 2},
+    {"target_height_px": 100, "target_width_inches": 2},
+    {"target_width_px": 100, "target_height_px": 50, "target_height_inches": 1},
+])
+def test_pixels_and_inches_together_are_refused(kwargs):
+    with pytest.raises(ValueError, match="either in pixels .* not both"):
+        calculate_output_dimensions(100, 100, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [0, -5])
+def test_pixel_target_must_be_positive(bad):
+    with pytest.raises(ValueError, match="positive number of pixels"):
+        calculate_output_dimensions(100, 100, target_width_px=bad)

@@ -8,11 +8,12 @@ import torch
 from conftest import DAT, photo, psnr
 from PIL import Image
 
-from engines.esrgan import EsrganEngine, UpscaleCancelled, choose_dtype, plan_passes
-from engines.models import ModelCache, ModelRegistry, UnknownModelError, UnsupportedModelError
-from engines.tiling import count_tiles, plan_windows, run_tiled
-from serve_app.dimensions import calculate_output_dimensions
-from serve_app.images import DecodedImage
+from upscaler.dimensions import calculate_output_dimensions
+from upscaler.engines.esrgan import EsrganEngine, UpscaleCancelled, choose_dtype, plan_passes
+from upscaler.engines.models import ModelCache, ModelRegistry
+from upscaler.engines.tiling import count_tiles, plan_windows, run_tiled
+from upscaler.errors import UnknownModel, UnsupportedModel
+from upscaler.images import DecodedImage
 
 
 def decoded(im) -> DecodedImage:
@@ -41,11 +42,11 @@ def test_registry_detects_architectures(registry):
 
 
 def test_unknown_and_broken_models(registry, upscale_models_dir, tmp_path):
-    with pytest.raises(UnknownModelError, match="available models: .*DAT_light_x4"):
+    with pytest.raises(UnknownModel, match="available models: .*DAT_light_x4"):
         registry.info("4x-Nope")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     broken = ModelRegistry(tmp_path)
-    with pytest.raises(UnsupportedModelError, match="junk.pth"):
+    with pytest.raises(UnsupportedModel, match="junk.pth"):
         broken.info("junk")
     assert broken.list_info()[1].keys() == {"junk"}
 
@@ -152,10 +153,15 @@ def test_exact_output_size_for_any_factor(engine, factor, expected_passes):
 
 
 def test_print_size_with_crop_applied(engine):
+    """The engine fills the print; the applied crop cuts the centred box (where results are
+    written, for every engine)."""
     image = decoded(photo("astronaut", (40, 40)))
     plan = calculate_output_dimensions(40, 40, None, 30, 4, 3, crop_to_target=True)
     result = engine.upscale(image, "tiny-compact", plan)
-    assert result.image.rgb.shape[:2] == (90, 120)
+    assert result.image.rgb.shape[:2] == (120, 120)
+    cropped = result.image.cropped(plan.applied_crop_box)
+    assert cropped.rgb.shape[:2] == (90, 120)
+    assert np.array_equal(cropped.rgb, result.image.rgb[15:105])
 
 
 def test_alpha_and_gray_are_kept(engine):
@@ -203,7 +209,7 @@ def test_out_of_memory_halves_the_tile(registry, monkeypatch):
     # 128 -> 64 -> 32 would go below MIN_TILE (64): the error surfaces after one retry.
     with pytest.raises(torch.OutOfMemoryError):
         engine.upscale(image, "tiny-rrdb", plan, tile_size=128)
-    monkeypatch.setattr("engines.esrgan.MIN_TILE", 16)
+    monkeypatch.setattr("upscaler.engines.esrgan.MIN_TILE", 16)
     result = engine.upscale(image, "tiny-rrdb", plan, tile_size=128)
     assert result.stats["oom_retries"] == 2 and result.stats["tile_size"] == 32
     assert result.image.rgb.shape == (192, 256, 3)

@@ -1,211 +1,133 @@
-"""FLUX over HTTP with tiny models in the real formats (Q8_0 GGUF in the community layout, BFL
-VAE, CLIP-L, fp8 T5), loaded by the production loader with the hub offline."""
+"""FLUX (Ultimate SD Upscale) with tiny models in the real formats, loaded by the production
+loader with the hub offline: the coordination in this process through the HTTP app, and the
+real-width community GGUF through its conversion path once. Replicas, kills and restarts are in
+tests/test_service.py and tests/test_restart.py."""
 
 from __future__ import annotations
 
+import asyncio
 import io
-import os
-import shutil
-import signal
-import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
-    TEST_LIMITS,
-    photo,
-    png_bytes,
-    running_service,
-    wait_for_job,
-)
+from conftest import photo, png_bytes, upload, wait_for_job
 from flux_factory import write_flux_models
 from PIL import Image
 
-# Small tiles and one diffusion step per tile keep a job to seconds per tile on 2 CPU cores.
-FLUX_ENV = {**TEST_LIMITS, "UPSCALER_FLUX_MIN_TILE_SIZE": "32", "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1", "UPSCALER_HEARTBEAT_S": "1",
-            "UPSCALER_STALE_AFTER_S": "6"}
+from upscaler.job_store import JobStore
+from upscaler.jobs import Completed, JobRecord
+
+# Small tiles and few steps keep a job to a second or so on 2 CPU cores.
 JOB = {"upscale_factor": "2", "tile_size": "64", "tile_padding": "16", "mask_blur": "4",
        "steps": "2", "denoise": "0.5", "upscale_model": "tiny-rrdb"}
 
 
-@pytest.fixture(scope="module")
-def flux_models(tmp_path_factory, upscale_models_dir):
-    root = tmp_path_factory.mktemp("flux-models")
-    write_flux_models(root)
-    shutil.copytree(upscale_models_dir, root / "upscale_models")
-    return root
-
-
 def submit(client, data: bytes, **fields) -> dict:
-    r = client.post("/api/upscale/flux", files={"file": ("p.png", data, "image/png")},
-                    data={**JOB, **fields})
+    r = upload(client, data, engine="flux", **{**JOB, **fields})
     assert r.status_code == 202, r.text
     return r.json()
 
 
-@pytest.fixture(scope="module")
-def flux_service(tmp_path_factory, flux_models):
-    data = tmp_path_factory.mktemp("flux-data")
-    with running_service(data, flux_models, data / "service.log",
-                         {**FLUX_ENV, "UPSCALER_FLUX_MIN_REPLICAS": "2",
-                          "UPSCALER_FLUX_MAX_REPLICAS": "2"}, timeout=300) as svc:
-        yield svc
+def result(client, status: dict) -> Image.Image:
+    return Image.open(io.BytesIO(client.get(status["output_url"]).content))
 
 
-def test_flux_job_over_http_exact_size_and_dpi(flux_service):
-    with flux_service.client() as client:
-        health = client.get("/api/health").json()
-        assert health["engines"]["flux"]["installed"] is True
-        assert "flux" in health["models_loaded"]
-        body = submit(client, png_bytes(photo("coffee", (96, 64))), target_dpi="200")
-        assert body["status"] in ("queued", "processing") and body["estimatedTime"] > 0
-        assert body["outputSize"] == {"width": 192, "height": 128}
-        status = wait_for_job(client, body["jobId"], timeout=600)
-        assert status["status"] == "completed", status
-        stats = status["stats"]
-        assert stats["tiles"] == 6 and stats["tiles_computed"] == 6
-        # Both FLUX replicas served tiles of this one job, at the same time.
-        assert len(stats["replicas"]) == 2, stats["tile_log"]
-        log = stats["tile_log"]
-        assert any(a["replica"] != b["replica"] and a["started_at"] < b["finished_at"]
-                   and b["started_at"] < a["finished_at"] for a in log for b in log)
-        out = Image.open(io.BytesIO(client.get(status["output_url"]).content))
-        assert out.size == (192, 128) and round(out.info["dpi"][0]) == 200
-
-        # Same inputs and seed: the same image.
-        again = wait_for_job(client, submit(client, png_bytes(photo("coffee", (96, 64))),
-                                            target_dpi="200")["jobId"], timeout=600)
-        first = np.asarray(out)
-        second = np.asarray(Image.open(io.BytesIO(client.get(again["output_url"]).content)))
-        assert np.array_equal(first, second)
+def test_flux_job_exact_size_dpi_and_repeatable(app):
+    health = app.get("/api/health").json()
+    assert health["engines"]["flux"]["installed"] is True
+    body = submit(app, png_bytes(photo("coffee", (96, 64))), target_dpi="200")
+    assert body["status"] in ("queued", "processing") and body["estimatedTime"] > 0
+    assert body["outputSize"] == {"width": 192, "height": 128}
+    status = wait_for_job(app, body["jobId"], timeout=120)
+    assert status["status"] == "completed", status
+    stats = status["stats"]
+    assert stats["tiles"] == 6 and stats["tiles_computed"] == 6 and stats["tiles_resumed"] == 0
+    assert sorted(t["tile"] for t in stats["tile_log"]) == list(range(6))
+    out = result(app, status)
+    assert out.size == (192, 128) and round(out.info["dpi"][0]) == 200
+    # The redraw changed the pre-pass (denoise 0.5), within the colour fix's bounds.
+    again = wait_for_job(app, submit(app, png_bytes(photo("coffee", (96, 64))),
+                                     target_dpi="200")["jobId"], timeout=120)
+    assert np.array_equal(np.asarray(out), np.asarray(result(app, again)))  # same seed
+    other = wait_for_job(app, submit(app, png_bytes(photo("coffee", (96, 64))),
+                                     target_dpi="200", seed="5")["jobId"], timeout=120)
+    assert not np.array_equal(np.asarray(out), np.asarray(result(app, other)))
 
 
 @pytest.mark.parametrize("fields,code", [
     ({"denoise": "1.5"}, "invalid_request"), ({"steps": "0"}, "invalid_request"),
     ({"steps": "101"}, "invalid_request"), ({"tile_size": "72"}, "invalid_request"),
     ({"tile_size": "4096"}, "invalid_request"), ({"upscale_model": "4x-Nope"}, "unknown_model"),
+    ({"mask_blur": "16", "tile_padding": "8"}, "invalid_request"),
+    ({"color_fix": "magic"}, "invalid_request"),
     ({"upscale_factor": "16", "tile_size": "64"}, "output_too_large"),
 ])
-def test_flux_bad_input(flux_service, fields, code):
-    with flux_service.client() as client:
-        data = png_bytes(photo("rocket", (400, 400) if code == "output_too_large" else (32, 32)))
-        r = client.post("/api/upscale/flux", files={"file": ("p.png", data, "image/png")},
-                        data={**JOB, **fields})
-        assert r.status_code == 422, r.text
-        assert r.json()["error"] == code
+def test_flux_bad_input(app, fields, code):
+    data = png_bytes(photo("rocket", (400, 400) if code == "output_too_large" else (32, 32)))
+    r = upload(app, data, engine="flux", **{**JOB, **fields})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == code
 
 
-def test_flux_cancel_frees_replicas(flux_service):
-    with flux_service.client() as client:
-        job = submit(client, png_bytes(photo("astronaut", (128, 128))), steps="4")
-        deadline = time.monotonic() + 300
-        while client.get(f"/api/status/{job['jobId']}").json()["progress"] < 10:
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
-        # ESRGAN is not starved while FLUX works.
-        r = client.post("/api/upscale/esrgan",
-                        files={"file": ("p.png", png_bytes(photo("rocket", (32, 32))))},
-                        data={"model": "tiny-rrdb", "upscale_factor": "2"})
-        assert r.status_code == 200 and r.json()["status"] == "completed"
-        r = client.delete(f"/api/jobs/{job['jobId']}")
-        assert r.status_code == 200 and r.json()["status"] == "cancelled"
-        time.sleep(2)
-        status = client.get(f"/api/status/{job['jobId']}").json()
-        assert status["status"] == "cancelled" and status["progress"] < 100
-        # The replicas are free: a small job runs right after.
-        small = submit(client, png_bytes(photo("rocket", (32, 32))))
-        assert wait_for_job(client, small["jobId"], timeout=300)["status"] == "completed"
-
-
-def _replica_pids(name: str, data_dir) -> list[int]:
-    """Replica processes of one service (matched by the data dir in their environment)."""
-    out = subprocess.run(["pgrep", "-f", rf"ServeReplica:upscaler:{name}(\.|$)"],
-                         capture_output=True, text=True).stdout.split()
-    pids = []
-    for pid in out:
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"UPSCALER_DATA_DIR={data_dir}".encode() in env:
-            pids.append(int(pid))
-    return pids
-
-
-def _kill_mid_job(client, image: Image.Image, pid: int, **fields) -> dict:
-    """Run a 6-tile job, SIGKILL ``pid`` once 30 % is done; the job must still complete."""
-    job = submit(client, png_bytes(image), steps="4", **fields)
-    deadline = time.monotonic() + 300
-    while client.get(f"/api/status/{job['jobId']}").json()["progress"] < 30:
+def test_flux_cancel_stops_the_tiles(app):
+    job = submit(app, png_bytes(photo("astronaut", (128, 128))), tile_size="32", steps="4")
+    deadline = time.monotonic() + 120
+    while app.get(f"/api/status/{job['jobId']}").json()["progress"] < 10:
         assert time.monotonic() < deadline
-        time.sleep(0.3)
-    os.kill(pid, signal.SIGKILL)
-    status = wait_for_job(client, job["jobId"], timeout=600)
-    assert status["status"] == "completed", status
-    return status
+        time.sleep(0.05)
+    r = app.delete(f"/api/jobs/{job['jobId']}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    status = app.get(f"/api/status/{job['jobId']}").json()
+    assert status["status"] == "cancelled" and status["progress"] < 100
+    small = submit(app, png_bytes(photo("rocket", (32, 32))))
+    assert wait_for_job(app, small["jobId"], timeout=120)["status"] == "completed"
 
 
-def test_killed_flux_replica_job_resumes(flux_service):
-    with flux_service.client() as client:
-        pids = _replica_pids("FLUX", flux_service.data_dir)
-        assert len(pids) == 2
-        status = _kill_mid_job(client, photo("chelsea", (96, 64)), pids[0], seed="7")
-        stats = status["stats"]
-        # Either Serve re-routed the lost tile call to the other replica, or the coordinator
-        # failed and the job was resumed: both keep every finished tile.
-        if status["resumes"]:
-            assert stats["tiles_resumed"] >= 1
-        assert stats["tiles_resumed"] + stats["tiles_computed"] == 6
-        assert len({t["tile"] for t in stats["tile_log"]}) == stats["tiles_computed"]
+def test_resume_computes_only_missing_tiles_and_gives_the_same_image(app):
+    """The coordinator keeps each finished tile in job storage: a job run again after a crash
+    redraws only the tiles it lacks, and the image is the one an uninterrupted run gives."""
+    graph, store = app.graph, app.graph.services.store
+    full = wait_for_job(app, submit(app, png_bytes(photo("chelsea", (96, 64))),
+                                    seed="11")["jobId"], timeout=120)
+    reference = np.asarray(result(app, full))
+
+    # The same job, interrupted after 4 of its 6 tiles: the upload, the pre-pass and 4 tiles
+    # are stored (as the coordinator writes them), then the coordinator runs it again.
+    job = JobRecord.model_validate({**store.load(full["job_id"]).model_dump(),
+                                    "job_id": "a" * 32})
+    store.storage.write_bytes(JobStore.input_key(job.job_id),
+                              png_bytes(photo("chelsea", (96, 64))))
+
+    async def run_to(stop_after: int | None) -> list:
+        events = []
+        async for event in graph.coordinator.run(job.spec()):
+            events.append(event)
+            if stop_after is not None and len(list(store.storage.list(
+                    JobStore.tiles_prefix(job.job_id)))) >= stop_after:
+                break
+        return events
+
+    asyncio.run(run_to(4))
+    assert len(list(store.storage.list(JobStore.tiles_prefix(job.job_id)))) == 4
+    done = asyncio.run(run_to(None))[-1]
+    assert isinstance(done, Completed)
+    assert done.stats["tiles_resumed"] == 4 and done.stats["tiles_computed"] == 2
+    resumed = Image.open(io.BytesIO(store.storage.read_bytes(done.result_key)))
+    assert np.array_equal(np.asarray(resumed), reference)
 
 
-def test_killed_ingress_flux_job_is_taken_over(flux_service):
-    """The Ingress driving a FLUX job dies: Serve starts another, whose periodic sweep finds
-    the job's heartbeat stale and resumes it from its stored tiles."""
-    with flux_service.client() as client:
-        [ingress] = _replica_pids("Ingress", flux_service.data_dir)
-        stats = _kill_mid_job(client, photo("rocket", (96, 64)), ingress, seed="3")["stats"]
-        assert stats["tiles_resumed"] >= 1
-        assert stats["tiles_resumed"] + stats["tiles_computed"] == 6
+@pytest.mark.slow
+def test_community_gguf_at_real_width_loads_through_the_conversion_path(tmp_path):
+    """A Q8_0 GGUF in city96's layout (BFL key names, the width diffusers' converter assumes)
+    through the production loader, offline, and one tile redrawn."""
+    from upscaler.engines.flux import FluxTileEngine
 
-
-def test_missing_flux_files_answer_503(client):
-    """The session service has no FLUX files: FLUX says what to run, ESRGAN keeps working."""
-    r = client.post("/api/upscale/flux",
-                    files={"file": ("p.png", png_bytes(photo("rocket", (32, 32))))})
-    assert r.status_code == 503
-    assert "upscaler models pull flux" in r.json()["message"]
-    assert client.get("/api/health").json()["engines"]["flux"]["installed"] is False
-    r = client.post("/api/upscale/esrgan",
-                    files={"file": ("p.png", png_bytes(photo("rocket", (32, 32))))},
-                    data={"model": "tiny-rrdb", "upscale_factor": "2"})
-    assert r.status_code == 200
-
-
-def test_resume_after_restart_computes_only_missing_tiles(tmp_path, flux_models):
-    data = tmp_path / "data"
-    env = {**FLUX_ENV, "UPSCALER_FLUX_MIN_REPLICAS": "1", "UPSCALER_FLUX_MAX_REPLICAS": "1"}
-    # Leaving the block stops the whole service, k tiles in.
-    with (running_service(data, flux_models, tmp_path / "first.log", env, timeout=300) as svc,
-          svc.client() as client):
-        job = submit(client, png_bytes(photo("chelsea", (96, 64))), steps="4")
-        tiles_dir = data / "storage" / "jobs" / job["jobId"] / "tiles"
-        deadline = time.monotonic() + 300
-        while len(list(tiles_dir.glob("*.npy"))) < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-    k = len(list(tiles_dir.glob("*.npy")))
-    assert 2 <= k < 6
-
-    with running_service(data, flux_models, tmp_path / "second.log", env, timeout=300) as svc:
-        with svc.client() as client:
-            status = wait_for_job(client, job["jobId"], timeout=600)
-            assert status["status"] == "completed", status
-            assert status["stats"]["tiles_resumed"] == k
-            assert status["stats"]["tiles_computed"] == 6 - k
-            out = Image.open(io.BytesIO(client.get(status["output_url"]).content))
-            assert out.size == (192, 128)
-        assert not tiles_dir.exists() or not list(tiles_dir.glob("*.npy"))  # cleaned up
+    root = write_flux_models(tmp_path / "models", real_width=True)
+    engine = FluxTileEngine(root, "cpu")
+    block = engine.pipe.transformer.transformer_blocks[0].attn.to_q
+    assert type(block).__name__ == "GGUFLinear" and block.weight.quant_type.name == "Q8_0"
+    crop = np.asarray(photo("coffee", (64, 48)), dtype=np.float32) / 255
+    out = engine.redraw(crop, engine.encode_prompt(""), 0.5, 2, 3.5, seed=0)
+    assert out.shape == crop.shape and np.isfinite(out).all()
+    assert 0 < float(np.abs(out - crop).mean()) < 0.5

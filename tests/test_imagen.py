@@ -1,5 +1,6 @@
-"""Imagen through the real google-cloud-aiplatform client, pointed at a fake Vertex AI on
-127.0.0.1 (endpoint override, a service-account key generated here). No network."""
+"""Imagen through the real google-cloud-aiplatform app, pointed at a fake Vertex AI on
+127.0.0.1 (endpoint override, a service-account key generated here), from the HTTP app in this
+process. No network."""
 
 from __future__ import annotations
 
@@ -9,52 +10,29 @@ import json
 import time
 
 import pytest
-from conftest import TEST_LIMITS, photo, png_bytes, running_service
-from fake_vertex import FakeVertex, write_service_account
+from conftest import VERTEX_DEADLINE_S, photo, png_bytes, upload, wait_for_job
 from PIL import Image
 
-from engines.imagen import ImagenError, ImagenModel, choose_factor, request_image_bytes
-
-DEADLINE = 8
-
-
-@pytest.fixture(scope="module")
-def vertex():
-    fake = FakeVertex(slow_seconds=4)
-    yield fake
-    fake.close()
+from upscaler.engines.imagen import ImagenModel, choose_factor, request_image_bytes
+from upscaler.errors import UpscalerError
 
 
-@pytest.fixture(scope="module")
-def imagen_service(tmp_path_factory, models_root, vertex):
-    data = tmp_path_factory.mktemp("imagen-data")
-    sa = write_service_account(data / "sa.json")
-    env = {**TEST_LIMITS, "UPSCALER_VERTEX_API_ENDPOINT": vertex.url,
-           "UPSCALER_GCP_CREDENTIALS_FILE": str(data / "sa.json"),
-           "UPSCALER_IMAGEN_DEADLINE_S": str(DEADLINE), "UPSCALER_IMAGEN_CALL_TIMEOUT_S": "2"}
-    with running_service(data, models_root, data / "service.log", env) as svc:
-        svc.service_account = sa
-        yield svc
+def post(app, data: bytes, headers=None, **fields):
+    return upload(app, data, engine="imagen", headers=headers, **fields)
 
 
-def post(client, data: bytes, **fields):
-    return client.post("/api/upscale/imagen", files={"file": ("p.png", data, "image/png")},
-                       data={k: str(v) for k, v in fields.items()})
-
-
-def test_upscale_through_vertex(imagen_service, vertex):
+def test_upscale_through_vertex(app, vertex):
     vertex.reset()
     upload = png_bytes(photo("astronaut", (64, 48)))
-    with imagen_service.client() as client:
-        health = client.get("/api/health").json()["engines"]["imagen"]
-        assert health["configured"] is True and health["project"] == "test-project"
-        r = post(client, upload, upscale_factor="x2", target_dpi=300)
-        assert r.status_code == 200, r.text
-        body = r.json()
-        assert body["status"] == "completed" and body["outputSize"] == {"width": 128,
-                                                                        "height": 96}
-        out = Image.open(io.BytesIO(client.get(body["outputUrl"]).content))
-        assert out.size == (128, 96) and round(out.info["dpi"][0]) == 300
+    health = app.get("/api/health").json()["engines"]["imagen"]
+    assert health["configured"] is True and health["project"] == "test-project"
+    r = post(app, upload, upscale_factor="x2", target_dpi=300)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "completed" and body["outputSize"] == {"width": 128,
+                                                                    "height": 96}
+    out = Image.open(io.BytesIO(app.get(body["outputUrl"]).content))
+    assert out.size == (128, 96) and round(out.info["dpi"][0]) == 300
     [call] = vertex.calls
     assert call["path"] == ("/v1/projects/test-project/locations/us-central1/publishers/"
                             "google/models/imagen-4.0-upscale-preview:predict")
@@ -66,26 +44,24 @@ def test_upscale_through_vertex(imagen_service, vertex):
     scheme, token = call["headers"]["authorization"].split()
     assert scheme == "Bearer"
     claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
-    assert claims["iss"] == imagen_service.service_account["client_email"]
+    assert claims["iss"] == vertex.service_account["client_email"]
 
 
-def test_print_size_picks_smallest_reaching_factor(imagen_service, vertex):
+def test_print_size_picks_smallest_reaching_factor(app, vertex):
     vertex.reset()
-    with imagen_service.client() as client:
-        # 64x48 to 4x3 in at 50 dpi = 200x150: x3.125 needed, so Vertex's x4, then resampled.
-        r = post(client, png_bytes(photo("coffee", (64, 48))), target_width_inches=4,
-                 target_height_inches=3, target_dpi=50, output_format="tiff")
-        assert r.status_code == 200, r.text
-        out = Image.open(io.BytesIO(client.get(r.json()["outputUrl"]).content))
-        assert out.size == (200, 150) and round(out.info["dpi"][0]) == 50
+    # 64x48 to 4x3 in at 50 dpi = 200x150: x3.125 needed, so Vertex's x4, then resampled.
+    r = post(app, png_bytes(photo("coffee", (64, 48))), target_width_inches=4,
+             target_height_inches=3, target_dpi=50, output_format="tiff")
+    assert r.status_code == 200, r.text
+    out = Image.open(io.BytesIO(app.get(r.json()["outputUrl"]).content))
+    assert out.size == (200, 150) and round(out.info["dpi"][0]) == 50
     assert vertex.calls[0]["body"]["parameters"]["upscaleConfig"]["upscaleFactor"] == "x4"
 
 
-def test_quota_error_then_success_is_retried(imagen_service, vertex):
+def test_quota_error_then_success_is_retried(app, vertex):
     vertex.reset("429")
-    with imagen_service.client() as client:
-        r = post(client, png_bytes(photo("rocket", (32, 32))), upscale_factor="x2")
-        assert r.status_code == 200 and r.json()["status"] == "completed"
+    r = post(app, png_bytes(photo("rocket", (32, 32))), upscale_factor="x2")
+    assert r.status_code == 200 and r.json()["status"] == "completed"
     assert len(vertex.calls) == 2
 
 
@@ -95,40 +71,38 @@ def test_quota_error_then_success_is_retried(imagen_service, vertex):
     ("empty", 422, "no_image"), ("filtered", 422, "safety_filtered"),
     ("403", 502, "vertex_permission"),
 ])
-def test_vertex_failures_map_to_clear_errors(imagen_service, vertex, mode, status, code):
+def test_vertex_failures_map_to_clear_errors(app, vertex, mode, status, code):
     vertex.reset(default=mode)
-    with imagen_service.client() as client:
-        start = time.monotonic()
-        r = post(client, png_bytes(photo("rocket", (32, 32))), upscale_factor="x2")
-        elapsed = time.monotonic() - start
-        assert r.status_code == status, r.text
-        body = r.json()
-        assert body["error"] == code and body["jobId"]
-        assert elapsed < DEADLINE + 6  # the deadline holds; nothing hangs
-        if status == 429:
-            assert int(r.headers["retry-after"]) > 0
-        job = client.get(f"/api/status/{body['jobId']}").json()
-        assert job["status"] == "failed" and job["error_code"] == code
-        calls = len(vertex.calls)
-        vertex.reset()
-        assert client.get("/api/health").json()["status"] == "healthy"
+    start = time.monotonic()
+    r = post(app, png_bytes(photo("rocket", (32, 32))), upscale_factor="x2")
+    elapsed = time.monotonic() - start
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["error"] == code and body["jobId"]
+    assert elapsed < VERTEX_DEADLINE_S + 6  # the deadline holds; nothing hangs
+    if status == 429:
+        assert int(r.headers["retry-after"]) > 0
+    job = app.get(f"/api/status/{body['jobId']}").json()
+    assert job["status"] == "failed" and job["error_code"] == code
+    calls = len(vertex.calls)
+    vertex.reset()
+    assert app.get("/api/health").json()["status"] == "healthy"
     # Quota, server errors and timeouts are retried (with backoff); the rest are final.
     assert calls >= 2 if mode in ("429", "500", "slow") else calls == 1
 
 
-def test_limits_refused_before_any_call(imagen_service, vertex):
+def test_limits_refused_before_any_call(app, vertex):
     vertex.reset()
-    with imagen_service.client() as client:
-        # x3 of 1700x1200 would be 18.4 MP: over Imagen's 17 MP output.
-        r = post(client, png_bytes(Image.new("RGB", (1700, 1200))), upscale_factor="x3")
-        assert r.status_code == 413 and "17 MP" in r.json()["message"]
-        r = post(client, png_bytes(photo("rocket", (32, 32))), upscale_factor="x3",
-                 model="imagegeneration@002")
-        assert r.status_code == 422 and "x2, x4" in r.json()["message"]
-        r = post(client, png_bytes(photo("rocket", (32, 32))), upscale_factor="x5")
-        assert r.status_code == 422
-        r = post(client, png_bytes(photo("rocket", (32, 32))), gcp_region="../../evil")
-        assert r.status_code == 422
+    # x3 of 1700x1200 would be 18.4 MP: over Imagen's 17 MP output.
+    r = post(app, png_bytes(Image.new("RGB", (1700, 1200))), upscale_factor="x3")
+    assert r.status_code == 413 and "17 MP" in r.json()["message"]
+    r = post(app, png_bytes(photo("rocket", (32, 32))), upscale_factor="x3",
+             model="imagegeneration@002")
+    assert r.status_code == 422 and "x2, x4" in r.json()["message"]
+    r = post(app, png_bytes(photo("rocket", (32, 32))), upscale_factor="x5")
+    assert r.status_code == 422
+    r = post(app, png_bytes(photo("rocket", (32, 32))), gcp_region="../../evil")
+    assert r.status_code == 422
     assert vertex.calls == []
 
 
@@ -136,22 +110,28 @@ def test_factor_and_byte_limits():
     model = ImagenModel("m", (2, 3, 4), max_output_pixels=1_000_000, max_input_bytes=1000)
     assert choose_factor(model, 100, 100, 250, 250, None) == 3
     assert choose_factor(model, 100, 100, 200, 200, None) == 2
-    with pytest.raises(ImagenError) as err:
+    with pytest.raises(UpscalerError) as err:
         choose_factor(model, 100, 100, 500, 500, None)
-    assert err.value.status_code == 422
-    with pytest.raises(ImagenError) as err:
+    assert err.value.http_status == 422 and err.value.code == "output_too_large"
+    with pytest.raises(UpscalerError) as err:
         choose_factor(model, 300, 300, 900, 900, 4)
-    assert err.value.status_code == 413
-    with pytest.raises(ImagenError) as err:
+    assert err.value.http_status == 413
+    with pytest.raises(UpscalerError) as err:
         request_image_bytes(png_bytes(photo("coffee", (64, 64))), "PNG", model)
-    assert err.value.status_code == 413 and "at most" in err.value.message
+    assert err.value.http_status == 413 and "at most" in err.value.message
 
 
-def test_missing_credentials_are_reported(client):
-    """The session service has no Google credentials: a clear 502, and health says so."""
-    health = client.get("/api/health").json()["engines"]["imagen"]
-    assert health["configured"] is False and health["credentials_found"] is False
-    r = post(client, png_bytes(photo("rocket", (32, 32))))
-    assert r.status_code == 502
-    assert "UPSCALER_GCP_CREDENTIALS_FILE" in r.json()["message"]
-    assert "roles/aiplatform.user" in r.json()["message"]
+def test_an_answer_slower_than_the_wait_is_a_job_to_poll(app, vertex):
+    """Imagen with `Prefer: respond-async` (or Vertex retries outlasting the wait): 202 with an
+    estimate, and status polls answer 200 while the call runs. Both were 500s once (no
+    estimate for Imagen), with the job running on and a retried POST paying twice."""
+    vertex.reset("delay")
+    r = post(app, png_bytes(photo("rocket", (32, 32))), upscale_factor="x2",
+             headers={"Prefer": "respond-async"})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["status"] in ("queued", "processing") and body["estimatedTime"] > 0
+    polled = app.get(body["statusUrl"])
+    assert polled.status_code == 200 and polled.json()["status"] in ("queued", "processing")
+    status = wait_for_job(app, body["jobId"], timeout=60)
+    assert status["status"] == "completed" and len(vertex.calls) == 1

@@ -1,4 +1,4 @@
-"""Image I/O: serve_app.images decode_image / probe_image / encode_image on real files."""
+"""Image I/O: upscaler.images decode_image / probe_image / encode_image on real files."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 import tifffile
 from PIL import Image, ImageCms
 
-from serve_app.images import (
+from upscaler.errors import UpscalerError
+from upscaler.images import (
     DecodedImage,
-    ImageInputError,
     decode_image,
     encode_image,
     probe_image,
@@ -553,8 +553,8 @@ def test_animated_gif_with_damaged_later_frame():
     for cut in range(len(data) // 3, len(data), 211):
         try:
             decode_image(data[:cut], MAX)
-        except ImageInputError as exc:
-            assert exc.status_code in (415, 422)
+        except UpscalerError as exc:
+            assert exc.http_status in (415, 422)
 
 
 def test_animated_webp_uses_first_frame():
@@ -567,19 +567,19 @@ def test_animated_webp_uses_first_frame():
 # --- bad input -------------------------------------------------------------------------------
 
 
-def _refused(data: bytes, max_pixels: int = MAX) -> ImageInputError:
-    with pytest.raises(ImageInputError) as info:
+def _refused(data: bytes, max_pixels: int = MAX) -> UpscalerError:
+    with pytest.raises(UpscalerError) as info:
         decode_image(data, max_pixels)
-    with pytest.raises(ImageInputError) as probe_info:
+    with pytest.raises(UpscalerError) as probe_info:
         probe_image(data, max_pixels)
-    assert probe_info.value.status_code == info.value.status_code
+    assert probe_info.value.http_status == info.value.http_status
     assert probe_info.value.code == info.value.code
     return info.value
 
 
 def test_empty_bytes():
     err = _refused(b"")
-    assert err.status_code == 400
+    assert err.http_status == 400
     assert err.code == "empty_file"
 
 
@@ -591,35 +591,35 @@ def test_empty_bytes():
 ], ids=["random", "text", "pdf-bytes", "svg"])
 def test_not_an_image(data):
     err = _refused(data)
-    assert err.status_code == 415
+    assert err.http_status == 415
     assert err.code == "unsupported_format"
 
 
 @pytest.mark.parametrize("fmt", ["PDF", "ICO", "PPM", "TGA", "PCX", "EPS"])
 def test_readable_but_not_allowed_format(fmt):
     err = _refused(save(Image.fromarray(rgb8(w=16, h=16)), fmt))
-    assert err.status_code == 415
+    assert err.http_status == 415
     assert err.code == "unsupported_format"
 
 
 def test_truncated_png():
     data = save(Image.fromarray(rgb8(64, 48)), "PNG")
     err = _refused(data[: len(data) // 2])
-    assert err.status_code == 422
+    assert err.http_status == 422
     assert err.code == "corrupt_image"
 
 
 def test_truncated_jpeg():
     data = save(Image.fromarray(rgb8(64, 48)), "JPEG", quality=95)
     err = _refused(data[: len(data) // 2])
-    assert err.status_code == 422
+    assert err.http_status == 422
     assert err.code == "corrupt_image"
 
 
 def test_truncated_16bit_png():
     data = bytes(imagecodecs.png_encode(rgb16(64, 48)))
     err = _refused(data[: len(data) // 2])
-    assert err.status_code == 422
+    assert err.http_status == 422
     assert err.code == "corrupt_image"
 
 
@@ -628,14 +628,14 @@ def test_truncated_16bit_tiff():
     tifffile.imwrite(buf, rgb16(64, 48), photometric="rgb")
     data = buf.getvalue()
     err = _refused(data[: len(data) // 2])
-    assert err.status_code == 422
+    assert err.http_status == 422
     assert err.code == "corrupt_image"
 
 
 def test_over_max_pixels():
     data = save(Image.fromarray(rgb8(64, 48)), "PNG")
     err = _refused(data, max_pixels=3000)
-    assert err.status_code == 413
+    assert err.http_status == 413
     assert err.code == "image_too_large"
     assert "3,000" in err.message
     assert "64x48" in err.message
@@ -647,7 +647,7 @@ def test_over_max_pixels_checked_after_orientation_irrelevant():
     exif = Image.Exif()
     exif[0x0112] = 6
     data = save(Image.fromarray(rgb8(40, 20)), "JPEG", exif=exif.tobytes())
-    assert _refused(data, max_pixels=799).status_code == 413
+    assert _refused(data, max_pixels=799).http_status == 413
 
 
 @pytest.mark.parametrize("width, height, bit_depth, color_type", [
@@ -671,7 +671,7 @@ def test_decompression_bomb_refused_before_decoding(monkeypatch, width, height, 
     start = time.perf_counter()
     err = _refused(data)
     assert time.perf_counter() - start < 1.0
-    assert err.status_code == 413
+    assert err.http_status == 413
     assert err.code == "image_too_large"
     assert "40,000,000" in err.message
 
@@ -682,9 +682,9 @@ def test_limit_above_pillows_bomb_threshold_is_honoured(monkeypatch):
     data = save(Image.fromarray(rgb8(48, 48)), "PNG")  # 2304 px: over Pillow's, under ours
     assert decode_image(data, 10_000).width == 48
     assert probe_image(data, 10_000).width == 48
-    assert _refused(data, max_pixels=2300).status_code == 413
+    assert _refused(data, max_pixels=2300).http_status == 413
 
 
 def test_zero_size_header_refused():
     err = _refused(png_header_only(0, 10))
-    assert err.status_code in (415, 422)
+    assert err.http_status in (415, 422)

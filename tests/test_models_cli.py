@@ -16,7 +16,7 @@ from serve_app.model_pull import (
     sha256_file,
     write_flux_configs,
 )
-from serve_app.settings import Settings
+from upscaler.settings import Settings
 
 
 def test_git_blob_id(tmp_path):

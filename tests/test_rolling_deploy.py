@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 from conftest import REPO, free_port, photo, png_bytes, wait_for_job, wait_http_ok
 
@@ -42,6 +43,7 @@ def gpus_in_use(gcs: int, env: dict, expected: float) -> float:
         time.sleep(2)
 
 
+@pytest.mark.slow
 def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
     gcs, dashboard, http_port = free_port(), free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}

@@ -1,193 +1,232 @@
-"""End to end over HTTP against a real `upscaler serve` (Ray Serve on 127.0.0.1)."""
+"""End to end against a real `upscaler serve` (Ray Serve on 127.0.0.1) with every engine: what
+only a cluster shows. Jobs cross real handles and processes, replicas are killed and replaced,
+tiles spread over two FLUX replicas, metrics reach Ray's endpoint."""
 
 from __future__ import annotations
 
-import io
-import struct
+import os
+import signal
+import subprocess
 import time
-import zlib
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import DAT, METRICS_INTERVAL_MS, photo, png_bytes, psnr, wait_for_job
+from conftest import (
+    DAT,
+    METRICS_INTERVAL_MS,
+    download,
+    photo,
+    png_bytes,
+    psnr,
+    upload,
+    wait_for_job,
+)
 from PIL import Image
 
-from serve_app.jobs import ENGINES
+from upscaler.jobs import Engine
+
+pytestmark = pytest.mark.slow
+FLUX_JOB = {"upscale_factor": "2", "tile_padding": "16", "mask_blur": "4", "denoise": "0.5",
+            "upscale_model": "tiny-rrdb"}
 
 
-def upload(client, data: bytes, filename: str = "photo.png", field: str = "file", headers=None,
-           **fields):
-    return client.post("/api/upscale/esrgan", files={field: (filename, data, "image/png")},
-                       data={k: str(v) for k, v in fields.items()}, headers=headers)
+def wait_status(client, job_id: str, wanted: set[str], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = client.get(f"/api/status/{job_id}").json()
+        if status["status"] in wanted:
+            return status
+        assert time.monotonic() < deadline, f"{job_id}: still {status}"
+        time.sleep(0.2)
 
 
-def download(client, url: str) -> Image.Image:
-    r = client.get(url)
-    assert r.status_code == 200, r.text
-    im = Image.open(io.BytesIO(r.content))
-    im.load()
-    return im
+def wait_progress(client, job_id: str, percent: float, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get(f"/api/status/{job_id}").json()["progress"] < percent:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
 
 
-def test_health_and_models(client):
+def replica_pids(name: str, data_dir: Path) -> list[int]:
+    """Replica processes of one service (matched by the data dir in their environment)."""
+    out = subprocess.run(["pgrep", "-f", rf"ServeReplica:upscaler:{name}(\.|$)"],
+                         capture_output=True, text=True).stdout.split()
+    pids = []
+    for pid in out:
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"UPSCALER_DATA_DIR={data_dir}".encode() in env:
+            pids.append(int(pid))
+    return pids
+
+
+def wait_healthy(client, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get("/api/health").json()["status"] != "healthy":
+        assert time.monotonic() < deadline
+        time.sleep(1)
+
+
+def test_health_models_and_docs(client):
     health = client.get("/api/health").json()
-    assert health["status"] == "healthy"
-    assert health["gpu_available"] is False and health["gpu_name"] is None
-    assert health["models_loaded"] == ["esrgan"]
-    assert isinstance(health["queue_size"], int)
-    assert DAT in health["engines"]["esrgan"]["models_loaded"]  # warmed at start-up
+    assert health["status"] == "healthy" and health["gpu_available"] is False
+    assert health["models_loaded"] == ["esrgan", "flux", "imagen"]
+    assert DAT in health["engines"]["esrgan"]["models_loaded"]
     models = client.get("/api/models").json()["esrgan"]
-    by_name = {m["name"]: m for m in models["models"]}
-    assert by_name[DAT]["architecture"] == "DAT" and by_name[DAT]["scale"] == 4
-    assert by_name["tiny-rrdb"]["architecture"] == "ESRGAN"
-    assert models["default"] == DAT
+    assert {m["name"] for m in models["models"]} >= {DAT, "tiny-rrdb", "tiny-compact"}
     assert client.get("/docs").status_code == 200
-    assert "/api/upscale/esrgan" in client.get("/openapi.json").json()["paths"]
 
 
-def test_async_job_on_real_photo_beats_bicubic(client):
+def test_real_model_on_a_real_photo_beats_bicubic(client):
     """A real photo downscaled 4x, upscaled by the real DAT-light model in its replica."""
     original = photo("astronaut", (192, 192))
     small = original.resize((48, 48), Image.BICUBIC)
     r = upload(client, png_bytes(small), headers={"Prefer": "respond-async"})
     assert r.status_code == 202, r.text
     body = r.json()
-    assert body["status"] in ("queued", "processing") and body["jobId"] == body["task_id"]
-    assert body["outputSize"] == {"width": 192, "height": 192}
-    assert body["inputSize"] == {"width": 48, "height": 48}
-    assert body["estimatedTime"] > 0
-    assert r.headers["location"] == f"/api/status/{body['jobId']}"
-
+    assert body["estimatedTime"] > 0 and r.headers["location"] == body["statusUrl"]
     status = wait_for_job(client, body["jobId"])
     assert status["status"] == "completed", status
-    assert status["progress"] == 100 and status["error"] is None
-    assert status["output_url"] == f"/api/results/{body['jobId']}.png"
-    assert status["processing_time"] > 0 and status["stats"]["architecture"] == "DAT"
+    assert status["stats"]["architecture"] == "DAT" and status["processing_time"] > 0
     out = download(client, status["output_url"])
-    assert out.size == (192, 192) and out.mode == "RGB"
-    assert round(out.info["dpi"][0]) == 150
+    assert out.size == (192, 192) and round(out.info["dpi"][0]) == 150
     reference = np.asarray(original)
     bicubic = np.asarray(small.resize((192, 192), Image.BICUBIC))
     assert psnr(np.asarray(out), reference) > psnr(bicubic, reference) + 0.5
 
 
-def test_sync_answer_with_print_size_tiff(client):
-    """40x40 to a 4x3 in print at 30 dpi: fills 120 px wide, 120 tall, 30 px crop advised."""
-    r = upload(client, png_bytes(photo("coffee", (40, 40))), model="tiny-rrdb",
-               target_width_inches=4, target_height_inches=3, target_dpi=30, output_format="tiff")
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["status"] == "completed" and body["processingTime"] > 0
-    assert body["outputSize"] == {"width": 120, "height": 120}
-    assert body["cropInfo"]["direction"] == "vertical" and body["cropInfo"]["amount_px"] == 30
-    assert body["cropApplied"] is False
-    out = download(client, body["outputUrl"])
-    assert out.format == "TIFF" and out.size == (120, 120)
-    assert round(out.info["dpi"][0]) == 30
+def test_unknown_model_error_crosses_the_handle(client):
+    r = upload(client, png_bytes(photo("rocket", (24, 24))), model="4x-Nope")
+    assert r.status_code == 422 and r.json()["error"] == "unknown_model"
+    assert "tiny-rrdb" in r.json()["message"]
 
 
-def test_crop_applied_and_seed_field_names(client):
-    """`upscale_model` alias, `image` field name (the seed's test script), crop_to_target."""
-    r = upload(client, png_bytes(photo("rocket", (40, 40))), field="image",
-               upscale_model="tiny-compact", target_width_inches=4, target_height_inches=3,
-               target_dpi=30, crop_to_target="true")
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["outputSize"] == {"width": 120, "height": 90} and body["cropApplied"] is True
-    assert download(client, body["outputUrl"]).size == (120, 90)
+def test_imagen_job_slower_than_the_wait(client, vertex):
+    vertex.reset("delay")
+    r = upload(client, png_bytes(photo("rocket", (32, 32))), engine="imagen",
+               headers={"Prefer": "respond-async"}, upscale_factor="x2")
+    assert r.status_code == 202 and r.json()["estimatedTime"] > 0, r.text
+    assert client.get(r.json()["statusUrl"]).status_code == 200
+    status = wait_for_job(client, r.json()["jobId"], timeout=60)
+    assert status["status"] == "completed" and status["output_size"] == {"width": 64,
+                                                                         "height": 64}
 
 
-def test_modes_round_trip_over_http(client):
-    rgba = photo("astronaut", (24, 24)).convert("RGBA")
-    rgba.putalpha(128)
-    r = upload(client, png_bytes(rgba), model="tiny-rrdb", upscale_factor=2)
-    out = download(client, r.json()["outputUrl"])
-    assert out.mode == "RGBA" and out.size == (48, 48)
-    assert abs(np.asarray(out)[..., 3].astype(int) - 128).max() <= 1
-    gray16 = Image.fromarray((np.arange(24 * 16).reshape(16, 24) * 150).astype(np.uint16))
-    r = upload(client, png_bytes(gray16), model="tiny-rrdb", upscale_factor="x2")
-    out = download(client, r.json()["outputUrl"])
-    assert out.mode.startswith("I") and out.size == (48, 32)
+def test_cancel_frees_the_replica_and_the_ingress_stays_responsive(client):
+    r = upload(client, png_bytes(photo("coffee", (192, 128))), tile_size=64, wait=0)
+    job_id = r.json()["jobId"]
+    wait_status(client, job_id, {"processing"})
+    for _ in range(3):
+        start = time.monotonic()
+        health = client.get("/api/health").json()
+        assert time.monotonic() - start < 5
+        assert health["status"] == "healthy" and health["queue_size"] == 1
+        assert health["engines"]["esrgan"]["busy_jobs"] == 1
+    r = client.delete(f"/api/jobs/{job_id}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    # The cancel reached the replica: it is free, a small job completes at once.
+    r = upload(client, png_bytes(photo("rocket", (24, 24))), model="tiny-rrdb", wait=60)
+    assert r.status_code == 200 and r.json()["status"] == "completed"
+    assert client.get("/api/health").json()["queue_size"] == 0
 
 
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(
-        ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+def test_flux_tiles_spread_over_both_replicas(client):
+    body = upload(client, png_bytes(photo("coffee", (96, 64))), engine="flux", tile_size=64,
+                  steps=8, **FLUX_JOB).json()
+    status = wait_for_job(client, body["jobId"], timeout=300)
+    assert status["status"] == "completed", status
+    stats = status["stats"]
+    assert stats["tiles"] == 6 and stats["tiles_computed"] == 6
+    assert len(stats["replicas"]) == 2, stats["tile_log"]
+    log = stats["tile_log"]
+    assert any(a["replica"] != b["replica"] and a["started_at"] < b["finished_at"]
+               and b["started_at"] < a["finished_at"] for a in log for b in log)
+    assert download(client, status["output_url"]).size == (192, 128)
 
 
-def _png_bomb(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims a huge image (the pixel data would be gigabytes)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr)
-            + _chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + _chunk(b"IEND", b""))
+def test_killed_esrgan_replica_fails_the_job_and_the_service_recovers(client, service):
+    r = upload(client, png_bytes(photo("coffee", (192, 128))), tile_size=64, wait=0)
+    job_id = r.json()["jobId"]
+    wait_status(client, job_id, {"processing"})
+    for pid in replica_pids("ESRGAN", service.data_dir):
+        os.kill(pid, signal.SIGKILL)
+    status = wait_status(client, job_id, {"failed", "completed"}, timeout=60)
+    assert status["status"] == "failed" and "worker" in status["error"]
+    wait_healthy(client)
+    r = upload(client, png_bytes(photo("rocket", (24, 24))), model="tiny-rrdb")
+    assert r.status_code == 200 and r.json()["status"] == "completed"
 
 
-GOOD = png_bytes(photo("chelsea", (32, 24)))
-BAD_REQUESTS = [
-    ("empty file", {"data": b""}, 400, "empty_file"),
-    ("text file", {"data": b"hello, this is not an image" * 10}, 415, "unsupported_format"),
-    ("png name, pdf content", {"data": b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n"}, 415,
-     "unsupported_format"),
-    ("truncated png", {"data": GOOD[: len(GOOD) // 2]}, 422, "corrupt_image"),
-    ("bomb header", {"data": _png_bomb(60000, 60000)}, 413, "image_too_large"),
-    ("over input pixel cap", {"data": png_bytes(Image.new("RGB", (2100, 2000)))}, 413,
-     "image_too_large"),
-    ("output over pixel cap", {"fields": {"upscale_factor": 16}, "data":
-                               png_bytes(Image.new("RGB", (400, 400)))}, 422,
-     "output_too_large"),
-    ("factor zero", {"fields": {"upscale_factor": 0}}, 422, "invalid_request"),
-    ("factor absurd", {"fields": {"upscale_factor": 1000}}, 422, "invalid_request"),
-    ("factor text", {"fields": {"upscale_factor": "big"}}, 422, "invalid_request"),
-    ("dpi zero", {"fields": {"target_dpi": 0}}, 422, "invalid_request"),
-    ("negative inches", {"fields": {"target_width_inches": -3}}, 422, "invalid_request"),
-    ("tile too small", {"fields": {"tile_size": 8}}, 422, "invalid_request"),
-    ("jpeg output", {"fields": {"output_format": "jpg"}}, 422, "invalid_request"),
-    ("fp16 not bool", {"fields": {"use_fp16": "maybe"}}, 422, "invalid_request"),
-    ("unknown model", {"fields": {"model": "4x-DoesNotExist"}}, 422, "unknown_model"),
-    ("model path trick", {"fields": {"model": "../../etc/passwd"}}, 422, "unknown_model"),
-    ("conflicting model fields", {"fields": {"model": "tiny-rrdb", "upscale_model": DAT}}, 422,
-     "invalid_request"),
-    ("no file", {"no_file": True}, 422, "missing_file"),
-]
+def test_killed_imagen_replica_fails_the_job_and_the_service_recovers(client, service, vertex):
+    vertex.reset(default="slow")  # every call outlasts its timeout: retried to the deadline
+    r = upload(client, png_bytes(photo("rocket", (32, 32))), engine="imagen",
+               upscale_factor="x2", wait=0)
+    job_id = r.json()["jobId"]
+    deadline = time.monotonic() + 60
+    while not vertex.calls:  # the call to Vertex is in flight
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for pid in replica_pids("Imagen", service.data_dir):
+        os.kill(pid, signal.SIGKILL)
+    status = wait_status(client, job_id, {"failed", "completed"}, timeout=60)
+    assert status["status"] == "failed" and "worker" in status["error"], status
+    vertex.reset()
+    deadline = time.monotonic() + 120
+    while not client.get("/api/health").json()["engines"]["imagen"].get("credentials_found"):
+        assert time.monotonic() < deadline  # Serve has started a new Imagen replica
+        time.sleep(1)
+    r = upload(client, png_bytes(photo("rocket", (32, 32))), engine="imagen",
+               upscale_factor="x2")
+    assert r.status_code == 200 and r.json()["status"] == "completed", r.text
 
 
-@pytest.mark.parametrize("case", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
-def test_bad_input_gets_clear_4xx(client, case):
-    _, spec, status, code = case
-    if spec.get("no_file"):
-        r = client.post("/api/upscale/esrgan", data={"upscale_factor": "2"})
-    else:
-        r = upload(client, spec.get("data", GOOD), **spec.get("fields", {}))
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert body["error"] == code and len(body["message"]) > 10
+def _flux_job_killing(client, pid: int, seed: str) -> dict:
+    """A job of 64 tiles; SIGKILL ``pid`` once 30 % is done; the job must still complete."""
+    job = upload(client, png_bytes(photo("chelsea", (128, 128))), engine="flux",
+                 tile_size=32, steps=4, seed=seed, **FLUX_JOB).json()
+    wait_progress(client, job["jobId"], 30)
+    os.kill(pid, signal.SIGKILL)
+    status = wait_for_job(client, job["jobId"], timeout=300)
+    assert status["status"] == "completed", status
+    stats = status["stats"]
+    assert stats["tiles_resumed"] + stats["tiles_computed"] == stats["tiles"] == 64
+    return status
 
 
-def test_upload_size_cap(client, service):
-    big = b"\x89PNG\r\n\x1a\n" + b"\0" * (3 * 1024 * 1024)  # cap is 2 MB in the test service
-    r = upload(client, big)
-    assert r.status_code == 413 and r.json()["error"] == "upload_too_large"
+def test_killed_flux_replica_job_resumes(client, service):
+    pids = replica_pids("FLUX", service.data_dir)
+    assert len(pids) == 2
+    status = _flux_job_killing(client, pids[0], seed="7")
+    # Serve re-routed the lost tile call to the other replica, or the coordinator failed
+    # and the job was resumed: either way every finished tile was kept.
+    if status["resumes"]:
+        assert status["stats"]["tiles_resumed"] >= 1
+    wait_healthy(client)
 
 
-@pytest.mark.parametrize("path,status", [
-    ("/api/results/..%2F..%2Fetc%2Fpasswd", 404),
-    ("/api/results/../../etc/passwd", 404),
-    ("/api/results/passwd", 400),
-    ("/api/results/" + "0" * 32 + ".png", 404),
-    ("/api/results/" + "0" * 32 + ".exe", 400),
-    ("/api/status/not-a-job", 404),
-    ("/api/status/" + "f" * 32, 404),
-])
-def test_path_tricks_and_unknown_ids(client, path, status):
-    r = client.get(path)
-    assert r.status_code == status
-    assert "error" in r.json()
+def test_killed_ingress_flux_job_is_taken_over(client, service):
+    """The Ingress driving a FLUX job dies: Serve starts another, whose sweep finds the job's
+    heartbeat stale and resumes it from its stored tiles."""
+    [ingress] = replica_pids("Ingress", service.data_dir)
+    deadline = time.monotonic() + 120
+    status = None
+    while status is None:  # the new Ingress answers once Serve has started it
+        try:
+            status = _flux_job_killing(client, ingress, seed="3")
+        except httpx.TransportError:
+            assert time.monotonic() < deadline
+    assert status["stats"]["tiles_resumed"] >= 1
+    wait_healthy(client)
 
 
 def test_prometheus_metrics_on_the_ray_endpoint(client, service):
     """Our job metrics are exported on Ray's metrics endpoint beside Serve's own."""
-    r = upload(client, GOOD, model="tiny-rrdb", upscale_factor=2)
+    r = upload(client, png_bytes(photo("rocket", (24, 24))), model="tiny-rrdb",
+               upscale_factor=2)
     assert r.status_code == 200
     wanted = ("ray_upscaler_jobs_total{", "ray_upscaler_model_load_seconds",
               "ray_upscaler_job_seconds_bucket", "ray_upscaler_queue_size{",
@@ -195,14 +234,14 @@ def test_prometheus_metrics_on_the_ray_endpoint(client, service):
     text = _scrape_until(service.metrics_port, wanted)
     jobs = [ln for ln in text.splitlines() if ln.startswith("ray_upscaler_jobs_total{")]
     assert any('engine="esrgan"' in ln and 'status="completed"' in ln for ln in jobs), jobs
-    assert "ray_upscaler_job_seconds_bucket" in text
     assert "ray_serve_num_http_requests" in text or "ray_serve_deployment_request_counter" in text
     # Ray drops a gauge its process has not re-reported for two export intervals; ours are
     # re-sent, so the queue gauges set at start are still there well after that.
     time.sleep(5 * METRICS_INTERVAL_MS / 1000)
     text = httpx.get(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=10).text
     queues = [ln for ln in text.splitlines() if ln.startswith("ray_upscaler_queue_size{")]
-    assert {e for e in ENGINES if any(f'engine="{e}"' in ln for ln in queues)} == set(ENGINES)
+    assert {e.value for e in Engine if any(f'engine="{e.value}"' in ln for ln in queues)} == \
+        {e.value for e in Engine}
     assert "ray_upscaler_model_load_seconds" in text
 
 
@@ -215,11 +254,3 @@ def _scrape_until(port: int, wanted: tuple[str, ...], timeout: float = 120) -> s
             break
         time.sleep(1)
     return text
-
-
-def test_service_healthy_after_bad_input(client):
-    for case in BAD_REQUESTS[:5]:
-        upload(client, case[1].get("data", GOOD))
-    assert client.get("/api/health").json()["status"] == "healthy"
-    r = upload(client, GOOD, model="tiny-rrdb", upscale_factor=2)
-    assert r.status_code == 200 and r.json()["status"] == "completed"

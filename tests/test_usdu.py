@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import photo, psnr
 
-from engines.usdu import color_fix, plan_tiles, redraw_tiles, waves
+from upscaler.engines.usdu import color_fix, plan_tiles, redraw_tiles, waves
 
 
 def source(h: int, w: int) -> np.ndarray:

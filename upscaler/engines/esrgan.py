@@ -5,7 +5,8 @@ Plain Python (torch + numpy); the Ray deployment in ``deployments/esrgan.py`` wr
 Steps for one image:
 1. load the model (LRU cache) in the precision the architecture supports;
 2. run it tile by tile (``engines.tiling``), once or more (``plan_passes``);
-3. resample to the planned output size (bicubic with antialiasing), crop if asked;
+3. resample to the planned output size (bicubic with antialiasing); an applied crop is cut
+   where the result is written (``deployments.common.finish_job``), as for every engine;
 4. alpha is resampled the same way (cheap, no halo on masks); gray stays gray.
 """
 
@@ -18,12 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from engines.models import LoadedModel, ModelCache, ModelRegistry
-from engines.tiling import count_tiles, run_tiled
-from serve_app.dimensions import OutputPlan
-from serve_app.images import DecodedImage
+from upscaler.device import resolve_device
+from upscaler.dimensions import OutputPlan
+from upscaler.engines.models import LoadedModel, ModelCache, ModelRegistry
+from upscaler.engines.tiling import count_tiles, run_tiled
+from upscaler.images import DecodedImage
+from upscaler.resample import resample, resample_plane
 
 MIN_TILE = 64
 ProgressFn = Callable[[int, int], None]
@@ -31,14 +33,6 @@ ProgressFn = Callable[[int, int], None]
 
 class UpscaleCancelled(Exception):
     pass
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is visible")
-    return torch.device(device)
 
 
 def choose_dtype(device: torch.device, supports_half: bool, supports_bf16: bool,
@@ -76,14 +70,6 @@ def plan_passes(scale_needed: float, model_scale: int, width: int, height: int,
     return passes
 
 
-def resample(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    if image.shape[-2:] == (height, width):
-        return image
-    out = F.interpolate(image, size=(height, width), mode="bicubic", align_corners=False,
-                        antialias=True)
-    return out.clamp_(0.0, 1.0)
-
-
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
@@ -97,9 +83,9 @@ class EsrganResult:
 
 
 class EsrganEngine:
-    def __init__(self, registry: ModelRegistry, device: str = "auto", cache_size: int = 3,
-                 cpu_tile_size: int = 256, overlap: int = 32, max_passes: int = 3,
-                 max_intermediate_pixels: int = 600_000_000):
+    def __init__(self, registry: ModelRegistry, device: str | torch.device = "auto",
+                 cache_size: int = 3, cpu_tile_size: int = 256, overlap: int = 32,
+                 max_passes: int = 3, max_intermediate_pixels: int = 600_000_000):
         self.registry = registry
         self.device = resolve_device(device)
         self.cache = ModelCache(registry, self.device, cache_size)
@@ -194,16 +180,9 @@ class EsrganEngine:
             x = y
 
         out = resample(x, plan.output_height, plan.output_width)
-        alpha = None
-        if image.alpha is not None:
-            a = torch.from_numpy(np.ascontiguousarray(image.alpha))[None, None]
-            alpha = resample(a, plan.output_height, plan.output_width)[0, 0].numpy()
-        rgb = out[0].permute(1, 2, 0).numpy()
-        if plan.crop_applied and plan.crop_info is not None:
-            left, top, right, bottom = plan.crop_info.box
-            rgb = rgb[top:bottom, left:right]
-            alpha = None if alpha is None else alpha[top:bottom, left:right]
-        result = image.with_pixels(np.ascontiguousarray(rgb), alpha)
+        alpha = None if image.alpha is None else resample_plane(
+            image.alpha, plan.output_height, plan.output_width)
+        result = image.with_pixels(np.ascontiguousarray(out[0].permute(1, 2, 0).numpy()), alpha)
         stats = {
             "model": model_name,
             "architecture": loaded.descriptor.architecture.name,  # type: ignore[attr-defined]

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
 
-from serve_app.jobs import JobRecord, JobState, JobStore, Size
-from serve_app.storage import Storage, StorageError
+from upscaler.dimensions import calculate_output_dimensions
+from upscaler.job_store import JobStore
+from upscaler.jobs import Completed, Engine, EsrganParams, FluxParams, JobRecord, JobState, Size
+from upscaler.storage import Storage, StorageError
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -39,9 +42,11 @@ def test_unusable_storage_stops_with_a_clear_message(tmp_path):
         storage.check_usable()
 
 
-def _job(**fields) -> JobRecord:
-    return JobRecord(engine=fields.pop("engine", "esrgan"), input_size=Size(width=8, height=8),
-                     output_size=Size(width=32, height=32), **fields)
+def _job(engine: Engine = Engine.esrgan, **fields) -> JobRecord:
+    params = EsrganParams(model="m") if engine == Engine.esrgan else FluxParams(upscale_model="m")
+    return JobRecord(engine=engine, params=params, plan=calculate_output_dimensions(8, 8, 4),
+                     input_size=Size(width=8, height=8), output_size=Size(width=32, height=32),
+                     **fields)
 
 
 def test_open_jobs_are_those_with_an_upload(storage):
@@ -50,7 +55,7 @@ def test_open_jobs_are_those_with_an_upload(storage):
     for job in (running, done):
         storage.write_bytes(JobStore.input_key(job.job_id), b"png")
         store.save(job)
-    done.mark_completed("results/x.png", "x.png", {})
+    done.mark_completed(Completed("results/x.png", "x.png"))
     store.save(done)
     store.delete_work_files(done.job_id)
     assert store.open_job_ids() == [running.job_id]
@@ -60,7 +65,7 @@ def test_open_jobs_are_those_with_an_upload(storage):
 def test_sweep_fails_stale_jobs_and_returns_resumable_ones(storage):
     store = JobStore(storage, stale_after_s=30)
     fresh, stale_plain = _job(), _job(heartbeat_at=0.0)
-    stale_flux = _job(engine="flux", resumable=True, heartbeat_at=0.0)
+    stale_flux = _job(Engine.flux, heartbeat_at=0.0)
     for job in (fresh, stale_plain, stale_flux):
         storage.write_bytes(JobStore.input_key(job.job_id), b"png")
         store.save(job)
@@ -70,3 +75,17 @@ def test_sweep_fails_stale_jobs_and_returns_resumable_ones(storage):
     assert found[stale_plain.job_id].error_code == "worker_lost"
     assert store.load(stale_plain.job_id).state == JobState.failed  # saved
     assert found[stale_flux.job_id].state == JobState.queued  # left to resume
+
+
+def test_records_round_trip_typed_and_older_records_still_load(storage):
+    """Params are typed per engine; a record written before that (no params.engine) loads."""
+    store = JobStore(storage, stale_after_s=30)
+    job = _job(Engine.flux)
+    store.save(job)
+    back = store.load(job.job_id)
+    assert back == job and isinstance(back.params, FluxParams) and back.resumable
+    old = job.model_dump(mode="json")
+    del old["params"]["engine"]
+    storage.write_bytes(JobStore.record_key(job.job_id), json.dumps(old).encode())
+    assert store.load(job.job_id).params == job.params
+    assert store.load(job.job_id).spec().result_filename == f"{job.job_id}.png"

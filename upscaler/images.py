@@ -19,20 +19,12 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from upscaler.errors import BadRequest, InvalidImage, PayloadTooLarge, UnsupportedMediaType
+
 # Formats accepted as input (Pillow's names). Anything else Pillow can parse is refused.
 ALLOWED_INPUT_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP", "GIF"})
 OUTPUT_FORMATS = ("png", "tiff")
 MEDIA_TYPES = {"png": "image/png", "tiff": "image/tiff"}
-
-
-class ImageInputError(ValueError):
-    """Bad input image; ``status_code`` is the HTTP status the API answers with."""
-
-    def __init__(self, message: str, status_code: int = 422, code: str = "invalid_image"):
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -65,6 +57,15 @@ class DecodedImage:
     def with_pixels(self, rgb: np.ndarray, alpha: np.ndarray | None) -> DecodedImage:
         return replace(self, rgb=rgb, alpha=alpha)
 
+    def cropped(self, box: tuple[int, int, int, int] | None) -> DecodedImage:
+        """The (left, top, right, bottom) part of the image; all of it for ``None``."""
+        if box is None:
+            return self
+        left, top, right, bottom = box
+        alpha = None if self.alpha is None else self.alpha[top:bottom, left:right]
+        return self.with_pixels(np.ascontiguousarray(self.rgb[top:bottom, left:right]),
+                                None if alpha is None else np.ascontiguousarray(alpha))
+
 
 # --- sniffing and limits ---------------------------------------------------------------------
 
@@ -77,7 +78,7 @@ def _png_ihdr(data: bytes) -> tuple[int, int] | None:
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
-        raise ImageInputError("the uploaded file is empty", 400, "empty_file")
+        raise BadRequest("the uploaded file is empty", code="empty_file")
     with warnings.catch_warnings():
         # ``max_pixels`` decides what is too large, not Pillow's global MAX_IMAGE_PIXELS (about
         # 89 M): turning its warning into an error refused images between that and our limit.
@@ -86,27 +87,25 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         try:
             im = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as exc:
-            raise ImageInputError(
+            raise PayloadTooLarge(
                 f"image is too large to decode safely ({exc}); the limit is "
-                f"{max_pixels:,} pixels", 413, "image_too_large") from exc
+                f"{max_pixels:,} pixels", code="image_too_large") from exc
         except UnidentifiedImageError as exc:
-            raise ImageInputError(
+            raise UnsupportedMediaType(
                 "the file is not an image this service reads; send PNG, JPEG, WebP, TIFF, BMP "
-                "or GIF", 415, "unsupported_format") from exc
+                "or GIF") from exc
         except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
-            raise ImageInputError(f"the image header is corrupt: {exc}", 422,
-                                  "corrupt_image") from exc
+            raise InvalidImage(f"the image header is corrupt: {exc}") from exc
     if im.format not in ALLOWED_INPUT_FORMATS:
-        raise ImageInputError(
-            f"{im.format} images are not accepted; send PNG, JPEG, WebP, TIFF, BMP or GIF",
-            415, "unsupported_format")
+        raise UnsupportedMediaType(
+            f"{im.format} images are not accepted; send PNG, JPEG, WebP, TIFF, BMP or GIF")
     w, h = im.size
     if w < 1 or h < 1:
-        raise ImageInputError(f"the image has zero size ({w}x{h})", 422, "empty_image")
+        raise InvalidImage(f"the image has zero size ({w}x{h})", code="empty_image")
     if w * h > max_pixels:
-        raise ImageInputError(
+        raise PayloadTooLarge(
             f"the image has {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}",
-            413, "image_too_large")
+            code="image_too_large")
     return im
 
 
@@ -114,8 +113,7 @@ def _load(im: Image.Image) -> None:
     try:
         im.load()
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
-        raise ImageInputError(f"the image data is corrupt or truncated: {exc}", 422,
-                              "corrupt_image") from exc
+        raise InvalidImage(f"the image data is corrupt or truncated: {exc}") from exc
 
 
 def probe_image(data: bytes, max_pixels: int) -> ImageProbe:
@@ -205,8 +203,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     try:
         wide = _decode_16bit_color(data, fmt)
     except Exception as exc:  # noqa: BLE001 - any codec failure is a corrupt upload
-        raise ImageInputError(f"the image data is corrupt or truncated: {exc}", 422,
-                              "corrupt_image") from exc
+        raise InvalidImage(f"the image data is corrupt or truncated: {exc}") from exc
     if wide is not None:
         icc = im.info.get("icc_profile") or (_icc_from_tiff(data) if fmt == "TIFF" else None)
         pixels = _apply_orientation(wide, _exif_orientation(im)).astype(np.float32) / 65535.0

@@ -14,9 +14,13 @@ from typing import IO
 
 import fsspec
 
+from upscaler.errors import ServiceUnavailable
 
-class StorageError(RuntimeError):
-    pass
+
+class StorageError(ServiceUnavailable):
+    """Job storage cannot be used (wrong location, no credentials, unreachable)."""
+
+    default_code = "storage_unavailable"
 
 
 class Storage:

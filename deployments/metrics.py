@@ -17,6 +17,8 @@ import time
 from functools import cache
 from typing import Any
 
+from deployments import ray_compat
+
 LATENCY_BUCKETS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600]
 TILE_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120]
 _lock = threading.Lock()
@@ -98,11 +100,8 @@ def set_gauge(metric, value: float, **tags: str) -> None:
 
 def _gauge_refresh_seconds() -> float:
     try:
-        import ray
-
-        # The same floor of 1 s that Ray's exporter applies to the interval.
-        return max(ray._config.metrics_report_interval_ms(), 1000) / 2000
-    except Exception:  # noqa: BLE001 - a private API: fall back to half the default
+        return ray_compat.metrics_report_interval_s() / 2
+    except Exception:  # noqa: BLE001 - outside a Ray process: half Ray's default interval
         return 5.0
 
 

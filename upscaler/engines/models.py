@@ -16,19 +16,14 @@ from pathlib import Path
 
 import torch
 
+from upscaler.errors import UnknownModel, UnsupportedModel
+
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")  # preference order for equal stems
 
 
-class UnknownModelError(LookupError):
-    def __init__(self, name: str, available: list[str]):
-        hint = ", ".join(available) if available else "none; run `upscaler models pull`"
-        super().__init__(f"unknown model '{name}'; available models: {hint}")
-        self.name = name
-        self.available = available
-
-
-class UnsupportedModelError(ValueError):
-    pass
+def unknown_model(name: str, available: list[str]) -> UnknownModel:
+    hint = ", ".join(available) if available else "none; run `upscaler models pull`"
+    return UnknownModel(f"unknown model '{name}'; available models: {hint}")
 
 
 @dataclass(frozen=True)
@@ -54,12 +49,12 @@ def load_descriptor(path: Path):
     try:
         desc = spandrel.ModelLoader(device="cpu").load_from_file(str(path))
     except Exception as exc:  # noqa: BLE001 - spandrel raises many kinds for unknown files
-        raise UnsupportedModelError(f"{path.name}: spandrel cannot load it ({exc})") from exc
+        raise UnsupportedModel(f"{path.name}: spandrel cannot load it ({exc})") from exc
     if not isinstance(desc, spandrel.ImageModelDescriptor):
-        raise UnsupportedModelError(
+        raise UnsupportedModel(
             f"{path.name}: not a single-image model ({type(desc).__name__})")
     if desc.input_channels not in (1, 3) or desc.output_channels != desc.input_channels:
-        raise UnsupportedModelError(
+        raise UnsupportedModel(
             f"{path.name}: {desc.input_channels}->{desc.output_channels} channels; "
             "RGB or grayscale models are supported")
     desc.model.eval()
@@ -88,7 +83,7 @@ class ModelRegistry:
     def resolve(self, name: str) -> Path:
         files = self.files()
         if name not in files:
-            raise UnknownModelError(name, list(files))
+            raise unknown_model(name, list(files))
         return files[name]
 
     def info(self, name: str) -> ModelInfo:
@@ -116,7 +111,7 @@ class ModelRegistry:
         for name in self.files():
             try:
                 infos.append(self.info(name))
-            except UnsupportedModelError as exc:
+            except UnsupportedModel as exc:
                 errors[name] = str(exc)
         return infos, errors
 

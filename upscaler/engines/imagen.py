@@ -12,7 +12,7 @@ Requests carry ``instances[{prompt, image: {bytesBase64Encoded}}]`` and
 ``parameters{sampleCount: 1, mode: "upscale", upscaleConfig: {upscaleFactor}, outputOptions}``;
 answers ``predictions[{bytesBase64Encoded, mimeType}]`` (or ``raiFilteredReason`` when the safety
 filter blocked the image). Limits are checked here before any call; errors are mapped to
-:class:`ImagenError` with the HTTP status the API answers with.
+:mod:`upscaler.errors` classes with the HTTP status the API answers with.
 """
 
 from __future__ import annotations
@@ -28,6 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from upscaler.errors import (
+    InvalidRequest,
+    OutputTooLarge,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceUnavailable,
+    UnknownModel,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,20 +60,9 @@ MODELS = {m.name: m for m in [
 ]}
 
 
-class ImagenError(Exception):
-    """A failure the API reports with ``status_code`` and ``code``; ``retry_after`` in s."""
-
-    def __init__(self, status_code: int, code: str, message: str,
-                 retry_after: int | None = None):
-        super().__init__(message)
-        self.status_code, self.code, self.message = status_code, code, message
-        self.retry_after = retry_after
-
-
 def model_spec(name: str) -> ImagenModel:
     if name not in MODELS:
-        raise ImagenError(422, "unknown_model",
-                          f"unknown Imagen model '{name}'; known: {', '.join(MODELS)}")
+        raise UnknownModel(f"unknown Imagen model '{name}'; known: {', '.join(MODELS)}")
     return MODELS[name]
 
 
@@ -73,28 +73,25 @@ def choose_factor(model: ImagenModel, width: int, height: int, out_w: int, out_h
     if requested is not None:
         if requested not in model.factors:
             offered = ", ".join(f"x{f}" for f in model.factors)
-            raise ImagenError(422, "invalid_request",
-                              f"{model.name} upscales by {offered}; x{requested} is not one of "
-                              "them")
+            raise InvalidRequest(f"{model.name} upscales by {offered}; x{requested} is not "
+                                 "one of them")
         factor = requested
     else:
         needed = max(out_w / width, out_h / height)
         fitting = [f for f in model.factors if f + 1e-9 >= needed]
         if not fitting:
-            raise ImagenError(422, "output_too_large",
-                              f"the print size needs x{needed:.2f}; {model.name} reaches at most "
-                              f"x{max(model.factors)}. Use a smaller print size or DPI, or the "
-                              "esrgan engine")
+            raise OutputTooLarge(f"the print size needs x{needed:.2f}; {model.name} reaches "
+                                 f"at most x{max(model.factors)}. Use a smaller print size or "
+                                 "DPI, or the esrgan engine")
         factor = fitting[0]
     pixels = width * height * factor * factor
     if pixels > model.max_output_pixels:
         max_in = model.max_output_pixels / factor**2
-        raise ImagenError(
-            413, "image_too_large",
+        raise PayloadTooLarge(
             f"{model.name} returns at most {model.max_output_pixels / 1e6:.0f} MP; x{factor} of "
             f"{width}x{height} would be {pixels / 1e6:.1f} MP. At x{factor} the input may have "
             f"at most {max_in / 1e6:.2f} MP (e.g. {int(math.sqrt(max_in * width / height))}x"
-            f"{int(math.sqrt(max_in * height / width))})")
+            f"{int(math.sqrt(max_in * height / width))})", code="image_too_large")
     return factor
 
 
@@ -106,17 +103,16 @@ def request_image_bytes(data: bytes, fmt: str, model: ImagenModel) -> tuple[byte
         im.convert("RGBA" if "A" in im.getbands() else "RGB").save(buf, "PNG")
         data, fmt = buf.getvalue(), "PNG"
     if len(data) > model.max_input_bytes:
-        raise ImagenError(413, "upload_too_large",
-                          f"{model.name} takes images of at most "
-                          f"{model.max_input_bytes / 1024 / 1024:.0f} MB; this one is "
-                          f"{len(data) / 1024 / 1024:.1f} MB as {fmt}")
+        raise PayloadTooLarge(f"{model.name} takes images of at most "
+                              f"{model.max_input_bytes / 1024 / 1024:.0f} MB; this one is "
+                              f"{len(data) / 1024 / 1024:.1f} MB as {fmt}")
     return data, fmt
 
 
 def load_credentials(credentials_file: str | None):
     """Explicit service-account file, else application default credentials
     (GOOGLE_APPLICATION_CREDENTIALS, gcloud, workload identity). Returns (credentials, project);
-    raises ImagenError 502 saying what to set."""
+    raises UpstreamError (502) saying what to set."""
     import google.auth
     from google.auth.exceptions import DefaultCredentialsError
     from google.oauth2 import service_account
@@ -128,12 +124,11 @@ def load_credentials(credentials_file: str | None):
             return creds, creds.project_id
         return google.auth.default(scopes=SCOPES)
     except (DefaultCredentialsError, FileNotFoundError, ValueError, KeyError) as exc:
-        raise ImagenError(
-            502, "credentials_missing",
+        raise UpstreamError(
             "no Google Cloud credentials: set UPSCALER_GCP_CREDENTIALS_FILE (or "
             "GOOGLE_APPLICATION_CREDENTIALS) to a service-account key with the role "
-            f"roles/aiplatform.user, or run on GCP with workload identity ({type(exc).__name__})"
-        ) from None
+            f"roles/aiplatform.user, or run on GCP with workload identity ({type(exc).__name__})",
+            code="credentials_missing") from None
 
 
 def credentials_status(credentials_file: str | None, project: str | None) -> dict[str, Any]:
@@ -199,7 +194,7 @@ class ImagenClient:
 
     def upscale(self, image: bytes, mime: str, factor: int, model: str, project: str | None,
                 region: str, add_watermark: bool = True) -> bytes:
-        """Returns the upscaled image bytes (PNG). Raises ImagenError."""
+        """Returns the upscaled image bytes (PNG). Raises UpscalerError subclasses."""
         import requests
         from google.api_core import exceptions as gexc
         from google.protobuf import json_format
@@ -208,9 +203,8 @@ class ImagenClient:
         project = project or self.default_project or self._project or getattr(
             creds, "project_id", None)
         if not project:
-            raise ImagenError(502, "project_missing",
-                              "no Google Cloud project: send gcp_project_id, or set "
-                              "UPSCALER_GCP_PROJECT_ID")
+            raise UpstreamError("no Google Cloud project: send gcp_project_id, or set "
+                                "UPSCALER_GCP_PROJECT_ID", code="project_missing")
         endpoint = f"projects/{project}/locations/{region}/publishers/google/models/{model}"
         instance = {"prompt": "", "image": {"bytesBase64Encoded":
                                             base64.b64encode(image).decode("ascii")}}
@@ -225,57 +219,51 @@ class ImagenClient:
         except gexc.RetryError as exc:
             cause = exc.cause
             if isinstance(cause, (gexc.TooManyRequests, gexc.ResourceExhausted)):
-                raise ImagenError(429, "quota_exhausted",
-                                  "Vertex AI quota for Imagen is exhausted (about 50 requests "
+                raise RateLimited("Vertex AI quota for Imagen is exhausted (about 50 requests "
                                   "per minute per region); retry later or raise the quota",
-                                  retry_after=60) from None
+                                  code="quota_exhausted", retry_after=60) from None
             if isinstance(cause, (requests.exceptions.Timeout, gexc.GatewayTimeout)):
-                raise ImagenError(504, "vertex_timeout",
-                                  f"Vertex AI did not answer within {self.deadline_s:.0f} s"
-                                  ) from None
-            raise ImagenError(503, "vertex_unavailable",
-                              f"Vertex AI is unavailable: {type(cause).__name__}") from None
+                raise UpstreamTimeout(f"Vertex AI did not answer within {self.deadline_s:.0f} s",
+                                      code="vertex_timeout") from None
+            raise ServiceUnavailable(f"Vertex AI is unavailable: {type(cause).__name__}",
+                                     code="vertex_unavailable") from None
         except (gexc.Unauthenticated, gexc.PermissionDenied, gexc.Unauthorized,
                 gexc.Forbidden) as exc:
-            raise ImagenError(502, "vertex_permission",
-                              "Vertex AI refused the credentials: the service account needs the "
-                              "role roles/aiplatform.user on project "
-                              f"{project} and the Vertex AI API must be enabled "
-                              f"({exc.message})") from None
+            raise UpstreamError("Vertex AI refused the credentials: the service account needs "
+                                "the role roles/aiplatform.user on project "
+                                f"{project} and the Vertex AI API must be enabled "
+                                f"({exc.message})", code="vertex_permission") from None
         except gexc.NotFound as exc:
-            raise ImagenError(502, "vertex_not_found",
-                              f"Vertex AI has no model {model} in {region} for project "
-                              f"{project} ({exc.message})") from None
+            raise UpstreamError(f"Vertex AI has no model {model} in {region} for project "
+                                f"{project} ({exc.message})", code="vertex_not_found") from None
         except (gexc.InvalidArgument, gexc.BadRequest) as exc:
-            raise ImagenError(422, "vertex_rejected",
-                              f"Vertex AI rejected the request: {exc.message}") from None
+            raise InvalidRequest(f"Vertex AI rejected the request: {exc.message}",
+                                 code="vertex_rejected") from None
         except gexc.GoogleAPICallError as exc:
-            raise ImagenError(503, "vertex_unavailable",
-                              f"Vertex AI error {exc.code}: {exc.message}") from None
+            raise ServiceUnavailable(f"Vertex AI error {exc.code}: {exc.message}",
+                                     code="vertex_unavailable") from None
         except (requests.exceptions.RequestException, ValueError, json_format.Error) as exc:
-            raise ImagenError(502, "vertex_bad_response",
-                              f"Vertex AI answer could not be read: {type(exc).__name__}"
-                              ) from None
+            raise UpstreamError(f"Vertex AI answer could not be read: {type(exc).__name__}",
+                                code="vertex_bad_response") from None
         return self._image_from(response)
 
     @staticmethod
     def _image_from(response) -> bytes:
         predictions = list(response.predictions)
         if not predictions:
-            raise ImagenError(422, "no_image",
-                              "Vertex AI returned no image (an empty prediction list): the "
-                              "safety filter may have blocked it; try another image")
+            raise InvalidRequest("Vertex AI returned no image (an empty prediction list): the "
+                                 "safety filter may have blocked it; try another image",
+                                 code="no_image")
         first = dict(predictions[0])
         if first.get("raiFilteredReason"):
-            raise ImagenError(422, "safety_filtered",
-                              f"Vertex AI's safety filter blocked the image: "
-                              f"{first['raiFilteredReason']}")
+            raise InvalidRequest(f"Vertex AI's safety filter blocked the image: "
+                                 f"{first['raiFilteredReason']}", code="safety_filtered")
         data = first.get("bytesBase64Encoded")
         if not data:
-            raise ImagenError(502, "vertex_bad_response",
-                              "Vertex AI's prediction has no image bytes")
+            raise UpstreamError("Vertex AI's prediction has no image bytes",
+                                code="vertex_bad_response")
         try:
             return base64.b64decode(data, validate=True)
         except ValueError:
-            raise ImagenError(502, "vertex_bad_response",
-                              "Vertex AI's image is not valid base64") from None
+            raise UpstreamError("Vertex AI's image is not valid base64",
+                                code="vertex_bad_response") from None

@@ -4,6 +4,8 @@ Semantics (the seed plan's ``calculate_output_dimensions``, kept, with three del
 
 * No print size: output = input x ``upscale_factor``.
 * Print size ``W x H`` inches at ``target_dpi``: the scale that *fills* ``W*dpi x H*dpi``.
+  A target in pixels (``target_width``/``target_height``, the seed's test client) is the same
+  rule with the pixels given directly.
   If the aspect ratios match within 1 %, the output is exactly the target. Otherwise the image is
   scaled so its shorter side (relative to the target) fills the target and the other side
   overhangs; ``crop`` says how much overhangs and where. With ``crop_to_target`` the overhang is
@@ -48,6 +50,11 @@ class OutputPlan:
     crop_applied: bool
     dpi: int
 
+    @property
+    def applied_crop_box(self) -> tuple[int, int, int, int] | None:
+        """The box to cut the output to: the crop when it is applied, else None."""
+        return self.crop_info.box if self.crop_applied and self.crop_info else None
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -66,8 +73,15 @@ def calculate_output_dimensions(
     target_width_inches: float | None = None,
     target_height_inches: float | None = None,
     crop_to_target: bool = False,
+    target_width_px: int | None = None,
+    target_height_px: int | None = None,
 ) -> OutputPlan:
-    """Plan the output size. Raises ValueError on impossible input (callers map it to 4xx)."""
+    """Plan the output size. Raises ValueError on impossible input (callers map it to 4xx).
+
+    The target is a print size in inches at ``target_dpi``, or a size in pixels
+    (``target_width_px``/``target_height_px``, the seed's ``target_width``/``target_height``);
+    both go through the same rule. Giving both kinds is refused.
+    """
     if input_width < 1 or input_height < 1:
         raise ValueError("input image has zero width or height")
     if not target_dpi > 0:
@@ -78,6 +92,21 @@ def calculate_output_dimensions(
         # negative one was silently turned into a 1 px output.
         if inches is not None and not (inches > 0 and math.isfinite(inches)):
             raise ValueError(f"{name} must be a positive number of inches")
+    for name, px in (("target_width", target_width_px), ("target_height", target_height_px)):
+        if px is not None and not px >= 1:
+            raise ValueError(f"{name} must be a positive number of pixels")
+    by_inches = target_width_inches is not None or target_height_inches is not None
+    by_pixels = target_width_px is not None or target_height_px is not None
+    if by_inches and by_pixels:
+        raise ValueError("give the target either in pixels (target_width/target_height) or as "
+                         "a print size in inches (target_width_inches/target_height_inches), "
+                         "not both: the two can disagree")
+
+    # The target in (fractional) pixels: a print size is inches x dpi.
+    target_wf = (target_width_inches * target_dpi if target_width_inches is not None
+                 else target_width_px)
+    target_hf = (target_height_inches * target_dpi if target_height_inches is not None
+                 else target_height_px)
 
     def plan(w: int, h: int, scale: float, crop: CropInfo | None = None) -> OutputPlan:
         if crop is not None and crop_to_target:
@@ -85,23 +114,22 @@ def calculate_output_dimensions(
             return OutputPlan(w, h, scale, crop, right - left, bottom - top, True, target_dpi)
         return OutputPlan(w, h, scale, crop, w, h, False, target_dpi)
 
-    if target_width_inches is None and target_height_inches is None:
+    if target_wf is None and target_hf is None:
         if upscale_factor is None or not (upscale_factor > 0 and math.isfinite(upscale_factor)):
             raise ValueError("upscale_factor must be positive")
         return plan(_px(input_width * upscale_factor), _px(input_height * upscale_factor),
                     float(upscale_factor))
 
-    if target_height_inches is None:  # width only: fill it, keep the aspect ratio
-        scale = target_width_inches * target_dpi / input_width
-        return plan(_px(target_width_inches * target_dpi), _px(input_height * scale), scale)
-    if target_width_inches is None:  # height only
-        scale = target_height_inches * target_dpi / input_height
-        return plan(_px(input_width * scale), _px(target_height_inches * target_dpi), scale)
+    if target_hf is None:  # width only: fill it, keep the aspect ratio
+        scale = target_wf / input_width
+        return plan(_px(target_wf), _px(input_height * scale), scale)
+    if target_wf is None:  # height only
+        scale = target_hf / input_height
+        return plan(_px(input_width * scale), _px(target_hf), scale)
 
-    target_w = _px(target_width_inches * target_dpi)
-    target_h = _px(target_height_inches * target_dpi)
+    target_w, target_h = _px(target_wf), _px(target_hf)
     input_aspect = input_width / input_height
-    target_aspect = target_width_inches / target_height_inches
+    target_aspect = target_wf / target_hf
 
     # "within 1 %" is relative: an absolute 0.01 is 4 % on a 1:4 print and 0.25 % on a 4:1 one.
     if abs(input_aspect / target_aspect - 1.0) < ASPECT_TOLERANCE:
@@ -111,7 +139,7 @@ def calculate_output_dimensions(
     # on small targets flooring can move its aspect past the input's (173x4 px to 22.8x0.59 in
     # at 10 dpi: 228x5 px), and deciding on inches then gave a negative crop outside the image.
     if input_width * target_h < target_w * input_height:
-        # Input is taller than the print: fill the width, the height overhangs.
+        # Input is taller than the target: fill the width, the height overhangs.
         scale = target_w / input_width
         out_w, out_h = target_w, max(target_h, _px(input_height * scale))
         amount = out_h - target_h

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+
+from upscaler.device import resolve_device
+from upscaler.errors import ServiceUnavailable
 
 MemoryMode = Literal["resident", "offload"]
 
@@ -62,12 +66,14 @@ class FluxFiles:
         return [p for p in self.required() if not p.exists()]
 
 
-class FluxNotInstalled(RuntimeError):
-    def __init__(self, missing: list[Path]):
-        names = ", ".join(str(p) for p in missing[:4]) + (" ..." if len(missing) > 4 else "")
-        super().__init__(f"FLUX model files are missing ({names}); run "
-                         "`upscaler models pull flux` (about 17 GB)")
-        self.missing = missing
+class FluxNotInstalled(ServiceUnavailable):
+    default_code = "flux_not_installed"
+
+
+def flux_not_installed(missing: list[Path]) -> FluxNotInstalled:
+    names = ", ".join(str(p) for p in missing[:4]) + (" ..." if len(missing) > 4 else "")
+    return FluxNotInstalled(f"FLUX model files are missing ({names}); run "
+                            "`upscaler models pull flux` (about 17 GB)")
 
 
 def _load_transformers_encoder(cls, config_dir: Path, weights: Path, dtype: torch.dtype):
@@ -105,7 +111,7 @@ def load_flux_pipeline(models_dir: Path, device: torch.device, dtype: torch.dtyp
 
     files = FluxFiles(Path(models_dir))
     if missing := files.missing():
-        raise FluxNotInstalled(missing)
+        raise flux_not_installed(missing)
     cfg = files.configs
     transformer = FluxTransformer2DModel.from_single_file(
         str(files.transformer), config=str(cfg / "transformer"), local_files_only=True,
@@ -144,11 +150,9 @@ class PromptEmbeds:
 class FluxTileEngine:
     """One pipeline, used for one tile at a time (a replica's GPU does one thing at once)."""
 
-    def __init__(self, models_dir: Path, device: str = "auto", dtype: str = "auto",
+    def __init__(self, models_dir: Path, device: str | torch.device = "auto", dtype: str = "auto",
                  memory_mode: MemoryMode = "resident", max_sequence_length: int = 512):
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         if dtype == "auto":
             use_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
             self.dtype = torch.bfloat16 if use_bf16 else torch.float32
@@ -179,7 +183,7 @@ class FluxTileEngine:
     @torch.inference_mode()
     def redraw(self, crop: np.ndarray, embeds: PromptEmbeds, denoise: float, steps: int,
                guidance: float, seed: int,
-               on_step: callable | None = None) -> np.ndarray:
+               on_step: Callable[[int], None] | None = None) -> np.ndarray:
         """img2img of one crop (H x W x 3 float [0, 1]); returns the same size.
 
         FLUX needs sides that are multiples of 16: the crop is reflect-padded and cut back.

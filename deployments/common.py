@@ -1,0 +1,95 @@
+"""What every engine deployment does around its engine, written once: where it runs, reading a
+job's input, writing its result, and streaming events from work that runs in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import torch
+
+from deployments import ray_compat
+from upscaler.device import resolve_device, use_cpu_threads
+from upscaler.images import DecodedImage, decode_image, encode_image
+from upscaler.job_store import JobStore
+from upscaler.jobs import Completed, JobEvent, JobSpec
+from upscaler.settings import Settings
+
+Emit = Callable[[JobEvent], None]
+
+
+def replica_tag() -> str:
+    """This Serve replica's id (a pid outside Serve), recorded with the work it does."""
+    return ray_compat.replica_id() or f"pid-{os.getpid()}"
+
+
+def engine_device(settings: Settings) -> torch.device:
+    """The replica's device, with torch's CPU threads set for it."""
+    device = resolve_device(settings.device)
+    use_cpu_threads(device, settings.cpu_threads)
+    return device
+
+
+def gpu_snapshot() -> dict[str, Any]:
+    if not torch.cuda.is_available():
+        return {"gpu_available": False, "gpu_name": None, "gpu_memory_free": None,
+                "gpu_memory_total": None}
+    free, total = torch.cuda.mem_get_info()
+    return {"gpu_available": True, "gpu_name": torch.cuda.get_device_name(),
+            "gpu_memory_free": round(free / 1024**3, 2),
+            "gpu_memory_total": round(total / 1024**3, 2)}
+
+
+def read_input(store: JobStore, spec: JobSpec, max_pixels: int) -> tuple[bytes, DecodedImage]:
+    """The job's upload, decoded (the ingress validated it; this decodes it again here)."""
+    data = store.storage.read_bytes(JobStore.input_key(spec.job_id))
+    return data, decode_image(data, max_pixels)
+
+
+def finish_job(store: JobStore, spec: JobSpec, image: DecodedImage, settings: Settings,
+               stats: dict[str, Any]) -> Completed:
+    """The engine's output at the planned size: cropped when the crop is applied, encoded with
+    the DPI, written to job storage; the event that reports it."""
+    started = time.perf_counter()
+    image = image.cropped(spec.plan.applied_crop_box)
+    encoded = encode_image(image, spec.params.output_format, spec.plan.dpi,
+                           settings.png_compress_level, settings.tiff_compression)
+    key = JobStore.result_key(spec.result_filename)
+    store.storage.write_bytes(key, encoded)
+    return Completed(key, spec.result_filename, {
+        **stats, "encode_seconds": round(time.perf_counter() - started, 3),
+        "output_bytes": len(encoded)})
+
+
+async def stream_from_thread(work: Callable[[Emit, threading.Event], Completed]
+                             ) -> AsyncIterator[JobEvent]:
+    """Run ``work(emit, cancelled)`` in a worker thread and yield what it emits, then its
+    result. The replica's event loop stays free for health and model questions meanwhile;
+    when the caller goes away (cancel), ``cancelled`` is set and the work stops at its next
+    check."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[JobEvent] = asyncio.Queue()
+    cancelled = threading.Event()
+
+    def emit(event: JobEvent) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    task = loop.run_in_executor(None, work, emit, cancelled)
+    try:
+        while True:
+            getter = asyncio.ensure_future(events.get())
+            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield getter.result()
+                continue
+            getter.cancel()
+            while not events.empty():
+                yield events.get_nowait()
+            yield task.result()
+            return
+    finally:
+        cancelled.set()

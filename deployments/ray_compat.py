@@ -1,0 +1,50 @@
+"""Every Ray API this project uses that Ray does not promise to keep (private modules, config
+internals), behind one small module: a Ray upgrade that moves one changes this file alone, and
+``tests/test_ray_compat.py`` says at once which one moved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def serve_start(http_options: dict[str, Any], grpc_options: dict[str, Any],
+                proxy_location: Any) -> Any:
+    """Start Serve's controller and proxies with a config file's options, as `serve run CONFIG`
+    does; returns the client whose ``deploy_apps(config)`` deploys the file's applications."""
+    from ray.serve._private.api import serve_start as _serve_start
+
+    return _serve_start(http_options=http_options, grpc_options=grpc_options,
+                        proxy_location=proxy_location)
+
+
+def shutdown_serve(timeout_s: float) -> None:
+    """Shut Serve down, waiting up to ``timeout_s`` for replicas to stop (``serve.shutdown()``
+    waits 30 s at most, less than an Ingress draining its jobs may need)."""
+    from ray.serve.context import _get_global_client
+
+    _get_global_client().shutdown(timeout_s=timeout_s)
+
+
+def metrics_report_interval_s() -> float:
+    """How often Ray's metrics agent exports (``metrics_report_interval_ms``; 10 s default),
+    with the same 1 s floor Ray's exporter applies."""
+    import ray
+
+    return max(ray._config.metrics_report_interval_ms(), 1000) / 1000
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The exception a replica raised: Ray hands callers a ``RayTaskError`` subclass whose
+    ``cause`` is the original (with its own fields; the wrapper's class-level ones differ)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def replica_id() -> str | None:
+    """This Serve replica's id, or None outside a replica."""
+    from ray import serve
+
+    try:
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # noqa: BLE001 - outside Serve there is no replica context
+        return None

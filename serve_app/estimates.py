@@ -1,0 +1,62 @@
+"""How long a job will take: a fixed cost per job plus seconds per output megapixel, by
+engine; the per-megapixel rate first from a table, then learned from the jobs that completed
+here; times the jobs of that engine ahead of it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from upscaler.jobs import Engine, JobRecord
+
+
+@dataclass(frozen=True)
+class InitialRate:
+    """Seconds per output megapixel before anything was measured, and per job whatever its
+    size (loading, encoding, a network round trip)."""
+
+    cpu: float
+    cuda: float
+    per_job: float
+
+
+def _every_engine(table: Mapping[Engine, InitialRate]) -> Mapping[Engine, InitialRate]:
+    # An engine without a rate is a mistake in this file, found when it is imported, not a
+    # KeyError in a request for that engine.
+    if missing := set(Engine) - set(table):
+        raise TypeError(f"no initial rate for engine(s) {sorted(e.value for e in missing)}")
+    return table
+
+
+INITIAL_SECONDS_PER_MP: Mapping[Engine, InitialRate] = _every_engine({
+    Engine.esrgan: InitialRate(cpu=8.0, cuda=0.3, per_job=0.2),
+    Engine.flux: InitialRate(cpu=600.0, cuda=8.0, per_job=2.0),
+    # A cloud call: the device is Google's; seconds of round trip and queueing at Vertex.
+    Engine.imagen: InitialRate(cpu=1.0, cuda=1.0, per_job=8.0),
+})
+LEARNING_WEIGHT = 0.3  # of each new measurement in the running average
+
+
+class Estimator:
+    def __init__(self) -> None:
+        self._seconds_per_mp: dict[Engine, float] = {}
+
+    def estimate(self, job: JobRecord, jobs_ahead: int, device: str | None) -> float:
+        """Seconds until ``job`` is done with ``jobs_ahead`` of its engine before it."""
+        initial = INITIAL_SECONDS_PER_MP[job.engine]
+        rate = self._seconds_per_mp.get(
+            job.engine, initial.cuda if (device or "").startswith("cuda") else initial.cpu)
+        one_job = initial.per_job + _megapixels(job) * rate
+        return max(0.1, round(one_job * (1 + max(0, jobs_ahead)), 1))
+
+    def learn(self, job: JobRecord) -> None:
+        """A completed job's measured rate, folded into the running average."""
+        mp = _megapixels(job)
+        if job.processing_time and mp > 0:
+            new = max(0.0, job.processing_time - INITIAL_SECONDS_PER_MP[job.engine].per_job) / mp
+            old = self._seconds_per_mp.get(job.engine, new)
+            self._seconds_per_mp[job.engine] = (1 - LEARNING_WEIGHT) * old + LEARNING_WEIGHT * new
+
+
+def _megapixels(job: JobRecord) -> float:
+    return job.output_size.width * job.output_size.height / 1e6

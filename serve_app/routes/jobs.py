@@ -1,0 +1,62 @@
+"""A job after it was accepted: its status, cancelling it, and its result file."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from serve_app.deps import ServicesDep
+from serve_app.presenters import job_status
+from serve_app.schemas import ErrorResponse, JobStatusResponse
+from upscaler.errors import BadRequest, NotFound
+from upscaler.images import MEDIA_TYPES
+from upscaler.job_store import JobStore
+
+router = APIRouter(prefix="/api", tags=["jobs"])
+RESULT_NAME_RE = re.compile(r"[0-9a-f]{32}\.(png|tiff)")
+CHUNK = 1024 * 1024
+
+
+@router.get("/status/{job_id}", response_model=JobStatusResponse,
+            responses={404: {"model": ErrorResponse}}, summary="Job status and progress")
+async def status(services: ServicesDep, job_id: str) -> JobStatusResponse:
+    return job_status(await services.runner.get(job_id))
+
+
+@router.delete("/jobs/{job_id}", response_model=JobStatusResponse,
+               responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+               summary="Cancel a queued or running job")
+async def cancel(services: ServicesDep, job_id: str) -> JobStatusResponse:
+    return job_status(await services.runner.cancel(job_id))
+
+
+@router.get("/results/{filename}", summary="Download a result",
+            responses={200: {"content": {"image/png": {}, "image/tiff": {}}},
+                       400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
+async def result(services: ServicesDep, filename: str) -> StreamingResponse:
+    if not RESULT_NAME_RE.fullmatch(filename):
+        raise BadRequest("result names look like <32 hex digits>.png or .tiff, as given in "
+                         "outputUrl", code="invalid_filename")
+    storage = services.store.storage
+    key = JobStore.result_key(filename)
+    try:
+        size = await asyncio.to_thread(storage.size, key)
+    except FileNotFoundError:
+        raise NotFound(f"no result named {filename}") from None
+
+    async def body() -> AsyncIterator[bytes]:
+        f = await asyncio.to_thread(storage.open, key)
+        try:
+            while chunk := await asyncio.to_thread(f.read, CHUNK):
+                yield chunk
+        finally:
+            f.close()
+
+    return StreamingResponse(
+        body(), media_type=MEDIA_TYPES[filename.rsplit(".", 1)[1]],
+        headers={"Content-Length": str(size),
+                 "Content-Disposition": f'inline; filename="{filename}"'})

@@ -1,0 +1,101 @@
+"""Each engine's rules for turning a validated request into a job: which model, which engine
+options, what the engine accepts. The routes parse and answer; this decides."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from serve_app.deps import Intake, Services
+from serve_app.schemas import EsrganUpscaleForm, FluxUpscaleForm, ImagenUpscaleForm
+from upscaler.engines.imagen import choose_factor, request_image_bytes
+from upscaler.engines.imagen import model_spec as imagen_model
+from upscaler.errors import InvalidRequest, ServiceUnavailable, UpstreamError
+from upscaler.jobs import (
+    Engine,
+    EsrganParams,
+    FluxParams,
+    ImagenParams,
+    JobParams,
+    JobRecord,
+    Size,
+)
+
+PREFER_WAIT_RE = re.compile(r"wait=(\d+(?:\.\d+)?)")
+MAX_PREFER_WAIT_S = 600.0
+
+
+def wait_seconds(field: float | None, prefer: str | None, default: float) -> float:
+    """How long POST waits for the job: the ``wait`` field, else RFC 7240's ``Prefer``
+    (``respond-async``: not at all; ``wait=N``), else the server's default."""
+    if field is not None:
+        return field
+    if prefer:
+        if "respond-async" in prefer.lower():
+            return 0.0
+        if match := PREFER_WAIT_RE.search(prefer):
+            return min(float(match.group(1)), MAX_PREFER_WAIT_S)
+    return default
+
+
+def new_job(services: Services, intake: Intake, params: JobParams) -> JobRecord:
+    probe, plan = intake.probe, intake.plan
+    return JobRecord(engine=params.engine, owner=services.runner.owner, params=params,
+                     input_format=probe.format, plan=plan,
+                     input_size=Size(width=probe.width, height=probe.height),
+                     output_size=Size(width=plan.final_width, height=plan.final_height))
+
+
+async def esrgan_job(services: Services, intake: Intake[EsrganUpscaleForm]) -> JobRecord:
+    form = intake.form
+    model = await services.engines.model_info(form.model)
+    return new_job(services, intake, EsrganParams(
+        **form.output_options(), model=model.name, tile_size=form.tile_size or None,
+        use_fp16=form.use_fp16, upscale_factor=form.upscale_factor))
+
+
+async def require_flux(services: Services) -> None:
+    """FLUX answers 503 with the command to run when its files are not installed."""
+    status = await services.engines.status(Engine.flux)
+    if not status.get("installed"):
+        raise ServiceUnavailable(status.get("message") or "FLUX is not available; run "
+                                 "`upscaler models pull flux`", code="flux_not_installed")
+
+
+async def flux_job(services: Services, intake: Intake[FluxUpscaleForm]) -> JobRecord:
+    form = intake.form
+    low = services.settings.flux_min_tile_size
+    if not low <= form.tile_size <= 2048 or form.tile_size % 16:
+        raise InvalidRequest(f"tile_size must be a multiple of 16 between {low} and 2048 (got "
+                             f"{form.tile_size})")
+    model = await services.engines.model_info(form.upscale_model)
+    fields = form.model_dump(exclude={"wait", "model", "upscale_model", *form.output_options()})
+    return new_job(services, intake, FluxParams(**form.output_options(), **fields,
+                                                upscale_model=model.name))
+
+
+async def imagen_job(services: Services, intake: Intake[ImagenUpscaleForm]) -> JobRecord:
+    form, probe, plan = intake.form, intake.probe, intake.plan
+    settings = services.settings
+    status = await services.engines.status(Engine.imagen)
+    if not status.get("credentials_found"):
+        raise UpstreamError("Imagen is not configured: no Google Cloud credentials. Set "
+                            "UPSCALER_GCP_CREDENTIALS_FILE (or GOOGLE_APPLICATION_CREDENTIALS) "
+                            "to a service-account key with roles/aiplatform.user",
+                            code="credentials_missing")
+    project = form.gcp_project_id or status.get("project")
+    if not project:
+        raise UpstreamError("no Google Cloud project: send gcp_project_id or set "
+                            "UPSCALER_GCP_PROJECT_ID", code="project_missing")
+    # Vertex's documented limits, checked before any call.
+    model = imagen_model(form.model or settings.imagen_model)
+    factor = choose_factor(model, probe.width, probe.height, plan.output_width,
+                           plan.output_height,
+                           None if form.has_target_size else int(form.plan_factor))
+    await asyncio.to_thread(request_image_bytes, intake.data, probe.format, model)
+    add_watermark = (settings.imagen_add_watermark if form.add_watermark is None
+                     else form.add_watermark)
+    return new_job(services, intake, ImagenParams(
+        **form.output_options(), model=model.name, factor=factor, gcp_project_id=project,
+        gcp_region=form.gcp_region, add_watermark=add_watermark,
+        upscale_factor=form.upscale_factor))

@@ -1,0 +1,88 @@
+"""A whole service stopped with work in flight, then started again on the same storage:
+finished jobs and results are kept, an interrupted ESRGAN job is reported failed, an
+interrupted FLUX job resumes from its stored tiles and computes only the rest."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from conftest import (
+    FAST_STALE,
+    FLUX_ENV,
+    TEST_LIMITS,
+    free_port,
+    photo,
+    png_bytes,
+    running_service,
+    wait_for_job,
+)
+
+pytestmark = pytest.mark.slow
+FLUX_JOB = {"upscale_factor": "2", "tile_size": "32", "tile_padding": "16", "mask_blur": "4",
+            "steps": "40", "denoise": "1.0", "upscale_model": "tiny-rrdb"}
+
+
+def post(client, engine: str, data: bytes, **fields) -> dict:
+    r = client.post(f"/api/upscale/{engine}", files={"file": ("p.png", data, "image/png")},
+                    data=fields)
+    assert r.status_code in (200, 202), r.text
+    return r.json()
+
+
+def wait_until(check, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_restart_keeps_finished_jobs_fails_interrupted_ones_and_resumes_flux(
+        tmp_path, full_models_root):
+    data_dir = tmp_path / "data"
+    # No drain: the stop interrupts the ESRGAN job, as a crash or an impatient stop would.
+    env = {**TEST_LIMITS, **FLUX_ENV, **FAST_STALE, "UPSCALER_INGRESS_DRAIN_S": "0"}
+    dashboard = free_port()
+    # The service goes down (SIGTERM) with both jobs in flight when the block is left.
+    with running_service(data_dir, full_models_root, tmp_path / "first.log", env,
+                         dashboard_port=dashboard, timeout=300) as svc:
+        # `upscaler serve` says where everything is, and the Ray dashboard answers there.
+        wait_until(lambda: "Dashboard:" in svc.log(), 30)
+        for line in (f"API:       {svc.url}/api", f"Docs:      {svc.url}/docs",
+                     f"Dashboard: http://127.0.0.1:{dashboard}"):
+            assert line in svc.log()
+        assert httpx.get(f"http://127.0.0.1:{dashboard}/api/version", timeout=30).is_success
+        with svc.client() as client:
+            done = post(client, "esrgan", png_bytes(photo("rocket", (32, 24))),
+                        model="tiny-rrdb", upscale_factor="2")
+            assert done["status"] == "completed"
+            # FLUX first: its ESRGAN pre-pass must not wait behind the slow ESRGAN job.
+            flux = post(client, "flux", png_bytes(photo("chelsea", (128, 128))), **FLUX_JOB)
+            tiles_dir = data_dir / "storage" / "jobs" / flux["jobId"] / "tiles"
+            wait_until(lambda: len(list(tiles_dir.glob("*.npy"))) >= 2)
+            esrgan = post(client, "esrgan", png_bytes(photo("coffee", (192, 128))),
+                          tile_size="64", wait="0")
+            wait_until(lambda: client.get(f"/api/status/{esrgan['jobId']}").json()["status"]
+                       == "processing")
+    assert svc.process.returncode == 0, "SIGTERM must stop `upscaler serve` cleanly"
+    assert "upscaler: stopped" in svc.log()
+    k = len(list(tiles_dir.glob("*.npy")))
+    assert 2 <= k < 64
+
+    with (running_service(data_dir, full_models_root, tmp_path / "second.log", env,
+                          timeout=300) as svc, svc.client() as client):
+        status = wait_for_job(client, done["jobId"])
+        assert status["status"] == "completed"
+        r = client.get(status["output_url"])
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert len(r.content) == int(r.headers["content-length"]) > 0
+        lost = wait_for_job(client, esrgan["jobId"], timeout=60)
+        assert lost["status"] == "failed" and lost["error_code"] == "worker_lost"
+        assert "submit the image again" in lost["error"]
+        resumed = wait_for_job(client, flux["jobId"], timeout=300)
+        assert resumed["status"] == "completed", resumed
+        assert resumed["stats"]["tiles_resumed"] == k
+        assert resumed["stats"]["tiles_computed"] == 64 - k
+        assert client.get(resumed["output_url"]).status_code == 200
+    assert not list(tiles_dir.glob("*.npy"))  # cleaned up

@@ -1,0 +1,115 @@
+"""The one error hierarchy: every failure a client should hear about is an ``UpscalerError``.
+
+Raised anywhere (engines, deployments, the HTTP app), it crosses Ray handles intact (it pickles
+to its class and fields) and is turned into an HTTP answer in one place
+(``serve_app.errors.error_response``): ``http_status``, a machine-readable ``code``, a
+``message`` that says what to fix, and ``retry_after`` seconds where waiting helps.
+
+Each subclass is one HTTP status; ``code`` names the case and may be given per raise
+(``PayloadTooLarge("...", code="image_too_large")``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class UpscalerError(Exception):
+    http_status: ClassVar[int] = 500
+    default_code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None,
+                 retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only fields: pickle's default (cls(*args)) would drop code and retry_after.
+        return _restore, (type(self), self.message, self.code, self.retry_after)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, code={self.code!r})"
+
+
+def _restore(cls: type[UpscalerError], message: str, code: str,
+             retry_after: int | None) -> UpscalerError:
+    return cls(message, code=code, retry_after=retry_after)
+
+
+class BadRequest(UpscalerError):
+    http_status, default_code = 400, "bad_request"
+
+
+class NotFound(UpscalerError):
+    http_status, default_code = 404, "not_found"
+
+
+class Conflict(UpscalerError):
+    http_status, default_code = 409, "conflict"
+
+
+class PayloadTooLarge(UpscalerError):
+    """The upload, its pixels or what a model accepts is over a limit (the message names it)."""
+
+    http_status, default_code = 413, "upload_too_large"
+
+
+class UnsupportedMediaType(UpscalerError):
+    http_status, default_code = 415, "unsupported_format"
+
+
+class InvalidRequest(UpscalerError):
+    http_status, default_code = 422, "invalid_request"
+
+
+class InvalidImage(InvalidRequest):
+    """An upload that is an accepted format but cannot be decoded (corrupt, truncated, empty)."""
+
+    default_code = "corrupt_image"
+
+
+class UnknownModel(InvalidRequest):
+    default_code = "unknown_model"
+
+
+class UnsupportedModel(InvalidRequest):
+    """A weight file that spandrel cannot load as a single-image RGB/gray model."""
+
+    default_code = "unsupported_model"
+
+
+class OutputTooLarge(InvalidRequest):
+    default_code = "output_too_large"
+
+
+class RateLimited(UpscalerError):
+    http_status, default_code = 429, "rate_limited"
+
+
+class UpstreamError(UpscalerError):
+    """A service we depend on (Vertex AI) refused or answered nonsense: credentials, project,
+    permission, a malformed answer."""
+
+    http_status, default_code = 502, "upstream_error"
+
+
+class ServiceUnavailable(UpscalerError):
+    """Not available now (no models, FLUX not installed, Vertex down): retrying later may work."""
+
+    http_status, default_code = 503, "unavailable"
+
+
+class UpstreamTimeout(UpscalerError):
+    http_status, default_code = 504, "upstream_timeout"
+
+
+def all_error_classes() -> list[type[UpscalerError]]:
+    """Every concrete class of the hierarchy (the contract tests walk it)."""
+    found, todo = [], [UpscalerError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found

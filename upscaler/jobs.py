@@ -1,0 +1,249 @@
+"""Job and event types: what a job is, what an engine is asked to do, and what it reports back.
+
+States: queued -> processing -> completed | failed | cancelled. A ``JobRecord`` is the stored
+truth (JSON in job storage); a ``JobSpec`` is the part an engine needs, sent across a Ray
+handle; engines answer with a stream of ``Started`` / ``Progress`` events and one
+``Completed``. Every type here is typed per engine, so an engine the code forgets is an error
+where the types are built, not a ``KeyError`` in a request.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from upscaler.dimensions import OutputPlan
+from upscaler.errors import UpscalerError
+
+
+class Engine(str, Enum):
+    esrgan = "esrgan"
+    flux = "flux"
+    imagen = "imagen"
+
+    @property
+    def resumable(self) -> bool:
+        """FLUX keeps its finished tiles in storage: after a crash it resumes, not fails."""
+        return self is Engine.flux
+
+
+class JobState(str, Enum):
+    queued = "queued"
+    processing = "processing"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.completed, JobState.failed, JobState.cancelled})
+OutputFormat = Literal["png", "tiff"]
+
+
+class Size(BaseModel):
+    width: int
+    height: int
+
+
+# --- what each engine is asked to do ---------------------------------------------------------
+
+class OutputOptions(BaseModel):
+    """How every engine's result is sized (the print-size rule's inputs) and written."""
+
+    output_format: OutputFormat = "png"
+    target_dpi: int = 150
+    target_width_inches: float | None = None
+    target_height_inches: float | None = None
+    target_width: int | None = None  # a pixel target (the seed's test client), instead of inches
+    target_height: int | None = None
+    crop_to_target: bool = False
+
+
+class EsrganParams(OutputOptions):
+    engine: Literal[Engine.esrgan] = Engine.esrgan
+    model: str
+    tile_size: int | None = None  # None: automatic
+    use_fp16: bool = True
+    upscale_factor: float = 4
+
+
+class FluxParams(OutputOptions):
+    engine: Literal[Engine.flux] = Engine.flux
+    upscale_model: str  # the ESRGAN pre-pass
+    upscale_factor: float = 4
+    denoise: float = 0.2
+    steps: int = 20
+    tile_size: int = 512
+    prompt: str = ""
+    guidance: float = 3.5
+    seed: int = 0
+    mask_blur: int = 8
+    tile_padding: int = 32
+    color_fix: Literal["wavelet", "adain", "none"] = "wavelet"
+    tile_order: Literal["chess", "parallel"] = "chess"
+    seam_fix: Literal["none", "band_pass"] = "none"
+    seam_fix_width: int = 64
+
+    @property
+    def model(self) -> None:
+        return None  # FLUX.1-dev; the pre-pass model is ``upscale_model``
+
+
+class ImagenParams(OutputOptions):
+    engine: Literal[Engine.imagen] = Engine.imagen
+    model: str
+    factor: int  # what Vertex is asked for; the result is then resampled to the plan
+    gcp_project_id: str
+    gcp_region: str
+    add_watermark: bool = True
+    upscale_factor: str = "x4"
+
+
+JobParams = Annotated[EsrganParams | FluxParams | ImagenParams, Field(discriminator="engine")]
+
+
+class JobSpec(BaseModel):
+    """What an engine deployment needs to run a job (its input is at ``input_key``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    params: JobParams
+    plan: OutputPlan
+    input_format: str | None = None
+
+    @property
+    def engine(self) -> Engine:
+        return self.params.engine
+
+    @property
+    def result_filename(self) -> str:
+        return f"{self.job_id}.{self.params.output_format}"
+
+
+# --- what engines report back ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Started:
+    replica: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int
+    stage: str | None = None
+    tile: int | None = None
+    replica: str | None = None
+
+
+@dataclass(frozen=True)
+class Completed:
+    result_key: str
+    filename: str
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+JobEvent = Started | Progress | Completed
+
+
+# --- the stored record -----------------------------------------------------------------------
+
+class JobRecord(BaseModel):
+    job_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    engine: Engine
+    state: JobState = JobState.queued
+    progress: float = 0.0  # 0-100
+    params: JobParams
+    input_size: Size
+    output_size: Size
+    input_format: str | None = None
+    plan: OutputPlan
+    result_key: str | None = None
+    result_filename: str | None = None
+    error: str | None = None
+    error_code: str | None = None
+    error_status: int | None = None  # the HTTP status a failed job's error maps to
+    retry_after: int | None = None
+    stats: dict[str, Any] = Field(default_factory=dict)
+    owner: str | None = None
+    resumes: int = 0
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    heartbeat_at: float = Field(default_factory=time.time)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _params_know_their_engine(cls, data: Any) -> Any:
+        # Records written before params were typed per engine lack params.engine.
+        if isinstance(data, dict) and isinstance(data.get("params"), dict):
+            data = {**data, "params": {"engine": data.get("engine"), **data["params"]}}
+        return data
+
+    @property
+    def resumable(self) -> bool:
+        return self.engine.resumable
+
+    @property
+    def model(self) -> str | None:
+        return self.params.model
+
+    def spec(self) -> JobSpec:
+        return JobSpec(job_id=self.job_id, params=self.params, plan=self.plan,
+                       input_format=self.input_format)
+
+    @property
+    def processing_time(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return round(self.finished_at - self.started_at, 3)
+
+    @property
+    def queue_time(self) -> float | None:
+        return None if self.started_at is None else round(self.started_at - self.created_at, 3)
+
+    def mark_processing(self) -> None:
+        if self.state == JobState.queued:
+            self.state = JobState.processing
+            self.started_at = time.time()
+
+    def mark_progress(self, event: Progress) -> None:
+        self.progress = min(99.0, 100.0 * event.done / max(1, event.total))
+
+    def mark_completed(self, event: Completed) -> None:
+        self.state = JobState.completed
+        self.progress = 100.0
+        self.result_key = event.result_key
+        self.result_filename = event.filename
+        self.stats = event.stats
+        self.finished_at = time.time()
+        self.started_at = self.started_at or self.finished_at
+
+    def mark_failed(self, message: str, code: str = "processing_failed",
+                    status: int | None = None, retry_after: int | None = None) -> None:
+        self.state = JobState.failed
+        self.error, self.error_code = message, code
+        self.error_status, self.retry_after = status, retry_after
+        self.finished_at = time.time()
+
+    def mark_failed_by(self, error: UpscalerError) -> None:
+        """A failure the client caused or can act on: its code, status and retry hint."""
+        self.mark_failed(error.message, error.code, error.http_status, error.retry_after)
+
+    def mark_cancelled(self) -> None:
+        self.state = JobState.cancelled
+        self.error = self.error_code = "cancelled"
+        self.finished_at = self.finished_at or time.time()
+
+    def is_stale(self, stale_after_s: float, now: float | None = None) -> bool:
+        return (not self.state.is_terminal
+                and (now or time.time()) - self.heartbeat_at > stale_after_s)
