@@ -6,8 +6,11 @@ import json
 import random
 
 import pytest
+from pydantic import TypeAdapter
 
 from upscaler.dimensions import CropInfo, OutputPlan, calculate_output_dimensions
+
+PLAN = TypeAdapter(OutputPlan)
 
 # --- seed cases ------------------------------------------------------------------------------
 
@@ -306,23 +309,23 @@ def test_bad_print_size_raises(w_in, h_in):
     {"target_dpi": 300, "target_width_inches": 20, "target_height_inches": 4,
      "crop_to_target": True},
 ])
-def test_plan_round_trips_through_dict_and_json(kwargs):
+def test_plan_round_trips_through_json(kwargs):
+    """As stored in a job record."""
     plan = calculate_output_dimensions(1024, 768, **kwargs)
-    assert OutputPlan.from_dict(plan.as_dict()) == plan
-    through_json = OutputPlan.from_dict(json.loads(json.dumps(plan.as_dict())))
+    through_json = PLAN.validate_json(PLAN.dump_json(plan))
     assert through_json == plan
     if plan.crop_info is not None:
         assert isinstance(through_json.crop_info, CropInfo)
         assert isinstance(through_json.crop_info.box, tuple)
 
 
-def test_as_dict_shape():
+def test_stored_shape():
     plan = calculate_output_dimensions(768, 1024, target_dpi=300, target_width_inches=8,
                                        target_height_inches=6, crop_to_target=True)
-    data = plan.as_dict()
+    data = json.loads(PLAN.dump_json(plan))
     assert data["crop_info"] == {"direction": "vertical", "amount_px": 1400,
                                  "amount_inches": pytest.approx(1400 / 300),
-                                 "box": (0, 700, 2400, 2500)}
+                                 "box": [0, 700, 2400, 2500]}
     assert data["final_width"] == 2400
     assert data["final_height"] == 1800
     assert data["crop_applied"] is True

@@ -18,7 +18,7 @@ Semantics (the seed plan's ``calculate_output_dimensions``, kept, with three del
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 ASPECT_TOLERANCE = 0.01
@@ -54,15 +54,6 @@ class OutputPlan:
     def applied_crop_box(self) -> tuple[int, int, int, int] | None:
         """The box to cut the output to: the crop when it is applied, else None."""
         return self.crop_info.box if self.crop_applied and self.crop_info else None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> OutputPlan:
-        crop = data.get("crop_info")
-        crop_info = None if crop is None else CropInfo(**{**crop, "box": tuple(crop["box"])})
-        return cls(**{**data, "crop_info": crop_info})
 
 
 def calculate_output_dimensions(
