@@ -54,7 +54,8 @@ class EsrganDeployment:
             self.registry, device=engine_device(settings), cache_size=settings.model_cache_size,
             cpu_tile_size=settings.cpu_tile_size, overlap=settings.tile_overlap,
             max_passes=settings.max_model_passes,
-            max_intermediate_pixels=4 * settings.max_output_pixels)
+            # An extra model pass may not make more pixels than an output may have.
+            max_intermediate_pixels=settings.max_output_pixels)
         self.store = JobStore.from_settings(settings)
         self._gpu_lock = threading.Lock()  # one image at a time on this replica's device
         self._busy_jobs = 0

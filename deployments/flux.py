@@ -26,11 +26,13 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments import metrics
 from deployments.common import engine_device, finish_job, replica_tag
+from upscaler.budget import MemoryBudget
 from upscaler.engines.flux import FluxNotInstalled, FluxTileEngine, PromptEmbeds
 from upscaler.engines.usdu import TiledCanvas, color_fix, plan_tiles, waves
 from upscaler.images import DecodedImage
 from upscaler.job_store import JobStore
 from upscaler.jobs import FluxParams, JobEvent, JobSpec, Progress, Started
+from upscaler.memory import coordinator_bytes
 from upscaler.settings import Settings
 
 logger = logging.getLogger("ray.serve")
@@ -120,6 +122,8 @@ class FluxCoordinator:
         self.esrgan = esrgan
         self.flux = flux
         self.store = JobStore.from_settings(settings)
+        # Each job's image lives here while its tiles are drawn: jobs run as they fit.
+        self.memory = MemoryBudget(settings.flux_coordinator_memory_bytes)
 
     def _load_done(self, job_id: str) -> dict[int, np.ndarray]:
         done = {}
@@ -141,6 +145,12 @@ class FluxCoordinator:
         return _image_from_npz(stored)
 
     async def run(self, spec: JobSpec) -> AsyncIterator[JobEvent]:
+        """The job, once its image fits in the memory budget (until then it stays queued)."""
+        async with self.memory.reserve(coordinator_bytes(spec.plan)):
+            async for event in self._run(spec):
+                yield event
+
+    async def _run(self, spec: JobSpec) -> AsyncIterator[JobEvent]:
         job_id, params = spec.job_id, spec.params
         assert isinstance(params, FluxParams)
         yield Started("coordinator")

@@ -8,16 +8,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
+from serve_app.access import rate_limit_headers
 from serve_app.deps import Services
-from serve_app.errors import error_response, install_error_handlers
+from serve_app.errors import install_error_handlers
+from serve_app.limits import BodyLimit
 from serve_app.routes import jobs, system, upscale
 from upscaler import __version__
 
 DESCRIPTION = ("Image upscaling for print: ESRGAN-family models, FLUX (Ultimate SD Upscale) and "
                "Imagen on Vertex AI, on Ray Serve. Upload an image, get a larger one sized for "
                "the print you want (see the print-size rule in the README).")
-# Multipart framing around the file: a body this much over the upload cap is still refused.
-MULTIPART_SLACK = 64 * 1024
 
 
 def create_app(services: Services) -> FastAPI:
@@ -28,22 +28,23 @@ def create_app(services: Services) -> FastAPI:
         yield
         await services.runner.stop()
 
+    settings = services.settings
     app = FastAPI(title="upscaler", version=__version__, description=DESCRIPTION,
-                  docs_url="/docs", lifespan=lifespan)
+                  docs_url="/docs" if settings.docs else None,
+                  openapi_url="/openapi.json" if settings.docs else None, lifespan=lifespan)
     app.state.services = services
     install_error_handlers(app)
     for module in (upscale, jobs, system):
         app.include_router(module.router)
-    limit = services.settings.max_upload_bytes
 
     @app.middleware("http")
-    async def refuse_oversize_uploads(request: Request, call_next):
-        # From the header, before the body is read.
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limit + MULTIPART_SLACK:
-            return error_response(413, "upload_too_large",
-                                  f"the upload is {int(length):,} bytes; the limit is "
-                                  f"{limit:,} bytes ({limit / 1024 / 1024:.0f} MB)")
-        return await call_next(request)
+    async def common_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers.update(rate_limit_headers(request))
+        return response
 
+    # Outermost: counts and times the body before anything reads it.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes,
+                       idle_s=settings.upload_idle_timeout_s, total_s=settings.upload_timeout_s)
     return app

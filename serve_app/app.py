@@ -11,6 +11,7 @@ from ray.serve import Application
 from deployments.esrgan import EsrganDeployment
 from deployments.flux import FluxCoordinator, FluxDeployment
 from deployments.imagen import ImagenDeployment
+from deployments.quotas import QuotaKeeper
 from serve_app.ingress import Ingress
 from upscaler.settings import Settings, load_settings
 
@@ -68,6 +69,12 @@ def _autoscaling(min_replicas: int, max_replicas: int) -> dict[str, Any]:
     }
 
 
+def engine_queue(settings: Settings) -> int:
+    """Requests an engine deployment's router may hold: every job the cap admits, plus room
+    for model and health questions. Past it Serve answers back-pressure at once."""
+    return settings.max_open_jobs + 50
+
+
 def build_graph(settings: Settings) -> Application:
     # Loading models can take minutes on a cold disk: patient health checks and shutdowns.
     patient = {"health_check_period_s": 10, "health_check_timeout_s": 60,
@@ -76,6 +83,7 @@ def build_graph(settings: Settings) -> Application:
         ray_actor_options={"num_gpus": esrgan_gpus(settings),
                            "num_cpus": settings.esrgan_num_cpus},
         max_ongoing_requests=settings.esrgan_max_ongoing_requests,
+        max_queued_requests=engine_queue(settings),
         autoscaling_config=_autoscaling(settings.esrgan_min_replicas,
                                         settings.esrgan_max_replicas),
         **patient,
@@ -89,25 +97,36 @@ def build_graph(settings: Settings) -> Application:
         autoscaling_config=_autoscaling(settings.flux_min_replicas, settings.flux_max_replicas),
         **quick_stop,
     ).bind(settings)
+    # The coordinator holds each job's image in memory, admitted against a budget
+    # (flux_coordinator_memory_gb); jobs past it wait in its queue as `queued`.
     coordinator = FluxCoordinator.options(
-        num_replicas=1, max_ongoing_requests=100, ray_actor_options={"num_cpus": 0},
+        num_replicas=1, max_ongoing_requests=settings.max_open_jobs,
+        max_queued_requests=engine_queue(settings), ray_actor_options={"num_cpus": 0},
         graceful_shutdown_timeout_s=5,
     ).bind(settings, esrgan, flux)
     imagen = ImagenDeployment.options(
         ray_actor_options={"num_cpus": 0},  # network-bound: waits on Vertex AI
         # Calls in flight per replica: Vertex's quota is ~50/min per region anyway.
         max_ongoing_requests=settings.imagen_max_ongoing_requests,
+        max_queued_requests=engine_queue(settings),
         autoscaling_config={"min_replicas": 1, "max_replicas": settings.imagen_max_replicas,
                             "target_ongoing_requests": settings.imagen_max_ongoing_requests
                             // 2 or 1},
     ).bind(settings)
+    # One replica for every Ingress: each decision on one count (see deployments/quotas.py).
+    quota_keeper = QuotaKeeper.options(
+        num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0},
+    ).bind(settings)
     return Ingress.options(
         num_replicas=1,
-        max_ongoing_requests=200,  # I/O-bound; uploads wait for handles, not for CPU
+        # I/O-bound; uploads wait for handles, not for CPU. Upscale requests take at most
+        # max_concurrent_uploads of these, so health and status always find a slot.
+        max_ongoing_requests=200,
+        max_queued_requests=100,
         ray_actor_options={"num_cpus": 0.25},
-        # Requests in flight drain first, then __del__ lets the jobs in flight finish.
+        # Requests in flight drain first, then the runner lets the jobs in flight finish.
         graceful_shutdown_timeout_s=ingress_shutdown_s(settings),
-    ).bind(esrgan, flux, coordinator, imagen, settings)
+    ).bind(esrgan, flux, coordinator, imagen, quota_keeper, settings)
 
 
 def build_app(args: AppArgs) -> Application:  # type: ignore[valid-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import os
 import re
 import signal
@@ -31,7 +32,27 @@ class ServeConfigError(ValueError):
 def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
     """The settings a command's flags give (None where a flag was not used)."""
     return {name: getattr(args, name, None)
-            for name in ("data_dir", "models_dir", "host", "port")}
+            for name in ("data_dir", "models_dir", "host", "port", "keys_file")}
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_refusal(settings: Settings, insecure: bool) -> str | None:
+    """Why `upscaler serve` will not start, if it would let anyone who reaches the port use
+    the GPUs, fill the storage and spend the Vertex budget: beyond loopback without keys."""
+    if settings.auth == "keys" or insecure or _is_loopback(settings.host):
+        return None
+    return (f"refusing to listen on {settings.host} without API keys: anyone who reaches the "
+            "port could use the service. Turn keys on (UPSCALER_AUTH=keys, then `upscaler "
+            "keys create NAME`), listen on 127.0.0.1, or pass --insecure if something in "
+            "front of the service already authenticates every request")
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
@@ -120,6 +141,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if path is None and not gpus_available(settings):
             path = CPU_SERVE_CONFIG
         config, settings = local_serve_config(path, cli_values)
+        if refusal := exposure_refusal(settings, args.insecure):
+            print(f"upscaler serve: {refusal}", file=sys.stderr, flush=True)
+            return 2
         # A wrong storage location stops the start here, in seconds, with the setting to fix
         # (the Ingress checks again wherever Serve starts it).
         Storage(settings.resolved_storage_url).check_usable()
@@ -203,6 +227,62 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_store(args: argparse.Namespace):
+    from upscaler.keys import KeyStore
+
+    return KeyStore(_settings_from(args).resolved_keys_file)
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from upscaler.errors import UpscalerError
+    from upscaler.keys import KeyLimits
+
+    limits = KeyLimits(rate_limit_per_minute=args.rate_limit, max_open_jobs=args.max_open_jobs,
+                       max_output_mp_per_day=args.max_output_mp_per_day,
+                       gcp_projects=args.gcp_project or [])
+    store = _key_store(args)
+    try:
+        record, key = store.create(args.name, limits)
+    except (UpscalerError, ValueError) as exc:
+        print(f"upscaler keys create: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    print(f"created key {record.key_id} ({record.name}) in {store.url}")
+    print("the key is shown once, here; only its hash is kept. Send it as "
+          "`Authorization: Bearer <key>` or `X-API-Key: <key>`:")
+    print(key)  # alone on the last line, for scripts
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    import datetime
+
+    def when(t: float | None) -> str:
+        return "-" if t is None else datetime.datetime.fromtimestamp(
+            t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+    records = _key_store(args).list()
+    print(f"{'id':14s} {'name':24s} {'created (UTC)':17s} {'revoked':17s} limits")
+    for r in records:
+        limits = {k: v for k, v in r.limits.model_dump().items() if v}
+        print(f"{r.key_id:14s} {r.name:24s} {when(r.created_at):17s} {when(r.revoked_at):17s} "
+              f"{limits or 'server defaults'}")
+    if not records:
+        print("(no keys) - `upscaler keys create NAME`")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from upscaler.errors import UpscalerError
+
+    try:
+        record = _key_store(args).revoke(args.key)
+    except UpscalerError as exc:
+        print(f"upscaler keys revoke: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"revoked key {record.key_id} ({record.name}); requests with it now get 403")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="upscaler", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,11 +302,34 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Prometheus endpoint of Ray's metrics, ours included "
                          "(UPSCALER_METRICS_PORT)")
     serve_p.add_argument("--ray-address", help="join an existing Ray cluster instead")
+    serve_p.add_argument("--insecure", action="store_true",
+                         help="listen beyond loopback without API keys (only behind something "
+                         "that authenticates every request)")
+    serve_p.add_argument("--keys-file", help="API keys file (UPSCALER_KEYS_FILE)")
     serve_p.add_argument("--config", type=Path, default=os.environ.get("UPSCALER_SERVE_CONFIG"),
                          help="a Ray Serve config file to deploy (UPSCALER_SERVE_CONFIG); "
                          "default: serve_config.cpu.yaml without GPUs, else the built-in graph "
                          "(FLUX 0.75 + ESRGAN 0.25 of each card)")
     serve_p.set_defaults(func=cmd_serve)
+
+    keys_p = sub.add_parser("keys", help="API keys: create, list, revoke (UPSCALER_AUTH=keys)")
+    keys_sub = keys_p.add_subparsers(dest="keys_command", required=True)
+    create_p = keys_sub.add_parser("create", help="a new key, printed once (last line)")
+    create_p.add_argument("name", help="who the key is for, e.g. backend-prod")
+    create_p.add_argument("--rate-limit", type=int, help="requests per minute (default: server)")
+    create_p.add_argument("--max-open-jobs", type=int, help="queued or running jobs at once")
+    create_p.add_argument("--max-output-mp-per-day", type=float, help="output MP per UTC day")
+    create_p.add_argument("--gcp-project", action="append",
+                          help="a Google Cloud project this key may name (repeatable)")
+    create_p.set_defaults(func=cmd_keys_create)
+    list_keys_p = keys_sub.add_parser("list", help="keys, without their secrets")
+    list_keys_p.set_defaults(func=cmd_keys_list)
+    revoke_p = keys_sub.add_parser("revoke", help="stop a key at once (403)")
+    revoke_p.add_argument("key", help="the key's id or name")
+    revoke_p.set_defaults(func=cmd_keys_revoke)
+    for p in (create_p, list_keys_p, revoke_p):
+        p.add_argument("--data-dir", type=Path, help="default: ./data (UPSCALER_DATA_DIR)")
+        p.add_argument("--keys-file", help="default: DATA_DIR/keys.json (UPSCALER_KEYS_FILE)")
 
     models_p = sub.add_parser("models", help="list or pull model weights")
     models_sub = models_p.add_subparsers(dest="models_command", required=True)

@@ -8,13 +8,17 @@ from typing import Annotated, Generic, TypeVar
 from fastapi import Depends, File, Form, Header, Request, UploadFile
 
 from serve_app.estimates import Estimator
-from serve_app.gateway import EngineGateway
+from serve_app.gateway import EngineGateway, QuotaClient
+from serve_app.limits import UploadSlots
 from serve_app.runner import JobRunner
 from serve_app.schemas import CommonUpscaleForm
+from upscaler.budget import MemoryBudget
 from upscaler.dimensions import OutputPlan, calculate_output_dimensions
 from upscaler.errors import InvalidRequest, OutputTooLarge, PayloadTooLarge
-from upscaler.images import ImageProbe, probe_image
+from upscaler.images import ImageProbe, check_decodes, probe_image
 from upscaler.job_store import JobStore
+from upscaler.keys import KeyStore
+from upscaler.memory import DECODE_BYTES_PER_PIXEL
 from upscaler.settings import Settings
 
 # No `from __future__ import annotations` here: the dependency built by `intake()` needs its
@@ -32,6 +36,10 @@ class Services:
     runner: JobRunner
     engines: EngineGateway
     estimator: Estimator
+    keys: KeyStore
+    quotas: QuotaClient
+    uploads: UploadSlots
+    decode_budget: MemoryBudget
 
 
 def get_services(request: Request) -> Services:
@@ -43,46 +51,72 @@ PreferHeader = Annotated[str | None, Header(description="`respond-async`, or `wa
                                             "seconds (RFC 7240)")]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Intake(Generic[FormT]):
     """A validated upscale request: its form, the upload's bytes, what they are, and the
     output size the print-size rule gives."""
 
     form: FormT
-    data: bytes
+    data: bytes | None
     probe: ImageProbe
     plan: OutputPlan
+
+    def take_data(self) -> bytes:
+        """The upload's bytes, handed over once: this request holds them no longer (they are
+        stored next, and a synchronous wait need not keep them in memory)."""
+        data, self.data = self.data, None
+        assert data is not None, "the upload was already taken"
+        return data
+
+
+FILE_FIELDS = ("file", "image")
 
 
 def intake(form_class: type[FormT]):
     """The dependency every upscale route starts with, for that route's form."""
+    allowed = set(form_class.model_fields) | set(FILE_FIELDS)
 
     async def dependency(
+        request: Request,
         services: ServicesDep,
         form: Annotated[form_class, Form()],  # type: ignore[valid-type]
         file: Annotated[UploadFile | None, File(description="The image (PNG, JPEG, WebP, "
                                                 "TIFF, BMP, GIF)")] = None,
         image: Annotated[UploadFile | None, File(description="Alias of `file`.")] = None,
     ) -> Intake[FormT]:
-        settings = services.settings
-        data = await _read_upload(file or image, settings.max_upload_bytes)
-        probe = await asyncio.to_thread(probe_image, data, settings.max_input_pixels)
-        try:
-            plan = calculate_output_dimensions(
-                probe.width, probe.height, form.plan_factor, form.target_dpi,
-                form.target_width_inches, form.target_height_inches, form.crop_to_target,
-                form.target_width, form.target_height)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from exc
-        pixels = plan.output_width * plan.output_height
-        if pixels > settings.max_output_pixels:
-            raise OutputTooLarge(
-                f"the output would be {plan.output_width}x{plan.output_height} = {pixels:,} "
-                f"pixels; the limit is {settings.max_output_pixels:,}. Lower upscale_factor, "
-                "the target size or target_dpi")
-        return Intake(form, data, probe, plan)
+        unknown = sorted(set((await request.form()).keys()) - allowed)
+        if unknown:
+            raise InvalidRequest(f"unknown field(s) {', '.join(unknown)}; this endpoint takes "
+                                 f"{', '.join(sorted(allowed))}", code="unknown_field")
+        # Reading and checking the upload is what a flood of requests would pile up here.
+        async with services.uploads.take():
+            data = await _read_upload(file or image, services.settings.max_upload_bytes)
+            return await _checked(services.settings, services.decode_budget, form, data)
 
     return dependency
+
+
+async def _checked(settings: Settings, budget: MemoryBudget, form: FormT,
+                   data: bytes) -> Intake[FormT]:
+    """Header, output plan and its limit first (nothing decoded yet), then one full decode
+    within the replica's decode budget."""
+    probe = await asyncio.to_thread(probe_image, data, settings.max_input_pixels)
+    try:
+        plan = calculate_output_dimensions(
+            probe.width, probe.height, form.plan_factor, form.target_dpi,
+            form.target_width_inches, form.target_height_inches, form.crop_to_target,
+            form.target_width, form.target_height)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    pixels = plan.output_width * plan.output_height
+    if pixels > settings.max_output_pixels:
+        raise OutputTooLarge(
+            f"the output would be {plan.output_width}x{plan.output_height} = {pixels:,} "
+            f"pixels; the limit is {settings.max_output_pixels:,}. Lower upscale_factor, the "
+            "target size or target_dpi")
+    async with budget.reserve(probe.width * probe.height * DECODE_BYTES_PER_PIXEL):
+        await asyncio.to_thread(check_decodes, data, settings.max_input_pixels)
+    return Intake(form, data, probe, plan)
 
 
 async def _read_upload(upload: UploadFile | None, limit: int) -> bytes:

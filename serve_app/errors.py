@@ -28,8 +28,12 @@ def error_response(status: int, code: str, message: str, detail: Any = None,
 
 
 def upscaler_error_response(exc: UpscalerError) -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-    return error_response(exc.http_status, exc.code, exc.message, headers=headers)
+    headers = dict(exc.headers)
+    if exc.retry_after:
+        headers["Retry-After"] = str(exc.retry_after)
+    if exc.http_status == 401:
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="upscaler"')
+    return error_response(exc.http_status, exc.code, exc.message, headers=headers or None)
 
 
 async def _upscaler_error(_: Request, exc: Exception) -> JSONResponse:
@@ -43,9 +47,9 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     cause = unwrap(exc)
     if isinstance(cause, UpscalerError):
         return upscaler_error_response(cause)
-    logger.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", f"internal error: {type(cause).__name__}; "
-                          "the service is still up, see its log")
+    logger.exception("unhandled error", exc_info=exc)  # the details stay in the log
+    return error_response(500, "internal_error", "internal error; the service is still up "
+                          "and its log has the details")
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

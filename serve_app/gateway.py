@@ -13,6 +13,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.ray_compat import unwrap
 from upscaler.engines.models import ModelInfo
 from upscaler.jobs import Engine, JobEvent, JobSpec
+from upscaler.quotas import KeyQuota, RateState
 
 STATUS_TIMEOUT_S = 5.0
 
@@ -58,3 +59,21 @@ class EngineGateway:
     def device(self, engine: Engine) -> str | None:
         """The device an engine last said it runs on (None before it answered)."""
         return self._last_status.get(engine, {}).get("device")
+
+
+class QuotaClient:
+    """The quota keeper (one replica for every Ingress), as typed calls."""
+
+    def __init__(self, keeper: DeploymentHandle):
+        self.keeper = keeper
+
+    async def hit(self, bucket: str, per_minute: int) -> RateState:
+        return await self.keeper.hit.remote(bucket, per_minute)
+
+    async def admit(self, bucket: str, job_id: str, engine: str, output_mp: float,
+                    quota: KeyQuota, max_open_per_engine: int, metered: bool) -> None:
+        await self.keeper.admit.remote(bucket, job_id, engine, output_mp, quota,
+                                       max_open_per_engine, metered)
+
+    async def release(self, bucket: str, job_id: str, engine: str) -> None:
+        await self.keeper.release.remote(bucket, job_id, engine)

@@ -17,9 +17,13 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.api import create_app
 from serve_app.deps import Services
 from serve_app.estimates import Estimator
-from serve_app.gateway import EngineGateway
+from serve_app.gateway import EngineGateway, QuotaClient
+from serve_app.limits import UploadSlots
 from serve_app.runner import JobRunner, RunnerTimings
+from upscaler.budget import MemoryBudget
 from upscaler.job_store import JobStore
+from upscaler.jobs import JobRecord, JobState
+from upscaler.keys import KeyStore, quota_bucket
 from upscaler.settings import Settings
 
 
@@ -29,16 +33,25 @@ def runner_timings(settings: Settings) -> RunnerTimings:
 
 
 def build_services(settings: Settings, esrgan: Any, flux: Any, flux_coordinator: Any,
-                   imagen: Any) -> Services:
-    """The services of an Ingress around handles to the engine deployments (in tests, local
+                   imagen: Any, quota_keeper: Any) -> Services:
+    """The services of an Ingress around handles to the deployments (in tests, local
     stand-ins with the same ``.method.remote()`` calls)."""
     store = JobStore.from_settings(settings)
     store.storage.check_usable()
     engines = EngineGateway(esrgan, flux, flux_coordinator, imagen)
     estimator = Estimator()
-    runner = JobRunner(store, engines.run, runner_timings(settings),
-                       on_completed=estimator.learn)
-    return Services(settings, store, runner, engines, estimator)
+    quotas = QuotaClient(quota_keeper)
+
+    async def job_ended(job: JobRecord) -> None:
+        if job.state == JobState.completed:
+            estimator.learn(job)
+        await quotas.release(quota_bucket(job.api_key_id), job.job_id, job.engine.value)
+
+    runner = JobRunner(store, engines.run, runner_timings(settings), on_ended=job_ended)
+    return Services(settings, store, runner, engines, estimator,
+                    KeyStore(settings.resolved_keys_file), quotas,
+                    UploadSlots(settings.max_concurrent_uploads),
+                    MemoryBudget(settings.decode_budget_bytes))
 
 
 @serve.deployment(name="Ingress")
@@ -46,8 +59,9 @@ def build_services(settings: Settings, esrgan: Any, flux: Any, flux_coordinator:
 class Ingress:
     def __init__(self, esrgan: DeploymentHandle, flux: DeploymentHandle,
                  flux_coordinator: DeploymentHandle, imagen: DeploymentHandle,
-                 settings: Settings):
-        self.services = build_services(settings, esrgan, flux, flux_coordinator, imagen)
+                 quota_keeper: DeploymentHandle, settings: Settings):
+        self.services = build_services(settings, esrgan, flux, flux_coordinator, imagen,
+                                       quota_keeper)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self.services)

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from deployments import metrics
@@ -34,6 +34,7 @@ from upscaler.jobs import (
 
 logger = logging.getLogger("ray.serve")
 RunEngine = Callable[[JobSpec], AsyncIterator[JobEvent]]
+JobEnded = Callable[[JobRecord], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,11 @@ class RunnerTimings:
 
 class JobRunner:
     def __init__(self, store: JobStore, run_engine: RunEngine,
-                 timings: RunnerTimings = RunnerTimings(),
-                 on_completed: Callable[[JobRecord], None] | None = None):
+                 timings: RunnerTimings = RunnerTimings(), on_ended: JobEnded | None = None):
         self.store = store
         self.run_engine = run_engine
         self.timings = timings
-        self.on_completed = on_completed
+        self.on_ended = on_ended  # every job that reaches an end here, once
         self.owner = uuid.uuid4().hex
         self._open: dict[str, JobRecord] = {}
         self._tasks: dict[str, asyncio.Task] = {}
@@ -160,6 +160,7 @@ class JobRunner:
                     logger.warning("job %s was abandoned: reported failed", job.job_id)
                     await asyncio.to_thread(self.store.storage.delete,
                                             JobStore.input_key(job.job_id))
+                    await self._ended(job)
                 elif job.resumable:
                     logger.warning("resuming job %s from its finished tiles", job.job_id)
                     self._start(job)
@@ -209,9 +210,10 @@ class JobRunner:
             cause = unwrap(exc)
             if isinstance(cause, UpscalerError):
                 job.mark_failed_by(cause)
-            else:
+            else:  # the details are the operator's: in the log, under the job's id
                 logger.exception("job %s failed", job.job_id)
-                job.mark_failed(f"the worker failed: {type(cause).__name__}: {cause}")
+                job.mark_failed("the worker failed; the service log has the details under "
+                                "this job's id")
         finally:
             if not left_open and not job.state.is_terminal:
                 job.mark_failed("the worker ended without a result")
@@ -240,13 +242,18 @@ class JobRunner:
     async def _finish(self, job: JobRecord) -> None:
         engine = job.engine.value
         metrics.count(metrics.jobs_total, engine=engine, status=job.state.value)
-        if job.state == JobState.completed:
-            if job.processing_time is not None:
-                metrics.observe(metrics.job_seconds, job.processing_time, engine=engine)
-            if self.on_completed:
-                self.on_completed(job)
+        if job.state == JobState.completed and job.processing_time is not None:
+            metrics.observe(metrics.job_seconds, job.processing_time, engine=engine)
         await self._save(job)
         await asyncio.to_thread(self.store.delete_work_files, job.job_id)
+        await self._ended(job)
+
+    async def _ended(self, job: JobRecord) -> None:
+        if self.on_ended:
+            try:
+                await self.on_ended(job)
+            except Exception:  # noqa: BLE001 - bookkeeping must not undo the job's end
+                logger.exception("after job %s ended", job.job_id)
 
     async def _save(self, job: JobRecord) -> None:
         job.heartbeat_at = time.time()

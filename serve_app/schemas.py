@@ -234,6 +234,10 @@ class HealthResponse(BaseModel):
     engines: dict[str, Any] = Field(default_factory=dict)
 
 
+class LivenessResponse(BaseModel):
+    status: Literal["healthy", "degraded"]
+
+
 class ErrorResponse(BaseModel):
     error: str = Field(description="Machine-readable code.")
     message: str = Field(description="What went wrong and what to fix.")

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import re
 
+from serve_app.access import check_project
 from serve_app.deps import Intake, Services
 from serve_app.schemas import EsrganUpscaleForm, FluxUpscaleForm, ImagenUpscaleForm
 from upscaler.engines.imagen import choose_factor, request_image_bytes
 from upscaler.engines.imagen import model_spec as imagen_model
-from upscaler.errors import InvalidRequest, ServiceUnavailable, UpstreamError
+from upscaler.errors import InvalidRequest, OutputTooLarge, ServiceUnavailable, UpstreamError
 from upscaler.jobs import (
     Engine,
     EsrganParams,
@@ -20,6 +21,8 @@ from upscaler.jobs import (
     JobRecord,
     Size,
 )
+from upscaler.keys import Caller
+from upscaler.memory import coordinator_bytes
 
 PREFER_WAIT_RE = re.compile(r"wait=(\d+(?:\.\d+)?)")
 MAX_PREFER_WAIT_S = 600.0
@@ -68,13 +71,20 @@ async def flux_job(services: Services, intake: Intake[FluxUpscaleForm]) -> JobRe
     if not low <= form.tile_size <= 2048 or form.tile_size % 16:
         raise InvalidRequest(f"tile_size must be a multiple of 16 between {low} and 2048 (got "
                              f"{form.tile_size})")
+    need, budget = coordinator_bytes(intake.plan), services.settings.flux_coordinator_memory_bytes
+    if need > budget:
+        raise OutputTooLarge(f"a FLUX job of {intake.plan.output_width}x"
+                             f"{intake.plan.output_height} needs {need / 2**30:.1f} GB in the "
+                             f"coordinator, more than its {budget / 2**30:.1f} GB "
+                             "(flux_coordinator_memory_gb); ask for a smaller output")
     model = await services.engines.model_info(form.upscale_model)
     fields = form.model_dump(exclude={"wait", "model", "upscale_model", *form.output_options()})
     return new_job(services, intake, FluxParams(**form.output_options(), **fields,
                                                 upscale_model=model.name))
 
 
-async def imagen_job(services: Services, intake: Intake[ImagenUpscaleForm]) -> JobRecord:
+async def imagen_job(services: Services, who: Caller,
+                     intake: Intake[ImagenUpscaleForm]) -> JobRecord:
     form, probe, plan = intake.form, intake.probe, intake.plan
     settings = services.settings
     status = await services.engines.status(Engine.imagen)
@@ -83,6 +93,7 @@ async def imagen_job(services: Services, intake: Intake[ImagenUpscaleForm]) -> J
                             "UPSCALER_GCP_CREDENTIALS_FILE (or GOOGLE_APPLICATION_CREDENTIALS) "
                             "to a service-account key with roles/aiplatform.user",
                             code="credentials_missing")
+    check_project(services, who, form.gcp_project_id, status.get("project"))
     project = form.gcp_project_id or status.get("project")
     if not project:
         raise UpstreamError("no Google Cloud project: send gcp_project_id or set "
@@ -92,7 +103,7 @@ async def imagen_job(services: Services, intake: Intake[ImagenUpscaleForm]) -> J
     factor = choose_factor(model, probe.width, probe.height, plan.output_width,
                            plan.output_height,
                            None if form.has_target_size else int(form.plan_factor))
-    await asyncio.to_thread(request_image_bytes, intake.data, probe.format, model)
+    await asyncio.to_thread(request_image_bytes, intake.data or b"", probe.format, model)
     add_watermark = (settings.imagen_add_watermark if form.add_watermark is None
                      else form.add_watermark)
     return new_job(services, intake, ImagenParams(

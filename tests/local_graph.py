@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from deployments.esrgan import EsrganDeployment
 from deployments.flux import FluxCoordinator, FluxDeployment
 from deployments.imagen import ImagenDeployment
+from deployments.quotas import QuotaKeeper
 from serve_app.api import create_app
 from serve_app.deps import Services
 from serve_app.ingress import build_services
@@ -57,9 +58,10 @@ class LocalGraph:
         self.coordinator = FluxCoordinator.func_or_class(settings, LocalHandle(self.esrgan),
                                                          LocalHandle(self.flux))
         self.imagen = ImagenDeployment.func_or_class(settings)
+        self.quotas = QuotaKeeper.func_or_class(settings)
         self.services: Services = build_services(
             settings, LocalHandle(self.esrgan), LocalHandle(self.flux),
-            LocalHandle(self.coordinator), LocalHandle(self.imagen))
+            LocalHandle(self.coordinator), LocalHandle(self.imagen), LocalHandle(self.quotas))
 
 
 @contextmanager

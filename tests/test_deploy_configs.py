@@ -11,7 +11,7 @@ import yaml
 from serve_app.app import build_app
 
 REPO = Path(__file__).resolve().parent.parent
-GRAPH = {"Ingress", "ESRGAN", "FLUX", "FluxCoordinator", "Imagen"}
+GRAPH = {"Ingress", "ESRGAN", "FLUX", "FluxCoordinator", "Imagen", "Quotas"}
 
 
 def load(name: str) -> dict:
@@ -68,7 +68,7 @@ def test_gpu_config_reserves_gpus_as_planned():
     deps = deployments(load("serve_config.yaml")["applications"][0])
     assert 0 < deps["ESRGAN"]["ray_actor_options"]["num_gpus"] < 1  # replicas share a card
     assert deps["FLUX"]["ray_actor_options"]["num_gpus"] == 1
-    for cpu_only in ("Imagen", "Ingress", "FluxCoordinator"):
+    for cpu_only in ("Imagen", "Ingress", "FluxCoordinator", "Quotas"):
         assert deps[cpu_only]["ray_actor_options"].get("num_gpus", 0) == 0
     for name in ("ESRGAN", "FLUX"):
         auto = deps[name]["autoscaling_config"]

@@ -213,3 +213,35 @@ def test_out_of_memory_halves_the_tile(registry, monkeypatch):
     result = engine.upscale(image, "tiny-rrdb", plan, tile_size=128)
     assert result.stats["oom_retries"] == 2 and result.stats["tile_size"] == 32
     assert result.image.rgb.shape == (192, 256, 3)
+
+
+def test_cpu_allocator_out_of_memory_halves_the_tile_too(registry, monkeypatch):
+    """The CPU allocator's error is a RuntimeError of its own wording: handled like CUDA's."""
+    engine = EsrganEngine(registry, overlap=8)
+    real_fn = engine._model_fn
+    monkeypatch.setattr("upscaler.engines.esrgan.MIN_TILE", 16)
+
+    def limited(loaded):
+        fn = real_fn(loaded)
+
+        def run(tile):
+            if max(tile.shape[-2:]) > 32:
+                raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: "
+                                   "can't allocate memory: you tried to allocate 9663676416 "
+                                   "bytes. Error code 12 (Cannot allocate memory)")
+            return fn(tile)
+
+        return run
+
+    monkeypatch.setattr(engine, "_model_fn", limited)
+    result = engine.upscale(decoded(photo("rocket", (64, 48))), "tiny-rrdb",
+                            calculate_output_dimensions(64, 48, 4), tile_size=64)
+    assert result.stats["oom_retries"] == 1 and result.stats["tile_size"] == 32
+
+
+def test_a_clients_tile_size_cannot_pass_the_cpu_bound(registry):
+    """On the CPU the tile bounds host memory: a request's 4096 px tile is clamped to it."""
+    engine = EsrganEngine(registry, cpu_tile_size=64, overlap=8)
+    result = engine.upscale(decoded(photo("rocket", (96, 80))), "tiny-compact",
+                            calculate_output_dimensions(96, 80, 4), tile_size=4096)
+    assert result.stats["tile_size"] == 64 and result.stats["tiles"] > 1

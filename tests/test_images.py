@@ -16,6 +16,7 @@ from PIL import Image, ImageCms
 from upscaler.errors import UpscalerError
 from upscaler.images import (
     DecodedImage,
+    check_decodes,
     decode_image,
     encode_image,
     probe_image,
@@ -571,7 +572,7 @@ def _refused(data: bytes, max_pixels: int = MAX) -> UpscalerError:
     with pytest.raises(UpscalerError) as info:
         decode_image(data, max_pixels)
     with pytest.raises(UpscalerError) as probe_info:
-        probe_image(data, max_pixels)
+        check_decodes(data, max_pixels)  # what the ingress runs on every upload
     assert probe_info.value.http_status == info.value.http_status
     assert probe_info.value.code == info.value.code
     return info.value
@@ -688,3 +689,18 @@ def test_limit_above_pillows_bomb_threshold_is_honoured(monkeypatch):
 def test_zero_size_header_refused():
     err = _refused(png_header_only(0, 10))
     assert err.http_status in (415, 422)
+
+
+def test_probe_reads_the_header_only():
+    """The probe plans from the header: a truncated file is described (its pixels are checked
+    by check_decodes), a header over the pixel limit is refused without decoding."""
+    data = save(Image.fromarray(rgb8(w=64, h=48)), "PNG")
+    truncated = data[: len(data) // 2]
+    probe = probe_image(truncated, MAX)
+    assert (probe.format, probe.width, probe.height, probe.has_alpha) == ("PNG", 64, 48, False)
+    with pytest.raises(UpscalerError) as err:
+        check_decodes(truncated, MAX)
+    assert err.value.code == "corrupt_image"
+    with pytest.raises(UpscalerError) as err:
+        probe_image(png_header_only(60000, 60000), MAX)
+    assert err.value.http_status == 413

@@ -92,12 +92,16 @@ def started(store: JobStore, engine: FakeEngine, **kwargs) -> JobRunner:
 
 def test_submit_waits_records_and_cleans_up(store):
     async def main():
-        learned = []
-        runner = started(store, FakeEngine(), on_completed=learned.append)
+        ended = []
+
+        async def on_ended(job):
+            ended.append(job)
+
+        runner = started(store, FakeEngine(), on_ended=on_ended)
         job = await runner.submit(new_job(), b"upload", wait=5)
         assert job.state == JobState.completed and job.progress == 100
         assert job.stats == {"steps": 3} and job.result_filename == f"{job.job_id}.png"
-        assert job.processing_time is not None and learned == [job]
+        assert job.processing_time is not None and ended == [job]
         saved = store.load(job.job_id)
         assert saved.state == JobState.completed and saved.owner == runner.owner
         assert not store.storage.exists(JobStore.input_key(job.job_id))  # upload deleted

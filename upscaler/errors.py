@@ -3,7 +3,8 @@
 Raised anywhere (engines, deployments, the HTTP app), it crosses Ray handles intact (it pickles
 to its class and fields) and is turned into an HTTP answer in one place
 (``serve_app.errors.error_response``): ``http_status``, a machine-readable ``code``, a
-``message`` that says what to fix, and ``retry_after`` seconds where waiting helps.
+``message`` that says what to fix, ``retry_after`` seconds where waiting helps, and any other
+response headers the case calls for.
 
 Each subclass is one HTTP status; ``code`` names the case and may be given per raise
 (``PayloadTooLarge("...", code="image_too_large")``).
@@ -19,27 +20,41 @@ class UpscalerError(Exception):
     default_code: ClassVar[str] = "internal_error"
 
     def __init__(self, message: str, *, code: str | None = None,
-                 retry_after: int | None = None) -> None:
+                 retry_after: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
         self.retry_after = retry_after
+        self.headers = headers or {}  # more response headers (the RateLimit ones)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-only fields: pickle's default (cls(*args)) would drop code and retry_after.
-        return _restore, (type(self), self.message, self.code, self.retry_after)
+        # Keyword-only fields: pickle's default (cls(*args)) would drop them.
+        return _restore, (type(self), self.message, self.code, self.retry_after, self.headers)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, code={self.code!r})"
 
 
-def _restore(cls: type[UpscalerError], message: str, code: str,
-             retry_after: int | None) -> UpscalerError:
-    return cls(message, code=code, retry_after=retry_after)
+def _restore(cls: type[UpscalerError], message: str, code: str, retry_after: int | None,
+             headers: dict[str, str] | None = None) -> UpscalerError:
+    return cls(message, code=code, retry_after=retry_after, headers=headers)
 
 
 class BadRequest(UpscalerError):
     http_status, default_code = 400, "bad_request"
+
+
+class Unauthorized(UpscalerError):
+    """No API key, or not a valid one (answered with ``WWW-Authenticate: Bearer``)."""
+
+    http_status, default_code = 401, "unauthorized"
+
+
+class Forbidden(UpscalerError):
+    """A valid key that may not do this (revoked, a GCP project it is not allowed)."""
+
+    http_status, default_code = 403, "forbidden"
 
 
 class NotFound(UpscalerError):
@@ -82,6 +97,12 @@ class UnsupportedModel(InvalidRequest):
 
 class OutputTooLarge(InvalidRequest):
     default_code = "output_too_large"
+
+
+class RequestTimeout(UpscalerError):
+    """The upload arrived too slowly."""
+
+    http_status, default_code = 408, "request_timeout"
 
 
 class RateLimited(UpscalerError):

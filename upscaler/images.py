@@ -23,6 +23,8 @@ from upscaler.errors import BadRequest, InvalidImage, PayloadTooLarge, Unsupport
 
 # Formats accepted as input (Pillow's names). Anything else Pillow can parse is refused.
 ALLOWED_INPUT_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP", "GIF"})
+# The only decoders Pillow may try on an upload (its JPEG opener also yields MPO).
+OPENERS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
 OUTPUT_FORMATS = ("png", "tiff")
 MEDIA_TYPES = {"png": "image/png", "tiff": "image/tiff"}
 
@@ -85,7 +87,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         # Its DecompressionBombError (over twice that) still stops a bomb before any decoding.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=OPENERS)
         except Image.DecompressionBombError as exc:
             raise PayloadTooLarge(
                 f"image is too large to decode safely ({exc}); the limit is "
@@ -117,12 +119,39 @@ def _load(im: Image.Image) -> None:
 
 
 def probe_image(data: bytes, max_pixels: int) -> ImageProbe:
-    """Validate an upload completely (header, limits, full pixel decode) and describe it."""
-    decoded = decode_image(data, max_pixels)
-    im = _open(data, max_pixels)  # the same checks (and warning handling) as the decode
-    w, h = decoded.width, decoded.height  # after EXIF orientation
-    return ImageProbe(format=str(im.format), width=w, height=h, mode=im.mode,
-                      bit_depth=decoded.bit_depth, has_alpha=decoded.alpha is not None)
+    """Describe an upload from its header alone: format (an accepted one), size after EXIF
+    orientation (within ``max_pixels``), mode, bit depth, alpha. Nothing is decoded, so the
+    output size can be planned and refused before any pixel memory is spent."""
+    im = _open(data, max_pixels)
+    width, height = im.size
+    # Rotated by 90 degrees; Pillow's TIFF reader already reports the rotated size.
+    if im.format != "TIFF" and _exif_orientation(im) in (5, 6, 7, 8):
+        width, height = height, width
+    return ImageProbe(format=str(im.format), width=width, height=height, mode=im.mode,
+                      bit_depth=_header_bit_depth(im, data), has_alpha=_header_alpha(im))
+
+
+def check_decodes(data: bytes, max_pixels: int) -> None:
+    """Decode the whole image once and drop it: a corrupt or truncated upload is refused
+    here, before it is stored or any engine time is spent (about
+    ``upscaler.memory.DECODE_BYTES_PER_PIXEL`` bytes per pixel while it runs)."""
+    decode_image(data, max_pixels)
+
+
+def _header_bit_depth(im: Image.Image, data: bytes) -> int:
+    if (ihdr := _png_ihdr(data)) is not None:
+        return 16 if ihdr[0] == 16 else 8
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        return 16
+    if im.format == "TIFF":
+        bits = im.tag_v2.get(258, (8,))  # BitsPerSample
+        return 16 if max(bits if isinstance(bits, tuple) else (bits,)) >= 16 else 8
+    return 8
+
+
+def _header_alpha(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "RGBa", "PA", "LA", "La") or (
+        im.mode in ("P", "RGB", "L") and "transparency" in im.info)
 
 
 # --- decoding --------------------------------------------------------------------------------

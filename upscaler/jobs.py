@@ -174,7 +174,8 @@ class JobRecord(BaseModel):
     error_status: int | None = None  # the HTTP status a failed job's error maps to
     retry_after: int | None = None
     stats: dict[str, Any] = Field(default_factory=dict)
-    owner: str | None = None
+    owner: str | None = None  # the Ingress runner driving it
+    api_key_id: str | None = None  # the key that made it (keys on): its only reader
     resumes: int = 0
     created_at: float = Field(default_factory=time.time)
     started_at: float | None = None

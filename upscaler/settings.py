@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         description="torch threads of an engine replica running on CPU. Ray limits an actor to "
         "its num_cpus (1) threads; None = every core, which is what a CPU-only box wants.")
     model_cache_size: int = Field(default=3, ge=1, description="Models kept loaded per replica.")
-    default_models: list[str] = Field(
+    default_models: Annotated[list[str], NoDecode] = Field(
         default=["4x-UltraSharp", "DAT_light_x4"],
         description="Model used when a request names none: the first of these that is present.")
     cpu_tile_size: int = Field(default=256, ge=32,
@@ -108,6 +108,48 @@ class Settings(BaseSettings):
     max_output_pixels: int = Field(default=150_000_000, gt=0)
     max_scale: float = Field(default=16.0, gt=1)
     max_model_passes: int = Field(default=3, ge=1)
+    max_open_jobs: int = Field(
+        default=100, ge=1,
+        description="Open (queued or running) jobs per engine, all keys together; past it a new "
+        "job gets 503 with Retry-After and nothing is stored.")
+    max_concurrent_uploads: int = Field(
+        default=32, ge=1,
+        description="Upscale requests an Ingress replica reads and checks at once; past it 503 "
+        "with Retry-After, so health and status keep their slots.")
+    decode_budget_mb: int = Field(
+        default=1024, ge=64,
+        description="Memory an Ingress replica may spend decoding uploads at once (each "
+        "upload is decoded once to check it); uploads beyond it wait their turn.")
+    upload_idle_timeout_s: float = Field(
+        default=30, gt=0, description="An upload that sends nothing for this long gets 408.")
+    upload_timeout_s: float = Field(
+        default=600, gt=0, description="An upload still arriving after this long gets 408.")
+    flux_coordinator_memory_gb: float = Field(
+        default=16, gt=0,
+        description="Memory the FLUX coordinator may hold for the images of its jobs; a job "
+        "waits (queued) until its image fits, and one too big for all of it is refused.")
+
+    # --- access: API keys, quotas, rate limits -----------------------------------------
+    auth: Literal["none", "keys"] = Field(
+        default="none",
+        description="`keys`: every request but the health liveness needs an API key "
+        "(`upscaler keys create NAME`). `none` is for loopback: `upscaler serve` refuses to "
+        "listen beyond loopback without keys unless told --insecure.")
+    keys_file: str | None = Field(
+        default=None,
+        description="Where API keys are kept, hashed (a path or an fsspec URL every Ingress "
+        "reaches). Default: DATA_DIR/keys.json. Re-read while the service runs.")
+    rate_limit_per_minute: int = Field(
+        default=600, ge=1, description="Requests per minute per key (a token bucket).")
+    max_open_jobs_per_key: int = Field(default=8, ge=1,
+                                       description="Queued or running jobs per key.")
+    max_output_mp_per_day: float = Field(
+        default=5000, gt=0, description="Output megapixels per key per UTC day.")
+    gcp_allowed_projects: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Google Cloud projects a request's gcp_project_id may name besides the "
+        "server's own (UPSCALER_GCP_PROJECT_ID); keys can allow more.")
+    docs: bool = Field(default=True, description="Serve /docs and /openapi.json.")
 
     # --- jobs --------------------------------------------------------------------------
     sync_wait_s: float = Field(
@@ -141,7 +183,7 @@ class Settings(BaseSettings):
         # Replicas run in other working directories: resolve once, where settings are read.
         return value.expanduser().resolve() if value is not None else None
 
-    @field_validator("default_models", mode="before")
+    @field_validator("default_models", "gcp_allowed_projects", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.lstrip().startswith("["):
@@ -164,6 +206,18 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def flux_coordinator_memory_bytes(self) -> int:
+        return int(self.flux_coordinator_memory_gb * 2**30)
+
+    @property
+    def decode_budget_bytes(self) -> int:
+        return self.decode_budget_mb * 2**20
+
+    @property
+    def resolved_keys_file(self) -> str:
+        return self.keys_file or str(self.data_dir / "keys.json")
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> Settings:

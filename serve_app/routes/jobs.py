@@ -6,9 +6,10 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
+from serve_app.access import CallerDep, check_owner, rate_limit
 from serve_app.deps import ServicesDep
 from serve_app.presenters import job_status
 from serve_app.schemas import ErrorResponse, JobStatusResponse
@@ -16,31 +17,38 @@ from upscaler.errors import BadRequest, NotFound
 from upscaler.images import MEDIA_TYPES
 from upscaler.job_store import JobStore
 
-router = APIRouter(prefix="/api", tags=["jobs"])
+router = APIRouter(prefix="/api", tags=["jobs"], dependencies=[Depends(rate_limit)])
 RESULT_NAME_RE = re.compile(r"[0-9a-f]{32}\.(png|tiff)")
 CHUNK = 1024 * 1024
 
 
 @router.get("/status/{job_id}", response_model=JobStatusResponse,
             responses={404: {"model": ErrorResponse}}, summary="Job status and progress")
-async def status(services: ServicesDep, job_id: str) -> JobStatusResponse:
-    return job_status(await services.runner.get(job_id))
+async def status(services: ServicesDep, who: CallerDep, job_id: str) -> JobStatusResponse:
+    return job_status(check_owner(services, who, await services.runner.get(job_id)))
 
 
 @router.delete("/jobs/{job_id}", response_model=JobStatusResponse,
                responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
                summary="Cancel a queued or running job")
-async def cancel(services: ServicesDep, job_id: str) -> JobStatusResponse:
+async def cancel(services: ServicesDep, who: CallerDep, job_id: str) -> JobStatusResponse:
+    check_owner(services, who, await services.runner.get(job_id))
     return job_status(await services.runner.cancel(job_id))
 
 
 @router.get("/results/{filename}", summary="Download a result",
             responses={200: {"content": {"image/png": {}, "image/tiff": {}}},
-                       400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
-async def result(services: ServicesDep, filename: str) -> StreamingResponse:
+                       400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
+                       404: {"model": ErrorResponse}})
+async def result(services: ServicesDep, who: CallerDep, filename: str) -> StreamingResponse:
     if not RESULT_NAME_RE.fullmatch(filename):
         raise BadRequest("result names look like <32 hex digits>.png or .tiff, as given in "
                          "outputUrl", code="invalid_filename")
+    if services.settings.auth == "keys":  # a result is its job's: the same owner
+        try:
+            check_owner(services, who, await services.runner.get(filename.split(".")[0]))
+        except NotFound:
+            raise NotFound(f"no result named {filename}") from None
     storage = services.store.storage
     key = JobStore.result_key(filename)
     try:
@@ -59,4 +67,7 @@ async def result(services: ServicesDep, filename: str) -> StreamingResponse:
     return StreamingResponse(
         body(), media_type=MEDIA_TYPES[filename.rsplit(".", 1)[1]],
         headers={"Content-Length": str(size),
-                 "Content-Disposition": f'inline; filename="{filename}"'})
+                 "Content-Disposition": f'inline; filename="{filename}"',
+                 # Someone's image: no shared cache keeps it, no browser guesses its type.
+                 "Cache-Control": "private, max-age=3600",
+                 "X-Content-Type-Options": "nosniff"})

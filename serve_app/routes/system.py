@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, RedirectResponse
 
+from serve_app.access import optional_caller, rate_limit
 from serve_app.deps import ServicesDep
 from serve_app.health import collect_health
-from serve_app.schemas import HealthResponse
+from serve_app.schemas import HealthResponse, LivenessResponse
+from upscaler.keys import Caller
 
 router = APIRouter()
 
 
-@router.get("/api/health", response_model=HealthResponse, summary="Service health",
+@router.get("/api/health", response_model=HealthResponse | LivenessResponse,
+            summary="Service health",
+            description="Open to anyone as a liveness check (`status` alone); the detail "
+            "(engines, GPU, models, queue) only with an API key when keys are on.",
             responses={503: {"model": HealthResponse,
                              "description": "degraded: an engine deployment does not answer"}})
-async def health(services: ServicesDep) -> JSONResponse:
+async def health(services: ServicesDep,
+                 who: Annotated[Caller | None, Depends(optional_caller)]) -> JSONResponse:
     body = await collect_health(services)
     # 503 until the engines answer: container and load-balancer health checks wait for it.
-    return JSONResponse(body.model_dump(mode="json"),
-                        status_code=200 if body.status == "healthy" else 503)
+    status_code = 200 if body.status == "healthy" else 503
+    if who is None:  # keys on, none given: alive or not, and nothing about the inside
+        return JSONResponse(LivenessResponse(status=body.status).model_dump(),
+                            status_code=status_code)
+    return JSONResponse(body.model_dump(mode="json"), status_code=status_code)
 
 
-@router.get("/api/models", summary="Installed super-resolution models")
+@router.get("/api/models", summary="Installed super-resolution models",
+            dependencies=[Depends(rate_limit)])
 async def models(services: ServicesDep) -> dict[str, Any]:
     return {"esrgan": await services.engines.list_models()}
 

@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
+from serve_app.access import CallerDep, admit, rate_limit
 from serve_app.deps import Intake, PreferHeader, Services, ServicesDep, intake
 from serve_app.presenters import upscale_response
 from serve_app.schemas import (
@@ -17,13 +18,20 @@ from serve_app.schemas import (
 )
 from serve_app.submissions import esrgan_job, flux_job, imagen_job, require_flux, wait_seconds
 from upscaler.jobs import JobRecord
+from upscaler.keys import Caller, quota_bucket
 
-router = APIRouter(prefix="/api/upscale", tags=["upscale"])
-_errors = {code: {"model": ErrorResponse} for code in (413, 415, 422)}
+router = APIRouter(prefix="/api/upscale", tags=["upscale"], dependencies=[Depends(rate_limit)])
+_errors = {code: {"model": ErrorResponse} for code in (401, 403, 408, 413, 415, 422, 429, 503)}
 
 
-async def _submit(services: Services, job: JobRecord, data: bytes, wait: float) -> JSONResponse:
-    job = await services.runner.submit(job, data, wait)
+async def _submit(services: Services, who: Caller, job: JobRecord, request: Intake,
+                  wait: float) -> JSONResponse:
+    await admit(services, who, job)  # before anything is stored
+    try:
+        job = await services.runner.submit(job, request.take_data(), wait)
+    except BaseException:
+        await services.quotas.release(quota_bucket(who.key_id), job.job_id, job.engine.value)
+        raise
     ahead = services.runner.open_count(job.engine) - 1
     estimate = services.estimator.estimate(job, ahead, services.engines.device(job.engine))
     return upscale_response(job, estimate)
@@ -34,12 +42,13 @@ async def _submit(services: Services, job: JobRecord, data: bytes, wait: float) 
              summary="Upscale with an ESRGAN-family model (seconds)")
 async def upscale_esrgan(
     services: ServicesDep,
+    who: CallerDep,
     request: Annotated[Intake[EsrganUpscaleForm], Depends(intake(EsrganUpscaleForm))],
     prefer: PreferHeader = None,
 ) -> JSONResponse:
     job = await esrgan_job(services, request)
     wait = wait_seconds(request.form.wait, prefer, services.settings.sync_wait_s)
-    return await _submit(services, job, request.data, wait)
+    return await _submit(services, who, job, request, wait)
 
 
 async def _flux_installed(services: ServicesDep) -> None:
@@ -47,27 +56,28 @@ async def _flux_installed(services: ServicesDep) -> None:
 
 
 @router.post("/flux", response_model=UpscaleResponse, status_code=202,
-             responses={**_errors, 503: {"model": ErrorResponse}},
+             responses=_errors,
              summary="Ultimate SD Upscale with FLUX.1-dev (minutes; always asynchronous)")
 async def upscale_flux(
     services: ServicesDep,
+    who: CallerDep,
     _installed: Annotated[None, Depends(_flux_installed)],
     request: Annotated[Intake[FluxUpscaleForm], Depends(intake(FluxUpscaleForm))],
 ) -> JSONResponse:
     job = await flux_job(services, request)
-    return await _submit(services, job, request.data, 0.0)
+    return await _submit(services, who, job, request, 0.0)
 
 
 @router.post("/imagen", response_model=UpscaleResponse, status_code=200,
-             responses={202: {"model": UpscaleResponse}, 413: {"model": ErrorResponse},
-                        422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
-                        502: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+             responses={202: {"model": UpscaleResponse}, **_errors,
+                        502: {"model": ErrorResponse}},
              summary="Upscale with Imagen on Vertex AI (a cloud call)")
 async def upscale_imagen(
     services: ServicesDep,
+    who: CallerDep,
     request: Annotated[Intake[ImagenUpscaleForm], Depends(intake(ImagenUpscaleForm))],
     prefer: PreferHeader = None,
 ) -> JSONResponse:
-    job = await imagen_job(services, request)
+    job = await imagen_job(services, who, request)
     wait = wait_seconds(request.form.wait, prefer, services.settings.sync_wait_s)
-    return await _submit(services, job, request.data, wait)
+    return await _submit(services, who, job, request, wait)

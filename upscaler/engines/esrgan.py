@@ -12,6 +12,7 @@ Steps for one image:
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -71,9 +72,13 @@ def plan_passes(scale_needed: float, model_scale: int, width: int, height: int,
 
 
 def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
+    """CUDA's out-of-memory error, or the CPU allocator's (a RuntimeError "DefaultCPUAllocator:
+    can't allocate memory"), or Python's own MemoryError."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text)
 
 
 @dataclass
@@ -140,6 +145,8 @@ class EsrganEngine:
         fn = self._model_fn(loaded)
 
         tile = tile_size or self.auto_tile_size(image.height, image.width, loaded.dtype)
+        if self.device.type == "cpu":  # the CPU tile bounds host memory, whatever was asked
+            tile = min(tile, self.cpu_tile_size)
         oom_retries = 0
         tiles_done = 0
         model_seconds = 0.0
@@ -175,6 +182,8 @@ class EsrganEngine:
                     tile //= 2
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
+                    else:
+                        gc.collect()
                 finally:
                     model_seconds += time.perf_counter() - t0
             x = y

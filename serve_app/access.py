@@ -1,0 +1,100 @@
+"""Who may call, and how much: API keys (when ``auth`` is ``keys``), the per-key rate limit
+and quotas, job ownership. Shared by the routes as FastAPI dependencies."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from serve_app.deps import Services, ServicesDep
+from upscaler.errors import Forbidden, NotFound
+from upscaler.jobs import JobRecord
+from upscaler.keys import ANONYMOUS, Caller
+from upscaler.quotas import KeyQuota
+
+BEARER = "bearer "
+
+
+def presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header[:len(BEARER)].lower() == BEARER:
+        return header[len(BEARER):].strip()
+    return request.headers.get("x-api-key")
+
+
+async def optional_caller(request: Request, services: ServicesDep) -> Caller | None:
+    """The caller, or None when keys are on and no valid key came (health's liveness)."""
+    if services.settings.auth == "none":
+        return ANONYMOUS
+    key = presented_key(request)
+    if not key:
+        return None
+    try:
+        return await caller(request, services)
+    except Exception:  # noqa: BLE001 - a wrong key just does not get the detail
+        return None
+
+
+async def caller(request: Request, services: ServicesDep) -> Caller:
+    """The caller; 401 without a valid key, 403 with a revoked one (keys on)."""
+    if services.settings.auth == "none":
+        return ANONYMOUS
+    return await asyncio.to_thread(services.keys.authenticate, presented_key(request))
+
+
+CallerDep = Annotated[Caller, Depends(caller)]
+
+
+async def rate_limit(request: Request, services: ServicesDep, who: CallerDep) -> None:
+    """One token of the caller's bucket per request (keys on); the RateLimit headers of the
+    answer say what is left."""
+    if who.key_id is None:
+        return
+    per_minute = who.limits.rate_limit_per_minute or services.settings.rate_limit_per_minute
+    state = await services.quotas.hit(who.bucket, per_minute)
+    request.state.rate_limit_headers = state.headers()
+
+
+def key_quota(services: Services, who: Caller) -> KeyQuota:
+    s, limits = services.settings, who.limits
+    return KeyQuota(per_minute=limits.rate_limit_per_minute or s.rate_limit_per_minute,
+                    max_open_jobs=limits.max_open_jobs or s.max_open_jobs_per_key,
+                    output_mp_per_day=limits.max_output_mp_per_day or s.max_output_mp_per_day)
+
+
+async def admit(services: Services, who: Caller, job: JobRecord) -> None:
+    """Count the job against its engine's cap and the caller's quotas before anything is
+    stored; raises 503 (engine full) or 429 (a quota), with Retry-After."""
+    job.api_key_id = who.key_id
+    output_mp = job.output_size.width * job.output_size.height / 1e6
+    await services.quotas.admit(who.bucket, job.job_id, job.engine.value, output_mp,
+                                key_quota(services, who), services.settings.max_open_jobs,
+                                who.key_id is not None)
+
+
+def check_owner(services: Services, who: Caller, job: JobRecord) -> JobRecord:
+    """With keys on, a job and its result belong to the key that made it: to any other key
+    they do not exist (404, the same answer as an unknown id)."""
+    if services.settings.auth == "keys" and job.api_key_id != who.key_id:
+        raise NotFound(f"no job with id {job.job_id}")
+    return job
+
+
+def allowed_projects(services: Services, who: Caller, server_project: str | None) -> set[str]:
+    return {p for p in (server_project, *services.settings.gcp_allowed_projects,
+                        *who.limits.gcp_projects) if p}
+
+
+def check_project(services: Services, who: Caller, asked: str | None,
+                  server_project: str | None) -> None:
+    """A request may name only the server's Google Cloud project or one allowed to it."""
+    if asked and asked not in allowed_projects(services, who, server_project):
+        raise Forbidden(f"gcp_project_id {asked!r} is not allowed here; ask the operator to "
+                        "allow it (UPSCALER_GCP_ALLOWED_PROJECTS or the key's projects)",
+                        code="project_not_allowed")
+
+
+def rate_limit_headers(request: Request) -> dict[str, Any]:
+    return getattr(request.state, "rate_limit_headers", None) or {}

@@ -1,0 +1,157 @@
+"""API keys: created once and shown once, kept only as SHA-256 hashes in one JSON file (a path
+or an fsspec URL every Ingress replica reaches), re-read while the service runs, so
+`upscaler keys create|revoke` takes effect without a restart.
+
+A key looks like ``upk_<id>_<secret>``: the id finds the record, the secret (32 random bytes)
+is checked against its hash in constant time. Keys are random, not chosen by people, so a fast
+hash is the right one (a slow password hash would add nothing but latency per request).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+import fsspec
+from pydantic import BaseModel, Field
+
+from upscaler.errors import Conflict, Forbidden, NotFound, Unauthorized
+
+KEY_RE = re.compile(r"upk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
+
+
+class KeyLimits(BaseModel):
+    """Per-key overrides of the server's limits (None: the server's setting)."""
+
+    rate_limit_per_minute: int | None = Field(None, ge=1)
+    max_open_jobs: int | None = Field(None, ge=1)
+    max_output_mp_per_day: float | None = Field(None, gt=0)
+    gcp_projects: list[str] = Field(default_factory=list)
+
+
+class KeyRecord(BaseModel):
+    key_id: str
+    name: str
+    sha256: str
+    created_at: float
+    revoked_at: float | None = None
+    limits: KeyLimits = Field(default_factory=KeyLimits)
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class KeyFile(BaseModel):
+    keys: list[KeyRecord] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a key's id and limits, or anyone (``key_id`` None) when keys are off."""
+
+    key_id: str | None
+    name: str
+    limits: KeyLimits
+
+    @property
+    def bucket(self) -> str:
+        return quota_bucket(self.key_id)
+
+
+ANONYMOUS = Caller(None, "anonymous", KeyLimits())
+
+
+def quota_bucket(key_id: str | None) -> str:
+    """What a key's quotas are counted under (one bucket for everyone when keys are off)."""
+    return key_id or "anonymous"
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class KeyStore:
+    def __init__(self, url: str, reload_s: float = 2.0):
+        self.url = url
+        self.fs, self.path = fsspec.core.url_to_fs(url)
+        self.reload_s = reload_s
+        self._lock = threading.Lock()
+        self._cached: tuple[float, dict[str, KeyRecord]] | None = None
+
+    # --- reading -------------------------------------------------------------------------
+    def _read(self) -> KeyFile:
+        try:
+            raw = self.fs.cat_file(self.path)
+        except FileNotFoundError:
+            return KeyFile()
+        return KeyFile.model_validate(json.loads(raw))
+
+    def records(self) -> dict[str, KeyRecord]:
+        """Every key by id, re-read at most every ``reload_s`` seconds."""
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] >= self.reload_s:
+                self._cached = (now, {r.key_id: r for r in self._read().keys})
+            return self._cached[1]
+
+    def authenticate(self, presented: str | None) -> Caller:
+        """The caller a presented key belongs to. Raises Unauthorized (no key, not a key, a
+        wrong secret) or Forbidden (revoked)."""
+        if not presented:
+            raise Unauthorized("an API key is required: send `Authorization: Bearer <key>` or "
+                               "`X-API-Key: <key>`", code="missing_api_key")
+        match = KEY_RE.fullmatch(presented.strip())
+        record = match and self.records().get(match.group(1))
+        if not match or record is None or not hmac.compare_digest(
+                record.sha256, _digest(match.group(2))):
+            raise Unauthorized("the API key is not valid", code="invalid_api_key")
+        if record.revoked:
+            raise Forbidden("this API key was revoked", code="revoked_api_key")
+        return Caller(record.key_id, record.name, record.limits)
+
+    # --- managing (the `upscaler keys` command) ------------------------------------------
+    def _write(self, keys: KeyFile) -> None:
+        parent = self.path.rsplit("/", 1)[0]
+        if parent:
+            self.fs.makedirs(parent, exist_ok=True)
+        tmp = f"{self.path}.{secrets.token_hex(4)}.tmp"
+        self.fs.pipe_file(tmp, keys.model_dump_json(indent=2).encode())
+        self.fs.mv(tmp, self.path)
+        with self._lock:
+            self._cached = None
+
+    def create(self, name: str, limits: KeyLimits | None = None) -> tuple[KeyRecord, str]:
+        """A new key: its record and the key itself (shown once, never stored)."""
+        if not NAME_RE.fullmatch(name):
+            raise ValueError("a key name is 1-64 letters, digits, spaces, '.', '_' or '-'")
+        keys = self._read()
+        if any(r.name == name and not r.revoked for r in keys.keys):
+            raise Conflict(f"a key named {name!r} exists; revoke it first or pick another name")
+        key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+        record = KeyRecord(key_id=key_id, name=name, sha256=_digest(secret),
+                           created_at=time.time(), limits=limits or KeyLimits())
+        keys.keys.append(record)
+        self._write(keys)
+        return record, f"upk_{key_id}_{secret}"
+
+    def revoke(self, id_or_name: str) -> KeyRecord:
+        keys = self._read()
+        matches = [r for r in keys.keys if id_or_name in (r.key_id, r.name) and not r.revoked]
+        if not matches:
+            raise NotFound(f"no active key with id or name {id_or_name!r}")
+        if len(matches) > 1:
+            raise Conflict(f"{id_or_name!r} names several keys; revoke by id")
+        matches[0].revoked_at = time.time()
+        self._write(keys)
+        return matches[0]
+
+    def list(self) -> list[KeyRecord]:
+        return self._read().keys
