@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from serve_app.access import rate_limit_headers
 from serve_app.deps import Services
 from serve_app.errors import install_error_handlers
-from serve_app.limits import BodyLimit
+from serve_app.limits import RequestLimits
 from serve_app.routes import jobs, system, upscale
 from upscaler import __version__
 
@@ -45,6 +45,6 @@ def create_app(services: Services) -> FastAPI:
         return response
 
     # Outermost: counts and times the body before anything reads it.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes,
+    app.add_middleware(RequestLimits, max_bytes=settings.max_upload_bytes,
                        idle_s=settings.upload_idle_timeout_s, total_s=settings.upload_timeout_s)
     return app

@@ -11,18 +11,27 @@ from contextlib import asynccontextmanager
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.errors import upscaler_error_response
-from upscaler.errors import PayloadTooLarge, RequestTimeout, ServiceUnavailable, UpscalerError
+from upscaler.errors import (
+    HeadersTooLarge,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+    UpscalerError,
+)
 
 # Multipart framing around the file: a body this much over the upload cap is still taken.
 MULTIPART_SLACK = 64 * 1024
+# All request headers together (h11's own limit; Ray's proxy sets none).
+MAX_HEADER_BYTES = 16 * 1024
 BUSY_RETRY_S = 2
 
 
-class BodyLimit:
-    """ASGI middleware: a request body over ``max_bytes`` gets 413, one that stalls for
-    ``idle_s`` or is still arriving after ``total_s`` gets 408. The body is cut off where the
-    limit is crossed (the app sees its end there), never read or buffered whole; whatever the
-    app then answers is replaced by the 413/408."""
+class RequestLimits:
+    """ASGI middleware: headers over ``MAX_HEADER_BYTES`` get 431; a request body over
+    ``max_bytes`` gets 413, one that stalls for ``idle_s`` or is still arriving after
+    ``total_s`` gets 408. The body is cut off where the limit is crossed (the app sees its end
+    there), never read or buffered whole; whatever the app then answers is replaced by the
+    413/408."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, idle_s: float, total_s: float):
         self.app = app
@@ -31,6 +40,10 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+            await _send_error(send, HeadersTooLarge(
+                f"the request's headers are over {MAX_HEADER_BYTES // 1024} KB"))
             return
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
@@ -80,6 +93,7 @@ class BodyLimit:
 async def _send_error(send: Send, error: UpscalerError) -> None:
     response = upscaler_error_response(error)
     response.headers["Connection"] = "close"  # the rest of the body is not read
+    response.headers["X-Content-Type-Options"] = "nosniff"
     await send({"type": "http.response.start", "status": response.status_code,
                 "headers": response.raw_headers})
     await send({"type": "http.response.body", "body": response.body})

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -164,9 +166,12 @@ class Service:
     process: subprocess.Popen
     log_path: Path
     metrics_port: int | None = None
+    api_key: str | None = None  # sent by client() when the service has keys on
+    ray_dir: Path | None = None  # its Ray session's files (logs), when the test chose it
 
     def client(self, timeout: float = 120) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+        return httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -251,22 +256,40 @@ FAST_STALE = {"UPSCALER_HEARTBEAT_S": "1", "UPSCALER_STALE_AFTER_S": "6",
               "UPSCALER_INGRESS_DRAIN_S": "5"}
 
 
+def create_key(data_dir: Path, name: str) -> str:
+    """A key made the way an operator makes one: `upscaler keys create` (its last line)."""
+    out = subprocess.run([sys.executable, "-m", "serve_app.cli", "keys", "create", name,
+                          "--data-dir", str(data_dir)], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="session")
 def service(tmp_path_factory, full_models_root, vertex) -> Iterator[Service]:
     """One real `upscaler serve` (Ray + Serve) for the end-to-end tests: every engine (two
-    FLUX replicas, Imagen against the fake Vertex), fast heartbeats for the failure tests."""
+    FLUX replicas, Imagen against the fake Vertex), API keys on, the default pixel caps
+    with a 2 MB upload cap, fast heartbeats and upload timeouts for the failure tests."""
     data_dir = tmp_path_factory.mktemp("service-data")
     metrics_port = free_port()
+    api_key = create_key(data_dir, "e2e")
+    # Ray's files (the logs the secrets test reads) in a short folder of this session's:
+    # Ray's socket paths must fit 107 bytes.
+    ray_dir = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     # A 1 s metrics export interval (Ray's default is 10 s): metrics show sooner, and the
     # metrics test can outwait the gauge expiry (two intervals) quickly.
-    env = {**TEST_LIMITS, **FLUX_ENV, **vertex_env(vertex), **FAST_STALE,
+    env = {"UPSCALER_MAX_UPLOAD_MB": TEST_LIMITS["UPSCALER_MAX_UPLOAD_MB"], **FLUX_ENV,
+           **vertex_env(vertex), **FAST_STALE, "UPSCALER_AUTH": "keys",
+           "UPSCALER_UPLOAD_IDLE_TIMEOUT_S": "2",
            "UPSCALER_FLUX_MIN_REPLICAS": "2", "UPSCALER_FLUX_MAX_REPLICAS": "2",
-           "UPSCALER_METRICS_PORT": str(metrics_port),
+           "UPSCALER_METRICS_PORT": str(metrics_port), "RAY_TMPDIR": str(ray_dir),
            "RAY_metrics_report_interval_ms": str(METRICS_INTERVAL_MS)}
-    with running_service(data_dir, full_models_root, data_dir / "service.log", env,
-                         timeout=300) as svc:
-        svc.metrics_port = metrics_port
-        yield svc
+    try:
+        with running_service(data_dir, full_models_root, data_dir / "service.log", env,
+                             timeout=300) as svc:
+            svc.metrics_port, svc.api_key, svc.ray_dir = metrics_port, api_key, ray_dir
+            yield svc
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -275,13 +298,28 @@ def client(service) -> Iterator[httpx.Client]:
         yield c
 
 
-def wait_for_job(client, job_id: str, timeout: float = 300) -> dict:
+def replica_pids(name: str, data_dir: Path) -> list[int]:
+    """Replica processes of one service (matched by the data dir in their environment)."""
+    out = subprocess.run(["pgrep", "-f", rf"ServeReplica:upscaler:{name}(\.|$)"],
+                         capture_output=True, text=True).stdout.split()
+    pids = []
+    for pid in out:
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"UPSCALER_DATA_DIR={data_dir}".encode() in env:
+            pids.append(int(pid))
+    return pids
+
+
+def wait_for_job(client, job_id: str, timeout: float = 300, headers: dict | None = None) -> dict:
     """Poll a job to its end; an Ingress being replaced may answer 5xx or not at all."""
     deadline = time.monotonic() + timeout
     status: dict = {}
     while time.monotonic() < deadline:
         try:
-            r = client.get(f"/api/status/{job_id}")
+            r = client.get(f"/api/status/{job_id}", headers=headers)
         except httpx.TransportError:
             r = None
         if r is not None and r.status_code == 200:

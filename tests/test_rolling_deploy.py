@@ -20,7 +20,15 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import REPO, free_port, photo, png_bytes, wait_for_job, wait_http_ok
+from conftest import (
+    REPO,
+    create_key,
+    free_port,
+    photo,
+    png_bytes,
+    wait_for_job,
+    wait_http_ok,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -55,7 +63,9 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
     config["http_options"].update(host="127.0.0.1", port=http_port)
     config["applications"][0]["args"].update(
         models_dir=str(models_root), data_dir=str(tmp_path / "data"),
-        storage_url=str(tmp_path / "data" / "storage"))
+        storage_url=str(tmp_path / "data" / "storage"),
+        keys_file=str(tmp_path / "data" / "keys.json"))
+    api_key = create_key(tmp_path / "data", "rollout")  # the config has keys on
     deps = {d["name"]: d for d in config["applications"][0]["deployments"]}
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -81,7 +91,8 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
         # FLUX holds a whole card, the one ESRGAN replica a quarter of one.
         assert gpus_in_use(gcs, env, 1.25) == 1.25
 
-        with httpx.Client(base_url=url, timeout=120) as client:
+        with httpx.Client(base_url=url, timeout=120,
+                          headers={"Authorization": f"Bearer {api_key}"}) as client:
             r = client.post("/api/upscale/esrgan", data={"tile_size": "64", "wait": "0"},
                             files={"file": ("p.png", png_bytes(photo("coffee", (160, 96))))})
             assert r.status_code == 202, r.text

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -20,6 +18,7 @@ from conftest import (
     photo,
     png_bytes,
     psnr,
+    replica_pids,
     upload,
     wait_for_job,
 )
@@ -49,19 +48,6 @@ def wait_progress(client, job_id: str, percent: float, timeout: float = 120) -> 
         time.sleep(0.1)
 
 
-def replica_pids(name: str, data_dir: Path) -> list[int]:
-    """Replica processes of one service (matched by the data dir in their environment)."""
-    out = subprocess.run(["pgrep", "-f", rf"ServeReplica:upscaler:{name}(\.|$)"],
-                         capture_output=True, text=True).stdout.split()
-    pids = []
-    for pid in out:
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"UPSCALER_DATA_DIR={data_dir}".encode() in env:
-            pids.append(int(pid))
-    return pids
 
 
 def wait_healthy(client, timeout: float = 120) -> None:

@@ -105,6 +105,10 @@ class RequestTimeout(UpscalerError):
     http_status, default_code = 408, "request_timeout"
 
 
+class HeadersTooLarge(UpscalerError):
+    http_status, default_code = 431, "headers_too_large"
+
+
 class RateLimited(UpscalerError):
     http_status, default_code = 429, "rate_limited"
 

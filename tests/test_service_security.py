@@ -1,0 +1,159 @@
+"""What only a real server shows, against the real `upscaler serve` (keys on, behind Ray
+Serve's proxy): bodies counted as they stream and timed, oversized headers, a flood of
+decompression bombs within bounded memory, and logs that hold no key, credential or image."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from bombs import png_bomb, rgba16_flat, with_text
+from conftest import photo, png_bytes, replica_pids
+
+pytestmark = pytest.mark.slow
+BOUNDARY = "upscalerboundary"
+
+
+def raw_request(url: str, head: bytes, body_chunks, pause_s: float = 0.0,
+                timeout: float = 30) -> tuple[int, int]:
+    """Send a request by hand; returns (status, body bytes sent before the answer came)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    sent = 0
+    try:
+        sock.sendall(head)
+        sock.settimeout(0.001)
+        for chunk in body_chunks:
+            try:
+                if sock.recv(1, socket.MSG_PEEK):
+                    break  # the server answered before the body was over
+            except (BlockingIOError, TimeoutError):
+                pass
+            try:
+                sock.settimeout(timeout)
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+            if pause_s:
+                time.sleep(pause_s)
+            sock.settimeout(0.001)
+        sock.settimeout(timeout)
+        answer = b""
+        while b"\r\n" not in answer:
+            data = sock.recv(4096)
+            if not data:
+                break
+            answer += data
+        return int(answer.split(b" ", 2)[1]), sent
+    finally:
+        sock.close()
+
+
+def head(service, extra: str, path: str = "/api/upscale/esrgan") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {service.api_key}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n{extra}\r\n").encode()
+
+
+def healthy(client) -> bool:
+    return client.get("/api/health").json()["status"] == "healthy"
+
+
+def test_a_chunked_body_over_the_limit_is_refused_without_reading_it_all(service, client):
+    preamble = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
+                f"filename=\"p.png\"\r\nContent-Type: image/png\r\n\r\n").encode()
+
+    def chunks():  # up to 64 MB, 256 KB at a time, in chunked framing
+        yield f"{len(preamble):x}\r\n".encode() + preamble + b"\r\n"
+        block = b"\0" * 256 * 1024
+        for _ in range(256):
+            yield f"{len(block):x}\r\n".encode() + block + b"\r\n"
+
+    status, sent = raw_request(service.url, head(service, "Transfer-Encoding: chunked\r\n"),
+                               chunks())
+    assert status == 413
+    assert sent < 16 * 1024 * 1024  # the 2 MB cap, and what was in flight: not 64 MB
+    assert healthy(client)
+
+
+def test_a_stalled_upload_gets_408(service, client):
+    status, _ = raw_request(service.url, head(service, "Content-Length: 100000\r\n"),
+                            [b"--" + BOUNDARY.encode() + b"\r\n"], timeout=30)
+    assert status == 408  # the service's idle limit is 2 s
+    assert healthy(client)
+
+
+def test_oversized_headers_and_malformed_multipart(service, client):
+    r = httpx.get(f"{service.url}/api/health", headers={"X-Big": "a" * 200_000}, timeout=30)
+    assert r.status_code == 431
+    bad = client.post("/api/upscale/esrgan", content=b"--x\r\nnot a part\r\n",
+                      headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert bad.status_code == 400
+    no_key = httpx.post(f"{service.url}/api/upscale/esrgan",
+                        files={"file": ("p.png", png_bytes(photo("rocket", (16, 16))))})
+    assert no_key.status_code == 401
+    assert healthy(client)
+
+
+def _peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(ln.split()[1] for ln in status.splitlines()
+                    if ln.startswith("VmHWM:"))) / 1024
+
+
+def test_a_flood_of_decompression_bombs_stays_in_bounded_memory(service, client):
+    """16 bombs at once: headers claiming 3.6 G pixels, and 16-bit RGBA PNGs of 40 MP (about
+    300 KB, 1.6 GB once decoded) at the default x4, whose output is planned from the header
+    and refused before any pixel is decoded."""
+    [ingress] = replica_pids("Ingress", service.data_dir)
+    bombs = [png_bomb(60000, 60000), rgba16_flat(6324)]
+    before = _peak_rss_mb(ingress)
+    answers: list[int] = []
+
+    def post(data: bytes) -> None:
+        with service.client() as c:
+            answers.append(c.post("/api/upscale/esrgan",
+                                  files={"file": ("b.png", data, "image/png")}).status_code)
+
+    threads = [threading.Thread(target=post, args=(bombs[i % 2],)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    grown = _peak_rss_mb(ingress) - before
+    assert sorted(set(answers)) == [413, 422] and len(answers) == 16
+    assert grown < 200, f"the Ingress's peak RSS grew by {grown:.0f} MB"
+    print(f"16 bombs at once: Ingress peak RSS {before:.0f} -> {before + grown:.0f} MB")
+    assert healthy(client)
+
+
+def test_logs_hold_no_key_credential_or_image(service, client, vertex):
+    """Runs after the other end-to-end tests: an upload carrying a marker, then every log
+    line the service and Ray wrote is searched for the key, the service account's private
+    key and the marker."""
+    marker = f"upscaler-marker-{uuid.uuid4().hex}"
+    marked = with_text(png_bytes(photo("rocket", (24, 24))), "Comment", marker)
+    assert client.post("/api/upscale/esrgan", files={"file": ("m.png", marked, "image/png")},
+                       data={"model": "tiny-rrdb"}).status_code == 200
+    r = client.post("/api/upscale/esrgan", files={"file": ("m.png", marked[:60], "image/png")})
+    assert r.status_code in (415, 422)  # a refused one too
+    time.sleep(2)  # Ray's log monitor flushes
+    secrets = {"API key": service.api_key.split("_", 2)[2],
+               "service-account key": vertex.service_account["private_key"].splitlines()[1],
+               "image marker": marker}
+    logs = [service.log_path, *service.ray_dir.rglob("*.log"), *service.ray_dir.rglob("*.out"),
+            *service.ray_dir.rglob("*.err")]
+    assert len(logs) > 5
+    for path in logs:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        for what, secret in secrets.items():
+            assert secret not in text, f"{what} found in {path}"
