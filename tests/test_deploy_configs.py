@@ -204,3 +204,74 @@ def test_grafana_dashboard_queries_our_metrics():
     for fn in (metrics.jobs_total, metrics.queue_size, metrics.job_seconds,
                metrics.tile_seconds, metrics.model_load_seconds):
         assert f"ray_upscaler_{fn.__name__}" in exprs
+
+
+# --- TLS between clients and the Serve proxies ----------------------------------------------
+
+def _clean_env(monkeypatch, tmp_path) -> None:
+    for var in [v for v in __import__("os").environ if v.startswith("UPSCALER_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_tls_settings_reach_the_proxies_http_options(tmp_path, monkeypatch):
+    """Flags, then UPSCALER_TLS_*, then the file's own http_options; paths made absolute (the
+    proxies run in other directories); the printed URLs switch to https."""
+    from serve_app.cli import CPU_SERVE_CONFIG, local_serve_config
+
+    _clean_env(monkeypatch, tmp_path)
+    for name in ("cert.pem", "key.pem", "env-cert.pem", "file-cert.pem", "file-key.pem"):
+        (tmp_path / name).write_text("PEM")
+    config, settings = local_serve_config(CPU_SERVE_CONFIG, {})
+    assert config.http_options.ssl_certfile is None and settings.tls_certfile is None
+
+    config, settings = local_serve_config(
+        CPU_SERVE_CONFIG, {"tls_certfile": Path("cert.pem"), "tls_keyfile": Path("key.pem")})
+    http = config.http_options
+    assert (http.ssl_certfile, http.ssl_keyfile) == (str(tmp_path / "cert.pem"),
+                                                     str(tmp_path / "key.pem"))
+    assert settings.tls_certfile == tmp_path / "cert.pem"
+
+    path = tmp_path / "tls.yaml"
+    raw = load("serve_config.cpu.yaml")
+    raw["http_options"].update(ssl_certfile=str(tmp_path / "file-cert.pem"),
+                               ssl_keyfile=str(tmp_path / "file-key.pem"))
+    path.write_text(yaml.safe_dump(raw))
+    config, _ = local_serve_config(path, {})
+    assert config.http_options.ssl_certfile == str(tmp_path / "file-cert.pem")  # the file
+    monkeypatch.setenv("UPSCALER_TLS_CERTFILE", str(tmp_path / "env-cert.pem"))
+    config, _ = local_serve_config(path, {})
+    assert config.http_options.ssl_certfile == str(tmp_path / "env-cert.pem")  # env over file
+    assert config.http_options.ssl_keyfile == str(tmp_path / "file-key.pem")
+    config, _ = local_serve_config(path, {"tls_certfile": tmp_path / "cert.pem"})
+    assert config.http_options.ssl_certfile == str(tmp_path / "cert.pem")  # the flag over both
+
+
+def test_tls_needs_both_files_readable(tmp_path, monkeypatch):
+    from serve_app.cli import CPU_SERVE_CONFIG, ServeConfigError, local_serve_config
+
+    _clean_env(monkeypatch, tmp_path)
+    (tmp_path / "cert.pem").write_text("PEM")
+    with pytest.raises(ServeConfigError, match="both a certificate and its key"):
+        local_serve_config(CPU_SERVE_CONFIG, {"tls_certfile": tmp_path / "cert.pem"})
+    monkeypatch.setenv("UPSCALER_TLS_KEYFILE", str(tmp_path / "key.pem"))
+    with pytest.raises(ServeConfigError, match="both a certificate and its key"):
+        local_serve_config(CPU_SERVE_CONFIG, {})
+    with pytest.raises(ServeConfigError, match=r"key file .*key.pem is not a readable file"):
+        local_serve_config(CPU_SERVE_CONFIG, {"tls_certfile": tmp_path / "cert.pem"})
+
+
+def test_upscaler_serve_refuses_half_a_tls_pair_before_starting_ray(tmp_path, monkeypatch,
+                                                                     capsys):
+    """Exit 2 with the reason, in well under a second: no cluster is started for nothing."""
+    from serve_app.cli import main
+
+    _clean_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # in case a Ray started after all
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")  # cmd_serve sets it: restored after
+    (tmp_path / "cert.pem").write_text("PEM")
+    assert main(["serve", "--no-dashboard", "--tls-cert", str(tmp_path / "cert.pem")]) == 2
+    assert "--tls-key/UPSCALER_TLS_KEYFILE" in capsys.readouterr().err
+    import ray
+
+    assert not ray.is_initialized()
