@@ -48,3 +48,11 @@ def replica_id() -> str | None:
         return str(serve.get_replica_context().replica_id.unique_id)
     except Exception:  # noqa: BLE001 - outside Serve there is no replica context
         return None
+
+
+def token_auth_enabled() -> bool:
+    """Whether this process's Ray runs with token authentication (``RAY_AUTH_MODE=token``, or
+    Ray's own default for a new local cluster)."""
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    return is_token_auth_enabled()

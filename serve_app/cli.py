@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from serve_app.control_plane import dashboard_lines, restrict_token_file
 from upscaler.settings import Settings, load_settings
 from upscaler.storage import Storage, StorageError
 
@@ -23,6 +24,8 @@ from upscaler.storage import Storage, StorageError
 CPU_SERVE_CONFIG = Path(str(resources.files("serve_app") / "serve_config.cpu.yaml"))
 # The graph with the builder's own deployment options: `upscaler serve` on a GPU machine.
 BUILT_IN_APP = {"name": "upscaler", "route_prefix": "/", "import_path": "serve_app.app:build_app"}
+# Our TLS settings and the Serve http_options keys they fill.
+TLS_HTTP_OPTIONS = {"tls_certfile": "ssl_certfile", "tls_keyfile": "ssl_keyfile"}
 
 
 class ServeConfigError(ValueError):
@@ -32,7 +35,8 @@ class ServeConfigError(ValueError):
 def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
     """The settings a command's flags give (None where a flag was not used)."""
     return {name: getattr(args, name, None)
-            for name in ("data_dir", "models_dir", "host", "port", "keys_file")}
+            for name in ("data_dir", "models_dir", "host", "port", "keys_file", "tls_certfile",
+                         "tls_keyfile")}
 
 
 def _is_loopback(host: str) -> bool:
@@ -81,8 +85,32 @@ def local_serve_config(path: Path | None, cli_values: dict[str, Any]):
     for key in ("host", "port"):
         if key in cli or key in from_env.model_fields_set or key not in http:
             http[key] = getattr(settings, key)
+    for key, http_key in TLS_HTTP_OPTIONS.items():
+        value = getattr(settings, key)
+        if value is not None and (key in cli or key in from_env.model_fields_set
+                                  or not http.get(http_key)):
+            http[http_key] = str(value)
+        elif http.get(http_key):  # the file's own: the proxies run in other directories
+            http[http_key] = str(Path(http[http_key]).expanduser().resolve())
+    tls = _check_tls(http.get("ssl_certfile"), http.get("ssl_keyfile"))
     config = ServeDeploySchema.model_validate(raw)
-    return config, settings.model_copy(update={"host": http["host"], "port": http["port"]})
+    return config, settings.model_copy(update={"host": http["host"], "port": http["port"],
+                                               "tls_certfile": tls[0], "tls_keyfile": tls[1]})
+
+
+def _check_tls(certfile: str | None, keyfile: str | None) -> tuple[Path | None, Path | None]:
+    """Both files or neither, and readable here: otherwise the proxies would fail to start
+    minutes later with an error in a Ray log, or (one alone) serve plain HTTP."""
+    if bool(certfile) != bool(keyfile):
+        raise ServeConfigError(
+            "TLS needs both a certificate and its key: --tls-cert/UPSCALER_TLS_CERTFILE and "
+            f"--tls-key/UPSCALER_TLS_KEYFILE (got only the {'certificate' if certfile else 'key'})")
+    if not certfile or not keyfile:
+        return None, None
+    for what, name in (("certificate", certfile), ("key", keyfile)):
+        if not os.access(name, os.R_OK) or not Path(name).is_file():
+            raise ServeConfigError(f"TLS {what} file {name} is not a readable file")
+    return Path(certfile), Path(keyfile)
 
 
 def _last_error(message: str) -> str:
@@ -91,11 +119,14 @@ def _last_error(message: str) -> str:
     return errors[-1] if errors else message.strip().splitlines()[0]
 
 
-def _print_urls(settings: Settings, args: argparse.Namespace, dashboard: str | None) -> None:
-    base = f"http://{settings.host}:{settings.port}"
+def _print_urls(settings: Settings, args: argparse.Namespace, dashboard: str | None,
+                token_auth: bool) -> None:
+    scheme = "https" if settings.tls_certfile else "http"
+    base = f"{scheme}://{settings.host}:{settings.port}"
     print(f"upscaler is up\n  API:       {base}/api\n  Docs:      {base}/docs", flush=True)
     if dashboard and not args.no_dashboard:
-        print(f"  Dashboard: http://{dashboard}", flush=True)
+        for line in dashboard_lines(dashboard, token_auth):
+            print(f"  {line}", flush=True)
     metrics_port = args.metrics_port or settings.metrics_port
     if metrics_port:
         print(f"  Metrics:   http://127.0.0.1:{metrics_port}/metrics", flush=True)
@@ -104,11 +135,18 @@ def _print_urls(settings: Settings, args: argparse.Namespace, dashboard: str | N
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    # Local-cluster defaults (each can be overridden by the environment).
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not args.ray_address:
+        # Our own cluster: token auth on, whatever Ray's default for this version is (off
+        # before 2.59). Ray writes the token to ~/.ray/auth_token; the dashboard asks for it.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     cli_values = _cli_values(args)
     settings = load_settings(cli_values)
+    try:  # a wrong config or TLS pair stops here, before a cluster is started for nothing
+        local_serve_config(args.config, cli_values)
+    except ServeConfigError as exc:
+        print(f"upscaler serve: {exc}", file=sys.stderr)
+        return 2
 
     import ray
     from ray import serve
@@ -133,6 +171,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif args.dashboard_port:
         init_kwargs["dashboard_port"] = args.dashboard_port
     ray_context = ray.init(**init_kwargs)
+    token_auth = ray_compat.token_auth_enabled()
+    if token_auth:
+        restrict_token_file()
     # After ray.init: Ray installs its own SIGTERM handler, which aborts the process.
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
@@ -165,7 +206,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 return 1
             stop.wait(1)
         if not stop.is_set():
-            _print_urls(settings, args, ray_context.dashboard_url)
+            _print_urls(settings, args, ray_context.dashboard_url, token_auth)
         while not stop.wait(0.5):
             pass
     except ServeConfigError as exc:
@@ -301,11 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--metrics-port", type=int,
                          help="Prometheus endpoint of Ray's metrics, ours included "
                          "(UPSCALER_METRICS_PORT)")
-    serve_p.add_argument("--ray-address", help="join an existing Ray cluster instead")
     serve_p.add_argument("--insecure", action="store_true",
                          help="listen beyond loopback without API keys (only behind something "
                          "that authenticates every request)")
     serve_p.add_argument("--keys-file", help="API keys file (UPSCALER_KEYS_FILE)")
+    serve_p.add_argument("--tls-cert", dest="tls_certfile", type=Path, metavar="FILE",
+                         help="PEM certificate: serve HTTPS (UPSCALER_TLS_CERTFILE); "
+                         "needs --tls-key")
+    serve_p.add_argument("--tls-key", dest="tls_keyfile", type=Path, metavar="FILE",
+                         help="PEM private key of --tls-cert (UPSCALER_TLS_KEYFILE)")
+    serve_p.add_argument("--ray-address",
+                         help="join an existing Ray cluster instead (with token auth: "
+                         "RAY_AUTH_MODE=token and its token in the environment)")
     serve_p.add_argument("--config", type=Path, default=os.environ.get("UPSCALER_SERVE_CONFIG"),
                          help="a Ray Serve config file to deploy (UPSCALER_SERVE_CONFIG); "
                          "default: serve_config.cpu.yaml without GPUs, else the built-in graph "

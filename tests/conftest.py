@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -166,12 +167,14 @@ class Service:
     process: subprocess.Popen
     log_path: Path
     metrics_port: int | None = None
+    verify: ssl.SSLContext | bool = True  # HTTPS: trusts the service's own certificate
     api_key: str | None = None  # sent by client() when the service has keys on
     ray_dir: Path | None = None  # its Ray session's files (logs), when the test chose it
 
     def client(self, timeout: float = 120) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
-        return httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+        return httpx.Client(base_url=self.url, timeout=timeout, verify=self.verify,
+                            headers=headers)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -197,26 +200,34 @@ def wait_http_ok(url: str, timeout: float, process: subprocess.Popen | None = No
 
 def start_service(data_dir: Path, models_dir: Path, log_path: Path,
                   extra_env: dict[str, str] | None = None, timeout: float = 180,
-                  dashboard_port: int | None = None) -> Service:
-    """`upscaler serve` as a user runs it; the Ray dashboard only when a port is given."""
+                  dashboard_port: int | None = None, tls: tuple[Path, Path] | None = None,
+                  token_auth: bool = False) -> Service:
+    """`upscaler serve` as a user runs it; the Ray dashboard only when a port is given. Ray's
+    token auth is off unless ``token_auth`` (then Ray writes its token under $HOME: give the
+    service its own in ``extra_env``); ``tls`` = (certificate, key) serves HTTPS."""
     port = free_port()
     dashboard = (["--dashboard-port", str(dashboard_port)] if dashboard_port
                  else ["--no-dashboard"])
+    tls_args = ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []
     env = {**os.environ, "UPSCALER_DATA_DIR": str(data_dir), "UPSCALER_MODELS_DIR":
            str(models_dir), "UPSCALER_PORT": str(port), "UPSCALER_HOST": "127.0.0.1",
            "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "UPSCALER_SYNC_WAIT_S": "60", **(extra_env or {})}
+    if token_auth:
+        del env["RAY_AUTH_MODE"]  # `upscaler serve`'s own default
     with open(log_path, "ab") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "serve_app.cli", "serve", *dashboard], cwd=REPO,
+            [sys.executable, "-m", "serve_app.cli", "serve", *dashboard, *tls_args], cwd=REPO,
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    service = Service(f"http://127.0.0.1:{port}", data_dir, models_dir, proc, log_path)
+    service = Service(f"{'https' if tls else 'http'}://127.0.0.1:{port}", data_dir, models_dir,
+                      proc, log_path,
+                      verify=ssl.create_default_context(cafile=str(tls[0])) if tls else True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"service exited early:\n{service.log()[-4000:]}")
         try:
-            r = httpx.get(f"{service.url}/api/health", timeout=5)
+            r = httpx.get(f"{service.url}/api/health", timeout=5, verify=service.verify)
             if r.status_code == 200 and r.json()["status"] == "healthy":
                 return service
         except httpx.HTTPError:

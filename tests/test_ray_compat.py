@@ -37,3 +37,7 @@ def test_unwrap_gives_the_replicas_own_exception():
 
 def test_no_replica_outside_serve():
     assert ray_compat.replica_id() is None
+
+
+def test_token_auth_mode_is_read_from_ray():
+    assert isinstance(ray_compat.token_auth_enabled(), bool)

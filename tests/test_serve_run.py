@@ -52,7 +52,7 @@ def test_upscaler_serve_stops_with_the_reason_when_storage_is_unusable(tmp_path,
     blocker.write_text("not a folder")
     env = {**os.environ, "UPSCALER_DATA_DIR": str(tmp_path / "data"),
            "UPSCALER_MODELS_DIR": str(models_root), "UPSCALER_PORT": str(free_port()),
-           "UPSCALER_STORAGE_URL": str(blocker / "storage")}
+           "UPSCALER_STORAGE_URL": str(blocker / "storage"), "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run([sys.executable, "-m", "serve_app.cli", "serve", "--no-dashboard"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1

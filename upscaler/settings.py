@@ -176,8 +176,14 @@ class Settings(BaseSettings):
         description="`upscaler serve`: Ray's Prometheus metrics endpoint port (this node).")
     dashboard_host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    tls_certfile: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) the Serve proxies present: HTTPS instead of HTTP. "
+        "Needs tls_keyfile; both must be readable on every node that runs a proxy.")
+    tls_keyfile: Path | None = Field(
+        default=None, description="PEM private key of tls_certfile (unencrypted).")
 
-    @field_validator("data_dir", "models_dir", "cache_dir")
+    @field_validator("data_dir", "models_dir", "cache_dir", "tls_certfile", "tls_keyfile")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         # Replicas run in other working directories: resolve once, where settings are read.

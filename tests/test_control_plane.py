@@ -1,0 +1,89 @@
+"""Safe to put on a network: one real `upscaler serve` as shipped (Ray's token auth on: the test
+does not touch RAY_AUTH_MODE) with HTTPS from a certificate made here. The API answers only
+over verified TLS; the dashboard, which runs any code it is sent, answers only with the token."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import free_port, photo, png_bytes, running_service, upload
+
+pytestmark = pytest.mark.slow
+
+
+def write_self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (as an IP SAN, which hostname checks use) and its key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "upscaler test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def test_token_auth_on_by_default_and_the_api_over_tls(tmp_path, models_root):
+    home = tmp_path / "home"  # Ray writes its token here, never to the real home
+    home.mkdir()
+    tls = write_self_signed(tmp_path)
+    dashboard = f"http://127.0.0.1:{free_port()}"
+    # start_service polls /api/health over HTTPS, trusting only this certificate.
+    with running_service(tmp_path / "data", models_root, tmp_path / "service.log",
+                         {"HOME": str(home)}, timeout=240, tls=tls, token_auth=True,
+                         dashboard_port=int(dashboard.rsplit(":", 1)[1])) as svc:
+        assert svc.url.startswith("https://127.0.0.1:")
+        with svc.client() as client:
+            assert client.get("/api/health").json()["status"] == "healthy"
+            r = upload(client, png_bytes(photo("rocket", (32, 24))), model="tiny-rrdb",
+                       upscale_factor=2)
+            assert r.status_code == 200 and r.json()["outputSize"] == {"width": 64,
+                                                                       "height": 48}
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"{svc.url}/api/health")  # the system's CAs do not vouch for it
+        with pytest.raises(httpx.TransportError):  # no plain HTTP beside it
+            httpx.get(svc.url.replace("https://", "http://") + "/api/health")
+
+        token_file = home / ".ray" / "auth_token"
+        token = token_file.read_text().strip()
+        assert token and token_file.stat().st_mode & 0o077 == 0  # owner-only
+        jobs = f"{dashboard}/api/jobs/"  # job submission: running code on the cluster
+        assert httpx.get(jobs).status_code == 401
+        assert httpx.get(jobs, headers={"Authorization": "Bearer not-the-token"}).status_code \
+            == 403
+        assert httpx.get(jobs, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+        # What the printed advice says works: Serve's CLI with RAY_AUTH_MODE=token and the
+        # token where Ray looks for it.
+        serve_cli = Path(sys.executable).with_name("serve")
+        env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token"}
+        out = subprocess.run([str(serve_cli), "status", "--address", dashboard], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "RUNNING" in out.stdout, out.stdout + out.stderr
+
+        log = svc.log()
+        assert f"API:       {svc.url}/api" in log and f"Docs:      {svc.url}/docs" in log
+        assert f"Dashboard: {dashboard}" in log and f"the token in {token_file}" in log
+    assert svc.process.returncode == 0, svc.log()[-3000:]  # shutdown works with auth on
