@@ -45,17 +45,22 @@ def default_model_name(settings: Settings, registry: ModelRegistry) -> str | Non
     return names[0] if names else None
 
 
+def esrgan_engine(settings: Settings, registry: ModelRegistry) -> EsrganEngine:
+    return EsrganEngine(
+        registry, device=engine_device(settings), cache_size=settings.model_cache_size,
+        cpu_tile_size=settings.cpu_tile_size, overlap=settings.tile_overlap,
+        max_passes=settings.max_model_passes,
+        # An extra model pass may not make more pixels than an output may have: memory
+        # follows the output cap (tests/test_memory.py measures it).
+        max_intermediate_pixels=settings.max_output_pixels)
+
+
 @serve.deployment(name="ESRGAN")
 class EsrganDeployment:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.registry = ModelRegistry(settings.upscale_models_dir)
-        self.engine = EsrganEngine(
-            self.registry, device=engine_device(settings), cache_size=settings.model_cache_size,
-            cpu_tile_size=settings.cpu_tile_size, overlap=settings.tile_overlap,
-            max_passes=settings.max_model_passes,
-            # An extra model pass may not make more pixels than an output may have.
-            max_intermediate_pixels=settings.max_output_pixels)
+        self.engine = esrgan_engine(settings, self.registry)
         self.store = JobStore.from_settings(settings)
         self._gpu_lock = threading.Lock()  # one image at a time on this replica's device
         self._busy_jobs = 0

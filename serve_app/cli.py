@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from serve_app.control_plane import dashboard_lines, restrict_token_file
+from serve_app.keys_cli import add_keys_commands
+from serve_app.proxy import proxy_environment
 from upscaler.settings import Settings, load_settings
 from upscaler.storage import Storage, StorageError
 
@@ -143,10 +145,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cli_values = _cli_values(args)
     settings = load_settings(cli_values)
     try:  # a wrong config or TLS pair stops here, before a cluster is started for nothing
-        local_serve_config(args.config, cli_values)
+        _, early = local_serve_config(args.config, cli_values)
     except ServeConfigError as exc:
         print(f"upscaler serve: {exc}", file=sys.stderr)
         return 2
+    # Serve's proxies (started with this process's environment) cut oversized and stalled
+    # uploads off before they queue them for the Ingress.
+    for name, value in proxy_environment(early).items():
+        os.environ.setdefault(name, value)
 
     import ray
     from ray import serve
@@ -268,62 +274,6 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_store(args: argparse.Namespace):
-    from upscaler.keys import KeyStore
-
-    return KeyStore(_settings_from(args).resolved_keys_file)
-
-
-def cmd_keys_create(args: argparse.Namespace) -> int:
-    from upscaler.errors import UpscalerError
-    from upscaler.keys import KeyLimits
-
-    limits = KeyLimits(rate_limit_per_minute=args.rate_limit, max_open_jobs=args.max_open_jobs,
-                       max_output_mp_per_day=args.max_output_mp_per_day,
-                       gcp_projects=args.gcp_project or [])
-    store = _key_store(args)
-    try:
-        record, key = store.create(args.name, limits)
-    except (UpscalerError, ValueError) as exc:
-        print(f"upscaler keys create: {getattr(exc, 'message', exc)}", file=sys.stderr)
-        return 2
-    print(f"created key {record.key_id} ({record.name}) in {store.url}")
-    print("the key is shown once, here; only its hash is kept. Send it as "
-          "`Authorization: Bearer <key>` or `X-API-Key: <key>`:")
-    print(key)  # alone on the last line, for scripts
-    return 0
-
-
-def cmd_keys_list(args: argparse.Namespace) -> int:
-    import datetime
-
-    def when(t: float | None) -> str:
-        return "-" if t is None else datetime.datetime.fromtimestamp(
-            t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
-
-    records = _key_store(args).list()
-    print(f"{'id':14s} {'name':24s} {'created (UTC)':17s} {'revoked':17s} limits")
-    for r in records:
-        limits = {k: v for k, v in r.limits.model_dump().items() if v}
-        print(f"{r.key_id:14s} {r.name:24s} {when(r.created_at):17s} {when(r.revoked_at):17s} "
-              f"{limits or 'server defaults'}")
-    if not records:
-        print("(no keys) - `upscaler keys create NAME`")
-    return 0
-
-
-def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from upscaler.errors import UpscalerError
-
-    try:
-        record = _key_store(args).revoke(args.key)
-    except UpscalerError as exc:
-        print(f"upscaler keys revoke: {exc.message}", file=sys.stderr)
-        return 2
-    print(f"revoked key {record.key_id} ({record.name}); requests with it now get 403")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="upscaler", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -360,24 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(FLUX 0.75 + ESRGAN 0.25 of each card)")
     serve_p.set_defaults(func=cmd_serve)
 
-    keys_p = sub.add_parser("keys", help="API keys: create, list, revoke (UPSCALER_AUTH=keys)")
-    keys_sub = keys_p.add_subparsers(dest="keys_command", required=True)
-    create_p = keys_sub.add_parser("create", help="a new key, printed once (last line)")
-    create_p.add_argument("name", help="who the key is for, e.g. backend-prod")
-    create_p.add_argument("--rate-limit", type=int, help="requests per minute (default: server)")
-    create_p.add_argument("--max-open-jobs", type=int, help="queued or running jobs at once")
-    create_p.add_argument("--max-output-mp-per-day", type=float, help="output MP per UTC day")
-    create_p.add_argument("--gcp-project", action="append",
-                          help="a Google Cloud project this key may name (repeatable)")
-    create_p.set_defaults(func=cmd_keys_create)
-    list_keys_p = keys_sub.add_parser("list", help="keys, without their secrets")
-    list_keys_p.set_defaults(func=cmd_keys_list)
-    revoke_p = keys_sub.add_parser("revoke", help="stop a key at once (403)")
-    revoke_p.add_argument("key", help="the key's id or name")
-    revoke_p.set_defaults(func=cmd_keys_revoke)
-    for p in (create_p, list_keys_p, revoke_p):
-        p.add_argument("--data-dir", type=Path, help="default: ./data (UPSCALER_DATA_DIR)")
-        p.add_argument("--keys-file", help="default: DATA_DIR/keys.json (UPSCALER_KEYS_FILE)")
+    add_keys_commands(sub)
 
     models_p = sub.add_parser("models", help="list or pull model weights")
     models_sub = models_p.add_subparsers(dest="models_command", required=True)

@@ -4,7 +4,9 @@ DeploymentHandles, one place that knows which deployment serves which engine."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from ray.exceptions import RayActorError
@@ -16,9 +18,23 @@ from upscaler.jobs import Engine, JobEvent, JobSpec
 from upscaler.quotas import KeyQuota, RateState
 
 STATUS_TIMEOUT_S = 5.0
+STATUS_FRESH_S = 2.0  # an engine's status this recent is answered without asking again
+MODELS_FRESH_S = 10.0  # the ESRGAN model list, likewise (model files change rarely)
+
+
+@dataclass
+class _Cached:
+    value: Any
+    at: float
+    refreshing: asyncio.Task | None = None
 
 
 class EngineGateway:
+    """Job streams go straight to the deployments. Questions (status, models) are answered
+    from what the deployments said last, refreshed in the background once it is a few seconds
+    old: a replica whose every slot holds image work then never makes a request (health, an
+    upload's model check) wait for it."""
+
     def __init__(self, esrgan: DeploymentHandle, flux: DeploymentHandle,
                  flux_coordinator: DeploymentHandle, imagen: DeploymentHandle):
         self.esrgan = esrgan
@@ -26,39 +42,82 @@ class EngineGateway:
         self._runs = {Engine.esrgan: esrgan.options(stream=True),
                       Engine.flux: flux_coordinator.options(stream=True),
                       Engine.imagen: imagen.options(stream=True)}
-        self._status = {Engine.esrgan: esrgan.health, Engine.flux: flux.status,
-                        Engine.imagen: imagen.status}
-        self._last_status: dict[Engine, dict[str, Any]] = {}
+        self._status_calls = {Engine.esrgan: esrgan.health, Engine.flux: flux.status,
+                              Engine.imagen: imagen.status}
+        self._status: dict[Engine, _Cached] = {}
+        self._models: _Cached | None = None
 
     def run(self, spec: JobSpec) -> AsyncIterator[JobEvent]:
         return self._runs[spec.engine].run.remote(spec)
 
-    async def model_info(self, name: str | None) -> ModelInfo:
-        """The ESRGAN model ``name`` (None: the default); raises UnknownModel,
-        UnsupportedModel, or ServiceUnavailable when none is installed."""
-        return await self.esrgan.model_info.remote(name)
-
+    # --- models --------------------------------------------------------------------------
     async def list_models(self) -> dict[str, Any]:
-        return await self.esrgan.list_models.remote()
+        if self._models is None:
+            self._models = _Cached(await self.esrgan.list_models.remote(), time.monotonic())
+        elif time.monotonic() - self._models.at > MODELS_FRESH_S:
+            self._refresh_models()
+        return self._models.value
 
+    def _refresh_models(self) -> None:
+        async def refresh() -> None:
+            assert self._models is not None
+            try:
+                self._models = _Cached(await self.esrgan.list_models.remote(), time.monotonic())
+            except Exception:  # noqa: BLE001 - keep what was known; asked again later
+                self._models.refreshing = None
+
+        if self._models is not None and self._models.refreshing is None:
+            self._models.refreshing = asyncio.get_running_loop().create_task(refresh())
+
+    async def model_info(self, name: str | None) -> ModelInfo:
+        """The ESRGAN model ``name`` (None: the default). A name the list does not hold (new,
+        unknown, unloadable, or no model installed) is asked of a replica, which raises
+        UnknownModel, UnsupportedModel or ServiceUnavailable."""
+        listing = await self.list_models()
+        wanted = name or listing.get("default")
+        for info in listing["models"]:
+            if info["name"] == wanted:
+                return ModelInfo(**info)
+        info = await self.esrgan.model_info.remote(name)
+        self._refresh_models()  # it exists after all: the list is behind
+        return info
+
+    # --- status --------------------------------------------------------------------------
     async def status(self, engine: Engine) -> dict[str, Any]:
-        """An engine's status. When it does not answer in time but answered before and its
-        replica is alive, every slot is taken by image work: its last answer, marked busy."""
+        """An engine's status: the last answer when recent, else asked again (in the
+        background when there is an answer to give meanwhile)."""
+        cached = self._status.get(engine)
+        if cached is None:
+            return await self._ask_status(engine)
+        if time.monotonic() - cached.at > STATUS_FRESH_S and cached.refreshing is None:
+            cached.refreshing = asyncio.get_running_loop().create_task(
+                self._ask_status(engine))
+        return cached.value
+
+    async def _ask_status(self, engine: Engine) -> dict[str, Any]:
+        """Ask the deployment. No answer in time from a live replica means every slot holds
+        image work: its last answer, marked busy. A dead replica is an error until Serve has
+        replaced it."""
+        last = self._status.get(engine)
         try:
-            status = await asyncio.wait_for(self._status[engine].remote(), STATUS_TIMEOUT_S)
+            status = await asyncio.wait_for(self._status_calls[engine].remote(),
+                                            STATUS_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - busy or down: report it, never fail health
             cause = unwrap(exc)
-            if engine in self._last_status and not isinstance(cause, RayActorError):
-                return {**self._last_status[engine], "state": "busy"}
-            return {"installed": False, "error": f"no answer: {type(cause).__name__}",
-                    "message": f"the {engine.value} deployment is not answering yet; retry "
-                    "shortly"}
-        self._last_status[engine] = status
+            if last is not None and "error" not in last.value and not isinstance(
+                    cause, RayActorError):
+                status = {**last.value, "state": "busy"}
+            else:
+                status = {"installed": False, "error": f"no answer: {type(cause).__name__}",
+                          "message": f"the {engine.value} deployment is not answering yet; "
+                          "retry shortly"}
+        self._status[engine] = _Cached(status, time.monotonic())
         return status
 
     def device(self, engine: Engine) -> str | None:
         """The device an engine last said it runs on (None before it answered)."""
-        return self._last_status.get(engine, {}).get("device")
+        cached = self._status.get(engine)
+        return None if cached is None else cached.value.get("device")
 
 
 class QuotaClient:

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,15 +24,17 @@ from upscaler.errors import (
 MULTIPART_SLACK = 64 * 1024
 # All request headers together (h11's own limit; Ray's proxy sets none).
 MAX_HEADER_BYTES = 16 * 1024
+# What the app is told where a body is cut off: it ends here.
+END_OF_BODY: Message = {"type": "http.request", "body": b"", "more_body": False}
 BUSY_RETRY_S = 2
 
 
 class RequestLimits:
     """ASGI middleware: headers over ``MAX_HEADER_BYTES`` get 431; a request body over
     ``max_bytes`` gets 413, one that stalls for ``idle_s`` or is still arriving after
-    ``total_s`` gets 408. The body is cut off where the limit is crossed (the app sees its end
-    there), never read or buffered whole; whatever the app then answers is replaced by the
-    413/408."""
+    ``total_s`` gets 408. The answer goes out as soon as a limit is crossed, with
+    ``Connection: close``; the app is told the body ended there, and whatever it answers
+    after is dropped. Nothing past the limit is read into memory."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, idle_s: float, total_s: float):
         self.app = app
@@ -51,43 +54,54 @@ class RequestLimits:
                 f"the upload is {int(length):,} bytes; the limit is "
                 f"{self.max_bytes - MULTIPART_SLACK:,} bytes"))
             return
-        refused: list[UpscalerError] = []
-        received, deadline = 0, time.monotonic() + self.total_s
+        state = _BodyState(deadline=time.monotonic() + self.total_s)
 
         async def limited_receive() -> Message:
-            nonlocal received
-            if refused:
-                return {"type": "http.request", "body": b"", "more_body": False}
-            timeout = min(self.idle_s, deadline - time.monotonic())
+            if state.refused:
+                # Asked again after the cut (Serve's proxy reads until the client is gone):
+                # wait for the client to go (our answer closes the connection), dropping
+                # what it still sends. Never answer at once in a loop: that would spin.
+                while (message := await receive())["type"] == "http.request":
+                    pass
+                return message
+            timeout = min(self.idle_s, state.deadline - time.monotonic())
             try:
                 message = await asyncio.wait_for(receive(), max(timeout, 0.001))
             except asyncio.TimeoutError:
-                refused.append(RequestTimeout(
+                return await refuse(RequestTimeout(
                     f"the upload stalled or took too long (limits: {self.idle_s:g} s without "
                     f"data, {self.total_s:g} s in all)"))
-                return {"type": "http.request", "body": b"", "more_body": False}
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    refused.append(PayloadTooLarge(
+                state.received += len(message.get("body", b""))
+                if state.received > self.max_bytes:
+                    return await refuse(PayloadTooLarge(
                         f"the upload is larger than the limit of "
                         f"{self.max_bytes - MULTIPART_SLACK:,} bytes"))
-                    return {"type": "http.request", "body": b"", "more_body": False}
             return message
 
-        started = False
+        async def refuse(error: UpscalerError) -> Message:
+            state.refused = True
+            if not state.answered:
+                state.answered = True
+                await _send_error(send, error)
+            return END_OF_BODY
 
         async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if refused:
-                if not started:  # the app answered the cut-off body: answer the reason
-                    started = True
-                    await _send_error(send, refused[0])
-                return
-            started = started or message["type"] == "http.response.start"
+            if state.refused:
+                return  # we answered already
+            if message["type"] == "http.response.start":
+                state.answered = True
             await send(message)
 
         await self.app(scope, limited_receive, guarded_send)
+
+
+@dataclass
+class _BodyState:
+    deadline: float
+    received: int = 0
+    refused: bool = False
+    answered: bool = False  # a response has started (ours, or the app's)
 
 
 async def _send_error(send: Send, error: UpscalerError) -> None:

@@ -267,10 +267,10 @@ FAST_STALE = {"UPSCALER_HEARTBEAT_S": "1", "UPSCALER_STALE_AFTER_S": "6",
               "UPSCALER_INGRESS_DRAIN_S": "5"}
 
 
-def create_key(data_dir: Path, name: str) -> str:
+def create_key(data_dir: Path, name: str, *options: str) -> str:
     """A key made the way an operator makes one: `upscaler keys create` (its last line)."""
     out = subprocess.run([sys.executable, "-m", "serve_app.cli", "keys", "create", name,
-                          "--data-dir", str(data_dir)], cwd=REPO, check=True,
+                          "--data-dir", str(data_dir), *options], cwd=REPO, check=True,
                          capture_output=True, text=True).stdout
     return out.strip().splitlines()[-1]
 

@@ -53,9 +53,11 @@ def auth(keyed, who: str | None) -> dict[str, str]:
 
 
 def stored(keyed) -> set[str]:
+    """Uploads, job records and results kept (not the quota keeper's counts, nor a record
+    being rewritten at that moment by a job still running)."""
     root = Path(keyed.data_dir) / "storage"
     return {str(p.relative_to(root)) for p in root.rglob("*")
-            if p.is_file() and not p.name.startswith("usage")}
+            if p.is_file() and p.suffix != ".tmp" and p.parts[-2] != "quotas"}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,81 @@
+"""`upscaler keys create|list|revoke`: API keys for a service with UPSCALER_AUTH=keys."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+from upscaler.errors import UpscalerError
+from upscaler.keys import KeyLimits, KeyStore
+from upscaler.settings import load_settings
+
+
+def _key_store(args: argparse.Namespace) -> KeyStore:
+    settings = load_settings({"data_dir": args.data_dir, "keys_file": args.keys_file})
+    return KeyStore(settings.resolved_keys_file)
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    limits = KeyLimits(rate_limit_per_minute=args.rate_limit, max_open_jobs=args.max_open_jobs,
+                       max_output_mp_per_day=args.max_output_mp_per_day,
+                       gcp_projects=args.gcp_project or [])
+    store = _key_store(args)
+    try:
+        record, key = store.create(args.name, limits)
+    except (UpscalerError, ValueError) as exc:
+        print(f"upscaler keys create: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    print(f"created key {record.key_id} ({record.name}) in {store.url}")
+    print("the key is shown once, here; only its hash is kept. Send it as "
+          "`Authorization: Bearer <key>` or `X-API-Key: <key>`:")
+    print(key)  # alone on the last line, for scripts
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    def when(t: float | None) -> str:
+        return "-" if t is None else datetime.datetime.fromtimestamp(
+            t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+    records = _key_store(args).list()
+    print(f"{'id':14s} {'name':24s} {'created (UTC)':17s} {'revoked':17s} limits")
+    for r in records:
+        limits = {k: v for k, v in r.limits.model_dump().items() if v}
+        print(f"{r.key_id:14s} {r.name:24s} {when(r.created_at):17s} {when(r.revoked_at):17s} "
+              f"{limits or 'server defaults'}")
+    if not records:
+        print("(no keys) - `upscaler keys create NAME`")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    try:
+        record = _key_store(args).revoke(args.key)
+    except UpscalerError as exc:
+        print(f"upscaler keys revoke: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"revoked key {record.key_id} ({record.name}); requests with it now get 403")
+    return 0
+
+
+def add_keys_commands(sub: argparse._SubParsersAction) -> None:
+    keys_p = sub.add_parser("keys", help="API keys: create, list, revoke (UPSCALER_AUTH=keys)")
+    keys_sub = keys_p.add_subparsers(dest="keys_command", required=True)
+    create_p = keys_sub.add_parser("create", help="a new key, printed once (last line)")
+    create_p.add_argument("name", help="who the key is for, e.g. backend-prod")
+    create_p.add_argument("--rate-limit", type=int, help="requests per minute (default: server)")
+    create_p.add_argument("--max-open-jobs", type=int, help="queued or running jobs at once")
+    create_p.add_argument("--max-output-mp-per-day", type=float, help="output MP per UTC day")
+    create_p.add_argument("--gcp-project", action="append",
+                          help="a Google Cloud project this key may name (repeatable)")
+    create_p.set_defaults(func=cmd_keys_create)
+    list_keys_p = keys_sub.add_parser("list", help="keys, without their secrets")
+    list_keys_p.set_defaults(func=cmd_keys_list)
+    revoke_p = keys_sub.add_parser("revoke", help="stop a key at once (403)")
+    revoke_p.add_argument("key", help="the key's id or name")
+    revoke_p.set_defaults(func=cmd_keys_revoke)
+    for p in (create_p, list_keys_p, revoke_p):
+        p.add_argument("--data-dir", type=Path, help="default: ./data (UPSCALER_DATA_DIR)")
+        p.add_argument("--keys-file", help="default: DATA_DIR/keys.json (UPSCALER_KEYS_FILE)")
