@@ -64,6 +64,8 @@ class RequestLimits:
                 while (message := await receive())["type"] == "http.request":
                     pass
                 return message
+            if state.body_done:  # waiting for a disconnect, while the answer is made
+                return await receive()
             timeout = min(self.idle_s, state.deadline - time.monotonic())
             try:
                 message = await asyncio.wait_for(receive(), max(timeout, 0.001))
@@ -73,6 +75,7 @@ class RequestLimits:
                     f"data, {self.total_s:g} s in all)"))
             if message["type"] == "http.request":
                 state.received += len(message.get("body", b""))
+                state.body_done = not message.get("more_body", False)
                 if state.received > self.max_bytes:
                     return await refuse(PayloadTooLarge(
                         f"the upload is larger than the limit of "
@@ -100,6 +103,7 @@ class RequestLimits:
 class _BodyState:
     deadline: float
     received: int = 0
+    body_done: bool = False
     refused: bool = False
     answered: bool = False  # a response has started (ours, or the app's)
 

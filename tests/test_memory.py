@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -29,7 +28,8 @@ from upscaler.engines.models import ModelRegistry
 from upscaler.images import DecodedImage, encode_image
 from upscaler.settings import Settings
 
-folder, side, factor, cap = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+folder, side = Path(sys.argv[1]), int(sys.argv[2])
+factor, cap = float(sys.argv[3]), int(sys.argv[4])
 write_compact(folder / "compact.pth")
 settings = Settings(device="cpu", max_output_pixels=cap, data_dir=folder)
 engine = esrgan_engine(settings, ModelRegistry(folder))
