@@ -46,6 +46,7 @@ print(json.dumps({"growth_kb": peak - base, "passes": result.stats["passes"],
 """
 
 
+@pytest.mark.slow  # a separate process, to measure its peak
 @pytest.mark.parametrize("side,factor", [(512, 4), (256, 8)])
 def test_the_largest_esrgan_job_is_a_bounded_multiple_of_its_output(tmp_path, side, factor):
     """At the output cap (scaled down to 4.2 MP here): x4 of 512 px, and x8 of 256 px with a

@@ -45,6 +45,7 @@ def test_serve_run_cpu_config(tmp_path, models_root):
             proc.wait(10)
 
 
+@pytest.mark.slow  # starts Ray
 def test_upscaler_serve_stops_with_the_reason_when_storage_is_unusable(tmp_path, models_root):
     """A wrong storage location ends the start in seconds (exit 1) naming the setting,
     instead of a service that fails every job later."""
