@@ -48,8 +48,8 @@ def default_model_name(settings: Settings, registry: ModelRegistry) -> str | Non
 def esrgan_engine(settings: Settings, registry: ModelRegistry) -> EsrganEngine:
     return EsrganEngine(
         registry, device=engine_device(settings), cache_size=settings.model_cache_size,
-        cpu_tile_size=settings.cpu_tile_size, overlap=settings.tile_overlap,
-        max_passes=settings.max_model_passes,
+        cpu_tile_size=settings.cpu_tile_size, context=settings.tile_context,
+        max_passes=settings.max_model_passes, compile_models=settings.esrgan_torch_compile,
         # An extra model pass may not make more pixels than an output may have: memory
         # follows the output cap (tests/test_memory.py measures it).
         max_intermediate_pixels=settings.max_output_pixels)
@@ -115,7 +115,8 @@ class EsrganDeployment:
             result = self.engine.upscale(
                 image, model, spec.plan, tile_size=tile_size, use_fp16=use_fp16,
                 progress=emit and (lambda done, total: emit(Progress(done, total))),
-                should_stop=cancelled.is_set if cancelled else None)
+                should_stop=cancelled.is_set if cancelled else None,
+                quantize=emit is not None)  # FLUX's pre-pass (no events) wants floats
         return result.image, result.stats
 
     def _process(self, spec: JobSpec, emit: Emit, cancelled: threading.Event) -> Completed:

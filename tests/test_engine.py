@@ -6,12 +6,20 @@ import numpy as np
 import pytest
 import torch
 from conftest import DAT, photo, psnr
+from model_factory import write_compact, write_rrdb
 from PIL import Image
 
 from upscaler.dimensions import calculate_output_dimensions
 from upscaler.engines.esrgan import EsrganEngine, UpscaleCancelled, choose_dtype, plan_passes
 from upscaler.engines.models import ModelCache, ModelRegistry
-from upscaler.engines.tiling import count_tiles, plan_windows, run_tiled
+from upscaler.engines.tiling import (
+    QuantizedSink,
+    TensorSink,
+    axis_spans,
+    count_tiles,
+    plan_windows,
+    run_tiled,
+)
 from upscaler.errors import UnknownModel, UnsupportedModel
 from upscaler.images import DecodedImage
 
@@ -28,7 +36,7 @@ def registry(upscale_models_dir) -> ModelRegistry:
 
 @pytest.fixture(scope="module")
 def engine(registry) -> EsrganEngine:
-    return EsrganEngine(registry, device="cpu", overlap=16)
+    return EsrganEngine(registry, device="cpu", context=16)
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -69,53 +77,125 @@ def test_precision_choice():
         assert choose_dtype(cuda, False, True, True) == torch.bfloat16
 
 
-# --- tiling ----------------------------------------------------------------------------------
+# --- tiling -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("h,w,tile,overlap", [(37, 53, 16, 4), (100, 64, 32, 8), (20, 20, 64, 8),
-                                              (65, 129, 64, 16), (50, 51, 24, 0)])
-def test_tiling_reassembles_exactly(h, w, tile, overlap):
-    """With a per-tile function that only upscales (nearest), reassembly is exact."""
+def tiled(image: torch.Tensor, fn, scale: int, tile: int, context: int, batch: int = 1):
+    _, c, h, w = image.shape
+    sink = TensorSink(c, h * scale, w * scale, torch.device("cpu"))
+    written = torch.zeros(h * scale, w * scale)
+
+    def put(y0, y1, x0, x1, core):
+        sink.put(y0, y1, x0, x1, core)
+        written[y0:y1, x0:x1] += 1
+
+    run_tiled(image, fn, scale, tile, context, put, batch=batch)
+    assert (written == 1).all()  # the cores partition the output
+    return sink.result()
+
+
+def nearest2(t: torch.Tensor) -> torch.Tensor:
+    return t.repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+
+@pytest.mark.parametrize("h,w,tile,context", [(37, 53, 16, 4), (100, 64, 32, 8),
+                                              (20, 20, 64, 8), (65, 129, 64, 16),
+                                              (50, 51, 24, 0), (300, 17, 40, 64)])
+def test_tiling_reassembles_exactly(h, w, tile, context):
     image = torch.rand(1, 3, h, w)
+    out = tiled(image, nearest2, 2, tile, context)
+    assert out.shape == (1, 3, 2 * h, 2 * w) and torch.equal(out, nearest2(image))
 
-    def fn(t):
-        return t.repeat_interleave(2, -1).repeat_interleave(2, -2)
 
-    out = run_tiled(image, fn, 2, tile, overlap)
-    assert out.shape == (1, 3, 2 * h, 2 * w)
-    assert torch.allclose(out, fn(image), atol=1e-6)
-    windows = plan_windows(h, w, tile, overlap)
-    assert len(windows) == count_tiles(h, w, tile, overlap)
-    covered = torch.zeros(h, w)
-    for win in windows:
-        covered[win.y0:win.y1, win.x0:win.x1] = 1
-    assert covered.all()
+def test_windows_along_an_axis_have_one_size_and_hold_their_context():
+    for length, tile, context in [(1000, 128, 32), (129, 64, 16), (64, 64, 40), (500, 7, 3)]:
+        spans = axis_spans(length, tile, context)
+        assert len({s.stop - s.start for s in spans}) == 1  # one batchable shape
+        assert spans[0].core_start == 0 and spans[-1].core_stop == length
+        for s in spans:
+            assert s.core_stop - s.core_start <= tile
+            assert s.start <= max(0, s.core_start - context)
+            assert s.stop >= min(length, s.core_stop + context)
+    assert count_tiles(64, 96, 64, 16) == len(plan_windows(64, 96, 64, 16)) == 2
+
+
+def conv_stack(depth: int, seed: int = 0) -> torch.nn.Module:
+    """``depth`` 3x3 convolutions: a receptive radius of ``depth`` px, then nearest x2."""
+    torch.manual_seed(seed)
+    layers = [torch.nn.Conv2d(3, 3, 3, padding=1, padding_mode="zeros") for _ in range(depth)]
+    net = torch.nn.Sequential(*layers)
+    return lambda t: nearest2(net(t).detach())
+
+
+def test_enough_context_makes_tiles_exact_and_less_does_not():
+    image = torch.rand(1, 3, 90, 70)
+    fn = conv_stack(depth=6)
+    whole = fn(image)
+    assert torch.allclose(tiled(image, fn, 2, 24, context=6), whole, atol=1e-6)
+    assert not torch.allclose(tiled(image, fn, 2, 24, context=3), whole, atol=1e-4)
+
+
+def test_batches_of_windows_give_the_same_output():
+    image = torch.rand(1, 3, 90, 70)
+    fn = conv_stack(depth=4)
+    one = tiled(image, fn, 2, 20, context=4, batch=1)
+    assert torch.allclose(tiled(image, fn, 2, 20, context=4, batch=5), one, atol=1e-6)
+
+
+def test_quantized_cores_are_the_quantized_float_output():
+    from upscaler.images import quantize_plane
+
+    image = torch.rand(1, 3, 40, 30)
+    for bits, dtype in ((8, np.uint8), (16, np.uint16)):
+        sink = QuantizedSink(3, 80, 60, bits, torch.device("cpu"))
+        run_tiled(image, nearest2, 2, 16, 4, sink.put)
+        out = sink.result()
+        expected = quantize_plane(nearest2(image)[0].permute(1, 2, 0).numpy(), bits)
+        assert out.dtype == dtype and np.array_equal(out, expected)
+
+
+@pytest.mark.parametrize("writer,name", [
+    (lambda p: write_rrdb(p, num_filters=32, num_blocks=4), "rrdb-32x4"),
+    (lambda p: write_compact(p, num_feat=32, num_conv=16), "compact-32x16"),
+])
+def test_tiles_of_64_px_match_one_pass_of_a_real_format_model(tmp_path, writer, name):
+    """Real on-disk formats through spandrel, with the production context table (RRDB 64 px,
+    SRVGG compact 40 px) and tiles of 64 px: at least 60 dB from one untiled pass."""
+    writer(tmp_path / f"{name}.pth")
+    engine = EsrganEngine(ModelRegistry(tmp_path), device="cpu")
+    image = decoded(photo("astronaut", (192, 160)))
+    plan = calculate_output_dimensions(192, 160, 4)
+    whole = engine.upscale(image, name, plan, tile_size=1024, quantize=False)
+    tiles = engine.upscale(image, name, plan, tile_size=64, quantize=False)
+    assert whole.stats["tiles"] == 1 and tiles.stats["tiles"] == 9
+    assert psnr(tiles.image.rgb, whole.image.rgb) >= 60.0
 
 
 def test_tiled_matches_untiled_on_real_model_and_photo(engine):
-    """DAT-light (pretrained) on a real photo: tiled output agrees with one untiled pass."""
+    """DAT-light (pretrained): channel attention sees the whole input, so no tiling is exact;
+    16 px of context keeps tiles within 45 dB of one untiled pass."""
     image = decoded(photo("astronaut", (128, 128)))
     plan = calculate_output_dimensions(128, 128, 4)
-    whole = engine.upscale(image, DAT, plan, tile_size=1024)
-    tiled = engine.upscale(image, DAT, plan, tile_size=64)
-    assert whole.stats["tiles"] == 1 and tiled.stats["tiles"] == 9
-    assert tiled.image.rgb.shape == (512, 512, 3)
-    assert psnr(tiled.image.rgb, whole.image.rgb) >= 45.0
+    whole = engine.upscale(image, DAT, plan, tile_size=1024, quantize=False)
+    tiled_result = engine.upscale(image, DAT, plan, tile_size=64, quantize=False)
+    assert whole.stats["tiles"] == 1 and tiled_result.stats["tiles"] == 4
+    assert tiled_result.image.rgb.shape == (512, 512, 3)
+    assert psnr(tiled_result.image.rgb, whole.image.rgb) >= 45.0
 
 
-def test_feathered_overlap_beats_butt_joined_tiles(registry):
-    """Context overlap is what makes tiles seamless: without it the same tiles disagree more."""
+def test_context_is_what_makes_tiles_agree(registry):
     image = decoded(photo("coffee", (96, 64)))
     plan = calculate_output_dimensions(96, 64, 4)
-    whole = EsrganEngine(registry, overlap=16).upscale(image, DAT, plan, tile_size=1024)
-    with_overlap = EsrganEngine(registry, overlap=16).upscale(image, DAT, plan, tile_size=48)
-    butt_joined = EsrganEngine(registry, overlap=0).upscale(image, DAT, plan, tile_size=48)
-    # DAT's channel attention sees the whole input, so no tiling is exact; the worst pixels
-    # (at the seams) are what overlap fixes.
-    worst_overlap = np.percentile(np.abs(with_overlap.image.rgb - whole.image.rgb), 99.9)
-    worst_butt = np.percentile(np.abs(butt_joined.image.rgb - whole.image.rgb), 99.9)
-    assert worst_overlap < 0.75 * worst_butt
-    assert psnr(with_overlap.image.rgb, whole.image.rgb) > \
-        psnr(butt_joined.image.rgb, whole.image.rgb) + 1
+    whole = EsrganEngine(registry, context=16).upscale(image, DAT, plan, tile_size=1024,
+                                                        quantize=False)
+    with_context = EsrganEngine(registry, context=16).upscale(image, DAT, plan, tile_size=32,
+                                                               quantize=False)
+    without = EsrganEngine(registry, context=0).upscale(image, DAT, plan, tile_size=32,
+                                                         quantize=False)
+    worst_with = np.percentile(np.abs(with_context.image.rgb - whole.image.rgb), 99.9)
+    worst_without = np.percentile(np.abs(without.image.rgb - whole.image.rgb), 99.9)
+    assert worst_with < 0.75 * worst_without
+    assert psnr(with_context.image.rgb, whole.image.rgb) > \
+        psnr(without.image.rgb, whole.image.rgb) + 1
 
 
 def test_dat_beats_bicubic_on_a_real_photo(engine):
@@ -124,8 +204,9 @@ def test_dat_beats_bicubic_on_a_real_photo(engine):
     small = original.resize((64, 48), Image.BICUBIC)
     plan = calculate_output_dimensions(64, 48, 4)
     out = engine.upscale(decoded(small), DAT, plan).image.rgb
-    bicubic = np.asarray(small.resize((256, 192), Image.BICUBIC), dtype=np.float32) / 255
-    reference = np.asarray(original, dtype=np.float32) / 255
+    assert out.dtype == np.uint8  # as the file will hold it: the model's own 4x is the plan
+    bicubic = np.asarray(small.resize((256, 192), Image.BICUBIC))
+    reference = np.asarray(original)
     assert psnr(out, reference) > psnr(bicubic, reference) + 0.5
 
 
@@ -190,7 +271,7 @@ def test_progress_and_cancel(engine):
 
 def test_out_of_memory_halves_the_tile(registry, monkeypatch):
     """A (simulated) CUDA OOM on big tiles: the engine retries the pass with half the tile."""
-    engine = EsrganEngine(registry, overlap=8)
+    engine = EsrganEngine(registry, context=8)
     real_fn = engine._model_fn
 
     def limited(loaded):
@@ -210,14 +291,15 @@ def test_out_of_memory_halves_the_tile(registry, monkeypatch):
     with pytest.raises(torch.OutOfMemoryError):
         engine.upscale(image, "tiny-rrdb", plan, tile_size=128)
     monkeypatch.setattr("upscaler.engines.esrgan.MIN_TILE", 16)
+    # Windows are the tile and 8 px of context on each side: 16 px tiles make 32 px ones.
     result = engine.upscale(image, "tiny-rrdb", plan, tile_size=128)
-    assert result.stats["oom_retries"] == 2 and result.stats["tile_size"] == 32
+    assert result.stats["oom_retries"] == 3 and result.stats["tile_size"] == 16
     assert result.image.rgb.shape == (192, 256, 3)
 
 
 def test_cpu_allocator_out_of_memory_halves_the_tile_too(registry, monkeypatch):
     """The CPU allocator's error is a RuntimeError of its own wording: handled like CUDA's."""
-    engine = EsrganEngine(registry, overlap=8)
+    engine = EsrganEngine(registry, context=8)
     real_fn = engine._model_fn
     monkeypatch.setattr("upscaler.engines.esrgan.MIN_TILE", 16)
 
@@ -236,12 +318,12 @@ def test_cpu_allocator_out_of_memory_halves_the_tile_too(registry, monkeypatch):
     monkeypatch.setattr(engine, "_model_fn", limited)
     result = engine.upscale(decoded(photo("rocket", (64, 48))), "tiny-rrdb",
                             calculate_output_dimensions(64, 48, 4), tile_size=64)
-    assert result.stats["oom_retries"] == 1 and result.stats["tile_size"] == 32
+    assert result.stats["oom_retries"] == 2 and result.stats["tile_size"] == 16
 
 
 def test_a_clients_tile_size_cannot_pass_the_cpu_bound(registry):
     """On the CPU the tile bounds host memory: a request's 4096 px tile is clamped to it."""
-    engine = EsrganEngine(registry, cpu_tile_size=64, overlap=8)
+    engine = EsrganEngine(registry, cpu_tile_size=64, context=8)
     result = engine.upscale(decoded(photo("rocket", (96, 80))), "tiny-compact",
                             calculate_output_dimensions(96, 80, 4), tile_size=4096)
     assert result.stats["tile_size"] == 64 and result.stats["tiles"] > 1

@@ -41,8 +41,10 @@ class ImageProbe:
 
 @dataclass
 class DecodedImage:
-    rgb: np.ndarray  # float32, H x W x 3, [0, 1]
-    alpha: np.ndarray | None  # float32, H x W, [0, 1]
+    # float32 in [0, 1]; or, from an engine that wrote its output as the file will hold it,
+    # integers of bit_depth (uint8/uint16), which encode_image takes as they are.
+    rgb: np.ndarray  # H x W x 3
+    alpha: np.ndarray | None  # H x W
     color: Literal["rgb", "gray", "cmyk"]
     bit_depth: int  # 8 or 16: what the output is written with
     icc_profile: bytes | None
@@ -296,10 +298,22 @@ def _srgb_profile() -> ImageCms.ImageCmsProfile:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
-def _quantize(x: np.ndarray, bit_depth: int) -> np.ndarray:
+def quantize_plane(x: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Float [0, 1] pixels as the file's integers; integers (quantized already, by an engine
+    that wrote its output so) are taken as they are."""
+    dtype = np.uint16 if bit_depth == 16 else np.uint8
+    if np.issubdtype(x.dtype, np.integer):
+        return x if x.dtype == dtype else x.astype(dtype)
     top = 65535.0 if bit_depth == 16 else 255.0
     out = np.clip(x, 0.0, 1.0) * top + 0.5
-    return out.astype(np.uint16 if bit_depth == 16 else np.uint8)
+    return out.astype(dtype)
+
+
+def _gray(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
+    """One gray plane of an RGB image (whose three channels hold the same gray)."""
+    if np.issubdtype(rgb.dtype, np.integer):
+        return quantize_plane((rgb.sum(axis=2, dtype=np.uint32) + 1) // 3, bit_depth)
+    return quantize_plane(rgb.mean(axis=2), bit_depth)
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
@@ -323,13 +337,12 @@ def encode_image(image: DecodedImage, fmt: str, dpi: int, png_compress_level: in
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}")
     depth = image.bit_depth
-    alpha = None if image.alpha is None else _quantize(image.alpha, depth)
+    alpha = None if image.alpha is None else quantize_plane(image.alpha, depth)
     icc = image.icc_profile
     buf = io.BytesIO()
 
     if image.color == "gray":
-        gray = image.rgb.mean(axis=2)
-        plane = _quantize(gray, depth)
+        plane = _gray(image.rgb, depth)
         if depth == 16 and alpha is not None:
             return _encode_wide(np.dstack([plane, alpha]), fmt, dpi, icc, png_compress_level)
         if depth == 16:
@@ -339,7 +352,7 @@ def encode_image(image: DecodedImage, fmt: str, dpi: int, png_compress_level: in
         else:
             im = Image.fromarray(plane, "L")
     else:
-        rgb = _quantize(image.rgb, depth)
+        rgb = quantize_plane(image.rgb, depth)
         if depth == 16:
             arr = rgb if alpha is None else np.dstack([rgb, alpha])
             return _encode_wide(arr, fmt, dpi, icc, png_compress_level)

@@ -65,8 +65,13 @@ class Settings(BaseSettings):
         description="Model used when a request names none: the first of these that is present.")
     cpu_tile_size: int = Field(default=256, ge=32,
                                description="Automatic tile size (input px) on CPU.")
-    tile_overlap: int = Field(default=32, ge=0,
-                              description="Context overlap between tiles, input px.")
+    tile_context: int | None = Field(
+        default=None, ge=0,
+        description="Input px of context around each tile; default per architecture "
+        "(upscaler.engines.tiling.CONTEXT_PX), enough for tiles to match one untiled pass.")
+    esrgan_torch_compile: bool = Field(
+        default=False, description="torch.compile the ESRGAN models on CUDA (the first images "
+        "of each size pay for compiling).")
 
     # --- FLUX ----------------------------------------------------------------------------
     flux_num_gpus: float | None = Field(

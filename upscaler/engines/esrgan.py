@@ -24,8 +24,14 @@ import torch
 from upscaler.device import resolve_device
 from upscaler.dimensions import OutputPlan
 from upscaler.engines.models import LoadedModel, ModelCache, ModelRegistry
-from upscaler.engines.tiling import count_tiles, run_tiled
-from upscaler.images import DecodedImage
+from upscaler.engines.tiling import (
+    QuantizedSink,
+    TensorSink,
+    context_for,
+    count_tiles,
+    run_tiled,
+)
+from upscaler.images import DecodedImage, quantize_plane
 from upscaler.resample import resample, resample_plane
 
 MIN_TILE = 64
@@ -87,30 +93,48 @@ class EsrganResult:
     stats: dict
 
 
+# Activations per input pixel of a window, in half precision (RRDB-64 x4, the heaviest common
+# model); twice that in float32. What the automatic tile and batch sizes are planned with.
+BYTES_PER_WINDOW_PIXEL = 12_000
+MAX_BATCH = 8
+
+
 class EsrganEngine:
     def __init__(self, registry: ModelRegistry, device: str | torch.device = "auto",
-                 cache_size: int = 3, cpu_tile_size: int = 256, overlap: int = 32,
-                 max_passes: int = 3, max_intermediate_pixels: int = 600_000_000):
+                 cache_size: int = 3, cpu_tile_size: int = 256, context: int | None = None,
+                 max_passes: int = 3, max_intermediate_pixels: int = 600_000_000,
+                 compile_models: bool = False):
         self.registry = registry
         self.device = resolve_device(device)
-        self.cache = ModelCache(registry, self.device, cache_size)
+        self.cache = ModelCache(registry, self.device, cache_size, compile_models)
         self.cpu_tile_size = cpu_tile_size
-        self.overlap = overlap
+        self.context = context  # None: per architecture (tiling.CONTEXT_PX)
         self.max_passes = max_passes
         self.max_intermediate_pixels = max_intermediate_pixels
 
     # --- sizing --------------------------------------------------------------------------
-    def auto_tile_size(self, height: int, width: int, dtype: torch.dtype) -> int:
-        """CPU: a fixed size that bounds memory. CUDA: the biggest multiple of 64 whose
-        activations (about 12 KB per input pixel in half precision for RRDB-64, twice that in
-        fp32) fit in half the free memory; the whole image when it fits."""
+    def _window_bytes(self, side: int, dtype: torch.dtype) -> int:
+        return side * side * BYTES_PER_WINDOW_PIXEL * (2 if dtype == torch.float32 else 1)
+
+    def auto_tile_size(self, height: int, width: int, dtype: torch.dtype, context: int) -> int:
+        """The core of a tile. CPU: a fixed size that bounds host memory. CUDA: the biggest
+        multiple of 64 whose window (core and context) fits in half the free memory; the
+        whole image when it fits."""
         if self.device.type != "cuda":
             return self.cpu_tile_size
         free, _ = torch.cuda.mem_get_info(self.device)
-        per_px = 12_000 * (2 if dtype == torch.float32 else 1)
-        side = int(math.sqrt(0.5 * free / per_px)) // 64 * 64
-        side = max(MIN_TILE * 2, min(side, 2048))
-        return max(height, width) if max(height, width) <= side else side
+        window = int(math.sqrt(0.5 * free / self._window_bytes(1, dtype)))
+        side = max(MIN_TILE, min(window - 2 * context, 2048) // 64 * 64)
+        return max(height, width) if max(height, width) <= window else side
+
+    def batch_size(self, tile: int, context: int, dtype: torch.dtype) -> int:
+        """Windows per forward pass: on a GPU as many as fit in half the free memory (up to
+        MAX_BATCH), which keeps it busy with small tiles; on the CPU one."""
+        if self.device.type != "cuda":
+            return 1
+        free, _ = torch.cuda.mem_get_info(self.device)
+        window = self._window_bytes(tile + 2 * context, dtype)
+        return max(1, min(MAX_BATCH, int(0.5 * free // window)))
 
     def load(self, name: str, use_fp16: bool) -> LoadedModel:
         info = self.registry.info(name)
@@ -121,12 +145,15 @@ class EsrganEngine:
     def _model_fn(self, loaded: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor]:
         desc = loaded.descriptor
         gray_model = desc.input_channels == 1  # type: ignore[attr-defined]
+        channels_last = loaded.device.type == "cuda"
 
         @torch.inference_mode()
         def fn(tile: torch.Tensor) -> torch.Tensor:
             x = tile.mean(dim=1, keepdim=True) if gray_model else tile
             x = x.to(loaded.device, loaded.dtype, non_blocking=True)
-            y = desc(x).float().clamp_(0.0, 1.0)  # type: ignore[operator]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = desc(x).float()  # type: ignore[operator]
             return y.repeat(1, 3, 1, 1) if gray_model else y
 
         return fn
@@ -134,75 +161,105 @@ class EsrganEngine:
     def upscale(self, image: DecodedImage, model_name: str, plan: OutputPlan,
                 tile_size: int | None = None, use_fp16: bool = True,
                 progress: ProgressFn | None = None,
-                should_stop: Callable[[], bool] | None = None) -> EsrganResult:
+                should_stop: Callable[[], bool] | None = None,
+                quantize: bool = True) -> EsrganResult:
+        """The image at the plan's output size (before any crop). With ``quantize`` the
+        pixels come back as the file will hold them (uint8, or uint16 for 16-bit sources)
+        when the model's own size is the plan's: no float copy of the output is ever made;
+        else (another factor, or ``quantize=False`` for FLUX's pre-pass) as float32."""
         started = time.perf_counter()
         loaded = self.load(model_name, use_fp16)
-        scale = int(loaded.descriptor.scale)  # type: ignore[attr-defined]
+        desc = loaded.descriptor
+        scale = int(desc.scale)  # type: ignore[attr-defined]
+        context = self.context if self.context is not None else context_for(
+            desc.architecture.id)  # type: ignore[attr-defined]
         needed = max(plan.output_width / image.width, plan.output_height / image.height)
         passes = plan_passes(needed, scale, image.width, image.height, self.max_passes,
                              self.max_intermediate_pixels)
         x = torch.from_numpy(np.ascontiguousarray(image.rgb.transpose(2, 0, 1)))[None]
+        if self.device.type == "cuda":
+            x = x.pin_memory()  # tiles go to the GPU without a staging copy
         fn = self._model_fn(loaded)
-
-        tile = tile_size or self.auto_tile_size(image.height, image.width, loaded.dtype)
+        tile = tile_size or self.auto_tile_size(image.height, image.width, loaded.dtype,
+                                                context)
         if self.device.type == "cpu":  # the CPU tile bounds host memory, whatever was asked
             tile = min(tile, self.cpu_tile_size)
-        oom_retries = 0
-        tiles_done = 0
-        model_seconds = 0.0
+        final_size = (image.height * scale**passes, image.width * scale**passes)
+        exact = final_size == (plan.output_height, plan.output_width)
+        counts = {"tiles": 0, "oom_retries": 0, "model_seconds": 0.0}
         for pass_index in range(passes):
-            while True:
-                h, w = x.shape[-2:]
-                # Tiles still to do: this pass and the ones after it (at this tile size).
-                remaining = sum(count_tiles(h * scale**k, w * scale**k, tile, self.overlap)
-                                for k in range(passes - pass_index))
-                total = tiles_done + remaining
-                done_before = tiles_done
+            last = pass_index == passes - 1
+            h, w = x.shape[-2:]
+            if last and exact and quantize:
+                sink = QuantizedSink(3, h * scale, w * scale, image.bit_depth, self.device)
+            else:
+                sink = TensorSink(3, h * scale, w * scale, torch.device("cpu"))
+            tile = self._run_pass(x, fn, scale, tile, context, loaded.dtype, sink, counts,
+                                  passes - pass_index, progress, should_stop)
+            x = sink.result()
 
-                def on_tile(total: int = total) -> None:
-                    nonlocal tiles_done
-                    tiles_done += 1
-                    if progress:
-                        progress(tiles_done, total)
-                    if should_stop and should_stop():
-                        raise UpscaleCancelled()
-
-                if should_stop and should_stop():
-                    raise UpscaleCancelled()
-                t0 = time.perf_counter()
-                try:
-                    y = run_tiled(x, fn, scale, tile, self.overlap, on_tile)
-                    break
-                except Exception as exc:
-                    if not _is_oom(exc) or tile // 2 < MIN_TILE:
-                        raise
-                    # Out of memory: free what the failed pass held, halve the tile, redo pass.
-                    tiles_done = done_before
-                    oom_retries += 1
-                    tile //= 2
-                    if self.device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    else:
-                        gc.collect()
-                finally:
-                    model_seconds += time.perf_counter() - t0
-            x = y
-
-        out = resample(x, plan.output_height, plan.output_width)
+        if isinstance(x, np.ndarray):  # quantized already, at the planned size
+            rgb = x
+        else:
+            rgb = np.ascontiguousarray(
+                resample(x, plan.output_height, plan.output_width)[0].permute(1, 2, 0).numpy())
         alpha = None if image.alpha is None else resample_plane(
             image.alpha, plan.output_height, plan.output_width)
-        result = image.with_pixels(np.ascontiguousarray(out[0].permute(1, 2, 0).numpy()), alpha)
+        if alpha is not None and rgb.dtype != np.float32:
+            alpha = quantize_plane(alpha, image.bit_depth)
         stats = {
             "model": model_name,
-            "architecture": loaded.descriptor.architecture.name,  # type: ignore[attr-defined]
+            "architecture": desc.architecture.name,  # type: ignore[attr-defined]
             "model_scale": scale,
             "passes": passes,
             "tile_size": tile,
-            "tiles": tiles_done,
-            "oom_retries": oom_retries,
+            "context": context,
+            "tiles": counts["tiles"],
+            "oom_retries": counts["oom_retries"],
             "device": str(self.device),
             "dtype": str(loaded.dtype).replace("torch.", ""),
-            "model_seconds": round(model_seconds, 3),
+            "model_seconds": round(counts["model_seconds"], 3),
             "engine_seconds": round(time.perf_counter() - started, 3),
         }
-        return EsrganResult(result, stats)
+        return EsrganResult(image.with_pixels(rgb, alpha), stats)
+
+    def _run_pass(self, x: torch.Tensor, fn, scale: int, tile: int, context: int,
+                  dtype: torch.dtype, sink, counts: dict, passes_left: int,
+                  progress: ProgressFn | None, should_stop: Callable[[], bool] | None) -> int:
+        """One model pass over ``x`` into ``sink``; on an out-of-memory error the pass is run
+        again with half the tile. Returns the tile size it ran with."""
+        while True:
+            h, w = x.shape[-2:]
+            # Tiles still to do: this pass and the ones after it (at this tile size).
+            total = counts["tiles"] + sum(
+                count_tiles(h * scale**k, w * scale**k, tile, context)
+                for k in range(passes_left))
+            done_before = counts["tiles"]
+
+            def on_tile(total: int = total) -> None:
+                counts["tiles"] += 1
+                if progress:
+                    progress(counts["tiles"], total)
+                if should_stop and should_stop():
+                    raise UpscaleCancelled()
+
+            if should_stop and should_stop():
+                raise UpscaleCancelled()
+            t0 = time.perf_counter()
+            try:
+                run_tiled(x, fn, scale, tile, context, sink.put, on_tile,
+                          batch=self.batch_size(tile, context, dtype))
+                return tile
+            except Exception as exc:
+                if not _is_oom(exc) or tile // 2 < MIN_TILE:
+                    raise
+                # Out of memory: free what the failed pass held, halve the tile, redo pass.
+                counts["tiles"] = done_before
+                counts["oom_retries"] += 1
+                tile //= 2
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                else:
+                    gc.collect()
+            finally:
+                counts["model_seconds"] += time.perf_counter() - t0
