@@ -8,9 +8,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from deployments import ray_compat
 from upscaler.device import resolve_device, use_cpu_threads
@@ -18,6 +16,9 @@ from upscaler.images import DecodedImage, decode_image, encode_image
 from upscaler.job_store import JobStore
 from upscaler.jobs import Completed, JobEvent, JobSpec
 from upscaler.settings import Settings
+
+if TYPE_CHECKING:
+    import torch
 
 Emit = Callable[[JobEvent], None]
 
@@ -35,6 +36,8 @@ def engine_device(settings: Settings) -> torch.device:
 
 
 def gpu_snapshot() -> dict[str, Any]:
+    import torch
+
     if not torch.cuda.is_available():
         return {"gpu_available": False, "gpu_name": None, "gpu_memory_free": None,
                 "gpu_memory_total": None}
@@ -44,9 +47,11 @@ def gpu_snapshot() -> dict[str, Any]:
             "gpu_memory_total": round(total / 1024**3, 2)}
 
 
-def read_input(store: JobStore, spec: JobSpec, max_pixels: int) -> tuple[bytes, DecodedImage]:
-    """The job's upload, decoded (the ingress validated it; this decodes it again here)."""
-    data = store.storage.read_bytes(JobStore.input_key(spec.job_id))
+def read_input(store: JobStore, spec: JobSpec, max_pixels: int,
+               data: bytes | None = None) -> tuple[bytes, DecodedImage]:
+    """The job's upload (as sent along with the call, else read from job storage), decoded."""
+    if data is None:
+        data = store.storage.read_bytes(JobStore.input_key(spec.job_id))
     return data, decode_image(data, max_pixels)
 
 

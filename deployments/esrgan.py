@@ -66,8 +66,12 @@ class EsrganDeployment:
         self._busy_jobs = 0
         self._completed = 0
         self.replica_id = replica_tag()
-        # Warm the default model so the first request does not pay for loading it.
-        default = default_model_name(settings, self.registry)
+        # Warm the default model beside the rest of start-up: the replica is ready at once,
+        # and a job that comes first waits only for what is left of the load.
+        threading.Thread(target=self._warm, name="esrgan-warm-up", daemon=True).start()
+
+    def _warm(self) -> None:
+        default = default_model_name(self.settings, self.registry)
         if default:
             try:
                 loaded = self.engine.load(default, use_fp16=True)
@@ -106,9 +110,9 @@ class EsrganDeployment:
 
     # --- the work ------------------------------------------------------------------------
     def _upscale(self, spec: JobSpec, model: str, tile_size: int | None, use_fp16: bool,
-                 emit: Emit | None = None,
-                 cancelled: threading.Event | None = None) -> tuple[DecodedImage, dict]:
-        _, image = read_input(self.store, spec, self.settings.max_input_pixels)
+                 emit: Emit | None = None, cancelled: threading.Event | None = None,
+                 data: bytes | None = None) -> tuple[DecodedImage, dict]:
+        _, image = read_input(self.store, spec, self.settings.max_input_pixels, data)
         with self._gpu_lock:
             if emit:
                 emit(Started(self.replica_id))
@@ -119,11 +123,12 @@ class EsrganDeployment:
                 quantize=emit is not None)  # FLUX's pre-pass (no events) wants floats
         return result.image, result.stats
 
-    def _process(self, spec: JobSpec, emit: Emit, cancelled: threading.Event) -> Completed:
+    def _process(self, spec: JobSpec, data: bytes | None, emit: Emit,
+                 cancelled: threading.Event) -> Completed:
         params = spec.params
         assert isinstance(params, EsrganParams)
         image, stats = self._upscale(spec, params.model, params.tile_size, params.use_fp16,
-                                     emit, cancelled)
+                                     emit, cancelled, data)
         return finish_job(self.store, spec, image, self.settings,
                           {**stats, "replica": self.replica_id})
 
@@ -139,13 +144,14 @@ class EsrganDeployment:
         finally:
             self._busy_jobs -= 1
 
-    async def run(self, spec: JobSpec) -> AsyncIterator[JobEvent]:
-        """Process one job: ``Started`` / ``Progress`` events, then ``Completed``. Cancelling
-        the call (the caller went away or cancelled) stops between tiles."""
+    async def run(self, spec: JobSpec, data: bytes | None = None) -> AsyncIterator[JobEvent]:
+        """Process one job (``data``: its upload, when the caller sends it along): ``Started``
+        / ``Progress`` events, then ``Completed``. Cancelling the call (the caller went away
+        or cancelled) stops between tiles."""
         self._busy_jobs += 1
         try:
             async for event in stream_from_thread(lambda emit, cancelled: self._process(
-                    spec, emit, cancelled)):
+                    spec, data, emit, cancelled)):
                 if isinstance(event, Completed):
                     self._completed += 1
                 yield event

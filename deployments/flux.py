@@ -144,8 +144,9 @@ class FluxCoordinator:
         # What a resumed run will read back (half precision): the same image either way.
         return _image_from_npz(stored)
 
-    async def run(self, spec: JobSpec) -> AsyncIterator[JobEvent]:
-        """The job, once its image fits in the memory budget (until then it stays queued)."""
+    async def run(self, spec: JobSpec, _data: bytes | None = None) -> AsyncIterator[JobEvent]:
+        """The job, once its image fits in the memory budget (until then it stays queued).
+        Its upload is read from job storage by the pre-pass (minutes of work: no hurry)."""
         async with self.memory.reserve(coordinator_bytes(spec.plan)):
             async for event in self._run(spec):
                 yield event

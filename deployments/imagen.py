@@ -42,11 +42,12 @@ class ImagenDeployment:
                 "api_endpoint": s.vertex_api_endpoint or f"{s.gcp_region}-aiplatform.googleapis"
                 ".com", "calls": self.calls}
 
-    def _process(self, spec: JobSpec, emit: Emit, _cancelled: threading.Event) -> Completed:
+    def _process(self, spec: JobSpec, data: bytes | None, emit: Emit,
+                 _cancelled: threading.Event) -> Completed:
         params = spec.params
         assert isinstance(params, ImagenParams)
         emit(Started("imagen"))
-        data, source = read_input(self.store, spec, self.settings.max_input_pixels)
+        data, source = read_input(self.store, spec, self.settings.max_input_pixels, data)
         model = imagen_model(params.model)
         body, fmt = request_image_bytes(data, spec.input_format or "PNG", model)
         self.calls += 1
@@ -73,7 +74,7 @@ class ImagenDeployment:
             "vertex_output": [result.width, result.height],
             "vertex_seconds": round(call_seconds, 3), "device": "vertex-ai"})
 
-    async def run(self, spec: JobSpec) -> AsyncIterator[JobEvent]:
+    async def run(self, spec: JobSpec, data: bytes | None = None) -> AsyncIterator[JobEvent]:
         async for event in stream_from_thread(lambda emit, cancelled: self._process(
-                spec, emit, cancelled)):
+                spec, data, emit, cancelled)):
             yield event

@@ -47,8 +47,8 @@ class EngineGateway:
         self._status: dict[Engine, _Cached] = {}
         self._models: _Cached | None = None
 
-    def run(self, spec: JobSpec) -> AsyncIterator[JobEvent]:
-        return self._runs[spec.engine].run.remote(spec)
+    def run(self, spec: JobSpec, data: bytes | None = None) -> AsyncIterator[JobEvent]:
+        return self._runs[spec.engine].run.remote(spec, data)
 
     # --- models --------------------------------------------------------------------------
     async def list_models(self) -> dict[str, Any]:

@@ -33,7 +33,10 @@ from upscaler.jobs import (
 )
 
 logger = logging.getLogger("ray.serve")
-RunEngine = Callable[[JobSpec], AsyncIterator[JobEvent]]
+# The engine call: the job, and its upload's bytes when they are at hand (a new job's, if
+# small) so the replica need not read back what was just stored.
+RunEngine = Callable[[JobSpec, bytes | None], AsyncIterator[JobEvent]]
+INLINE_UPLOAD_BYTES = 4 * 1024 * 1024
 JobEnded = Callable[[JobRecord], Awaitable[None]]
 
 
@@ -96,15 +99,19 @@ class JobRunner:
     async def submit(self, job: JobRecord, data: bytes, wait: float) -> JobRecord:
         """Store the upload and the record, start the job, and wait up to ``wait`` seconds
         for it to end (the job goes on when the wait is over)."""
-        await asyncio.to_thread(self.store.storage.write_bytes,
-                                JobStore.input_key(job.job_id), data)
-        await self._save(job)
+        job.heartbeat_at = time.time()
+        await asyncio.to_thread(self._store_new, job, data)
         metrics.count(metrics.jobs_submitted, engine=job.engine.value)
-        task = self._start(job)
+        task = self._start(job, data if len(data) <= INLINE_UPLOAD_BYTES else None)
+        del data  # the engine call has what it needs; a long wait need not hold the upload
         if wait > 0:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(task), wait)
         return job
+
+    def _store_new(self, job: JobRecord, data: bytes) -> None:
+        self.store.storage.write_bytes(JobStore.input_key(job.job_id), data)
+        self.store.save(job)
 
     async def get(self, job_id: str) -> JobRecord:
         if job_id in self._open:
@@ -168,22 +175,24 @@ class JobRunner:
             logger.exception("abandoned-job sweep failed")
 
     # --- driving one job -----------------------------------------------------------------
-    def _start(self, job: JobRecord) -> asyncio.Task:
+    def _start(self, job: JobRecord, data: bytes | None = None) -> asyncio.Task:
         job.owner = self.owner
         self._open[job.job_id] = job
         self._queue_gauge(job.engine)
-        task = asyncio.get_running_loop().create_task(self._drive(job))
+        task = asyncio.get_running_loop().create_task(self._drive(job, data))
         self._tasks[job.job_id] = task
         return task
 
-    async def _drive(self, job: JobRecord) -> None:
+    async def _drive(self, job: JobRecord, data: bytes | None) -> None:
         """Run a job to its end. Resumable jobs are re-run (from their finished tiles) when the
         engine call fails for a reason that is not the request's, up to ``max_resumes``."""
         left_open = False
+        upload = [data]  # handed to the first engine call only (a rerun reads storage)
+        del data
         try:
             while True:
                 try:
-                    await self._record_events(job)
+                    await self._record_events(job, upload.pop() if upload else None)
                     break
                 except asyncio.CancelledError:
                     raise
@@ -224,13 +233,15 @@ class JobRunner:
             if not left_open:
                 await asyncio.shield(self._finish(job))
 
-    async def _record_events(self, job: JobRecord) -> None:
-        last_save = 0.0
-        async for event in self.run_engine(job.spec()):
+    async def _record_events(self, job: JobRecord, data: bytes | None) -> None:
+        # Records are written on state changes that matter to readers elsewhere: `processing`
+        # waits for the next progress save or heartbeat (a job done before either is written
+        # once, completed), progress at most every progress_save_s.
+        last_save = time.monotonic()
+        async for event in self.run_engine(job.spec(), data):
             if isinstance(event, Started):
                 job.mark_processing()
                 job.stats["replica"] = event.replica
-                await self._save(job)
             elif isinstance(event, Progress):
                 job.mark_progress(event)
                 if time.monotonic() - last_save > self.timings.progress_save_s:
@@ -245,8 +256,9 @@ class JobRunner:
         if job.state == JobState.completed and job.processing_time is not None:
             metrics.observe(metrics.job_seconds, job.processing_time, engine=engine)
         await self._save(job)
-        await asyncio.to_thread(self.store.delete_work_files, job.job_id)
-        await self._ended(job)
+        await asyncio.to_thread(self.store.delete_work_files, job.job_id, job.resumable)
+        # Bookkeeping (quotas, estimates) after the answer, not before it.
+        asyncio.get_running_loop().create_task(self._ended(job))
 
     async def _ended(self, job: JobRecord) -> None:
         if self.on_ended:

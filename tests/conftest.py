@@ -324,6 +324,14 @@ def replica_pids(name: str, data_dir: Path) -> list[int]:
     return pids
 
 
+def eventually(check, timeout: float = 30, every: float = 0.2) -> None:
+    """Until ``check()`` is true (what a service reports a few seconds late, from a cache)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(every)
+
+
 def wait_for_job(client, job_id: str, timeout: float = 300, headers: dict | None = None) -> dict:
     """Poll a job to its end; an Ingress being replaced may answer 5xx or not at all."""
     deadline = time.monotonic() + timeout

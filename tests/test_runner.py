@@ -50,10 +50,12 @@ class FakeEngine:
         self.steps, self.step_s = steps, step_s
         self.fail = list(fail or [])  # raised by the next calls, one each
         self.calls: list[str] = []
+        self.uploads: list[bytes | None] = []
         self.cancelled: list[str] = []
 
-    async def run(self, spec: JobSpec) -> AsyncIterator:
+    async def run(self, spec: JobSpec, data: bytes | None = None) -> AsyncIterator:
         self.calls.append(spec.job_id)
+        self.uploads.append(data)
         try:
             yield Started("fake-replica")
             for done in range(1, self.steps + 1):
@@ -101,7 +103,8 @@ def test_submit_waits_records_and_cleans_up(store):
         job = await runner.submit(new_job(), b"upload", wait=5)
         assert job.state == JobState.completed and job.progress == 100
         assert job.stats == {"steps": 3} and job.result_filename == f"{job.job_id}.png"
-        assert job.processing_time is not None and ended == [job]
+        assert job.processing_time is not None
+        await until(lambda: ended == [job])  # bookkeeping runs after the answer
         saved = store.load(job.job_id)
         assert saved.state == JobState.completed and saved.owner == runner.owner
         assert not store.storage.exists(JobStore.input_key(job.job_id))  # upload deleted
@@ -179,6 +182,8 @@ def test_resumable_jobs_are_rerun_a_bounded_number_of_times(store, failures, sta
         job = await runner.submit(new_job(Engine.flux), b"upload", wait=5)
         assert job.state == state and job.resumes == resumes
         assert len(engine.calls) == resumes + 1
+        # The upload goes along with the first call; a rerun reads it from storage.
+        assert engine.uploads == [b"upload"] + [None] * resumes
         await runner.stop()
 
     run(main())

@@ -15,6 +15,7 @@ from conftest import (
     DAT,
     METRICS_INTERVAL_MS,
     download,
+    eventually,
     photo,
     png_bytes,
     psnr,
@@ -61,7 +62,8 @@ def test_health_models_and_docs(client):
     health = client.get("/api/health").json()
     assert health["status"] == "healthy" and health["gpu_available"] is False
     assert health["models_loaded"] == ["esrgan", "flux", "imagen"]
-    assert DAT in health["engines"]["esrgan"]["models_loaded"]
+    eventually(lambda: DAT in client.get("/api/health").json()["engines"]["esrgan"][
+        "models_loaded"])
     models = client.get("/api/models").json()["esrgan"]
     assert {m["name"] for m in models["models"]} >= {DAT, "tiny-rrdb", "tiny-compact"}
     assert client.get("/docs").status_code == 200

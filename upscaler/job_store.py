@@ -53,12 +53,14 @@ class JobStore:
         return f"results/{filename}"
 
     # --- records ---------------------------------------------------------------------------
-    def delete_work_files(self, job_id: str) -> None:
-        """A finished job keeps its record and result; its upload and intermediates go."""
+    def delete_work_files(self, job_id: str, intermediates: bool = True) -> None:
+        """A finished job keeps its record and result; its upload and intermediates (tiles
+        and pre-pass: FLUX's) go."""
         self.storage.delete(self.input_key(job_id))
-        for key in list(self.storage.list(self.tiles_prefix(job_id))):
-            self.storage.delete(key)
-        self.storage.delete(self.prepass_key(job_id))
+        if intermediates:
+            for key in list(self.storage.list(self.tiles_prefix(job_id))):
+                self.storage.delete(key)
+            self.storage.delete(self.prepass_key(job_id))
 
     def save(self, job: JobRecord) -> None:
         self.storage.write_bytes(self.record_key(job.job_id), job.model_dump_json().encode())

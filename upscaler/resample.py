@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:  # imported on first use: the Imagen replica needs it only per job
+    import torch
 
 
 def resample(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(N, C, h, w) float in [0, 1] to (N, C, height, width)."""
+    import torch.nn.functional as F
+
     if image.shape[-2:] == (height, width):
         return image
     out = F.interpolate(image, size=(height, width), mode="bicubic", align_corners=False,
@@ -18,6 +23,8 @@ def resample(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def resample_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
     """An H x W (alpha) or H x W x C (colour) float array, resampled the same way."""
+    import torch
+
     t = torch.from_numpy(np.ascontiguousarray(plane))
     t = t.permute(2, 0, 1)[None] if t.dim() == 3 else t[None, None]
     out = resample(t, height, width)[0]

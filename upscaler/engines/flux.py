@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from upscaler.device import resolve_device
+from upscaler.engines import MODEL_BUILD_LOCK
 from upscaler.errors import ServiceUnavailable
 
 MemoryMode = Literal["resident", "offload"]
@@ -160,7 +161,8 @@ class FluxTileEngine:
             self.dtype = getattr(torch, dtype)
         self.memory_mode = memory_mode
         self.max_sequence_length = max_sequence_length
-        self.pipe = load_flux_pipeline(models_dir, self.device, self.dtype, memory_mode)
+        with MODEL_BUILD_LOCK:
+            self.pipe = load_flux_pipeline(models_dir, self.device, self.dtype, memory_mode)
         self._lock = threading.Lock()
 
     @classmethod

@@ -13,10 +13,15 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from upscaler.engines import MODEL_BUILD_LOCK
 from upscaler.errors import UnknownModel, UnsupportedModel
+
+# torch loads with the first model, not with this module: the Ingress imports ModelInfo and
+# has no use for torch.
+if TYPE_CHECKING:
+    import torch
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")  # preference order for equal stems
 
@@ -93,7 +98,8 @@ class ModelRegistry:
         with self._lock:
             if key in self._info_cache:
                 return self._info_cache[key]
-        desc = load_descriptor(path)
+        with MODEL_BUILD_LOCK:
+            desc = load_descriptor(path)
         info = ModelInfo(
             name=name, architecture=desc.architecture.name, scale=int(desc.scale),
             input_channels=desc.input_channels, output_channels=desc.output_channels,
@@ -149,7 +155,10 @@ class ModelCache:
                 return self._models[key]
             path = self.registry.resolve(name)
             start = time.perf_counter()
-            desc = load_descriptor(path)
+            with MODEL_BUILD_LOCK:
+                desc = load_descriptor(path)
+            import torch
+
             desc.to(self.device)
             if dtype != torch.float32:
                 desc.to(dtype)
@@ -174,4 +183,6 @@ class ModelCache:
     def _release(self) -> None:
         gc.collect()
         if self.device.type == "cuda":
+            import torch
+
             torch.cuda.empty_cache()

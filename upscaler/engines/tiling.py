@@ -124,14 +124,16 @@ class QuantizedSink:
     def __init__(self, channels: int, height: int, width: int, bits: int,
                  device: torch.device):
         self.top = 65535.0 if bits == 16 else 255.0
-        # torch's uint16 is not a full dtype yet: 16-bit cores are held as int32 meanwhile.
-        dtype = torch.int32 if bits == 16 else torch.uint8
+        # torch's uint16 has few CUDA kernels: 16-bit cores wait there as int32 instead.
+        dtype = torch.uint8 if bits == 8 else (
+            torch.int32 if device.type == "cuda" else torch.uint16)
         self.out = torch.empty(height, width, channels, dtype=dtype, device=device)
 
     def put(self, y0: int, y1: int, x0: int, x1: int, core: torch.Tensor) -> None:
-        # The same rounding as upscaler.images' quantizer: clip, scale, +0.5, truncate.
-        quantized = (core[0].clamp(0.0, 1.0) * self.top + 0.5).to(self.out.dtype)
-        self.out[y0:y1, x0:x1] = quantized.permute(1, 2, 0)
+        # The same rounding as upscaler.images' quantizer: clip, scale, +0.5, truncate; in
+        # place, on the model's own output (a window's worth of float32 temporaries less).
+        core = core[0].clamp_(0.0, 1.0).mul_(self.top).add_(0.5)
+        self.out[y0:y1, x0:x1] = core.permute(1, 2, 0)  # the cast truncates, as astype
 
     def result(self):
         out = self.out
@@ -172,7 +174,12 @@ def run_tiled(
     by tile, ``batch`` tiles per call; each core's output goes to ``put(y0, y1, x0, x1, t)``
     in output coordinates."""
     _, _, height, width = image.shape
-    for run in _batches(plan_windows(height, width, tile, context), batch):
+    with torch.inference_mode():  # no autograd state, and sinks may reuse outputs in place
+        _run(image, fn, scale, plan_windows(height, width, tile, context), put, on_tile, batch)
+
+
+def _run(image, fn, scale, windows, put, on_tile, batch) -> None:
+    for run in _batches(windows, batch):
         crops = [image[:, :, w.y.start:w.y.stop, w.x.start:w.x.stop] for w in run]
         out = fn(torch.cat(crops) if len(crops) > 1 else crops[0])
         for i, w in enumerate(run):
