@@ -11,9 +11,8 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from ray import serve
 
 from deployments import metrics
@@ -26,13 +25,15 @@ from deployments.common import (
     replica_tag,
     stream_from_thread,
 )
-from upscaler.engines.esrgan import EsrganEngine
 from upscaler.engines.models import ModelInfo, ModelRegistry
 from upscaler.errors import ServiceUnavailable, UnsupportedModel
 from upscaler.images import DecodedImage
 from upscaler.job_store import JobStore
 from upscaler.jobs import Completed, EsrganParams, FluxParams, JobEvent, JobSpec, Progress, Started
 from upscaler.settings import Settings
+
+if TYPE_CHECKING:
+    from upscaler.engines.esrgan import EsrganEngine
 
 logger = logging.getLogger("ray.serve")
 
@@ -46,6 +47,9 @@ def default_model_name(settings: Settings, registry: ModelRegistry) -> str | Non
 
 
 def esrgan_engine(settings: Settings, registry: ModelRegistry) -> EsrganEngine:
+    # Imported here: the application builder imports this module, and needs no torch.
+    from upscaler.engines.esrgan import EsrganEngine
+
     return EsrganEngine(
         registry, device=engine_device(settings), cache_size=settings.model_cache_size,
         cpu_tile_size=settings.cpu_tile_size, context=settings.tile_context,
@@ -106,6 +110,8 @@ class EsrganDeployment:
 
     def check_health(self) -> None:
         if self.engine.device.type == "cuda":
+            import torch
+
             torch.cuda.mem_get_info()  # raises if the device is gone
 
     # --- the work ------------------------------------------------------------------------

@@ -83,8 +83,11 @@ class EsrganUpscaleForm(CommonUpscaleForm):
     model: str | None = Field(None, max_length=200, description="Model name (file stem in "
                               "upscale_models/); default: the server's default model.")
     upscale_model: str | None = Field(None, max_length=200, description="Alias of `model`.")
-    tile_size: int = Field(512, ge=0, le=4096, description="Tile size in input pixels; 0 = "
-                           "automatic (whole image when it fits the GPU).")
+    tile_size: int = Field(0, ge=0, le=4096, description="Tile size (the part of the input "
+                           "each tile keeps, px; the model also sees its context around it). "
+                           "0 = automatic: the largest that fits the device's memory, the whole "
+                           "image when it fits. Tiles give the untiled output either way "
+                           "(for convolutional models), so this only trades memory for speed.")
     use_fp16: bool = Field(True, description="Half precision on GPU (fp16, or bf16 for "
                            "architectures that need it); always fp32 on CPU.")
 

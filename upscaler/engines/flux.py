@@ -100,7 +100,11 @@ def _load_transformers_encoder(cls, config_dir: Path, weights: Path, dtype: torc
 
 def load_flux_pipeline(models_dir: Path, device: torch.device, dtype: torch.dtype,
                        memory_mode: MemoryMode = "resident"):
-    """Build FluxImg2ImgPipeline from the seed's single files. Raises FluxNotInstalled."""
+    """Build FluxImg2ImgPipeline from the seed's single files. Raises FluxNotInstalled,
+    before diffusers and transformers are even imported (seconds of a replica's start)."""
+    files = FluxFiles(Path(models_dir))
+    if missing := files.missing():
+        raise flux_not_installed(missing)
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -110,9 +114,6 @@ def load_flux_pipeline(models_dir: Path, device: torch.device, dtype: torch.dtyp
     )
     from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-    files = FluxFiles(Path(models_dir))
-    if missing := files.missing():
-        raise flux_not_installed(missing)
     cfg = files.configs
     transformer = FluxTransformer2DModel.from_single_file(
         str(files.transformer), config=str(cfg / "transformer"), local_files_only=True,
