@@ -12,7 +12,6 @@ import contextlib
 import io
 import struct
 import warnings
-import zlib
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from upscaler.errors import BadRequest, InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from upscaler.png import PngEncoder, fpng_encode, png_add_metadata
 
 # Formats accepted as input (Pillow's names). Anything else Pillow can parse is refused.
 ALLOWED_INPUT_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP", "GIF"})
@@ -316,24 +316,13 @@ def _gray(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
     return quantize_plane(rgb.mean(axis=2), bit_depth)
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(
-        ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-
-def _png_add_metadata(png: bytes, dpi: int, icc: bytes | None) -> bytes:
-    """Insert pHYs (and iCCP) right after IHDR: for PNGs written by imagecodecs."""
-    ppm = round(dpi / 0.0254)
-    extra = _png_chunk(b"pHYs", struct.pack(">IIB", ppm, ppm, 1))
-    if icc:
-        extra = _png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc)) + extra
-    ihdr_end = 8 + 8 + 13 + 4
-    return png[:ihdr_end] + extra + png[ihdr_end:]
-
-
 def encode_image(image: DecodedImage, fmt: str, dpi: int, png_compress_level: int = 1,
-                 tiff_compression: str = "tiff_adobe_deflate") -> bytes:
-    """Write the image in its source colour kind and bit depth, with DPI and ICC profile."""
+                 tiff_compression: str = "tiff_adobe_deflate",
+                 png_encoder: PngEncoder = "fpng") -> bytes:
+    """Write the image in its source colour kind and bit depth, with DPI and ICC profile.
+
+    8-bit RGB(A) PNGs go through fpng (``upscaler.png``) unless ``png_encoder`` is "zlib";
+    ``png_compress_level`` applies to the PNGs Pillow and imagecodecs write."""
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}")
     depth = image.bit_depth
@@ -356,22 +345,25 @@ def encode_image(image: DecodedImage, fmt: str, dpi: int, png_compress_level: in
         if depth == 16:
             arr = rgb if alpha is None else np.dstack([rgb, alpha])
             return _encode_wide(arr, fmt, dpi, icc, png_compress_level)
-        im = Image.fromarray(rgb if alpha is None else np.dstack([rgb, alpha]),
-                             "RGB" if alpha is None else "RGBA")
-        if image.color == "cmyk":
-            if fmt == "tiff" and alpha is None:
-                # Print shops take CMYK TIFF: go back through the source profile.
-                if icc:
-                    try:
-                        im = ImageCms.profileToProfile(
-                            im, _srgb_profile(), ImageCms.ImageCmsProfile(io.BytesIO(icc)),
-                            outputMode="CMYK")
-                    except (ImageCms.PyCMSError, OSError):
-                        im = im.convert("CMYK")
-                else:
+        pixels = rgb if alpha is None else np.dstack([rgb, alpha])
+        cmyk_tiff = image.color == "cmyk" and fmt == "tiff" and alpha is None
+        if image.color == "cmyk" and not cmyk_tiff:
+            icc = _srgb_profile().tobytes()  # the pixels are sRGB now
+        # The fast path: the engine's uint8 array is read in place (no Pillow copy).
+        if fmt == "png" and png_encoder == "fpng" and (png := fpng_encode(pixels)) is not None:
+            return png_add_metadata(png, dpi, icc)
+        im = Image.fromarray(pixels, "RGB" if alpha is None else "RGBA")
+        if cmyk_tiff:
+            # Print shops take CMYK TIFF: go back through the source profile.
+            if icc:
+                try:
+                    im = ImageCms.profileToProfile(
+                        im, _srgb_profile(), ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                        outputMode="CMYK")
+                except (ImageCms.PyCMSError, OSError):
                     im = im.convert("CMYK")
             else:
-                icc = _srgb_profile().tobytes()  # the pixels are sRGB now
+                im = im.convert("CMYK")
 
     kwargs: dict = {"dpi": (dpi, dpi)}
     if icc:
@@ -389,7 +381,7 @@ def _encode_wide(arr: np.ndarray, fmt: str, dpi: int, icc: bytes | None, level: 
     import tifffile
 
     if fmt == "png":
-        return _png_add_metadata(bytes(imagecodecs.png_encode(arr, level=level)), dpi, icc)
+        return png_add_metadata(bytes(imagecodecs.png_encode(arr, level=level)), dpi, icc)
     buf = io.BytesIO()
     channels = arr.shape[-1]
     photometric = "rgb" if channels >= 3 else "minisblack"
