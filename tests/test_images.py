@@ -612,6 +612,30 @@ def test_zlib_png_encoder_setting_skips_fpng():
     assert back.info["icc_profile"] == SRGB_ICC and round(dpi_of(png)) == 300
 
 
+def idat_filter_types(png: bytes) -> set[int]:
+    """The filter byte of every row of a non-interlaced PNG (the IHDR tells the row size)."""
+    chunks = png_chunk_list(png)
+    width, height, depth, color = struct.unpack(">IIBB", chunks[0][1][:10])
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[color]
+    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+    row = 1 + width * channels * depth // 8
+    assert len(raw) == row * height
+    return {raw[y * row] for y in range(height)}
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16bit_png_fast_encoder_uses_sub_filter_and_stays_exact(channels):
+    src = rgb16(channels=channels)
+    image = DecodedImage(src[..., :3].copy(), src[..., 3].copy() if channels == 4 else None,
+                         "rgb", 16, SRGB_ICC, "PNG")
+    fast, plain = (encode_image(image, "png", 300, png_encoder=e) for e in ("fast", "zlib"))
+    assert idat_filter_types(fast) == {1}  # Sub on every row: the RLE+Sub path wrote it
+    assert idat_filter_types(plain) != {1}
+    for png in (fast, plain):
+        assert np.array_equal(np.asarray(imagecodecs.png_decode(png)), src)
+        assert reopen(png).info["icc_profile"] == SRGB_ICC and round(dpi_of(png)) == 300
+
+
 def test_png_wider_than_fpng_can_write_falls_back_exactly():
     """fpng's header has 16 bits for each side: a wider image goes through Pillow instead of
     coming out with the wrong width."""

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from upscaler.errors import BadRequest, InvalidImage, PayloadTooLarge, UnsupportedMediaType
-from upscaler.png import PngEncoder, fpng_encode, png_add_metadata
+from upscaler.png import FAST_WIDE_ARGS, PngEncoder, fpng_encode, png_add_metadata
 
 # Formats accepted as input (Pillow's names). Anything else Pillow can parse is refused.
 ALLOWED_INPUT_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP", "GIF"})
@@ -318,11 +318,11 @@ def _gray(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
 
 def encode_image(image: DecodedImage, fmt: str, dpi: int, png_compress_level: int = 1,
                  tiff_compression: str = "tiff_adobe_deflate",
-                 png_encoder: PngEncoder = "fpng") -> bytes:
+                 png_encoder: PngEncoder = "fast") -> bytes:
     """Write the image in its source colour kind and bit depth, with DPI and ICC profile.
 
-    8-bit RGB(A) PNGs go through fpng (``upscaler.png``) unless ``png_encoder`` is "zlib";
-    ``png_compress_level`` applies to the PNGs Pillow and imagecodecs write."""
+    PNGs: with ``png_encoder`` "fast", 8-bit RGB(A) go through fpng and 16-bit through zlib's
+    RLE strategy (``upscaler.png``); ``png_compress_level`` sets zlib's level."""
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}")
     depth = image.bit_depth
@@ -333,7 +333,8 @@ def encode_image(image: DecodedImage, fmt: str, dpi: int, png_compress_level: in
     if image.color == "gray":
         plane = _gray(image.rgb, depth)
         if depth == 16 and alpha is not None:
-            return _encode_wide(np.dstack([plane, alpha]), fmt, dpi, icc, png_compress_level)
+            return _encode_wide(np.dstack([plane, alpha]), fmt, dpi, icc, png_compress_level,
+                                png_encoder)
         if depth == 16:
             im = Image.fromarray(plane)  # I;16
         elif alpha is not None:
@@ -344,13 +345,13 @@ def encode_image(image: DecodedImage, fmt: str, dpi: int, png_compress_level: in
         rgb = quantize_plane(image.rgb, depth)
         if depth == 16:
             arr = rgb if alpha is None else np.dstack([rgb, alpha])
-            return _encode_wide(arr, fmt, dpi, icc, png_compress_level)
+            return _encode_wide(arr, fmt, dpi, icc, png_compress_level, png_encoder)
         pixels = rgb if alpha is None else np.dstack([rgb, alpha])
         cmyk_tiff = image.color == "cmyk" and fmt == "tiff" and alpha is None
         if image.color == "cmyk" and not cmyk_tiff:
             icc = _srgb_profile().tobytes()  # the pixels are sRGB now
         # The fast path: the engine's uint8 array is read in place (no Pillow copy).
-        if fmt == "png" and png_encoder == "fpng" and (png := fpng_encode(pixels)) is not None:
+        if fmt == "png" and png_encoder == "fast" and (png := fpng_encode(pixels)) is not None:
             return png_add_metadata(png, dpi, icc)
         im = Image.fromarray(pixels, "RGB" if alpha is None else "RGBA")
         if cmyk_tiff:
@@ -375,13 +376,16 @@ def encode_image(image: DecodedImage, fmt: str, dpi: int, png_compress_level: in
     return buf.getvalue()
 
 
-def _encode_wide(arr: np.ndarray, fmt: str, dpi: int, icc: bytes | None, level: int) -> bytes:
+def _encode_wide(arr: np.ndarray, fmt: str, dpi: int, icc: bytes | None, level: int,
+                 png_encoder: PngEncoder) -> bytes:
     """16-bit multi-channel images, which Pillow cannot write."""
     import imagecodecs
     import tifffile
 
     if fmt == "png":
-        return png_add_metadata(bytes(imagecodecs.png_encode(arr, level=level)), dpi, icc)
+        extra = FAST_WIDE_ARGS if png_encoder == "fast" else {}
+        png = imagecodecs.png_encode(arr, level=level, **extra)
+        return png_add_metadata(bytes(png), dpi, icc)
     buf = io.BytesIO()
     channels = arr.shape[-1]
     photometric = "rgb" if channels >= 3 else "minisblack"
