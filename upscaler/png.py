@@ -1,10 +1,10 @@
 """PNG writing helpers below ``upscaler.images``: the fast writers and the metadata chunks.
 
 Encoding a big result is on a job's critical path: for a 4096x3072 photo Pillow's zlib at level
-1 takes ~0.8 s where a GPU upscales it in 0.1-0.3 s. ``bench/bench_encode.py`` measures every
+1 takes ~0.7 s where a GPU upscales it in 0.1-0.3 s. ``bench/bench_encode.py`` measures every
 lossless writer installed here; the fastest, used when ``png_encoder`` is "fast":
 
-* 8-bit RGB and RGBA: fpng (a single-pass, special-purpose deflate), ~8x faster than Pillow
+* 8-bit RGB and RGBA: fpng (a single-pass, special-purpose deflate), 5-6x faster than Pillow
   at level 1 for ~5-10 % larger files;
 * 16-bit RGB(A) and gray+alpha: libpng through imagecodecs with zlib's RLE strategy and the
   Sub filter (imagecodecs' own advice for speed), ~2.5x faster than level 1's defaults for
@@ -66,9 +66,11 @@ def fpng_encode(arr: np.ndarray) -> bytes | None:
     """``arr`` (see :func:`fpng_fits`) as a PNG with no metadata, or None where fpng cannot.
 
     The array is read in place when it is C-contiguous (the engines' outputs are). fpng keeps a
-    filtered copy and an output buffer of the raw size while it runs (about 2x the array), the
-    same order as Pillow's 4-bytes-a-pixel copy of an RGB image. It holds the GIL throughout
-    (~0.16 s for 12.6 MP): fine on a replica's worker thread, never on an event loop.
+    filtered copy and an output buffer of the raw size while it runs: about 2x the array for
+    ~0.1 s (Pillow copies an RGB image to 4 bytes a pixel, 1.33x, for ~0.7 s; an RGBA one not
+    at all). Measured, a 4x job's peak RSS does not grow with it (tests/test_memory.py: it is
+    the engine's). It holds the GIL throughout: fine on a replica's worker thread, never on an
+    event loop.
     """
     if not fpng_fits(arr):
         return None

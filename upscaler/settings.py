@@ -172,7 +172,7 @@ class Settings(BaseSettings):
         "jobs are handed over at once: the next Ingress resumes them from their tiles.")
     png_encoder: Literal["fast", "zlib"] = Field(
         default="fast",
-        description="fast: 8-bit RGB/RGBA PNGs with fpng (~8x faster than zlib level 1, 5-10% "
+        description="fast: 8-bit RGB/RGBA PNGs with fpng (5-6x faster than zlib level 1, 5-10% "
         "larger), 16-bit ones with zlib's RLE strategy (~2.5x faster, same size); zlib: "
         "every PNG with zlib's defaults at png_compress_level. All lossless; gray is zlib "
         "either way (bench/bench_encode.py).")
