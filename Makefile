@@ -31,6 +31,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python bench/bench_esrgan.py
+	$(BIN)/python bench/bench_encode.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

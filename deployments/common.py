@@ -62,7 +62,8 @@ def finish_job(store: JobStore, spec: JobSpec, image: DecodedImage, settings: Se
     started = time.perf_counter()
     image = image.cropped(spec.plan.applied_crop_box)
     encoded = encode_image(image, spec.params.output_format, spec.plan.dpi,
-                           settings.png_compress_level, settings.tiff_compression)
+                           settings.png_compress_level, settings.tiff_compression,
+                           settings.png_encoder)
     key = JobStore.result_key(spec.result_filename)
     store.storage.write_bytes(key, encoded)
     return Completed(key, spec.result_filename, {

@@ -39,7 +39,8 @@ image = DecodedImage(np.random.rand(side, side, 3).astype(np.float32), None, "rg
 plan = calculate_output_dimensions(side, side, factor)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 result = engine.upscale(image, "compact", plan)
-encoded = encode_image(result.image, "png", plan.dpi, settings.png_compress_level)
+encoded = encode_image(result.image, "png", plan.dpi, settings.png_compress_level,
+                       png_encoder=settings.png_encoder)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"growth_kb": peak - base, "passes": result.stats["passes"],
                   "pixels": plan.output_width * plan.output_height}))

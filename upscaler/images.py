@@ -12,7 +12,6 @@ import contextlib
 import io
 import struct
 import warnings
-import zlib
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from upscaler.errors import BadRequest, InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from upscaler.png import FAST_WIDE_ARGS, PngEncoder, fpng_encode, png_add_metadata
 
 # Formats accepted as input (Pillow's names). Anything else Pillow can parse is refused.
 ALLOWED_INPUT_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP", "GIF"})
@@ -316,24 +316,13 @@ def _gray(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
     return quantize_plane(rgb.mean(axis=2), bit_depth)
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(
-        ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-
-def _png_add_metadata(png: bytes, dpi: int, icc: bytes | None) -> bytes:
-    """Insert pHYs (and iCCP) right after IHDR: for PNGs written by imagecodecs."""
-    ppm = round(dpi / 0.0254)
-    extra = _png_chunk(b"pHYs", struct.pack(">IIB", ppm, ppm, 1))
-    if icc:
-        extra = _png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc)) + extra
-    ihdr_end = 8 + 8 + 13 + 4
-    return png[:ihdr_end] + extra + png[ihdr_end:]
-
-
 def encode_image(image: DecodedImage, fmt: str, dpi: int, png_compress_level: int = 1,
-                 tiff_compression: str = "tiff_adobe_deflate") -> bytes:
-    """Write the image in its source colour kind and bit depth, with DPI and ICC profile."""
+                 tiff_compression: str = "tiff_adobe_deflate",
+                 png_encoder: PngEncoder = "fast") -> bytes:
+    """Write the image in its source colour kind and bit depth, with DPI and ICC profile.
+
+    PNGs: with ``png_encoder`` "fast", 8-bit RGB(A) go through fpng and 16-bit through zlib's
+    RLE strategy (``upscaler.png``); ``png_compress_level`` sets zlib's level."""
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}")
     depth = image.bit_depth
@@ -344,7 +333,8 @@ def encode_image(image: DecodedImage, fmt: str, dpi: int, png_compress_level: in
     if image.color == "gray":
         plane = _gray(image.rgb, depth)
         if depth == 16 and alpha is not None:
-            return _encode_wide(np.dstack([plane, alpha]), fmt, dpi, icc, png_compress_level)
+            return _encode_wide(np.dstack([plane, alpha]), fmt, dpi, icc, png_compress_level,
+                                png_encoder)
         if depth == 16:
             im = Image.fromarray(plane)  # I;16
         elif alpha is not None:
@@ -355,23 +345,26 @@ def encode_image(image: DecodedImage, fmt: str, dpi: int, png_compress_level: in
         rgb = quantize_plane(image.rgb, depth)
         if depth == 16:
             arr = rgb if alpha is None else np.dstack([rgb, alpha])
-            return _encode_wide(arr, fmt, dpi, icc, png_compress_level)
-        im = Image.fromarray(rgb if alpha is None else np.dstack([rgb, alpha]),
-                             "RGB" if alpha is None else "RGBA")
-        if image.color == "cmyk":
-            if fmt == "tiff" and alpha is None:
-                # Print shops take CMYK TIFF: go back through the source profile.
-                if icc:
-                    try:
-                        im = ImageCms.profileToProfile(
-                            im, _srgb_profile(), ImageCms.ImageCmsProfile(io.BytesIO(icc)),
-                            outputMode="CMYK")
-                    except (ImageCms.PyCMSError, OSError):
-                        im = im.convert("CMYK")
-                else:
+            return _encode_wide(arr, fmt, dpi, icc, png_compress_level, png_encoder)
+        pixels = rgb if alpha is None else np.dstack([rgb, alpha])
+        cmyk_tiff = image.color == "cmyk" and fmt == "tiff" and alpha is None
+        if image.color == "cmyk" and not cmyk_tiff:
+            icc = _srgb_profile().tobytes()  # the pixels are sRGB now
+        # The fast path: the engine's uint8 array is read in place (no Pillow copy).
+        if fmt == "png" and png_encoder == "fast" and (png := fpng_encode(pixels)) is not None:
+            return png_add_metadata(png, dpi, icc)
+        im = Image.fromarray(pixels, "RGB" if alpha is None else "RGBA")
+        if cmyk_tiff:
+            # Print shops take CMYK TIFF: go back through the source profile.
+            if icc:
+                try:
+                    im = ImageCms.profileToProfile(
+                        im, _srgb_profile(), ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                        outputMode="CMYK")
+                except (ImageCms.PyCMSError, OSError):
                     im = im.convert("CMYK")
             else:
-                icc = _srgb_profile().tobytes()  # the pixels are sRGB now
+                im = im.convert("CMYK")
 
     kwargs: dict = {"dpi": (dpi, dpi)}
     if icc:
@@ -383,13 +376,16 @@ def encode_image(image: DecodedImage, fmt: str, dpi: int, png_compress_level: in
     return buf.getvalue()
 
 
-def _encode_wide(arr: np.ndarray, fmt: str, dpi: int, icc: bytes | None, level: int) -> bytes:
+def _encode_wide(arr: np.ndarray, fmt: str, dpi: int, icc: bytes | None, level: int,
+                 png_encoder: PngEncoder) -> bytes:
     """16-bit multi-channel images, which Pillow cannot write."""
     import imagecodecs
     import tifffile
 
     if fmt == "png":
-        return _png_add_metadata(bytes(imagecodecs.png_encode(arr, level=level)), dpi, icc)
+        extra = FAST_WIDE_ARGS if png_encoder == "fast" else {}
+        png = imagecodecs.png_encode(arr, level=level, **extra)
+        return png_add_metadata(bytes(png), dpi, icc)
     buf = io.BytesIO()
     channels = arr.shape[-1]
     photometric = "rgb" if channels >= 3 else "minisblack"

@@ -170,6 +170,12 @@ class Settings(BaseSettings):
         description="When the Ingress stops (a rollout, `serve shutdown`, SIGTERM), how long "
         "its ESRGAN/Imagen jobs in flight get to finish before they are reported failed. FLUX "
         "jobs are handed over at once: the next Ingress resumes them from their tiles.")
+    png_encoder: Literal["fast", "zlib"] = Field(
+        default="fast",
+        description="fast: 8-bit RGB/RGBA PNGs with fpng (5-6x faster than zlib level 1, 5-10% "
+        "larger), 16-bit ones with zlib's RLE strategy (~2.5x faster, same size); zlib: "
+        "every PNG with zlib's defaults at png_compress_level. All lossless; gray is zlib "
+        "either way (bench/bench_encode.py).")
     png_compress_level: int = Field(default=1, ge=0, le=9,
                                     description="1 is ~3x faster than Pillow's 6 for ~15% size.")
     tiff_compression: str = "tiff_adobe_deflate"
