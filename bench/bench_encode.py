@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import imagecodecs  # noqa: E402
 from PIL import Image, ImageCms  # noqa: E402
 
-from upscaler.images import DecodedImage, encode_image  # noqa: E402
+from upscaler.encode import encode_image  # noqa: E402
+from upscaler.images import DecodedImage  # noqa: E402
 from upscaler.png import FAST_WIDE_ARGS  # noqa: E402
 
 Writer = Callable[[np.ndarray], bytes]

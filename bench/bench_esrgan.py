@@ -25,9 +25,10 @@ from model_factory import write_rrdb  # noqa: E402
 
 from serve_app.model_pull import pull  # noqa: E402
 from upscaler.dimensions import calculate_output_dimensions  # noqa: E402
+from upscaler.encode import encode_image  # noqa: E402
 from upscaler.engines.esrgan import EsrganEngine  # noqa: E402
 from upscaler.engines.models import ModelRegistry  # noqa: E402
-from upscaler.images import DecodedImage, decode_image, encode_image  # noqa: E402
+from upscaler.images import DecodedImage, decode_image  # noqa: E402
 from upscaler.settings import Settings  # noqa: E402
 
 

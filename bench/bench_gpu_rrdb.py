@@ -27,9 +27,10 @@ from conftest import photo, png_bytes  # noqa: E402
 from model_factory import write_rrdb  # noqa: E402
 
 from upscaler.dimensions import calculate_output_dimensions  # noqa: E402
+from upscaler.encode import encode_image  # noqa: E402
 from upscaler.engines.esrgan import EsrganEngine  # noqa: E402
 from upscaler.engines.models import ModelRegistry  # noqa: E402
-from upscaler.images import decode_image, encode_image  # noqa: E402
+from upscaler.images import decode_image  # noqa: E402
 
 
 def main() -> None:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from deployments import ray_compat
 from upscaler.device import resolve_device, use_cpu_threads
-from upscaler.images import DecodedImage, decode_image, encode_image
+from upscaler.encode import encode_image
+from upscaler.images import DecodedImage, decode_image
 from upscaler.job_store import JobStore
 from upscaler.jobs import Completed, JobEvent, JobSpec
 from upscaler.settings import Settings

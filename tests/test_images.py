@@ -1,4 +1,4 @@
-"""Image I/O: upscaler.images decode_image / probe_image / encode_image on real files."""
+"""Image I/O: upscaler.images (decode, probe) and upscaler.encode on real files."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import pytest
 import tifffile
 from PIL import Image, ImageCms
 
+from upscaler.encode import encode_image
 from upscaler.errors import UpscalerError
 from upscaler.images import (
     DecodedImage,
     check_decodes,
     decode_image,
-    encode_image,
     probe_image,
 )
 from upscaler.png import FPNG_MAX_SIDE, fpng_encode, fpng_fits
@@ -844,3 +844,22 @@ def test_probe_reads_the_header_only():
     with pytest.raises(UpscalerError) as err:
         probe_image(png_header_only(60000, 60000), MAX)
     assert err.value.http_status == 413
+
+
+@pytest.mark.parametrize("bits,alpha", [(8, False), (8, True), (16, False), (16, True)])
+def test_big_images_are_streamed_exactly_with_dpi_and_icc(monkeypatch, bits, alpha):
+    """Past the whole-image writers' size, PNGs are written strip by strip: the same pixels,
+    DPI and profile."""
+    monkeypatch.setattr("upscaler.encode.WHOLE_IMAGE_MAX_PIXELS", 100)
+    rng = np.random.default_rng(bits)
+    top = 65535 if bits == 16 else 255
+    dtype = np.uint16 if bits == 16 else np.uint8
+    rgb = rng.integers(0, top + 1, (150, 70, 3)).astype(dtype)
+    plane = rng.integers(0, top + 1, (150, 70)).astype(dtype) if alpha else None
+    data = encode_image(DecodedImage(rgb, plane, "rgb", bits, SRGB_ICC, "PNG"), "png", 240)
+    back = imagecodecs.png_decode(bytes(data))
+    assert np.array_equal(back[..., :3], rgb)
+    if alpha:
+        assert np.array_equal(back[..., 3], plane)
+    im = Image.open(io.BytesIO(bytes(data)))
+    assert round(im.info["dpi"][0]) == 240 and im.info["icc_profile"] == SRGB_ICC

@@ -25,7 +25,8 @@ from deployments.esrgan import esrgan_engine
 from model_factory import write_compact
 from upscaler.dimensions import calculate_output_dimensions
 from upscaler.engines.models import ModelRegistry
-from upscaler.images import DecodedImage, encode_image
+from upscaler.encode import encode_image
+from upscaler.images import DecodedImage
 from upscaler.settings import Settings
 
 folder, side = Path(sys.argv[1]), int(sys.argv[2])

@@ -79,3 +79,45 @@ def fpng_encode(arr: np.ndarray) -> bytes | None:
     png = fpng.from_ndarray(np.ascontiguousarray(arr))
     # py-fpng 0.1.0 builds, but does not raise, its error on failure: it returns empty bytes.
     return png if png[:8] == PNG_SIGNATURE else None
+
+
+# fpng and libpng hold whole-image buffers (fpng about twice the image). Up to this size that
+# is cheap and fpng is the fastest writer; past it, where memory is the limit, PNGs are
+# streamed strip by strip (``streamed_png``).
+WHOLE_IMAGE_MAX_PIXELS = 16_000_000
+STRIP_ROWS = 64
+_COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (gray, gray+A, RGB, RGBA)
+
+
+def streamed_png(pixels: np.ndarray, alpha: np.ndarray | None, dpi: int, icc: bytes | None,
+                 level: int) -> bytes:
+    """``pixels`` (H x W x C, or H x W, of uint8 or uint16) and an optional ``alpha`` plane as
+    a PNG with DPI and ICC, written ``STRIP_ROWS`` rows at a time: memory stays at the
+    compressed file and one strip; no whole-image copy is made, not even to join the alpha.
+    zlib's RLE strategy with the Sub filter, as the fast 16-bit path."""
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    height, width, colours = pixels.shape
+    channels = colours + (0 if alpha is None else 1)
+    depth = 16 if pixels.dtype == np.uint16 else 8
+    bpp = channels * depth // 8  # bytes a pixel: the Sub filter's distance
+    out = bytearray(PNG_SIGNATURE)
+    out += png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth,
+                                          _COLOR_TYPES[channels], 0, 0, 0))
+    out += png_add_metadata(PNG_SIGNATURE + b"\0" * (_IHDR_END - 8), dpi, icc)[_IHDR_END:]
+    comp = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    for top in range(0, height, STRIP_ROWS):
+        strip = pixels[top:top + STRIP_ROWS]
+        if alpha is not None:
+            strip = np.concatenate([strip, alpha[top:top + STRIP_ROWS, :, None]], axis=2)
+        if depth == 16:
+            strip = strip.astype(">u2")  # PNG's samples are big-endian
+        rows = np.ascontiguousarray(strip).view(np.uint8).reshape(len(strip), width * bpp)
+        filtered = np.empty((len(rows), width * bpp + 1), np.uint8)
+        filtered[:, 0] = 1  # Sub: each byte less the one a pixel to its left
+        filtered[:, 1:1 + bpp] = rows[:, :bpp]
+        np.subtract(rows[:, bpp:], rows[:, :-bpp], out=filtered[:, 1 + bpp:])
+        if data := comp.compress(filtered):
+            out += png_chunk(b"IDAT", data)
+    out += png_chunk(b"IDAT", comp.flush()) + png_chunk(b"IEND", b"")
+    return out  # a bytearray: handing it on as it is spares a copy of the whole file

@@ -23,6 +23,7 @@ import torch
 
 from upscaler.device import resolve_device
 from upscaler.dimensions import OutputPlan
+from upscaler.encode import quantize_plane
 from upscaler.engines.models import LoadedModel, ModelCache, ModelRegistry
 from upscaler.engines.tiling import (
     QuantizedSink,
@@ -31,7 +32,7 @@ from upscaler.engines.tiling import (
     count_tiles,
     run_tiled,
 )
-from upscaler.images import DecodedImage, quantize_plane
+from upscaler.images import DecodedImage
 from upscaler.resample import resample, resample_plane
 
 MIN_TILE = 64

@@ -1,0 +1,122 @@
+"""Encoding every engine's result: the source's colour kind and bit depth, the DPI written in,
+the ICC profile kept. Pixels come as float32 in [0, 1] or already as the file's integers."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageCms
+
+from upscaler.images import OUTPUT_FORMATS, DecodedImage, srgb_profile
+from upscaler.png import (
+    FAST_WIDE_ARGS,
+    WHOLE_IMAGE_MAX_PIXELS,
+    PngEncoder,
+    fpng_encode,
+    png_add_metadata,
+    streamed_png,
+)
+
+
+def quantize_plane(x: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Float [0, 1] pixels as the file's integers; integers (quantized already, by an engine
+    that wrote its output so) are taken as they are."""
+    dtype = np.uint16 if bit_depth == 16 else np.uint8
+    if np.issubdtype(x.dtype, np.integer):
+        return x if x.dtype == dtype else x.astype(dtype)
+    top = 65535.0 if bit_depth == 16 else 255.0
+    out = np.clip(x, 0.0, 1.0) * top + 0.5
+    return out.astype(dtype)
+
+
+def _gray(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
+    """One gray plane of an RGB image (whose three channels hold the same gray)."""
+    if np.issubdtype(rgb.dtype, np.integer):
+        return quantize_plane((rgb.sum(axis=2, dtype=np.uint32) + 1) // 3, bit_depth)
+    return quantize_plane(rgb.mean(axis=2), bit_depth)
+
+
+def encode_image(image: DecodedImage, fmt: str, dpi: int, png_compress_level: int = 1,
+                 tiff_compression: str = "tiff_adobe_deflate",
+                 png_encoder: PngEncoder = "fast") -> bytes:
+    """Write the image in its source colour kind and bit depth, with DPI and ICC profile.
+
+    PNGs: with ``png_encoder`` "fast", 8-bit RGB(A) go through fpng and 16-bit through zlib's
+    RLE strategy (``upscaler.png``); colour images past ``WHOLE_IMAGE_MAX_PIXELS`` are streamed
+    strip by strip instead, to keep memory near the image's own size. ``png_compress_level``
+    sets zlib's level."""
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}")
+    depth = image.bit_depth
+    alpha = None if image.alpha is None else quantize_plane(image.alpha, depth)
+    icc = image.icc_profile
+    buf = io.BytesIO()
+
+    if image.color == "gray":
+        plane = _gray(image.rgb, depth)
+        if depth == 16 and alpha is not None:
+            return _encode_wide(np.dstack([plane, alpha]), fmt, dpi, icc, png_compress_level,
+                                png_encoder)
+        if depth == 16:
+            im = Image.fromarray(plane)  # I;16
+        elif alpha is not None:
+            im = Image.fromarray(np.dstack([plane, alpha]), "LA")
+        else:
+            im = Image.fromarray(plane, "L")
+    else:
+        rgb = quantize_plane(image.rgb, depth)
+        if fmt == "png" and png_encoder == "fast" and image.color != "cmyk" and (
+                rgb.shape[0] * rgb.shape[1] > WHOLE_IMAGE_MAX_PIXELS):
+            return streamed_png(rgb, alpha, dpi, icc, png_compress_level)
+        if depth == 16:
+            arr = rgb if alpha is None else np.dstack([rgb, alpha])
+            return _encode_wide(arr, fmt, dpi, icc, png_compress_level, png_encoder)
+        pixels = rgb if alpha is None else np.dstack([rgb, alpha])
+        cmyk_tiff = image.color == "cmyk" and fmt == "tiff" and alpha is None
+        if image.color == "cmyk" and not cmyk_tiff:
+            icc = srgb_profile().tobytes()  # the pixels are sRGB now
+        # The fast path: the engine's uint8 array is read in place (no Pillow copy).
+        if fmt == "png" and png_encoder == "fast" and (png := fpng_encode(pixels)) is not None:
+            return png_add_metadata(png, dpi, icc)
+        im = Image.fromarray(pixels, "RGB" if alpha is None else "RGBA")
+        if cmyk_tiff:
+            # Print shops take CMYK TIFF: go back through the source profile.
+            if icc:
+                try:
+                    im = ImageCms.profileToProfile(
+                        im, srgb_profile(), ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                        outputMode="CMYK")
+                except (ImageCms.PyCMSError, OSError):
+                    im = im.convert("CMYK")
+            else:
+                im = im.convert("CMYK")
+
+    kwargs: dict = {"dpi": (dpi, dpi)}
+    if icc:
+        kwargs["icc_profile"] = icc
+    if fmt == "png":
+        im.save(buf, "PNG", compress_level=png_compress_level, **kwargs)
+    else:
+        im.save(buf, "TIFF", compression=tiff_compression, **kwargs)
+    return buf.getvalue()
+
+
+def _encode_wide(arr: np.ndarray, fmt: str, dpi: int, icc: bytes | None, level: int,
+                 png_encoder: PngEncoder) -> bytes:
+    """16-bit multi-channel images, which Pillow cannot write."""
+    import imagecodecs
+    import tifffile
+
+    if fmt == "png":
+        extra = FAST_WIDE_ARGS if png_encoder == "fast" else {}
+        png = imagecodecs.png_encode(arr, level=level, **extra)
+        return png_add_metadata(bytes(png), dpi, icc)
+    buf = io.BytesIO()
+    channels = arr.shape[-1]
+    photometric = "rgb" if channels >= 3 else "minisblack"
+    extrasamples = ["unassalpha"] if channels in (2, 4) else None
+    tifffile.imwrite(buf, arr, photometric=photometric, compression="zlib",
+                     resolution=(dpi, dpi), resolutionunit="INCH", iccprofile=icc,
+                     extrasamples=extrasamples)
+    return buf.getvalue()
