@@ -155,9 +155,13 @@ class FluxCoordinator:
         assert isinstance(params, FluxParams)
         yield Started("coordinator")
         start = time.perf_counter()
+        marks: dict[str, Any] = {"start": time.time()}
         prepass = await self._prepass(spec)
+        marks["prepass"] = time.time()
         yield Progress(0, 1, stage="prepass")
         embeds = await self.flux.encode_prompt.remote(params.prompt)
+        marks["prompt"] = time.time()
+        marks["paste"] = []
 
         h, w = prepass.height, prepass.width
         tiles = plan_tiles(h, w, params.tile_size, params.tile_padding, params.tile_order,
@@ -172,6 +176,7 @@ class FluxCoordinator:
                 canvas.start_layer()
             todo = [t for t in wave if t.index not in done]
             crops = {t.index: canvas.crop(t) for t in todo}
+            sent = time.time()
             calls = {asyncio.ensure_future(self.flux.redraw.remote(
                 crops[t.index], embeds, params, params.seed + t.index)): t for t in todo}
             try:
@@ -184,6 +189,7 @@ class FluxCoordinator:
                     for fut in ready:
                         tile = calls[fut]
                         result = fut.result()
+                        returned = time.time()
                         out = color_fix(result["image"].astype(np.float32), crops[tile.index],
                                         params.color_fix).astype(np.float16)
                         await asyncio.to_thread(
@@ -192,22 +198,26 @@ class FluxCoordinator:
                         done[tile.index] = out
                         tile_log.append({k: result[k] for k in (
                             "replica", "seconds", "started_at", "finished_at")}
-                            | {"tile": tile.index})
+                            | {"tile": tile.index, "sent": sent, "returned": returned,
+                               "stored": time.time()})
                         finished += 1
                         yield Progress(finished, len(tiles), tile=tile.index,
                                        replica=result["replica"])
             finally:
                 for fut in calls:  # cancelled job or failure: stop the tiles still running
                     fut.cancel()
+            paste_start = time.time()
             for t in wave:
                 canvas.paste(t, done[t.index].astype(np.float32))
             canvas.end_wave()
+            marks["paste"].append([paste_start, time.time()])
 
         image = prepass.with_pixels(canvas.image(), prepass.alpha)
         replicas = sorted({t["replica"] for t in tile_log})
+        marks["finish"] = time.time()
         yield await asyncio.to_thread(finish_job, self.store, spec, image, self.settings, {
             "tiles": len(tiles), "tiles_computed": len(tile_log), "tiles_resumed": resumed,
-            "replicas": replicas, "tile_log": tile_log,
+            "replicas": replicas, "tile_log": tile_log, "timeline": marks,
             "seconds": round(time.perf_counter() - start, 3)})
 
 
