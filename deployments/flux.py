@@ -102,8 +102,9 @@ class FluxDeployment:
                 raise TileCancelled()
 
         def draw() -> tuple[np.ndarray, float, float]:
-            # The tile Serve queued here (max_ongoing_requests 2) waits for the one drawing:
-            # its time counts from when it starts, and a cancel while it waits ends it here.
+            # A tile sent here while another draws (a second caller, a config with more than
+            # one slot) waits for it: its time counts from when it starts, and a cancel while
+            # it waits ends it here.
             with self._drawing:
                 if cancelled.is_set():
                     raise TileCancelled()
