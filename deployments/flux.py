@@ -3,10 +3,13 @@ Ultimate SD Upscale over all of them.
 
 * ``FluxDeployment`` (``num_gpus`` per replica, autoscaled): holds the pipeline, answers
   ``encode_prompt`` and ``redraw`` (one tile; cancelling the call stops it at the next step).
-* ``FluxCoordinator`` (CPU): ESRGAN pre-pass through the ESRGAN deployment, then the USDU waves,
-  each wave's tiles sent concurrently through the handle so Serve spreads them over every FLUX
-  replica; each finished tile is written to job storage at once, so a resumed job only computes
-  the tiles it lacks. It streams ``started`` / ``progress`` / ``completed`` like ESRGAN.
+* ``FluxCoordinator`` (CPU): ESRGAN pre-pass through the ESRGAN deployment (the prompt is
+  encoded meanwhile), then the USDU tiles, each sent through the handle as soon as the tiles its
+  crop needs are drawn (``usdu.TileSchedule``: the chess order's second wave does not wait for
+  the whole first), so Serve spreads them over every FLUX replica; each finished tile is written
+  to job storage before any tile that needs it starts, so a resumed job only computes the tiles
+  it lacks, from the same pixels. Canvas work (crops, colour fix, the final blend) runs off the
+  event loop. It streams ``started`` / ``progress`` / ``completed`` like ESRGAN.
 """
 
 from __future__ import annotations
@@ -28,7 +31,15 @@ from deployments import metrics
 from deployments.common import engine_device, finish_job, replica_tag
 from upscaler.budget import MemoryBudget
 from upscaler.engines.flux import FluxNotInstalled, FluxTileEngine, PromptEmbeds
-from upscaler.engines.usdu import TiledCanvas, color_fix, plan_tiles, waves
+from upscaler.engines.usdu import (
+    Tile,
+    TiledCanvas,
+    TileSchedule,
+    color_fix,
+    plan_tiles,
+    render_crop,
+    replay,
+)
 from upscaler.images import DecodedImage
 from upscaler.job_store import JobStore
 from upscaler.jobs import FluxParams, JobEvent, JobSpec, Progress, Started
@@ -50,6 +61,7 @@ class FluxDeployment:
         self.engine: FluxTileEngine | None = None
         self.missing: FluxNotInstalled | None = None
         self.tiles_done = 0
+        self._drawing = threading.Lock()
         try:
             t0 = time.perf_counter()
             self.engine = FluxTileEngine(settings.resolved_models_dir, engine_device(settings),
@@ -89,12 +101,20 @@ class FluxDeployment:
             if cancelled.is_set():
                 raise TileCancelled()
 
-        start, started_at = time.perf_counter(), time.time()
-        work = asyncio.to_thread(
-            engine.redraw, crop.astype(np.float32), PromptEmbeds(*embeds),
-            params.denoise, params.steps, params.guidance, seed, on_step)
+        def draw() -> tuple[np.ndarray, float, float]:
+            # A tile sent here while another draws (a second caller, a config with more than
+            # one slot) waits for it: its time counts from when it starts, and a cancel while
+            # it waits ends it here.
+            with self._drawing:
+                if cancelled.is_set():
+                    raise TileCancelled()
+                start, started_at = time.perf_counter(), time.time()
+                return engine.redraw(crop.astype(np.float32), PromptEmbeds(*embeds),
+                                     params.denoise, params.steps, params.guidance, seed,
+                                     on_step), start, started_at
+
         try:
-            out = await work
+            out, start, started_at = await asyncio.to_thread(draw)
         except asyncio.CancelledError:
             cancelled.set()  # the thread stops at its next step and frees the GPU
             raise
@@ -156,60 +176,95 @@ class FluxCoordinator:
         assert isinstance(params, FluxParams)
         yield Started("coordinator")
         start = time.perf_counter()
-        prepass = await self._prepass(spec)
-        yield Progress(0, 1, stage="prepass")
-        embeds = await self.flux.encode_prompt.remote(params.prompt)
+        timeline: dict[str, float] = {"start": time.time()}
+        # The prompt is encoded on a FLUX replica while ESRGAN runs the pre-pass.
+        prompt = asyncio.ensure_future(self.flux.encode_prompt.remote(params.prompt))
+        try:
+            prepass = await self._prepass(spec)
+            timeline["prepass"] = time.time()
+            yield Progress(0, 1, stage="prepass")
+            embeds = await prompt
+            timeline["prompt"] = time.time()
+        finally:
+            if not prompt.done():  # the pre-pass failed or the job was cancelled
+                prompt.cancel()
+            elif not prompt.cancelled():
+                prompt.exception()  # seen here, so asyncio does not log it as lost
 
-        h, w = prepass.height, prepass.width
-        tiles = plan_tiles(h, w, params.tile_size, params.tile_padding, params.tile_order,
-                           params.seam_fix, params.seam_fix_width)
-        done = await asyncio.to_thread(self._load_done, job_id)
-        resumed = len(done)
-        canvas = TiledCanvas(prepass.rgb, params.mask_blur)
-        tile_log: list[dict] = []
-        finished = 0
-        for wave in waves(tiles):
-            if wave[0].wave == 2:
-                canvas.start_layer()
-            todo = [t for t in wave if t.index not in done]
-            crops = {t.index: canvas.crop(t) for t in todo}
-            calls = {asyncio.ensure_future(self.flux.redraw.remote(
-                crops[t.index], embeds, params, params.seed + t.index)): t for t in todo}
-            try:
-                # tiles finished in an earlier run are pasted, not recomputed
-                finished += sum(1 for t in wave if t.index in done)
-                pending = set(calls)
-                while pending:
-                    ready, pending = await asyncio.wait(pending,
-                                                        return_when=asyncio.FIRST_COMPLETED)
-                    for fut in ready:
-                        tile = calls[fut]
-                        result = fut.result()
-                        out = color_fix(result["image"].astype(np.float32), crops[tile.index],
-                                        params.color_fix).astype(np.float16)
-                        await asyncio.to_thread(
-                            self.store.storage.write_bytes,
-                            f"{JobStore.tiles_prefix(job_id)}/{tile.index}.npy", _npy(out))
-                        done[tile.index] = out
-                        tile_log.append({k: result[k] for k in (
-                            "replica", "seconds", "started_at", "finished_at")}
-                            | {"tile": tile.index})
-                        finished += 1
-                        yield Progress(finished, len(tiles), tile=tile.index,
-                                       replica=result["replica"])
-            finally:
-                for fut in calls:  # cancelled job or failure: stop the tiles still running
-                    fut.cancel()
-            for t in wave:
-                canvas.paste(t, done[t.index].astype(np.float32))
-            canvas.end_wave()
+        tiles = plan_tiles(prepass.height, prepass.width, params.tile_size, params.tile_padding,
+                           params.tile_order, params.seam_fix, params.seam_fix_width)
+        # Tiles finished in an earlier run are pasted, not recomputed.
+        outputs = await asyncio.to_thread(self._load_done, job_id)
+        resumed = len(outputs)
+        schedule = TileSchedule(tiles, outputs)
+        tile_log: list[dict[str, Any]] = []
+        running: dict[asyncio.Future, Tile] = {}
 
-        image = prepass.with_pixels(canvas.image(), prepass.alpha)
+        async def send_ready() -> None:
+            """Start every tile whose needed tiles are drawn (all at once: Serve spreads them
+            over the replicas, and the queue it sees is what autoscaling reads)."""
+            ready = schedule.take_ready()
+            if not ready:
+                return
+            needed = {j: outputs[j] for t in ready for j in schedule.needs[t.index]}
+            crops = await asyncio.to_thread(
+                lambda: [render_crop(prepass.rgb, tiles, needed, t, params.mask_blur)
+                         for t in ready])
+            for tile, crop in zip(ready, crops, strict=True):
+                running[asyncio.ensure_future(self._draw(tile, crop, embeds, params))] = tile
+
+        try:
+            await send_ready()
+            while running:
+                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(finished, key=lambda f: running[f].index):
+                    tile = running.pop(task)
+                    out, entry = task.result()
+                    # Stored before any tile that needs it starts: a resumed job's crops are
+                    # cut from the very pixels this run's were.
+                    await asyncio.to_thread(
+                        self.store.storage.write_bytes,
+                        f"{JobStore.tiles_prefix(job_id)}/{tile.index}.npy", _npy(out))
+                    outputs[tile.index] = out
+                    schedule.finish(tile.index)
+                    tile_log.append(entry | {"stored": time.time()})
+                    await send_ready()
+                    yield Progress(len(schedule.done), len(tiles), tile=tile.index,
+                                   replica=entry["replica"])
+        finally:
+            for task in running:  # cancelled job or failure: stop the tiles still running
+                task.cancel()
+        timeline["tiles"] = time.time()
+
+        # The whole canvas once, off the event loop (seconds on a print-sized image).
+        rgb = await asyncio.to_thread(
+            lambda: replay(TiledCanvas(prepass.rgb, params.mask_blur), tiles, outputs).image())
+        timeline["image"] = time.time()
+        image = prepass.with_pixels(rgb, prepass.alpha)
         replicas = sorted({t["replica"] for t in tile_log})
         yield await asyncio.to_thread(finish_job, self.store, spec, image, self.settings, {
             "tiles": len(tiles), "tiles_computed": len(tile_log), "tiles_resumed": resumed,
-            "replicas": replicas, "tile_log": tile_log,
+            "replicas": replicas, "tile_log": tile_log, "timeline": timeline,
             "seconds": round(time.perf_counter() - start, 3)})
+
+    async def _draw(self, tile: Tile, crop: np.ndarray, embeds: tuple[np.ndarray, np.ndarray],
+                    params: FluxParams) -> tuple[np.ndarray, dict[str, Any]]:
+        """One tile on whichever FLUX replica Serve picks, colour-fixed off the event loop."""
+        sent = time.time()
+        response = self.flux.redraw.remote(crop, embeds, params, params.seed + tile.index)
+        try:
+            result = await response
+        except asyncio.CancelledError:
+            # Stop the replica's work too, not only this wait for it.
+            if (cancel := getattr(response, "cancel", None)) is not None:
+                cancel()
+            raise
+        returned = time.time()
+        out = await asyncio.to_thread(
+            lambda: color_fix(result["image"].astype(np.float32), crop,
+                              params.color_fix).astype(np.float16))
+        entry = {k: result[k] for k in ("replica", "seconds", "started_at", "finished_at")}
+        return out, entry | {"tile": tile.index, "sent": sent, "returned": returned}
 
 
 def _image_to_npz(image: DecodedImage) -> bytes:

@@ -69,6 +69,12 @@ def _autoscaling(min_replicas: int, max_replicas: int) -> dict[str, Any]:
     }
 
 
+# The router polls full replicas with a backoff that grows to 0.5 s: a tile waiting for a
+# replica would start up to that long after the replica frees. 50 ms at most keeps the cards
+# busy; the polling is a few routing tasks (two per replica) reading a local cache.
+FLUX_ROUTER = {"initial_backoff_s": 0.005, "max_backoff_s": 0.05}
+
+
 def engine_queue(settings: Settings) -> int:
     """Requests an engine deployment's router may hold: every job the cap admits, plus room
     for model and health questions. Past it Serve answers back-pressure at once."""
@@ -92,8 +98,11 @@ def build_graph(settings: Settings) -> Application:
     quick_stop = {**patient, "graceful_shutdown_timeout_s": 5}
     flux = FluxDeployment.options(
         ray_actor_options={"num_gpus": flux_gpus(settings), "num_cpus": settings.flux_num_cpus},
-        # The tile being drawn plus one waiting: tiles spread over replicas, not queue in one.
-        max_ongoing_requests=2,
+        # The tile being drawn only: the next waits in the router and goes to whichever replica
+        # frees first. A second slot would commit it to a replica early; with few tiles left
+        # (the end of a job) it then waits there while another replica idles.
+        max_ongoing_requests=1,
+        request_router_config=FLUX_ROUTER,
         autoscaling_config=_autoscaling(settings.flux_min_replicas, settings.flux_max_replicas),
         **quick_stop,
     ).bind(settings)

@@ -76,6 +76,15 @@ def test_gpu_config_reserves_gpus_as_planned():
         assert deps[name]["health_check_timeout_s"] >= 60
 
 
+def test_flux_replicas_take_one_tile_at_a_time_as_the_builder_does():
+    """A tile waits in the router, not behind another on a replica (see serve_app.app)."""
+    from serve_app.app import FLUX_ROUTER
+
+    flux = deployments(load("serve_config.yaml")["applications"][0])["FLUX"]
+    assert flux["max_ongoing_requests"] == 1
+    assert flux["request_router_config"] == FLUX_ROUTER
+
+
 def test_stops_leave_time_for_the_ingress_drain():
     from serve_app.app import ingress_shutdown_s
     from upscaler.settings import load_settings

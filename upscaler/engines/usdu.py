@@ -9,7 +9,10 @@ Here the tiles of a wave are independent, so a wave can run on every GPU at once
 * blend: each redrawn tile is pasted through its rectangle mask blurred by ``mask_blur``, and
   overlapping masks are normalised, so an identity redraw reproduces the input exactly;
 * order: ``parallel`` (one wave) or ``chess`` (USDU's chess mode as two waves: the second half
-  of the tiles sees the first half already redrawn in its context);
+  of the tiles sees the first half already redrawn in its context). A tile only sees the
+  earlier-wave tiles whose crops reach its own, so it may start as soon as those are drawn
+  (``TileSchedule``), its crop cut from a replay of just that window (``render_crop``): the
+  chess order's pixels without a barrier between the waves;
 * colour: each redrawn tile's low frequencies are replaced by the source's (wavelet colour fix,
   as StableSR) or its mean/std matched (AdaIN): the per-tile tint USDU users complain about;
 * seams: optional band pass over the inner tile borders after the main waves.
@@ -104,7 +107,7 @@ def _gaussian_blur(mask: torch.Tensor, sigma: float) -> torch.Tensor:
     return m[0, 0]
 
 
-def tile_mask(tile: Tile, mask_blur: int, height: int, width: int) -> np.ndarray:
+def tile_mask(tile: Tile, mask_blur: int) -> np.ndarray:
     """The tile's paste weight over its crop: its rect blurred; image edges stay hard."""
     cy0, cy1, cx0, cx1 = tile.crop
     y0, y1, x0, x1 = tile.rect
@@ -150,13 +153,27 @@ def color_fix(redrawn: np.ndarray, source: np.ndarray, method: ColorFix) -> np.n
 RedrawFn = Callable[[np.ndarray, Tile], np.ndarray]
 
 
+Rect = tuple[int, int, int, int]  # y0, y1, x0, x1
+
+
+def overlaps(a: Rect, b: Rect) -> bool:
+    return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+
+
 class TiledCanvas:
     """Accumulates redrawn tiles; ``image()`` is the blend of everything pasted so far over the
-    source (pixels no tile has reached yet show the source)."""
+    source (pixels no tile has reached yet show the source).
 
-    def __init__(self, source: np.ndarray, mask_blur: int):
+    ``origin`` makes it a window onto a larger image (``source`` is then the window's pixels):
+    every step is elementwise, so a window gives bit for bit the whole canvas's pixels there,
+    and pasting a tile that does not reach the window does nothing."""
+
+    def __init__(self, source: np.ndarray, mask_blur: int, origin: tuple[int, int] = (0, 0)):
         self.source = source.astype(np.float32)
         self.height, self.width = source.shape[:2]
+        self.origin = origin
+        self.window: Rect = (origin[0], origin[0] + self.height,
+                             origin[1], origin[1] + self.width)
         self.mask_blur = mask_blur
         self._acc = np.zeros_like(self.source)
         self._weight = np.zeros((self.height, self.width), np.float32)
@@ -164,13 +181,21 @@ class TiledCanvas:
 
     def crop(self, tile: Tile) -> np.ndarray:
         cy0, cy1, cx0, cx1 = tile.crop
-        return self._base[cy0:cy1, cx0:cx1].copy()
+        oy, ox = self.origin
+        assert cy0 >= oy and cx0 >= ox and cy1 <= oy + self.height and cx1 <= ox + self.width
+        return self._base[cy0 - oy:cy1 - oy, cx0 - ox:cx1 - ox].copy()
 
     def paste(self, tile: Tile, redrawn: np.ndarray) -> None:
+        if not overlaps(tile.crop, self.window):
+            return
         cy0, cy1, cx0, cx1 = tile.crop
-        mask = tile_mask(tile, self.mask_blur, self.height, self.width)
-        self._acc[cy0:cy1, cx0:cx1] += redrawn * mask[..., None]
-        self._weight[cy0:cy1, cx0:cx1] += mask
+        wy0, wy1, wx0, wx1 = self.window
+        y0, y1, x0, x1 = max(cy0, wy0), min(cy1, wy1), max(cx0, wx0), min(cx1, wx1)
+        mask = tile_mask(tile, self.mask_blur)[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
+        part = redrawn[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0].astype(np.float32)
+        here = (slice(y0 - wy0, y1 - wy0), slice(x0 - wx0, x1 - wx0))
+        self._acc[here] += part * mask[..., None]
+        self._weight[here] += mask
 
     def image(self) -> np.ndarray:
         w = self._weight[..., None]
@@ -189,6 +214,82 @@ class TiledCanvas:
         self.source = self._base
         self._acc = np.zeros_like(self._base)
         self._weight = np.zeros_like(self._weight)
+
+
+def replay(canvas: TiledCanvas, tiles: list[Tile], outputs: dict[int, np.ndarray],
+           before_wave: int | None = None) -> TiledCanvas:
+    """The steps ``redraw_tiles`` takes on its canvas, with the tiles already drawn: every wave
+    (or those before ``before_wave``, leaving the canvas as that wave's crops see it). Only the
+    tiles reaching the canvas's window need an output."""
+    for wave in waves(tiles):
+        if before_wave is not None and wave[0].wave >= before_wave:
+            break
+        if wave[0].wave == 2:
+            canvas.start_layer()
+        for tile in wave:
+            if overlaps(tile.crop, canvas.window):
+                canvas.paste(tile, outputs[tile.index])
+        canvas.end_wave()
+    if before_wave == 2:
+        canvas.start_layer()
+    return canvas
+
+
+def render_crop(source: np.ndarray, tiles: list[Tile], outputs: dict[int, np.ndarray],
+                tile: Tile, mask_blur: int) -> np.ndarray:
+    """What ``tile`` is redrawn from: the canvas as the waves before its own left it, replayed
+    over its crop only (the earlier tiles ``TileSchedule.needs`` for it are in ``outputs``)."""
+    cy0, cy1, cx0, cx1 = tile.crop
+    canvas = TiledCanvas(source[cy0:cy1, cx0:cx1], mask_blur, origin=(cy0, cx0))
+    return replay(canvas, tiles, outputs, before_wave=tile.wave).crop(tile)
+
+
+class TileSchedule:
+    """Which tiles can be drawn now. A tile needs the tiles of earlier waves whose crops reach
+    its crop (their pixels are in its context); nothing else. Ready tiles come out earliest wave
+    first, then those that unblock the most tiles, then by index: on few replicas the tile
+    everything else waits for (the centre of a 3x2 chess grid) goes first."""
+
+    def __init__(self, tiles: list[Tile], done: Iterable[int] = ()):
+        self.tiles = {t.index: t for t in tiles}
+        crops = np.array([t.crop for t in tiles], np.int64).reshape(-1, 4)
+        wave = np.array([t.wave for t in tiles], np.int64)
+        self.needs: dict[int, set[int]] = {}
+        self._unblocks: dict[int, list[int]] = {t.index: [] for t in tiles}
+        for t in tiles:  # one vectorised pass per tile: thousands of tiles stay fast
+            y0, y1, x0, x1 = t.crop
+            reach = ((crops[:, 0] < y1) & (y0 < crops[:, 1]) & (crops[:, 2] < x1)
+                     & (x0 < crops[:, 3]) & (wave < t.wave))
+            self.needs[t.index] = {tiles[j].index for j in np.flatnonzero(reach)}
+            for j in self.needs[t.index]:
+                self._unblocks[j].append(t.index)
+        self.done: set[int] = set()
+        self.running: set[int] = set()
+        self._missing = {i: len(n) for i, n in self.needs.items()}
+        self._ready: set[int] = {i for i, n in self._missing.items() if n == 0}
+        for i in done:
+            self.finish(i)
+
+    def take_ready(self) -> list[Tile]:
+        """The tiles whose crops can be cut now, in the order to send them; now running."""
+        order = sorted(self._ready, key=lambda i: (self.tiles[i].wave,
+                                                   -len(self._unblocks[i]), i))
+        self._ready.clear()
+        self.running.update(order)
+        return [self.tiles[i] for i in order]
+
+    def finish(self, index: int) -> None:
+        self.running.discard(index)
+        self._ready.discard(index)
+        self.done.add(index)
+        for j in self._unblocks[index]:
+            self._missing[j] -= 1
+            if self._missing[j] == 0 and j not in self.done:
+                self._ready.add(j)
+
+    @property
+    def finished(self) -> bool:
+        return len(self.done) == len(self.tiles)
 
 
 def redraw_tiles(source: np.ndarray, tiles: list[Tile], redraw: RedrawFn, mask_blur: int,
