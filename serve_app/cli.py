@@ -252,7 +252,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
                if e.subfolder == "upscale_models" and n not in registry.names()]
     if missing:
         print("available to pull: " + ", ".join(missing))
-    from upscaler.engines.flux import FluxFiles
+    from upscaler.engines.flux_files import FluxFiles
 
     flux_missing = FluxFiles(settings.resolved_models_dir).missing()
     if flux_missing:
