@@ -189,22 +189,26 @@ class FluxCoordinator:
     async def _run(self, spec: JobSpec) -> AsyncIterator[JobEvent]:
         job_id, params = spec.job_id, spec.params
         assert isinstance(params, FluxParams)
-        yield Started("coordinator")
         start = time.perf_counter()
         timeline: dict[str, float] = {"start": time.time()}
-        # The prompt is encoded on a FLUX replica while ESRGAN runs the pre-pass.
+        # The prompt is encoded on a FLUX replica while ESRGAN runs the pre-pass. The job is
+        # processing once a FLUX replica answered: with FLUX scaled to zero it stays queued
+        # (with the start in its estimate) while Serve starts one.
         prompt = asyncio.ensure_future(self.flux.encode_prompt.remote(params.prompt))
+        prepassing = asyncio.ensure_future(self._prepass(spec))
         try:
-            prepass = await self._prepass(spec)
-            timeline["prepass"] = time.time()
-            yield Progress(0, 1, stage="prepass")
             embeds = await prompt
             timeline["prompt"] = time.time()
+            yield Started("coordinator")
+            prepass = await prepassing
+            timeline["prepass"] = time.time()
+            yield Progress(0, 1, stage="prepass")
         finally:
-            if not prompt.done():  # the pre-pass failed or the job was cancelled
-                prompt.cancel()
-            elif not prompt.cancelled():
-                prompt.exception()  # seen here, so asyncio does not log it as lost
+            for task in (prompt, prepassing):
+                if not task.done():  # the other failed, or the job was cancelled
+                    task.cancel()
+                elif not task.cancelled():
+                    task.exception()  # seen here, so asyncio does not log it as lost
 
         tiles = plan_tiles(prepass.height, prepass.width, params.tile_size, params.tile_padding,
                            params.tile_order, params.seam_fix, params.seam_fix_width)

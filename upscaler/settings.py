@@ -81,6 +81,14 @@ class Settings(BaseSettings):
     flux_num_cpus: float = Field(default=0.25, ge=0)
     flux_min_replicas: int = Field(default=1, ge=0)
     flux_max_replicas: int = Field(default=1, ge=1)
+    flux_idle_s: float = Field(
+        default=300, ge=0,
+        description="Seconds without work before an autoscaled FLUX replica stops; with "
+        "flux_min_replicas 0 the last one goes too, and its GPU node can terminate.")
+    flux_cold_start_s: float = Field(
+        default=120, ge=0,
+        description="Seconds a FLUX replica takes to start and load its weights: added to "
+        "a job's estimate when none is running (scaled to zero).")
     flux_memory_mode: Literal["resident", "offload"] = Field(
         default="resident",
         description="resident: everything on the GPU (24 GB+); offload: model CPU offload "

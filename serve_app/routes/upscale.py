@@ -27,6 +27,9 @@ _errors = {code: {"model": ErrorResponse} for code in (401, 403, 408, 413, 415, 
 async def _submit(services: Services, who: Caller, job: JobRecord, request: Intake,
                   wait: float) -> JSONResponse:
     await admit(services, who, job)  # before anything is stored
+    # Asked before the job starts one: an engine at zero replicas adds its start to the wait.
+    cold_start = services.settings.flux_cold_start_s \
+        if await services.engines.scaled_to_zero(job.engine) else 0.0
     try:
         job = await services.runner.submit(job, request.take_data(), wait)
     except BaseException:
@@ -34,7 +37,7 @@ async def _submit(services: Services, who: Caller, job: JobRecord, request: Inta
         raise
     ahead = services.runner.open_count(job.engine) - 1
     estimate = services.estimator.estimate(job, ahead, services.engines.device(job.engine))
-    return upscale_response(job, estimate)
+    return upscale_response(job, estimate + cold_start)
 
 
 @router.post("/esrgan", response_model=UpscaleResponse, status_code=200,
