@@ -105,7 +105,11 @@ class WebhookSender:
             timer.cancel()
         for task in self._workers:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        # Only this loop's: an app whose lifespan another loop also ran (a test client) has
+        # workers there too.
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(t for t in self._workers if t.get_loop() is loop),
+                             return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
 
