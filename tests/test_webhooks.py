@@ -10,7 +10,15 @@ import os
 import socket
 
 import pytest
-from conftest import TEST_LIMITS, eventually, photo, png_bytes, settings_from_env, upload
+from conftest import (
+    TEST_LIMITS,
+    WEBHOOK_SECRET,
+    eventually,
+    photo,
+    png_bytes,
+    settings_from_env,
+    upload,
+)
 from local_graph import local_client
 from webhook_receiver import WebhookReceiver
 
@@ -171,3 +179,28 @@ def test_webhook_fields_are_checked(app, hooked):
     assert r.status_code == 422 and r.json()["error"] == "invalid_webhook_events"
     r = upload(hooked, GOOD, webhook_events="completed", **JOB)
     assert r.status_code == 422 and r.json()["error"] == "invalid_webhook_events"
+
+
+@pytest.mark.slow
+def test_a_running_service_delivers_signed_webhooks_once_per_key(client):
+    """`upscaler serve` (Ray): a webhook retried once then delivered, signed with the
+    service's secret; the same Idempotency-Key answers the same job, with no second webhook."""
+    rx = WebhookReceiver(WEBHOOK_SECRET)
+    try:
+        rx.script["/e2e"] = [(503, {})]
+        headers = {"Idempotency-Key": "e2e-webhook-1"}
+        r = upload(client, GOOD, headers=headers, webhook_url=rx.url("/e2e"), wait=60, **JOB)
+        assert r.status_code == 200, r.text
+        job_id = r.json()["jobId"]
+        eventually(settled(client, job_id, 1), timeout=60)
+        (delivery,) = deliveries(client, job_id)
+        assert delivery["state"] == "delivered" and delivery["attempts"] == 2
+        got = rx.at("/e2e")
+        assert len(got) == 2 and all(r.verified for r in got)
+        assert got[-1].body["data"]["job_id"] == job_id
+        again = upload(client, GOOD, headers=headers, webhook_url=rx.url("/e2e"), wait=60, **JOB)
+        assert again.status_code == 200 and again.json()["jobId"] == job_id
+        assert again.headers["idempotent-replayed"] == "true"
+        assert len(rx.at("/e2e")) == 2
+    finally:
+        rx.close()

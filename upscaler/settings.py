@@ -282,6 +282,10 @@ class Settings(BaseSettings):
         return self.keys_file or str(self.data_dir / "keys.json")
 
 
+# Settings that are secrets: never written into a Serve config's args.
+SECRET_SETTINGS = frozenset({"webhook_secret"})
+
+
 def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
     """Settings from env/file with explicit overrides (builder args) on top."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
