@@ -52,7 +52,7 @@ class Claim:
 async def claim(services: Services, who: Caller, key: str, route: str, request: Intake,
                 job: JobRecord, ttl_s: float) -> Claim | JSONResponse:
     """Claim the key for ``job`` (a Claim), or the answer to a repeated request."""
-    check_key(key)
+    key = check_key(key)
     fields = request.form.model_dump(mode="json", exclude={"wait"})
     owner = who.key_id or "anonymous"
     print_ = fingerprint(route, fields, request.data or b"")

@@ -199,12 +199,18 @@ class WebhookSender:
         headers = {"content-type": "application/json", "user-agent": "upscaler-webhooks",
                    "webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
                    "webhook-signature": signature, "host": url.netloc.decode("ascii")}
-        # The checked address, not the name: the name is not resolved again.
-        pinned = url.copy_with(host=target.addresses[0])
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-        request = self._client.build_request("POST", pinned, content=body, headers=headers,
-                                             extensions=extensions)
-        return await self._client.send(request)
+        # The checked addresses, in turn, not the name: the name is not resolved again.
+        for n, address in enumerate(target.addresses):
+            request = self._client.build_request("POST", url.copy_with(host=address),
+                                                 content=body, headers=headers,
+                                                 extensions=extensions)
+            try:
+                return await self._client.send(request)
+            except httpx.ConnectError:
+                if n == len(target.addresses) - 1:
+                    raise
+        raise AssertionError("a target has at least one address")
 
     def _retry_later(self, item: Delivery, retry_after: float | None) -> None:
         delivery = item[1]

@@ -102,6 +102,9 @@ def test_a_request_refused_before_its_job_frees_the_key(keyed):
     assert r.status_code == 200 and "idempotent-replayed" not in r.headers
 
 
-def test_a_malformed_key_is_refused(keyed):
+def test_a_malformed_key_is_refused_and_a_quoted_one_is_its_content(keyed):
     r = post(keyed, "alice", "x" * 256)
-    assert r.status_code == 422 and r.json()["error"] == "invalid_idempotency_key"
+    assert r.status_code == 400 and r.json()["error"] == "invalid_idempotency_key"
+    first = post(keyed, "alice", "quoted-1")
+    again = post(keyed, "alice", '"quoted-1"')  # the draft's structured-field string
+    assert again.json()["jobId"] == first.json()["jobId"]

@@ -23,6 +23,7 @@ from local_graph import local_client
 from webhook_receiver import WebhookReceiver
 
 from upscaler.errors import InvalidRequest
+from upscaler.settings import Settings
 from upscaler.webhooks import AllowList, resolve_target
 
 GOOD = png_bytes(photo("rocket", (24, 24)))
@@ -204,3 +205,55 @@ def test_a_running_service_delivers_signed_webhooks_once_per_key(client):
         assert len(rx.at("/e2e")) == 2
     finally:
         rx.close()
+
+
+def _sender_run(tmp_path, receiver, url: str, **settings) -> dict:
+    """One job's completed event through a real WebhookSender (no app around it): the
+    delivery as recorded in the stored job record."""
+    import asyncio
+
+    from test_runner import new_job  # a plain job record
+
+    from serve_app.webhooks import WebhookSender
+    from upscaler.job_store import JobStore
+    from upscaler.storage import Storage
+    from upscaler.webhooks import WebhookState
+
+    store = JobStore(Storage(str(tmp_path / "storage")), stale_after_s=30)
+    sender = WebhookSender(Settings(data_dir=tmp_path, webhook_secret=SECRET, **settings),
+                           store)
+    job = new_job()
+    job.webhooks = WebhookState(url=url, events=["completed"])
+    job.state = job.state.completed
+    store.save(job)
+
+    async def main() -> None:
+        sender.start()
+        try:
+            sender.notify(job, "completed")
+            while job.webhooks.deliveries[0].state == "pending":
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)  # its record write
+        finally:
+            await sender.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    return store.load(job.job_id).webhooks.deliveries[0].model_dump()
+
+
+def test_the_guard_runs_again_before_each_delivery(tmp_path, receiver):
+    """A URL that passed at submit but is refused now (here: the allow-list changed) is not
+    contacted; the delivery fails with the reason."""
+    delivery = _sender_run(tmp_path, receiver, receiver.url("/late-check"))
+    assert delivery["state"] == "failed" and "webhook_url refused" in delivery["last_error"]
+    assert receiver.at("/late-check") == []
+
+
+def test_the_sender_connects_to_the_checked_address(tmp_path, receiver):
+    """A host name allowed by name is resolved once, checked, and its address connected to,
+    with the name in Host (the receiver listens on 127.0.0.1 only)."""
+    delivery = _sender_run(tmp_path, receiver, f"http://localhost:{receiver.port}/pinned",
+                           webhook_allowed_hosts=["localhost"])
+    assert delivery["state"] == "delivered", delivery
+    (got,) = receiver.at("/pinned")
+    assert got.verified and got.headers["host"] == f"localhost:{receiver.port}"

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from upscaler.errors import Conflict, InvalidRequest
+from upscaler.errors import BadRequest, Conflict, InvalidRequest
 from upscaler.storage import Storage
 
 PREFIX = "idempotency"
@@ -34,10 +34,13 @@ class IdempotencyRecord(BaseModel):
 
 
 def check_key(value: str) -> str:
-    """A key is 1-255 printable ASCII characters (the draft's keys are opaque strings)."""
+    """A key is 1-255 printable ASCII characters; the draft's form, a structured-field string
+    (``"..."``), is the same key as its content."""
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
     if not 1 <= len(value) <= MAX_KEY_LENGTH or not all(32 <= ord(c) < 127 for c in value):
-        raise InvalidRequest("Idempotency-Key must be 1-255 printable ASCII characters (a "
-                             "UUID is a good one)", code="invalid_idempotency_key")
+        raise BadRequest("Idempotency-Key must be 1-255 printable ASCII characters (a UUID is "
+                         "a good one)", code="invalid_idempotency_key")
     return value
 
 
