@@ -177,3 +177,53 @@ def test_storage_faults_map_to_507_and_503():
     assert isinstance(away, StorageError) and away.http_status == 503 and away.retry_after
     assert storage_fault(OSError(errno.EIO, "I/O error")).http_status == 503
     assert storage_fault(FileNotFoundError("gone")) is None
+
+
+@pytest.mark.slow  # s3fs retries a refused connection for a few seconds
+def test_an_object_store_away_is_503_until_it_returns(monkeypatch, tmp_path):
+    """A real S3 endpoint (moto's server on 127.0.0.1) behind the real Storage and error
+    mapping: stopped, a write answers 503 storage_unavailable; started again, it works, with
+    nothing restarted."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")
+    import fsspec
+    from conftest import free_port
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from moto.server import ThreadedMotoServer
+
+    from serve_app.errors import install_error_handlers
+    from upscaler.storage import Storage
+
+    port = free_port()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    # Where s3:// URLs go (fsspec's configuration), and no client-side retries to wait out.
+    monkeypatch.setitem(fsspec.config.conf, "s3", {
+        "endpoint_url": f"http://127.0.0.1:{port}", "skip_instance_cache": True,
+        "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}})
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        fsspec.filesystem("s3").mkdir("jobs-bucket")
+        storage = Storage("s3://jobs-bucket/upscaler")
+        app = FastAPI()
+        install_error_handlers(app)
+
+        @app.post("/store/{key}")
+        def store(key: str) -> dict:
+            storage.write_bytes(f"inputs/{key}", b"bytes")
+            return {"stored": storage.read_bytes(f"inputs/{key}").decode()}
+
+        with TestClient(app, raise_server_exceptions=False) as client:
+            assert client.post("/store/a").json() == {"stored": "bytes"}
+            server.stop()
+            r = client.post("/store/b")
+            assert r.status_code == 503 and r.json()["error"] == "storage_unavailable", r.text
+            assert r.headers["retry-after"]
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            server.start()
+            assert client.post("/store/c").json() == {"stored": "bytes"}
+    finally:
+        server.stop()

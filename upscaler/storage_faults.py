@@ -17,6 +17,11 @@ UNREACHABLE_ERRNOS = frozenset({errno.EIO, errno.ENOTCONN, errno.ECONNREFUSED, e
                                 errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH,
                                 errno.ESTALE, errno.EROFS})
 
+# Object-store clients' own "cannot connect" errors, which are not the builtin ones (botocore's
+# EndpointConnectionError under s3fs), named rather than imported: no client is required here.
+CLIENT_CONNECTION_ERRORS = frozenset({"EndpointConnectionError", "ConnectTimeoutError",
+                                      "ReadTimeoutError", "ServerDisconnectedError"})
+
 
 def storage_fault(exc: BaseException) -> UpscalerError | None:
     """The client-facing error a storage exception stands for, or None when it is not one."""
@@ -29,7 +34,8 @@ def storage_fault(exc: BaseException) -> UpscalerError | None:
             "job storage is full; nothing new can be stored until space is freed (the "
             "operator: free space, shorten result_ttl_s or grow the volume)")
     if isinstance(exc, (ConnectionError, TimeoutError)) or (
-            isinstance(exc, OSError) and exc.errno in UNREACHABLE_ERRNOS):
+            isinstance(exc, OSError) and exc.errno in UNREACHABLE_ERRNOS) or any(
+            cls.__name__ in CLIENT_CONNECTION_ERRORS for cls in type(exc).__mro__):
         return StorageError(f"job storage cannot be reached now ({type(exc).__name__}); "
                             "retry shortly", retry_after=5)
     return None
