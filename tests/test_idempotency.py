@@ -27,7 +27,7 @@ def keyed(tmp_path_factory, models_root):
     settings = settings_from_env(TEST_LIMITS, data_dir=data, models_dir=models_root,
                                  auth="keys", sync_wait_s=60, device="cpu")
     with local_client(settings) as client:
-        client.keys, client.data_dir = keys, data
+        client.keys, client.data_dir, client.settings = keys, data, settings
         yield client
 
 
@@ -108,3 +108,14 @@ def test_a_malformed_key_is_refused_and_a_quoted_one_is_its_content(keyed):
     first = post(keyed, "alice", "quoted-1")
     again = post(keyed, "alice", '"quoted-1"')  # the draft's structured-field string
     assert again.json()["jobId"] == first.json()["jobId"]
+
+
+def test_another_ingress_replica_answers_the_same_job(keyed):
+    """A second Ingress (its own runner and services) on the same job storage: the key made
+    on the first answers there too."""
+    first = post(keyed, "alice", "across-1")
+    with local_client(keyed.settings) as other:
+        other.keys = keyed.keys
+        again = post(other, "alice", "across-1")
+        assert again.status_code == 200 and again.json()["jobId"] == first.json()["jobId"]
+        assert post(other, "alice", "across-1", upscale_factor="3").status_code == 422

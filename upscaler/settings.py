@@ -6,6 +6,7 @@ Precedence, highest first: builder args > environment > settings file > defaults
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -248,8 +249,16 @@ class Settings(BaseSettings):
     @field_validator("webhook_secret")
     @classmethod
     def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith("whsec_"):
-            raise ValueError("webhook_secret must be a Standard Webhooks secret: whsec_<base64>")
+        if value is None:
+            return value
+        text = value.get_secret_value()
+        try:
+            key = base64.b64decode(text.removeprefix("whsec_") + "==")
+        except ValueError:
+            key = b""
+        if not text.startswith("whsec_") or len(key) < 16:
+            raise ValueError("webhook_secret must be a Standard Webhooks secret: whsec_ and the "
+                             "base64 of 16-64 random bytes (24+ recommended)")
         return value
 
     # --- derived -----------------------------------------------------------------------
