@@ -100,7 +100,12 @@ class WebhookSender:
         self._workers = [loop.create_task(self._work())
                          for _ in range(self.settings.webhook_concurrency)]
 
-    async def stop(self) -> None:
+    async def stop(self, drain_s: float = 5.0) -> None:
+        """Give queued deliveries ``drain_s`` to go out; retries still waiting are dropped
+        (their records say pending)."""
+        with contextlib.suppress(asyncio.TimeoutError, RuntimeError):  # RuntimeError: the
+            # queue is another loop's (an app whose lifespan ran twice, in tests)
+            await asyncio.wait_for(self._queue.join(), drain_s)
         for timer in self._timers:
             timer.cancel()
         for task in self._workers:
@@ -153,6 +158,8 @@ class WebhookSender:
                 raise
             except Exception:  # noqa: BLE001 - one delivery must not stop the worker
                 logger.exception("webhook delivery for job %s failed", item[0].job_id)
+            finally:
+                self._queue.task_done()
 
     async def _attempt(self, item: Delivery) -> None:
         job, delivery, body = item
