@@ -12,7 +12,7 @@ from serve_app.access import rate_limit_headers
 from serve_app.deps import Services
 from serve_app.errors import install_error_handlers
 from serve_app.limits import RequestLimits
-from serve_app.routes import jobs, system, upscale
+from serve_app.routes import events, jobs, system, upscale
 from upscaler import __version__
 
 DESCRIPTION = ("Image upscaling for print: ESRGAN-family models, FLUX (Ultimate SD Upscale) and "
@@ -34,7 +34,7 @@ def create_app(services: Services) -> FastAPI:
                   openapi_url="/openapi.json" if settings.docs else None, lifespan=lifespan)
     app.state.services = services
     install_error_handlers(app)
-    for module in (upscale, jobs, system):
+    for module in (upscale, jobs, events, system):
         app.include_router(module.router)
 
     @app.middleware("http")

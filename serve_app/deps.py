@@ -2,14 +2,14 @@
 the intake of an upscale request (upload -> probe -> output plan)."""
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Generic, TypeVar
 
 from fastapi import Depends, File, Form, Header, Request, UploadFile
 
 from serve_app.estimates import Estimator
 from serve_app.gateway import EngineGateway, QuotaClient
-from serve_app.limits import UploadSlots
+from serve_app.limits import StreamSlots, UploadSlots
 from serve_app.runner import JobRunner
 from serve_app.schemas import CommonUpscaleForm
 from upscaler.budget import MemoryBudget
@@ -40,6 +40,7 @@ class Services:
     quotas: QuotaClient
     uploads: UploadSlots
     decode_budget: MemoryBudget
+    streams: StreamSlots = field(default_factory=StreamSlots)
 
 
 def get_services(request: Request) -> Services:

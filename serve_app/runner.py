@@ -135,6 +135,18 @@ class JobRunner:
             await task
         return job
 
+    def drives(self, job_id: str) -> bool:
+        """Whether this runner drives the job (its record here is the live one)."""
+        return job_id in self._open
+
+    def jobs_ahead(self, job: JobRecord) -> int | None:
+        """Open jobs of the same engine this runner took before ``job``; None when another
+        replica drives it (this one does not see that queue)."""
+        if job.job_id not in self._open:
+            return None
+        return sum(1 for other in self._open.values()
+                   if other.engine == job.engine and other.created_at < job.created_at)
+
     def open_count(self, engine: Engine | None = None) -> int:
         return sum(1 for j in self._open.values() if engine is None or j.engine == engine)
 

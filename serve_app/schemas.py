@@ -225,6 +225,15 @@ class JobStatusResponse(BaseModel):
     processing_time: float | None = None
     resumes: int = Field(0, description="Times the job was resumed after a crash (FLUX).")
     stats: dict[str, Any] = Field(default_factory=dict)
+    tiles_done: int | None = Field(None, description="Tiles finished, when the engine "
+                                   "reports tiles.")
+    tiles_total: int | None = Field(None, description="Tiles of the job, when known.")
+    queue_position: int | None = Field(
+        None, description="While queued: jobs of the same engine ahead of it (when the "
+        "replica answering drives it).")
+    estimated_time: float | None = Field(
+        None, description="While open: seconds left, estimated from the engine's measured "
+        "rate, the jobs ahead and the progress so far.")
 
 
 class HealthResponse(BaseModel):

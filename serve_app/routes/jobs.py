@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from serve_app.access import CallerDep, check_owner, rate_limit
 from serve_app.deps import ServicesDep
+from serve_app.events import live_status
 from serve_app.presenters import job_status
 from serve_app.schemas import ErrorResponse, JobStatusResponse
 from upscaler.errors import BadRequest, NotFound
@@ -25,7 +26,7 @@ CHUNK = 1024 * 1024
 @router.get("/status/{job_id}", response_model=JobStatusResponse,
             responses={404: {"model": ErrorResponse}}, summary="Job status and progress")
 async def status(services: ServicesDep, who: CallerDep, job_id: str) -> JobStatusResponse:
-    return job_status(check_owner(services, who, await services.runner.get(job_id)))
+    return live_status(services, check_owner(services, who, await services.runner.get(job_id)))
 
 
 @router.delete("/jobs/{job_id}", response_model=JobStatusResponse,
