@@ -102,11 +102,21 @@ async def _checked(settings: Settings, budget: MemoryBudget, form: FormT,
     """Header, output plan and its limit first (nothing decoded yet), then one full decode
     within the replica's decode budget."""
     probe = await asyncio.to_thread(probe_image, data, settings.max_input_pixels)
+    plan = output_plan(settings, probe.width, probe.height, form)
+    async with budget.reserve(probe.width * probe.height * DECODE_BYTES_PER_PIXEL):
+        await asyncio.to_thread(check_decodes, data, settings.max_input_pixels)
+    return Intake(form, data, probe, plan)
+
+
+def output_plan(settings: Settings, width: int, height: int,
+                form: CommonUpscaleForm) -> OutputPlan:
+    """The print-size rule on a request's fields, and the output cap (an upload, or the web
+    page's plan before one)."""
     try:
         plan = calculate_output_dimensions(
-            probe.width, probe.height, form.plan_factor, form.target_dpi,
-            form.target_width_inches, form.target_height_inches, form.crop_to_target,
-            form.target_width, form.target_height)
+            width, height, form.plan_factor, form.target_dpi, form.target_width_inches,
+            form.target_height_inches, form.crop_to_target, form.target_width,
+            form.target_height)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from exc
     pixels = plan.output_width * plan.output_height
@@ -115,9 +125,7 @@ async def _checked(settings: Settings, budget: MemoryBudget, form: FormT,
             f"the output would be {plan.output_width}x{plan.output_height} = {pixels:,} "
             f"pixels; the limit is {settings.max_output_pixels:,}. Lower upscale_factor, the "
             "target size or target_dpi")
-    async with budget.reserve(probe.width * probe.height * DECODE_BYTES_PER_PIXEL):
-        await asyncio.to_thread(check_decodes, data, settings.max_input_pixels)
-    return Intake(form, data, probe, plan)
+    return plan
 
 
 async def _read_upload(upload: UploadFile | None, limit: int) -> bytes:

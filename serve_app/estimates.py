@@ -44,10 +44,16 @@ class Estimator:
 
     def estimate(self, job: JobRecord, jobs_ahead: int, device: str | None) -> float:
         """Seconds until ``job`` is done with ``jobs_ahead`` of its engine before it."""
-        initial = INITIAL_SECONDS_PER_MP[job.engine]
+        return self.estimate_output(job.engine, _megapixels(job), jobs_ahead, device)
+
+    def estimate_output(self, engine: Engine, output_mp: float, jobs_ahead: int,
+                        device: str | None) -> float:
+        """Seconds for a job of ``engine`` making ``output_mp`` megapixels (before it exists:
+        the page's plan)."""
+        initial = INITIAL_SECONDS_PER_MP[engine]
         rate = self._seconds_per_mp.get(
-            job.engine, initial.cuda if (device or "").startswith("cuda") else initial.cpu)
-        one_job = initial.per_job + _megapixels(job) * rate
+            engine, initial.cuda if (device or "").startswith("cuda") else initial.cpu)
+        one_job = initial.per_job + output_mp * rate
         return max(0.1, round(one_job * (1 + max(0, jobs_ahead)), 1))
 
     def time_left(self, job: JobRecord, jobs_ahead: int | None, device: str | None,

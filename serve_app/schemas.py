@@ -236,6 +236,23 @@ class JobStatusResponse(BaseModel):
         "rate, the jobs ahead and the progress so far.")
 
 
+class PlanResponse(BaseModel):
+    """What an upload would give, before sending it (GET /api/plan): the print-size rule's
+    answer and the time it would take now."""
+
+    engine: str
+    inputSize: Size
+    outputSize: Size = Field(description="What the engine makes (the filled size).")
+    finalSize: Size = Field(description="The file's size: the print itself when the crop is "
+                            "applied, else outputSize.")
+    scaleFactor: float
+    dpi: int
+    printInches: tuple[float, float] = Field(description="finalSize at dpi, in inches.")
+    cropInfo: CropGuidance | None = None
+    cropApplied: bool = False
+    estimatedTime: float = Field(description="Seconds, with the jobs of that engine open here.")
+
+
 class HealthResponse(BaseModel):
     status: Literal["healthy", "degraded"]
     gpu_available: bool
