@@ -2,91 +2,21 @@
 // send them, follow each job's events (GET /api/jobs/{id}/events), show and download the result.
 // Hand-written, no dependencies; talks to this host only.
 
+import { ApiError, api, auth, errorHtml, esc, followJob } from "./api.js";
+import { readDpi } from "./dpi.js";
+
 const $ = (sel, root = document) => root.querySelector(sel);
 const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
 const KEY_STORE = "upscaler.apiKey";
 const PRESETS = { "8x10in": [8, 10, "in"], a4: [21, 29.7, "cm"], a3: [29.7, 42, "cm"],
   "24x36in": [24, 36, "in"] };
-const TERMINAL = new Set(["completed", "failed", "cancelled"]);
-
-const state = { key: localStorage.getItem(KEY_STORE) || "", keysOn: false, health: null,
-  models: [], defaultModel: null, items: [], selected: null, planTimer: 0, planSeq: 0 };
-
-// --- the API -------------------------------------------------------------------------------
-class ApiError extends Error {
-  constructor(status, body) {
-    super(body?.message || `The service answered ${status}`);
-    this.status = status; this.code = body?.error || `http_${status}`;
-  }
-}
-
-async function api(path, options = {}) {
-  const headers = new Headers(options.headers || {});
-  if (state.key) headers.set("Authorization", `Bearer ${state.key}`);
-  const response = await fetch(path, { ...options, headers });
-  if (response.status >= 400) {
-    let body = null;
-    try { body = await response.json(); } catch { /* not JSON: the status says it */ }
-    throw new ApiError(response.status, body);
-  }
-  return response;
-}
-
-function errorHtml(error) {
-  const code = error instanceof ApiError
-    ? ` <code>${error.status ? `${error.status} ` : ""}${esc(error.code)}</code>` : "";
-  return `${esc(error.message)}${code}`;
-}
-
-const esc = (s) => String(s).replace(/[&<>"']/g, (c) =>
-  ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const fmtSeconds = (s) => s < 90 ? `${Math.max(1, Math.round(s))} s` : `${Math.round(s / 60)} min`;
 const fmtNum = (n, d = 2) => Number(n.toFixed(d)).toString();
+const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 
-// --- DPI and size of a picked file (JPEG JFIF/EXIF, PNG pHYs) -----------------------------
-function readDpi(buf) {
-  const v = new DataView(buf);
-  if (v.byteLength > 24 && v.getUint32(0) === 0x89504e47) {  // PNG: chunks after the signature
-    for (let p = 8; p + 12 <= v.byteLength;) {
-      const len = v.getUint32(p), type = v.getUint32(p + 4);
-      if (type === 0x70485973 && v.getUint8(p + 16) === 1) return Math.round(v.getUint32(p + 8) * 0.0254);
-      if (type === 0x49444154) return null;  // IDAT: pHYs comes before it
-      p += 12 + len;
-    }
-    return null;
-  }
-  if (v.byteLength < 4 || v.getUint16(0) !== 0xffd8) return null;
-  let exif = null;
-  for (let p = 2; p + 4 <= v.byteLength;) {
-    const marker = v.getUint16(p), len = v.getUint16(p + 2);
-    if (marker === 0xffe0 && v.getUint32(p + 4) === 0x4a464946) {  // APP0 "JFIF"
-      const units = v.getUint8(p + 11), x = v.getUint16(p + 12);
-      if (units === 1) return x;
-      if (units === 2) return Math.round(x * 2.54);
-    } else if (marker === 0xffe1 && v.getUint32(p + 4) === 0x45786966) {  // APP1 "Exif"
-      exif = exifDpi(v, p + 10);
-    } else if (marker === 0xffda) break;  // image data: no more headers
-    p += 2 + len;
-  }
-  return exif;
-}
-
-function exifDpi(v, tiff) {
-  try {
-    const le = v.getUint16(tiff) === 0x4949;
-    const u16 = (o) => v.getUint16(tiff + o, le), u32 = (o) => v.getUint32(tiff + o, le);
-    const ifd = u32(4), count = u16(ifd);
-    let res = null, unit = 2;
-    for (let i = 0; i < count; i++) {
-      const e = ifd + 2 + i * 12, tag = u16(e);
-      if (tag === 0x011a) { const o = u32(e + 8); res = u32(o) / (u32(o + 4) || 1); }
-      if (tag === 0x0128) unit = u16(e + 8);
-    }
-    if (!res) return null;
-    return Math.round(unit === 3 ? res * 2.54 : res);
-  } catch { return null; }
-}
+auth.key = localStorage.getItem(KEY_STORE) || "";
+const state = { keysOn: false, health: null,
+  models: [], defaultModel: null, items: [], selected: null, planTimer: 0, planSeq: 0 };
 
 async function describe(file) {
   const url = URL.createObjectURL(file);
@@ -232,59 +162,14 @@ async function submit(item, fields, title) {
   try {
     const body = await (await api(`/api/upscale/${engine()}`, { method: "POST", body: form })).json();
     card.jobId = body.jobId;
+    card.node.dataset.jobId = body.jobId;
     card.expected = body;
     card.show({ status: body.status, progress: body.progress, estimated_time: body.estimatedTime });
-    await follow(card);
+    await followJob(card.jobId, card.show);
   } catch (error) {
     card.fail(error);
   }
   return card;
-}
-
-// Server-sent events read with fetch (EventSource cannot send the API key), resumed with
-// Last-Event-ID after a cut; polling /api/status if the stream cannot be had.
-async function follow(card) {
-  let last = 0;
-  for (let attempt = 0; attempt < 5; attempt++) {
-    try {
-      const headers = last ? { "Last-Event-ID": String(last) } : {};
-      const response = await api(`/api/jobs/${card.jobId}/events`, { headers });
-      if (response.status === 204) return;
-      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-      let buffer = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += value.replace(/\r\n?/g, "\n");
-        let end;
-        while ((end = buffer.indexOf("\n\n")) >= 0) {
-          const event = parseEvent(buffer.slice(0, end));
-          buffer = buffer.slice(end + 2);
-          if (!event) continue;
-          last = Number(event.id) || last;
-          if (await card.show(event.data)) return;
-        }
-      }
-    } catch (error) {
-      if (error instanceof ApiError && error.status < 500 && error.status !== 429) throw error;
-    }
-    await sleep(1000 * (attempt + 1));
-  }
-  for (;;) {  // the stream is not to be had: poll
-    const status = await (await api(`/api/status/${card.jobId}`)).json();
-    if (await card.show(status)) return;
-    await sleep(1000);
-  }
-}
-
-function parseEvent(block) {
-  const event = {};
-  for (const line of block.split("\n")) {
-    if (!line || line.startsWith(":")) continue;
-    const i = line.indexOf(":"), name = i < 0 ? line : line.slice(0, i);
-    event[name] = i < 0 ? "" : line.slice(i + 1).replace(/^ /, "");
-  }
-  return event.data ? { id: event.id, event: event.event, data: JSON.parse(event.data) } : null;
 }
 
 function newCard(item, title, fields) {
@@ -365,7 +250,7 @@ async function showResult(card, s) {
   };
   split.addEventListener("input", setSplit); setSplit();
   const zoom = (one) => {
-    box.style.width = one ? `${width / devicePixelRatio}px` : "100%";
+    box.style.width = one ? `${width}px` : "100%";
     $(".fit", node).setAttribute("aria-pressed", String(!one));
     $(".one", node).setAttribute("aria-pressed", String(one));
   };
@@ -402,6 +287,7 @@ async function runComparison() {
     const fig = document.createElement("figure");
     fig.innerHTML = `<div class="view"><img alt="Result of ${esc(c.node.querySelector(".job-meta").textContent)}" src="${c.result.url}"></div>
       <figcaption>${esc($(".job-title", c.node).textContent.split(" · ").pop())} · ${esc($(".result-info", c.node).textContent)}</figcaption>`;
+    $(".view", fig).style.setProperty("--ratio", `${c.result.width} / ${c.result.height}`);
     side.append(fig);
   }
   const views = $$(".view", node);
@@ -421,16 +307,16 @@ async function runComparison() {
 // --- what the service offers ------------------------------------------------------------
 async function loadService() {
   try {
-    const response = await fetch("/api/health", { headers: state.key ? { Authorization: `Bearer ${state.key}` } : {} });
+    const response = await fetch("/api/health", { headers: auth.key ? { Authorization: `Bearer ${auth.key}` } : {} });
     const health = await response.json();
-    state.keysOn = !health.engines;  // keys on and none (valid) given: liveness only
-    $("#keybar").hidden = !state.keysOn && !state.key;
-    if (state.keysOn) {
-      chip(false, state.key ? "The API key was not accepted" : "Enter your API key");
-      $("#keynote").textContent = state.key ? "This key was not accepted." : "This service needs an API key.";
+    auth.keysOn = !health.engines;  // keys on and none (valid) given: liveness only
+    $("#keybar").hidden = !auth.keysOn && !auth.key;
+    if (auth.keysOn) {
+      chip(false, auth.key ? "The API key was not accepted" : "Enter your API key");
+      $("#keynote").textContent = auth.key ? "This key was not accepted." : "This service needs an API key.";
       return;
     }
-    $("#keynote").textContent = state.key ? "Key in use (kept in this browser)." : "";
+    $("#keynote").textContent = auth.key ? "Key in use (kept in this browser)." : "";
     state.health = health;
     const gpu = health.gpu_available ? health.gpu_name || "GPU" : "CPU";
     chip(health.status === "healthy", health.status === "healthy" ? `Ready · ${gpu}` : "Degraded: some engines do not answer");
@@ -499,10 +385,11 @@ function wire() {
   $("#setup").addEventListener("submit", (e) => { e.preventDefault(); runQueue(); });
   $("#compare").addEventListener("click", () => { $("#compareBox").hidden = !$("#compareBox").hidden; });
   $("#compareGo").addEventListener("click", runComparison);
-  $("#apikey").value = state.key;
-  $("#savekey").addEventListener("click", () => {
-    state.key = $("#apikey").value.trim();
-    if (state.key) localStorage.setItem(KEY_STORE, state.key); else localStorage.removeItem(KEY_STORE);
+  $("#apikey").value = auth.key;
+  $("#keybar").addEventListener("submit", (e) => {
+    e.preventDefault();
+    auth.key = $("#apikey").value.trim();
+    if (auth.key) localStorage.setItem(KEY_STORE, auth.key); else localStorage.removeItem(KEY_STORE);
     loadService();
   });
   $("input[name=mode][value=print]").addEventListener("change", () => { if ($("#preset").value !== "custom") applyPreset(); });
