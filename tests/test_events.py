@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 
 import pytest
 from conftest import DAT, create_key, photo, png_bytes, upload, wait_for_job
 
 from serve_app.schemas import JobStatusResponse
+from upscaler.keys import quota_bucket
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -69,6 +71,28 @@ def test_events_of_a_job_in_process(bare_app):
     assert bare_app.get("/api/jobs/0123456789abcdef0123456789abcdef/events").status_code == 404
     assert bare_app.get("/api/jobs/nope/events").status_code == 404
     assert bare_app.graph.services.streams.in_use == 0  # every stream's slot given back
+
+
+def test_streams_are_capped_per_caller_and_per_replica(bare_app):
+    """Each stream holds a request slot for as long as its job runs: past a caller's cap 429,
+    past the replica's 503, both with Retry-After; a slot given back is free again."""
+    services = bare_app.graph.services
+    s, caller = services.settings, quota_bucket(None)
+    r = upload(bare_app, png_bytes(photo("coffee", (32, 32))), model="tiny-rrdb")
+    url = f"/api/jobs/{r.json()['jobId']}/events"
+    with ExitStack() as held:
+        for _ in range(s.events_max_streams_per_key):
+            held.enter_context(services.streams.take(caller, s.events_max_streams,
+                                                     s.events_max_streams_per_key))
+        r = bare_app.get(url)
+        assert r.status_code == 429 and r.json()["error"] == "too_many_streams"
+        assert int(r.headers["retry-after"]) > 0
+        for i in range(s.events_max_streams - s.events_max_streams_per_key):
+            held.enter_context(services.streams.take(f"other-{i}", s.events_max_streams,
+                                                     s.events_max_streams_per_key))
+        r = bare_app.get(url)
+        assert r.status_code == 503 and r.json()["error"] == "busy"
+    assert bare_app.get(url).status_code == 200 and services.streams.in_use == 0
 
 
 @pytest.mark.slow
