@@ -1,8 +1,9 @@
 """A job's life as server-sent events (``GET /api/jobs/{id}/events``), and the live status
 body both that stream and ``GET /api/status/{id}`` answer.
 
-Events are derived from the job's record, never from this replica's memory alone: the job may
-be driven by another Ingress replica (its record is then read from job storage, less often).
+Events are derived from the job's record: the live one in memory when this replica's runner
+drives the job (woken by the runner on each change), else the one in job storage, read every
+``events_storage_poll_s`` (the job may be driven by another Ingress replica).
 Each event's ``id`` is a function of the job's state, so it grows over the job's life whoever
 serves the stream, and a reconnect with ``Last-Event-ID`` skips what was already sent:
 
@@ -76,6 +77,9 @@ async def job_events(services: Services, who: Caller, job_id: str,
             sent, first = event_id(status), False
         if job.state.is_terminal:
             return
-        # The record in memory when this replica drives the job; else a storage read.
-        await asyncio.sleep(settings.events_poll_s if services.runner.drives(job_id)
-                            else settings.events_storage_poll_s)
+        if services.runner.drives(job_id):
+            # Woken by the runner when the job changes; the timeout covers a change made
+            # between reading the record and waiting.
+            await services.runner.changed(job_id, settings.events_poll_s)
+        else:  # another replica drives it: its record in job storage
+            await asyncio.sleep(settings.events_storage_poll_s)

@@ -60,6 +60,7 @@ class JobRunner:
         self._open: dict[str, JobRecord] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancel_requested: set[str] = set()
+        self._changes: dict[str, asyncio.Event] = {}  # woken when that job's record changes
         self._stopping = False
         self._background: asyncio.Task | None = None
 
@@ -138,6 +139,19 @@ class JobRunner:
     def drives(self, job_id: str) -> bool:
         """Whether this runner drives the job (its record here is the live one)."""
         return job_id in self._open
+
+    async def changed(self, job_id: str, timeout: float) -> None:
+        """Until the job this runner drives changes (an engine event, its end, saved), or
+        ``timeout``: how event streams follow a job here without polling its record."""
+        if job_id not in self._open:
+            return
+        event = self._changes.setdefault(job_id, asyncio.Event())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    def _notify(self, job_id: str) -> None:
+        if event := self._changes.pop(job_id, None):
+            event.set()
 
     def jobs_ahead(self, job: JobRecord) -> int | None:
         """Open jobs of the same engine this runner took before ``job``; None when another
@@ -261,6 +275,7 @@ class JobRunner:
                     await self._save(job)
             elif isinstance(event, Completed):
                 job.mark_completed(event)
+            self._notify(job.job_id)
 
     async def _finish(self, job: JobRecord) -> None:
         engine = job.engine.value
@@ -268,6 +283,7 @@ class JobRunner:
         if job.state == JobState.completed and job.processing_time is not None:
             metrics.observe(metrics.job_seconds, job.processing_time, engine=engine)
         await self._save(job)
+        self._notify(job.job_id)  # its end, now in storage for every reader
         await asyncio.to_thread(self.store.delete_work_files, job.job_id, job.resumable)
         # Bookkeeping (quotas, estimates) after the answer, not before it.
         asyncio.get_running_loop().create_task(self._ended(job))

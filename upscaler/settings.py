@@ -167,8 +167,8 @@ class Settings(BaseSettings):
         default=8, ge=1, description="Event streams one API key keeps open at once per Ingress "
         "replica; past it 429 with Retry-After.")
     events_poll_s: float = Field(
-        default=0.25, gt=0, description="How often a stream looks at a job this replica "
-        "drives (its record in memory).")
+        default=0.25, gt=0, description="A stream following a job this replica drives is "
+        "woken by each change; at the latest after this long it looks again anyway.")
     events_storage_poll_s: float = Field(
         default=1.0, gt=0, description="How often a stream reads the record of a job another "
         "replica drives (from job storage).")
