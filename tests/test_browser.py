@@ -9,6 +9,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from conftest import DAT, REPO, photo, png_bytes, upload
@@ -50,6 +51,10 @@ def page(browser, service, request):
     pg = context.new_page()
     problems: list[str] = []
     pg.on("pageerror", lambda e: problems.append(str(e)))
+    # Whatever the page loads comes from the service: any other host is a problem.
+    context.on("request", lambda r: urlparse(r.url).scheme in ("http", "https")
+               and urlparse(r.url).hostname != "127.0.0.1"
+               and problems.append(f"request to {r.url}"))
     pg.goto(f"{service.url}/")
     # Keys are on: the page asks for one, keeps it, and then shows the service.
     pg.wait_for_selector("#keybar:not([hidden])")
@@ -153,3 +158,14 @@ def test_cancel_and_an_error_in_the_apis_words(page, client, tmp_path):
     text = page.locator(".job").first.locator(".error").inner_text()
     assert api.json()["message"] in text and "415" in text
     shot(page, "4-error")
+
+
+def test_docs_work_offline(page, service):
+    """Swagger UI renders the API from the package's own files (the fixture fails on any
+    request to another host)."""
+    page.goto(f"{service.url}/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("upscaler")
+    expect(page.locator(".opblock-summary-path", has_text="/api/jobs/{job_id}/events")
+           ).to_be_visible()
+    shot(page, "6-docs")
+
