@@ -5,14 +5,25 @@ VENV ?= .venv
 EXTRAS ?= dev  # the image: `make install EXTRAS=cloud` (no test tools; s3fs/gcsfs)
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install browser run test test-fast lint bench clean
 
 $(BIN)/upscaler: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '$(if $(strip $(EXTRAS)),.[$(strip $(EXTRAS))],.)'
 	touch $@
 
-install: $(BIN)/upscaler
+install: $(BIN)/upscaler $(if $(findstring dev,$(EXTRAS)),browser)
+
+# The browser test (tests/test_browser.py) drives Debian's chromium through Playwright, which
+# cannot download a browser of its own here. Installed when missing and apt-get is usable.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
+	else \
+		echo "note: the browser test needs chromium and is skipped without it;" \
+		     "install it with: sudo apt-get install chromium (or set UPSCALER_CHROMIUM)"; \
+	fi
 
 run: install
 	$(BIN)/upscaler models pull default

@@ -13,7 +13,8 @@ from serve_app.access import rate_limit_headers
 from serve_app.deps import Services
 from serve_app.errors import install_error_handlers
 from serve_app.limits import RequestLimits
-from serve_app.routes import jobs, system, upscale
+from serve_app.routes import events, jobs, system, upscale
+from serve_app.routes.pages import install_pages
 from upscaler import __version__
 from upscaler.retention import sweep_periodically
 
@@ -37,12 +38,14 @@ def create_app(services: Services) -> FastAPI:
 
     settings = services.settings
     app = FastAPI(title="upscaler", version=__version__, description=DESCRIPTION,
-                  docs_url="/docs" if settings.docs else None,
+                  # /docs from the package's own files (routes/pages.py); no ReDoc (a CDN's).
+                  docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json" if settings.docs else None, lifespan=lifespan)
     app.state.services = services
     install_error_handlers(app)
-    for module in (upscale, jobs, system):
+    for module in (upscale, jobs, events, system):
         app.include_router(module.router)
+    install_pages(app, settings)
 
     @app.middleware("http")
     async def common_headers(request: Request, call_next):

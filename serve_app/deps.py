@@ -2,14 +2,14 @@
 the intake of an upscale request (upload -> probe -> output plan)."""
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Generic, TypeVar
 
 from fastapi import Depends, File, Form, Header, Request, UploadFile
 
 from serve_app.estimates import Estimator
 from serve_app.gateway import EngineGateway, QuotaClient
-from serve_app.limits import UploadSlots
+from serve_app.limits import StreamSlots, UploadSlots
 from serve_app.runner import JobRunner
 from serve_app.schemas import CommonUpscaleForm
 from serve_app.webhooks import WebhookSender
@@ -46,6 +46,7 @@ class Services:
     idempotency: IdempotencyKeys
     webhooks: WebhookSender
     retention: RetentionSweeper
+    streams: StreamSlots = field(default_factory=StreamSlots)
 
 
 def get_services(request: Request) -> Services:
@@ -107,11 +108,21 @@ async def _checked(settings: Settings, budget: MemoryBudget, form: FormT,
     """Header, output plan and its limit first (nothing decoded yet), then one full decode
     within the replica's decode budget."""
     probe = await asyncio.to_thread(probe_image, data, settings.max_input_pixels)
+    plan = output_plan(settings, probe.width, probe.height, form)
+    async with budget.reserve(probe.width * probe.height * DECODE_BYTES_PER_PIXEL):
+        await asyncio.to_thread(check_decodes, data, settings.max_input_pixels)
+    return Intake(form, data, probe, plan)
+
+
+def output_plan(settings: Settings, width: int, height: int,
+                form: CommonUpscaleForm) -> OutputPlan:
+    """The print-size rule on a request's fields, and the output cap (an upload, or the web
+    page's plan before one)."""
     try:
         plan = calculate_output_dimensions(
-            probe.width, probe.height, form.plan_factor, form.target_dpi,
-            form.target_width_inches, form.target_height_inches, form.crop_to_target,
-            form.target_width, form.target_height)
+            width, height, form.plan_factor, form.target_dpi, form.target_width_inches,
+            form.target_height_inches, form.crop_to_target, form.target_width,
+            form.target_height)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from exc
     pixels = plan.output_width * plan.output_height
@@ -120,9 +131,7 @@ async def _checked(settings: Settings, budget: MemoryBudget, form: FormT,
             f"the output would be {plan.output_width}x{plan.output_height} = {pixels:,} "
             f"pixels; the limit is {settings.max_output_pixels:,}. Lower upscale_factor, the "
             "target size or target_dpi")
-    async with budget.reserve(probe.width * probe.height * DECODE_BYTES_PER_PIXEL):
-        await asyncio.to_thread(check_decodes, data, settings.max_input_pixels)
-    return Intake(form, data, probe, plan)
+    return plan
 
 
 async def _read_upload(upload: UploadFile | None, limit: int) -> bytes:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from upscaler.jobs import Engine, JobRecord
+from upscaler.jobs import Engine, JobRecord, JobState
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ INITIAL_SECONDS_PER_MP: Mapping[Engine, InitialRate] = _every_engine({
     Engine.imagen: InitialRate(cpu=1.0, cuda=1.0, per_job=8.0),
 })
 LEARNING_WEIGHT = 0.3  # of each new measurement in the running average
+MEASURED_FROM = 0.1  # progress after which a running job's own pace predicts its end
 
 
 class Estimator:
@@ -43,11 +44,31 @@ class Estimator:
 
     def estimate(self, job: JobRecord, jobs_ahead: int, device: str | None) -> float:
         """Seconds until ``job`` is done with ``jobs_ahead`` of its engine before it."""
-        initial = INITIAL_SECONDS_PER_MP[job.engine]
+        return self.estimate_output(job.engine, _megapixels(job), jobs_ahead, device)
+
+    def estimate_output(self, engine: Engine, output_mp: float, jobs_ahead: int,
+                        device: str | None) -> float:
+        """Seconds for a job of ``engine`` making ``output_mp`` megapixels (before it exists:
+        the page's plan)."""
+        initial = INITIAL_SECONDS_PER_MP[engine]
         rate = self._seconds_per_mp.get(
-            job.engine, initial.cuda if (device or "").startswith("cuda") else initial.cpu)
-        one_job = initial.per_job + _megapixels(job) * rate
+            engine, initial.cuda if (device or "").startswith("cuda") else initial.cpu)
+        one_job = initial.per_job + output_mp * rate
         return max(0.1, round(one_job * (1 + max(0, jobs_ahead)), 1))
+
+    def time_left(self, job: JobRecord, jobs_ahead: int | None, device: str | None,
+                  now: float) -> float | None:
+        """Seconds until an open ``job`` ends: the estimate while queued; while processing,
+        the time spent so far extrapolated over the progress (the estimate's share of the
+        work left before there is progress enough to go by)."""
+        if job.state.is_terminal:
+            return None
+        if job.state == JobState.queued or job.started_at is None:
+            return self.estimate(job, jobs_ahead or 0, device)
+        done = job.progress / 100
+        if done >= MEASURED_FROM:
+            return max(0.1, round((now - job.started_at) * (1 - done) / done, 1))
+        return max(0.1, round(self.estimate(job, 0, device) * (1 - done), 1))
 
     def learn(self, job: JobRecord) -> None:
         """A completed job's measured rate, folded into the running average."""

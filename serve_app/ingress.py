@@ -54,7 +54,7 @@ def build_services(settings: Settings, esrgan: Any, flux: Any, flux_coordinator:
     webhooks = WebhookSender(settings, store)
     runner = JobRunner(store, engines.run, runner_timings(settings), on_ended=job_ended,
                        on_event=webhooks.notify)
-    webhooks.is_driving = runner.is_driving
+    webhooks.is_driving = runner.drives
     return Services(settings, store, runner, engines, estimator,
                     KeyStore(settings.resolved_keys_file), quotas,
                     UploadSlots(settings.max_concurrent_uploads),

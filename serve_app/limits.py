@@ -1,12 +1,13 @@
 """Bounds on what one Ingress replica takes in: upload bodies counted as they stream (chunked
-ones too) and timed, upscale requests in progress, and memory spent decoding uploads."""
+ones too) and timed, upscale requests in progress, memory spent decoding uploads, and event
+streams open."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,6 +16,7 @@ from serve_app.errors import upscaler_error_response
 from upscaler.errors import (
     HeadersTooLarge,
     PayloadTooLarge,
+    RateLimited,
     RequestTimeout,
     ServiceUnavailable,
     UpscalerError,
@@ -135,3 +137,35 @@ class UploadSlots:
             yield
         finally:
             self.in_use -= 1
+
+
+class StreamSlots:
+    """Event streams open on this replica: each holds one of its request slots for as long as
+    its job runs, so they are capped overall (503) and per caller (429)."""
+
+    def __init__(self) -> None:
+        self.in_use = 0
+        self._by_caller: dict[str, int] = {}
+
+    @contextmanager
+    def take(self, caller: str, overall: int, per_caller: int) -> Iterator[None]:
+        if self.in_use >= overall:
+            raise ServiceUnavailable(f"{self.in_use} event streams are open here, the limit; "
+                                     "retry shortly or poll /api/status", code="busy",
+                                     retry_after=BUSY_RETRY_S)
+        mine = self._by_caller.get(caller, 0)
+        if mine >= per_caller:
+            raise RateLimited(f"this key has {mine} event streams open, the limit; close one "
+                              "or poll /api/status", code="too_many_streams",
+                              retry_after=BUSY_RETRY_S)
+        self.in_use += 1
+        self._by_caller[caller] = mine + 1
+        try:
+            yield
+        finally:
+            self.in_use -= 1
+            left = self._by_caller[caller] - 1
+            if left:
+                self._by_caller[caller] = left
+            else:
+                del self._by_caller[caller]

@@ -55,7 +55,8 @@ def upscale_response(job: JobRecord, estimated_time: float | None) -> JSONRespon
                         headers={"Location": body.statusUrl})
 
 
-def job_status(job: JobRecord) -> JobStatusResponse:
+def job_status(job: JobRecord, queue_position: int | None = None,
+               estimated_time: float | None = None) -> JobStatusResponse:
     return JobStatusResponse(
         task_id=job.job_id, job_id=job.job_id, status=job.state.value,
         progress=int(job.progress), output_url=output_url(job), error=job.error,
@@ -63,4 +64,7 @@ def job_status(job: JobRecord) -> JobStatusResponse:
         output_size=job.output_size, model=job.model, created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at, queue_time=job.queue_time,
         processing_time=job.processing_time, resumes=job.resumes, stats=job.stats,
-        expires_at=job.expires_at, result_deleted=job.result_deleted, webhooks=job.webhooks)
+        expires_at=job.expires_at, result_deleted=job.result_deleted, webhooks=job.webhooks,
+        tiles_done=job.tiles_done, tiles_total=job.tiles_total,
+        queue_position=queue_position if job.state == JobState.queued else None,
+        estimated_time=None if job.state.is_terminal else estimated_time)

@@ -65,6 +65,7 @@ class JobRunner:
         self._open: dict[str, JobRecord] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancel_requested: set[str] = set()
+        self._changes: dict[str, asyncio.Event] = {}  # woken when that job's record changes
         self._stopping = False
         self._background: asyncio.Task | None = None
 
@@ -140,8 +141,30 @@ class JobRunner:
             await task
         return job
 
-    def is_driving(self, job_id: str) -> bool:
+    def drives(self, job_id: str) -> bool:
+        """Whether this runner drives the job (its record here is the live one)."""
         return job_id in self._open
+
+    async def changed(self, job_id: str, timeout: float) -> None:
+        """Until the job this runner drives changes (an engine event, its end, saved), or
+        ``timeout``: how event streams follow a job here without polling its record."""
+        if job_id not in self._open:
+            return
+        event = self._changes.setdefault(job_id, asyncio.Event())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    def _notify(self, job_id: str) -> None:
+        if event := self._changes.pop(job_id, None):
+            event.set()
+
+    def jobs_ahead(self, job: JobRecord) -> int | None:
+        """Open jobs of the same engine this runner took before ``job``; None when another
+        replica drives it (this one does not see that queue)."""
+        if job.job_id not in self._open:
+            return None
+        return sum(1 for other in self._open.values()
+                   if other.engine == job.engine and other.created_at < job.created_at)
 
     def open_count(self, engine: Engine | None = None) -> int:
         return sum(1 for j in self._open.values() if engine is None or j.engine == engine)
@@ -234,12 +257,16 @@ class JobRunner:
         finally:
             if not left_open and not job.state.is_terminal:
                 job.mark_failed("the worker ended without a result")
-            self._open.pop(job.job_id, None)
             self._tasks.pop(job.job_id, None)
             self._cancel_requested.discard(job.job_id)
-            self._queue_gauge(job.engine)
-            if not left_open:
-                await asyncio.shield(self._finish(job))
+            try:
+                if not left_open:
+                    await asyncio.shield(self._finish(job))
+            finally:
+                # Only once its end is stored: until then readers here get this record, not
+                # the stored one, which may still say processing.
+                self._open.pop(job.job_id, None)
+                self._queue_gauge(job.engine)
 
     async def _record_events(self, job: JobRecord, data: bytes | None) -> None:
         # Records are written on state changes that matter to readers elsewhere: `processing`
@@ -261,6 +288,7 @@ class JobRunner:
                     await self._save(job)
             elif isinstance(event, Completed):
                 job.mark_completed(event)
+            self._notify(job.job_id)
 
     async def _finish(self, job: JobRecord) -> None:
         engine = job.engine.value
@@ -269,6 +297,7 @@ class JobRunner:
             metrics.observe(metrics.job_seconds, job.processing_time, engine=engine)
         await self._save(job)
         self._emit(job, job.state.value)
+        self._notify(job.job_id)  # its end, now in storage for every reader
         await asyncio.to_thread(self.store.delete_work_files, job.job_id, job.resumable)
         # Bookkeeping (quotas, estimates) after the answer, not before it.
         asyncio.get_running_loop().create_task(self._ended(job))

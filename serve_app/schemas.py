@@ -240,6 +240,32 @@ class JobStatusResponse(BaseModel):
     result_deleted: bool = Field(False, description="DELETE removed the finished job's result.")
     webhooks: WebhookState | None = Field(None, description="The job's webhook and the outcome "
                                           "of each delivery.")
+    tiles_done: int | None = Field(None, description="Tiles finished, when the engine "
+                                   "reports tiles.")
+    tiles_total: int | None = Field(None, description="Tiles of the job, when known.")
+    queue_position: int | None = Field(
+        None, description="While queued: jobs of the same engine ahead of it (when the "
+        "replica answering drives it).")
+    estimated_time: float | None = Field(
+        None, description="While open: seconds left, estimated from the engine's measured "
+        "rate, the jobs ahead and the progress so far.")
+
+
+class PlanResponse(BaseModel):
+    """What an upload would give, before sending it (GET /api/plan): the print-size rule's
+    answer and the time it would take now."""
+
+    engine: str
+    inputSize: Size
+    outputSize: Size = Field(description="What the engine makes (the filled size).")
+    finalSize: Size = Field(description="The file's size: the print itself when the crop is "
+                            "applied, else outputSize.")
+    scaleFactor: float
+    dpi: int
+    printInches: tuple[float, float] = Field(description="finalSize at dpi, in inches.")
+    cropInfo: CropGuidance | None = None
+    cropApplied: bool = False
+    estimatedTime: float = Field(description="Seconds, with the jobs of that engine open here.")
 
 
 class HealthResponse(BaseModel):

@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from serve_app.access import check_project
-from serve_app.deps import Intake, Services
-from serve_app.schemas import EsrganUpscaleForm, FluxUpscaleForm, ImagenUpscaleForm
+from serve_app.deps import Intake, Services, output_plan
+from serve_app.schemas import (
+    CommonUpscaleForm,
+    CropGuidance,
+    EsrganUpscaleForm,
+    FluxUpscaleForm,
+    ImagenUpscaleForm,
+    PlanResponse,
+)
 from upscaler.engines.imagen import choose_factor, request_image_bytes
 from upscaler.engines.imagen import model_spec as imagen_model
 from upscaler.errors import InvalidRequest, OutputTooLarge, ServiceUnavailable, UpstreamError
@@ -39,6 +50,42 @@ def wait_seconds(field: float | None, prefer: str | None, default: float) -> flo
         if match := PREFER_WAIT_RE.search(prefer):
             return min(float(match.group(1)), MAX_PREFER_WAIT_S)
     return default
+
+
+FORMS: dict[Engine, type[CommonUpscaleForm]] = {
+    Engine.esrgan: EsrganUpscaleForm, Engine.flux: FluxUpscaleForm,
+    Engine.imagen: ImagenUpscaleForm}
+PLAN_FIELDS = ("upscale_factor", "target_dpi", "target_width_inches", "target_height_inches",
+               "target_width", "target_height", "crop_to_target")
+
+
+def plan_upload(services: Services, width: int, height: int, engine: Engine,
+                query: Mapping[str, str]) -> PlanResponse:
+    """An upload's plan before it is sent: the engine's own form checks the sizing fields,
+    then the same rule and limit as the upload's (``deps.output_plan``)."""
+    unknown = sorted(set(query) - {"width", "height", "engine", *PLAN_FIELDS})
+    if unknown:
+        raise InvalidRequest(f"unknown parameter(s) {', '.join(unknown)}; the plan takes "
+                             f"width, height, engine, {', '.join(PLAN_FIELDS)}",
+                             code="unknown_field")
+    try:
+        form = FORMS[engine].model_validate({k: query[k] for k in PLAN_FIELDS if k in query})
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    plan = output_plan(services.settings, width, height, form)
+    crop = plan.crop_info
+    final = Size(width=plan.final_width, height=plan.final_height)
+    estimate = services.estimator.estimate_output(
+        engine, final.width * final.height / 1e6, services.runner.open_count(engine),
+        services.engines.device(engine))
+    return PlanResponse(
+        engine=engine.value, inputSize=Size(width=width, height=height),
+        outputSize=Size(width=plan.output_width, height=plan.output_height), finalSize=final,
+        scaleFactor=round(plan.scale_factor, 6), dpi=plan.dpi,
+        printInches=(round(final.width / plan.dpi, 2), round(final.height / plan.dpi, 2)),
+        cropInfo=CropGuidance(direction=crop.direction, amount_px=crop.amount_px,
+                              amount_inches=crop.amount_inches, box=crop.box) if crop else None,
+        cropApplied=plan.crop_applied, estimatedTime=estimate)
 
 
 def new_job(services: Services, intake: Intake, params: JobParams) -> JobRecord:

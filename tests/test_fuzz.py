@@ -13,7 +13,7 @@ def test_upscale_and_job_routes_never_answer_5xx(app):
     """Against the whole graph in this process (keys off, so every validation path is reached
     rather than a 401)."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", app.app).include(
-        path_regex=r"^/api/(upscale|status|jobs|results)")
+        path_regex=r"^/api/(upscale|status|jobs|results|plan)")
     seen = []
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -27,4 +27,4 @@ def test_upscale_and_job_routes_never_answer_5xx(app):
             assert response.status_code < 500, (case.method, case.path, response.text[:300])
 
         answers_without_5xx()
-    assert len(seen) == 6, seen
+    assert len(seen) == 8, seen  # with the events stream and the plan

@@ -163,6 +163,8 @@ class JobRecord(BaseModel):
     engine: Engine
     state: JobState = JobState.queued
     progress: float = 0.0  # 0-100
+    tiles_done: int | None = None  # of the engine's tiles, when it reports them
+    tiles_total: int | None = None
     params: JobParams
     input_size: Size
     output_size: Size
@@ -236,10 +238,14 @@ class JobRecord(BaseModel):
 
     def mark_progress(self, event: Progress) -> None:
         self.progress = min(99.0, 100.0 * event.done / max(1, event.total))
+        if event.stage is None:  # a stage (FLUX's pre-pass) is not tiles
+            self.tiles_done, self.tiles_total = event.done, event.total
 
     def mark_completed(self, event: Completed) -> None:
         self.state = JobState.completed
         self.progress = 100.0
+        if self.tiles_total is not None:
+            self.tiles_done = self.tiles_total
         self.result_key = event.result_key
         self.result_filename = event.filename
         self.stats = event.stats

@@ -164,6 +164,26 @@ class Settings(BaseSettings):
         description="Google Cloud projects a request's gcp_project_id may name besides the "
         "server's own (UPSCALER_GCP_PROJECT_ID); keys can allow more.")
     docs: bool = Field(default=True, description="Serve /docs and /openapi.json.")
+    web_page: bool = Field(default=True, description="Serve the web page at `/` (else `/` "
+                           "leads to /docs).")
+
+    # --- live progress (server-sent events, GET /api/jobs/{id}/events) ------------------
+    events_max_streams: int = Field(
+        default=64, ge=1,
+        description="Event streams an Ingress replica keeps open at once (each holds one of "
+        "its request slots); past it 503 with Retry-After.")
+    events_max_streams_per_key: int = Field(
+        default=8, ge=1, description="Event streams one API key keeps open at once per Ingress "
+        "replica; past it 429 with Retry-After.")
+    events_poll_s: float = Field(
+        default=0.25, gt=0, description="A stream following a job this replica drives is "
+        "woken by each change; at the latest after this long it looks again anyway.")
+    events_storage_poll_s: float = Field(
+        default=1.0, gt=0, description="How often a stream reads the record of a job another "
+        "replica drives (from job storage).")
+    events_keepalive_s: float = Field(
+        default=15, gt=0, description="A comment line this often, so proxies keep an idle "
+        "stream open.")
 
     # --- jobs --------------------------------------------------------------------------
     sync_wait_s: float = Field(

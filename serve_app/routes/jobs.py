@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from serve_app.access import CallerDep, check_owner, rate_limit
 from serve_app.deps import Services, ServicesDep
+from serve_app.events import live_status
 from serve_app.presenters import job_status
 from serve_app.schemas import ErrorResponse, JobStatusResponse
 from upscaler.errors import BadRequest, Gone, NotFound
@@ -48,7 +49,7 @@ def _expired(job_id: str) -> Gone:
             responses={404: {"model": ErrorResponse}, 410: {"model": ErrorResponse}},
             summary="Job status and progress")
 async def status(services: ServicesDep, who: CallerDep, job_id: str) -> JobStatusResponse:
-    return job_status(await kept_job(services, who, job_id))
+    return live_status(services, await kept_job(services, who, job_id))
 
 
 @router.delete("/jobs/{job_id}", response_model=JobStatusResponse,

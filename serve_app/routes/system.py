@@ -1,16 +1,18 @@
-"""Health, the installed models, and the bare address."""
+"""Health, the installed models, and the plan of an upload before it is sent."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
 
 from serve_app.access import optional_caller, rate_limit
 from serve_app.deps import ServicesDep
 from serve_app.health import collect_health
-from serve_app.schemas import HealthResponse, LivenessResponse
+from serve_app.schemas import ErrorResponse, HealthResponse, LivenessResponse, PlanResponse
+from serve_app.submissions import plan_upload
+from upscaler.jobs import Engine
 from upscaler.keys import Caller
 
 router = APIRouter()
@@ -33,12 +35,22 @@ async def health(services: ServicesDep,
     return JSONResponse(body.model_dump(mode="json"), status_code=status_code)
 
 
+@router.get("/api/plan", response_model=PlanResponse, dependencies=[Depends(rate_limit)],
+            summary="The output an upload would give, before sending it",
+            description="`width` and `height` of the input in pixels, `engine`, and the "
+            "engine's sizing fields as query parameters (`upscale_factor`, `target_dpi`, "
+            "`target_width_inches`, `target_height_inches`, `target_width`, `target_height`, "
+            "`crop_to_target`), checked as the upload would be: the same print-size rule, "
+            "limits and 4xx answers.",
+            responses={422: {"model": ErrorResponse}})
+async def plan(services: ServicesDep, request: Request,
+               width: Annotated[int, Query(ge=1, le=1_000_000)],
+               height: Annotated[int, Query(ge=1, le=1_000_000)],
+               engine: Engine = Engine.esrgan) -> PlanResponse:
+    return plan_upload(services, width, height, engine, request.query_params)
+
+
 @router.get("/api/models", summary="Installed super-resolution models",
             dependencies=[Depends(rate_limit)])
 async def models(services: ServicesDep) -> dict[str, Any]:
     return {"esrgan": await services.engines.list_models()}
-
-
-@router.get("/", include_in_schema=False)
-async def root() -> RedirectResponse:
-    return RedirectResponse("/docs")  # a person opening the bare address gets the docs

@@ -1,0 +1,85 @@
+"""A job's life as server-sent events (``GET /api/jobs/{id}/events``), and the live status
+body both that stream and ``GET /api/status/{id}`` answer.
+
+Events are derived from the job's record: the live one in memory when this replica's runner
+drives the job (woken by the runner on each change), else the one in job storage, read every
+``events_storage_poll_s`` (the job may be driven by another Ingress replica).
+Each event's ``id`` is a function of the job's state, so it grows over the job's life whoever
+serves the stream, and a reconnect with ``Last-Event-ID`` skips what was already sent:
+
+* ``queued``: 99 - jobs ahead (1-99, growing as the queue moves);
+* ``processing``: 100 + progress (100-199);
+* ``completed`` / ``failed`` / ``cancelled``: 200, the last event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from sse_starlette import ServerSentEvent
+
+from serve_app.access import check_owner
+from serve_app.deps import Services
+from serve_app.presenters import job_status
+from serve_app.schemas import JobStatusResponse
+from upscaler.jobs import JobRecord
+from upscaler.keys import Caller
+
+TERMINAL_EVENT_ID = 200
+RETRY_MS = 2000  # how soon a browser's EventSource reconnects after a cut
+
+
+def live_status(services: Services, job: JobRecord) -> JobStatusResponse:
+    """The status body with what this replica knows beyond the record: the queue ahead (when
+    it drives the job) and the time left."""
+    ahead = services.runner.jobs_ahead(job)
+    left = services.estimator.time_left(job, ahead, services.engines.device(job.engine),
+                                        time.time())
+    return job_status(job, queue_position=ahead, estimated_time=left)
+
+
+def event_id(status: JobStatusResponse) -> int:
+    if status.status == "queued":
+        return 99 - min(status.queue_position or 0, 98)
+    if status.status == "processing":
+        return 100 + min(status.progress, 99)
+    return TERMINAL_EVENT_ID
+
+
+def parse_last_event_id(header: str | None) -> int:
+    """What the client saw last (0: nothing; an id it cannot have been sent counts as 0)."""
+    try:
+        value = int((header or "0").strip())
+    except ValueError:
+        return 0
+    return value if 0 <= value <= TERMINAL_EVENT_ID else 0
+
+
+def as_event(status: JobStatusResponse, first: bool) -> ServerSentEvent:
+    # model_dump_json is one line: a `data:` field, not several.
+    return ServerSentEvent(data=status.model_dump_json(), event=status.status,
+                           id=str(event_id(status)), retry=RETRY_MS if first else None)
+
+
+async def job_events(services: Services, who: Caller, job_id: str,
+                     last_id: int) -> AsyncIterator[ServerSentEvent]:
+    """Events of one job from after ``last_id`` until its end. Cancelled (and its caller's
+    slot freed) when the client goes away."""
+    settings = services.settings
+    sent, first = last_id, True
+    while True:
+        job = check_owner(services, who, await services.runner.get(job_id))
+        status = live_status(services, job)
+        if event_id(status) > sent:
+            yield as_event(status, first)
+            sent, first = event_id(status), False
+        if job.state.is_terminal:
+            return
+        if services.runner.drives(job_id):
+            # Woken by the runner when the job changes; the timeout covers a change made
+            # between reading the record and waiting.
+            await services.runner.changed(job_id, settings.events_poll_s)
+        else:  # another replica drives it: its record in job storage
+            await asyncio.sleep(settings.events_storage_poll_s)
