@@ -275,7 +275,7 @@ class Core:
                 # The stream ended or broke before the job did: reconnect where it was.
                 breaks += 1
                 use_events = breaks <= self.max_retries
-                yield Sleep(min(0.5 * 2 ** breaks, 10.0))
+                yield Sleep(min(0.1 * 2 ** breaks, 10.0))
                 continue
             update = seen(Job.from_api(self._json((yield from self.send(
                 "GET", f"/api/status/{job_id}")))))
