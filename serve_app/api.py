@@ -12,6 +12,7 @@ from serve_app.access import rate_limit_headers
 from serve_app.deps import Services
 from serve_app.errors import install_error_handlers
 from serve_app.limits import RequestLimits
+from serve_app.openapi_docs import install_openapi
 from serve_app.routes import jobs, system, upscale
 from upscaler import __version__
 
@@ -36,6 +37,7 @@ def create_app(services: Services) -> FastAPI:
     install_error_handlers(app)
     for module in (upscale, jobs, system):
         app.include_router(module.router)
+    install_openapi(app)
 
     @app.middleware("http")
     async def common_headers(request: Request, call_next):

@@ -113,8 +113,10 @@ def test_api_refusal_exits_3_with_its_message(service, tmp_path):
 
 @pytest.mark.slow
 def test_no_wait_then_cancel_and_status(service, tmp_path):
-    src = _image(tmp_path / "big.png", (128, 128))
-    r = run_cli("upscale", str(src), "--model", "DAT_light_x4", "--no-wait", service=service)
+    # 16 tiles of a slow model: running for many seconds, and it stops between tiles.
+    src = _image(tmp_path / "big.png", (256, 256))
+    r = run_cli("upscale", str(src), "--model", "DAT_light_x4", "--tile-size", "64",
+                "--no-wait", service=service)
     assert r.returncode == OK, r.stderr
     job_id, name = r.stdout.strip().split("\t")
     assert name == str(src) and len(job_id) == 32

@@ -199,8 +199,8 @@ def test_cancel_while_waiting(service):
                     accepted.set()
 
             waiting = asyncio.create_task(client.upscale(
-                png_bytes(photo("astronaut", (128, 128))), model="DAT_light_x4",
-                on_progress=seen))
+                png_bytes(photo("astronaut", (256, 256))), model="DAT_light_x4",
+                tile_size=64, on_progress=seen))
             await accepted.wait()
             assert (await client.cancel(ids[0])).id == ids[0]
             with pytest.raises(JobCancelled) as err:

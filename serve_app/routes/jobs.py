@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import StreamingResponse
 
 from serve_app.access import CallerDep, check_owner, rate_limit
 from serve_app.deps import ServicesDep
+from serve_app.openapi_docs import error_responses
 from serve_app.presenters import job_status
-from serve_app.schemas import ErrorResponse, JobStatusResponse
+from serve_app.schema_examples import JOB_ID, STATUS_CANCELLED
+from serve_app.schemas import JobStatusResponse
 from upscaler.errors import BadRequest, NotFound
 from upscaler.images import MEDIA_TYPES
 from upscaler.job_store import JobStore
@@ -20,27 +23,35 @@ from upscaler.job_store import JobStore
 router = APIRouter(prefix="/api", tags=["jobs"], dependencies=[Depends(rate_limit)])
 RESULT_NAME_RE = re.compile(r"[0-9a-f]{32}\.(png|tiff)")
 CHUNK = 1024 * 1024
+JobId = Annotated[str, Path(description="The job's id (`jobId`)", examples=[JOB_ID])]
+ResultName = Annotated[str, Path(description="As in `outputUrl`: <jobId>.png or .tiff",
+                                 examples=[f"{JOB_ID}.tiff"])]
 
 
 @router.get("/status/{job_id}", response_model=JobStatusResponse,
-            responses={404: {"model": ErrorResponse}}, summary="Job status and progress")
-async def status(services: ServicesDep, who: CallerDep, job_id: str) -> JobStatusResponse:
+            responses=error_responses(401, 403, 404, 429), summary="Job status and progress")
+async def status(services: ServicesDep, who: CallerDep, job_id: JobId) -> JobStatusResponse:
     return job_status(check_owner(services, who, await services.runner.get(job_id)))
 
 
 @router.delete("/jobs/{job_id}", response_model=JobStatusResponse,
-               responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+               responses={200: {"description": "Cancelled: the job's status",
+                                "content": {"application/json": {"example": STATUS_CANCELLED}}},
+                          **error_responses(401, 403, 404, 409, 429)},
                summary="Cancel a queued or running job")
-async def cancel(services: ServicesDep, who: CallerDep, job_id: str) -> JobStatusResponse:
+async def cancel(services: ServicesDep, who: CallerDep, job_id: JobId) -> JobStatusResponse:
     check_owner(services, who, await services.runner.get(job_id))
     return job_status(await services.runner.cancel(job_id))
 
 
 @router.get("/results/{filename}", summary="Download a result",
-            responses={200: {"content": {"image/png": {}, "image/tiff": {}}},
-                       400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
-                       404: {"model": ErrorResponse}})
-async def result(services: ServicesDep, who: CallerDep, filename: str) -> StreamingResponse:
+            responses={200: {"description": "The image, with its DPI (and ICC profile)",
+                             "content": {"image/png": {}, "image/tiff": {}}},
+                       **error_responses(400, 401, 403, 404, 429, e400={
+                           "error": "invalid_filename", "message": "result names look like "
+                           "<32 hex digits>.png or .tiff, as given in outputUrl"})})
+async def result(services: ServicesDep, who: CallerDep, filename: ResultName
+                 ) -> StreamingResponse:
     if not RESULT_NAME_RE.fullmatch(filename):
         raise BadRequest("result names look like <32 hex digits>.png or .tiff, as given in "
                          "outputUrl", code="invalid_filename")

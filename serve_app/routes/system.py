@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from serve_app.access import optional_caller, rate_limit
 from serve_app.deps import ServicesDep
 from serve_app.health import collect_health
+from serve_app.openapi_docs import error_responses
+from serve_app.schema_examples import HEALTH, MODELS
 from serve_app.schemas import HealthResponse, LivenessResponse
 from upscaler.keys import Caller
 
@@ -21,7 +23,10 @@ router = APIRouter()
             description="Open to anyone as a liveness check (`status` alone); the detail "
             "(engines, GPU, models, queue) only with an API key when keys are on.",
             responses={503: {"model": HealthResponse,
-                             "description": "degraded: an engine deployment does not answer"}})
+                             "description": "degraded: an engine deployment does not answer",
+                             "content": {"application/json": {"example": {
+                                 **HEALTH, "status": "degraded", "models_loaded": ["esrgan"]}}}
+                             }})
 async def health(services: ServicesDep,
                  who: Annotated[Caller | None, Depends(optional_caller)]) -> JSONResponse:
     body = await collect_health(services)
@@ -34,7 +39,10 @@ async def health(services: ServicesDep,
 
 
 @router.get("/api/models", summary="Installed super-resolution models",
-            dependencies=[Depends(rate_limit)])
+            dependencies=[Depends(rate_limit)],
+            responses={200: {"description": "The ESRGAN engine's models and its default",
+                             "content": {"application/json": {"example": MODELS}}},
+                       **error_responses(401, 403, 429)})
 async def models(services: ServicesDep) -> dict[str, Any]:
     return {"esrgan": await services.engines.list_models()}
 

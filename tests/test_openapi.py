@@ -1,0 +1,94 @@
+"""The OpenAPI document (fast, no Ray): valid OpenAPI 3.1 (openapi-spec-validator), every
+operation with an example and the error answers it can really give, each an ErrorResponse."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from local_graph import LocalGraph
+from openapi_spec_validator import validate
+
+from serve_app.api import create_app
+from upscaler.settings import Settings
+
+# The error statuses each operation can give (see serve_app/openapi_docs.py).
+UPLOAD_ERRORS = {400, 401, 403, 408, 413, 415, 422, 429, 503}
+EXPECTED = {
+    ("post", "/api/upscale/esrgan"): UPLOAD_ERRORS,
+    ("post", "/api/upscale/flux"): UPLOAD_ERRORS,
+    ("post", "/api/upscale/imagen"): UPLOAD_ERRORS | {502, 504},
+    ("get", "/api/status/{job_id}"): {401, 403, 404, 429},
+    ("delete", "/api/jobs/{job_id}"): {401, 403, 404, 409, 429},
+    ("get", "/api/results/{filename}"): {400, 401, 403, 404, 429},
+    ("get", "/api/models"): {401, 403, 429},
+    ("get", "/api/health"): set(),
+}
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict:
+    with tempfile.TemporaryDirectory() as root:
+        settings = Settings(data_dir=Path(root) / "data", models_dir=Path(root) / "models",
+                            device="cpu")
+        return create_app(LocalGraph(settings).services).openapi()
+
+
+def _resolve(spec: dict, node: dict) -> dict:
+    while "$ref" in node:
+        node = spec["components"]["schemas"][node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+def _has_example(spec: dict, node, depth: int = 0) -> bool:
+    """An ``example``/``examples`` in this node or what it refers to (a few levels)."""
+    if depth > 8:
+        return False
+    if isinstance(node, list):
+        return any(_has_example(spec, n, depth) for n in node)
+    if not isinstance(node, dict):
+        return False
+    if node.get("example") is not None or node.get("examples"):
+        return True
+    if "$ref" in node:
+        return _has_example(spec, _resolve(spec, node), depth + 1)
+    return any(_has_example(spec, v, depth + 1) for k, v in node.items()
+               if k in ("schema", "allOf", "anyOf", "content", "application/json",
+                        "multipart/form-data"))
+
+
+def test_the_document_is_valid_openapi(spec):
+    validate(spec)
+    assert spec["openapi"].startswith("3.1")
+
+
+def test_every_operation_is_listed_here(spec):
+    operations = {(m, p) for p, ops in spec["paths"].items() for m in ops}
+    assert operations == set(EXPECTED)
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(EXPECTED))
+def test_operation_has_examples_and_its_errors(spec, method, path):
+    op = spec["paths"][path][method]
+    ok = [r for code, r in op["responses"].items() if code.startswith("2")]
+    assert ok and all(r.get("description") for r in op["responses"].values())
+    body = op.get("requestBody", {}).get("content", {})
+    examples = [_has_example(spec, r) for r in ok] + [_has_example(spec, body)] + [
+        _has_example(spec, p) for p in op.get("parameters", [])]
+    assert any(examples), f"{method} {path} has no example"
+    if body:  # an upload's fields are shown with an example each
+        assert _has_example(spec, body)
+    errors = {int(c) for c in op["responses"] if c[0] in "45"}
+    assert errors == EXPECTED[(method, path)] | ({503} if path == "/api/health" else set())
+    for code in EXPECTED[(method, path)]:
+        answer = op["responses"][str(code)]["content"]["application/json"]
+        assert answer["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+        assert {"error", "message"} <= set(answer["example"])
+        if code in (429, 503):
+            assert "Retry-After" in op["responses"][str(code)]["headers"]
+
+
+def test_no_validation_error_shape_the_service_never_sends(spec):
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    assert _has_example(spec, spec["components"]["schemas"]["ErrorResponse"])
