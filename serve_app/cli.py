@@ -20,7 +20,6 @@ import yaml
 
 from serve_app.control_plane import dashboard_lines, restrict_token_file
 from serve_app.keys_cli import add_keys_commands
-from serve_app.proxy import proxy_environment
 from upscaler.settings import Settings, load_settings
 from upscaler.storage import Storage, StorageError
 from upscaler_client.cli import EXIT_CODES, add_client_commands
@@ -154,6 +153,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     # Serve's proxies (started with this process's environment) cut oversized and stalled
     # uploads off before they queue them for the Ingress.
+    from serve_app.proxy import proxy_environment  # here: it imports FastAPI and Ray
+
     for name, value in proxy_environment(early).items():
         os.environ.setdefault(name, value)
 

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, photo
+from conftest import REPO, eventually, free_port, photo
 from PIL import Image
 
 from serve_app.cli import main
+from upscaler_client import Client
 from upscaler_client.cli import API_REFUSED, JOB_FAILED, OK, UNAVAILABLE, plan_outputs
 
 
@@ -113,13 +114,15 @@ def test_api_refusal_exits_3_with_its_message(service, tmp_path):
 
 @pytest.mark.slow
 def test_no_wait_then_cancel_and_status(service, tmp_path):
-    # 16 tiles of a slow model: running for many seconds, and it stops between tiles.
-    src = _image(tmp_path / "big.png", (256, 256))
+    # Tiles of a slow model: running for many seconds, and it stops between tiles.
+    src = _image(tmp_path / "big.png", (192, 128))
     r = run_cli("upscale", str(src), "--model", "DAT_light_x4", "--tile-size", "64",
                 "--no-wait", service=service)
     assert r.returncode == OK, r.stderr
     job_id, name = r.stdout.strip().split("\t")
     assert name == str(src) and len(job_id) == 32
+    with Client(service.url, service.api_key) as client:  # cancelled once it runs
+        eventually(lambda: client.status(job_id).status == "processing", timeout=120)
     r = run_cli("cancel", job_id, service=service)
     assert r.returncode == OK, r.stderr
     r = run_cli("status", job_id, "--wait", "--json", service=service)

@@ -188,20 +188,21 @@ def test_429_is_retried_after_its_retry_after(service, tmp_path):
 
 @pytest.mark.slow
 def test_cancel_while_waiting(service):
-    """The async client: cancelling the job an upscale waits for ends it with JobCancelled."""
+    """The async client: cancelling the job an upscale waits for ends it with JobCancelled.
+    (Cancelled once it runs: its replica stops between tiles and is free again.)"""
     async def run():
         async with AsyncClient(service.url, service.api_key, poll_interval=0.2) as client:
-            accepted, ids = asyncio.Event(), []
+            running, ids = asyncio.Event(), []
 
             def seen(update):
-                if update.job is not None:
+                if update.stage == "processing":
                     ids.append(update.job.id)
-                    accepted.set()
+                    running.set()
 
             waiting = asyncio.create_task(client.upscale(
-                png_bytes(photo("astronaut", (256, 256))), model="DAT_light_x4",
-                tile_size=64, on_progress=seen))
-            await accepted.wait()
+                png_bytes(photo("coffee", (192, 128))), model="DAT_light_x4", tile_size=64,
+                on_progress=seen))
+            await asyncio.wait_for(running.wait(), 120)
             assert (await client.cancel(ids[0])).id == ids[0]
             with pytest.raises(JobCancelled) as err:
                 await waiting
