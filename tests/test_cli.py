@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,24 @@ def test_no_wait_then_cancel_and_status(service, tmp_path):
     assert r.returncode == API_REFUSED and "409 job_finished" in r.stderr
     r = run_cli("health", "--json", service=service)
     assert r.returncode == OK and json.loads(r.stdout)["status"] == "healthy"
+
+
+@pytest.mark.slow
+def test_interrupt_cancels_the_running_job_and_exits_130(service, tmp_path):
+    src = _image(tmp_path / "slow.png", (192, 128))
+    env = {**os.environ, "UPSCALER_URL": service.url, "UPSCALER_API_KEY": service.api_key}
+    proc = subprocess.Popen([sys.executable, "-m", "serve_app.cli", "upscale", str(src),
+                             "--model", "DAT_light_x4", "--tile-size", "64"], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job_id = None
+    for line in proc.stderr:  # without a terminal, each stage is a log line
+        if ": processing (job " in line:
+            job_id = line.rsplit("(job ", 1)[1].rstrip(")\n")
+            break
+    assert job_id, "the job never ran"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"cancelled job {job_id}" in err
+    with Client(service.url, service.api_key) as client:
+        assert client.status(job_id).status == "cancelled"

@@ -199,10 +199,17 @@ async def _upscale_all(args: argparse.Namespace, inputs: list[Path], outputs: li
 
             async def one(src: Path, dest: Path) -> int:
                 task = progress.add_task(src.name, total=100, stage="waiting")
+                log_stages = progress.disable and not (args.quiet or args.json)
+                last_stage = [""]
 
                 def update(u: ProgressUpdate) -> None:
                     if u.job is not None and u.job.status in ("queued", "processing"):
                         batch.started[u.job.id] = str(src)
+                    if log_stages and u.stage != last_stage[0]:  # no terminal: a log line
+                        last_stage[0] = u.stage
+                        job = f" (job {u.job.id})" if u.job else ""
+                        print(f"{src}: {u.message if u.stage == 'retrying' else u.stage}{job}",
+                              file=sys.stderr, flush=True)
                     progress.update(task, completed=u.progress,
                                     stage=u.message if u.stage == "retrying" else u.stage)
 
