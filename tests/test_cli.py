@@ -17,7 +17,14 @@ from PIL import Image
 
 from serve_app.cli import main
 from upscaler_client import Client
-from upscaler_client.cli import API_REFUSED, JOB_FAILED, OK, UNAVAILABLE, plan_outputs
+from upscaler_client.cli import API_REFUSED, JOB_FAILED, OK, UNAVAILABLE
+from upscaler_client.cli_files import plan_outputs
+
+# A FLUX job (the tiny test FLUX) that runs for a while on the FLUX replicas and stops at its
+# next step when cancelled: the ESRGAN replica the other tests use stays free.
+LONG_FLUX = ("--engine", "flux", "--model", "tiny-rrdb", "--factor", "2", "--steps", "100",
+             "--denoise", "0.5", "--tile-size", "64", "--field", "tile_padding=16",
+             "--field", "mask_blur=4")
 
 
 def run_cli(*args: str, service=None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -115,10 +122,8 @@ def test_api_refusal_exits_3_with_its_message(service, tmp_path):
 
 @pytest.mark.slow
 def test_no_wait_then_cancel_and_status(service, tmp_path):
-    # Tiles of a slow model: running for many seconds, and it stops between tiles.
-    src = _image(tmp_path / "big.png", (192, 128))
-    r = run_cli("upscale", str(src), "--model", "DAT_light_x4", "--tile-size", "64",
-                "--no-wait", service=service)
+    src = _image(tmp_path / "big.png", (128, 128))
+    r = run_cli("upscale", str(src), *LONG_FLUX, "--no-wait", service=service)
     assert r.returncode == OK, r.stderr
     job_id, name = r.stdout.strip().split("\t")
     assert name == str(src) and len(job_id) == 32
@@ -136,11 +141,11 @@ def test_no_wait_then_cancel_and_status(service, tmp_path):
 
 @pytest.mark.slow
 def test_interrupt_cancels_the_running_job_and_exits_130(service, tmp_path):
-    src = _image(tmp_path / "slow.png", (192, 128))
+    src = _image(tmp_path / "slow.png", (128, 128))
     env = {**os.environ, "UPSCALER_URL": service.url, "UPSCALER_API_KEY": service.api_key}
     proc = subprocess.Popen([sys.executable, "-m", "serve_app.cli", "upscale", str(src),
-                             "--model", "DAT_light_x4", "--tile-size", "64"], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             *LONG_FLUX], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     job_id = None
     for line in proc.stderr:  # without a terminal, each stage is a log line
         if ": processing (job " in line:

@@ -29,6 +29,10 @@ from upscaler_client import (
 from upscaler_client.errors import RateLimited, ServiceUnavailable, api_error
 
 JOB = "0123456789abcdef0123456789abcdef"
+# A FLUX job (the tiny test FLUX) that runs for a while on the FLUX replicas and stops at its
+# next step when cancelled: the ESRGAN replica the other tests use stays free.
+LONG_FLUX = {"model": "tiny-rrdb", "factor": 2, "steps": 100, "denoise": 0.5,
+             "tile_size": 64, "tile_padding": 16, "mask_blur": 4}
 
 
 def status_body(state: str, progress: int) -> dict:
@@ -142,7 +146,7 @@ def test_verify_webhook():
 # --- against the running service ------------------------------------------------------------
 
 def _client(service, api_key: str | None = None) -> Client:
-    return Client(service.url, api_key or service.api_key, poll_interval=0.2)
+    return Client(service.url, api_key or service.api_key, poll_interval=0.2, max_retries=10)
 
 
 @pytest.mark.slow
@@ -172,15 +176,20 @@ def test_api_errors_are_typed(service, tmp_path):
 @pytest.mark.slow
 def test_429_is_retried_after_its_retry_after(service, tmp_path):
     """A key allowed one open job: the second upscale gets 429 (Retry-After 5 s) while the
-    first runs, and goes through on a retry once it has finished."""
+    first runs, and goes through on a retry once the first has ended (cancelled here)."""
     key = create_key(service.data_dir, "one-at-a-time", "--max-open-jobs", "1")
-    slow = png_bytes(photo("astronaut", (96, 96)))
     updates = []
-    with _client(service, key) as client:
-        first = client.submit(slow, model="DAT_light_x4")
+    with _client(service, key) as client, _client(service, key) as other:
+        first = client.submit(png_bytes(photo("astronaut", (128, 128))), "flux", **LONG_FLUX)
+
+        def seen(update):
+            updates.append(update)
+            # Cancelled once it runs (a FLUX job stops at its next step).
+            if update.stage == "retrying" and other.status(first.id).status == "processing":
+                other.cancel(first.id)
+
         result = client.upscale(png_bytes(photo("astronaut", (32, 32))),
-                                model="tiny-compact", on_progress=updates.append)
-        assert client.status(first.id).done
+                                model="tiny-compact", on_progress=seen)
     retries = [u.message for u in updates if u.stage == "retrying"]
     assert retries and "429 too_many_open_jobs" in retries[0]
     assert result.job.status == "completed" and result.job.size() == (128, 128)
@@ -189,7 +198,7 @@ def test_429_is_retried_after_its_retry_after(service, tmp_path):
 @pytest.mark.slow
 def test_cancel_while_waiting(service):
     """The async client: cancelling the job an upscale waits for ends it with JobCancelled.
-    (Cancelled once it runs: its replica stops between tiles and is free again.)"""
+    (Cancelled once it runs: FLUX stops at the next step.)"""
     async def run():
         async with AsyncClient(service.url, service.api_key, poll_interval=0.2) as client:
             running, ids = asyncio.Event(), []
@@ -200,8 +209,8 @@ def test_cancel_while_waiting(service):
                     running.set()
 
             waiting = asyncio.create_task(client.upscale(
-                png_bytes(photo("coffee", (192, 128))), model="DAT_light_x4", tile_size=64,
-                on_progress=seen))
+                png_bytes(photo("coffee", (128, 128))), "flux", on_progress=seen,
+                **LONG_FLUX))
             await asyncio.wait_for(running.wait(), 120)
             assert (await client.cancel(ids[0])).id == ids[0]
             with pytest.raises(JobCancelled) as err:

@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from upscaler_client.cli_files import UsageError, collect_inputs, plan_outputs
 from upscaler_client.client import AsyncClient, Client
 from upscaler_client.errors import (
     ApiError,
@@ -38,11 +38,6 @@ EXIT_CODES = f"""exit codes:
        `health`: degraded
   {INTERRUPTED}  interrupted (Ctrl-C): the jobs this run started and had not finished are cancelled
 With several files the highest code of any file is the exit code."""
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
-
-
-class UsageError(Exception):
-    pass
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -76,49 +71,6 @@ def _field(text: str) -> tuple[str, str]:
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"{text!r}: write NAME=VALUE, e.g. seam_fix=band_pass")
     return name.strip(), value
-
-
-# --- inputs and outputs ---------------------------------------------------------------------
-
-def collect_inputs(paths: list[Path]) -> list[Path]:
-    """Files as given, and the images of each folder (not recursive), in name order."""
-    found: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            found.extend(sorted(f for f in p.iterdir()
-                                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
-        elif p.is_file():
-            found.append(p)
-        else:
-            raise UsageError(f"{p}: no such file or folder")
-    if not found:
-        raise UsageError("no images found in " + ", ".join(map(str, paths)))
-    return found
-
-
-def plan_outputs(inputs: list[Path], output: Path | None, fmt: str | None) -> list[Path]:
-    """Where each result goes. One input: ``-o`` is the file (or a folder to put it in).
-    Several: ``-o`` is a folder (made when missing) holding ``<stem>.<format>``; no ``-o``:
-    beside each input as ``<stem>.upscaled.<format>``. Names that would collide get -2, -3."""
-    ext = {"tif": "tiff"}.get(fmt or "png", fmt or "png")
-    if output is not None and len(inputs) == 1 and not output.is_dir() \
-            and not str(output).endswith(os.sep):
-        return [output]
-    if output is not None:
-        if output.exists() and not output.is_dir():
-            raise UsageError(f"-o {output}: with several inputs, -o must be a folder")
-        output.mkdir(parents=True, exist_ok=True)
-    taken: set[Path] = set()
-    planned = []
-    for src in inputs:
-        folder, stem = (output, src.stem) if output else (src.parent, f"{src.stem}.upscaled")
-        candidate, n = folder / f"{stem}.{ext}", 1
-        while candidate in taken:
-            n += 1
-            candidate = folder / f"{stem}-{n}.{ext}"
-        taken.add(candidate)
-        planned.append(candidate)
-    return planned
 
 
 def upscale_options(args: argparse.Namespace) -> dict[str, Any]:

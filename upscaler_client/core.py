@@ -293,10 +293,17 @@ class Core:
         path = output_path(output, job, source_name) if output is not None else None
         attempt = 0
         while True:
-            response, data = yield Download(Send("GET", job.output_url), path)
-            delay = self._retry_delay(response, attempt)
-            if delay is None:
-                break
+            try:
+                response, data = yield Download(Send("GET", job.output_url), path)
+                delay = self._retry_delay(response, attempt)
+            except httpx.TransportError as exc:
+                if attempt >= self.max_retries:
+                    raise ConnectionFailed(f"GET {self.base_url}{job.output_url}: "
+                                           f"{exc!r}") from exc
+                delay = min(2.0 ** attempt, 30.0)
+            else:
+                if delay is None:
+                    break
             attempt += 1
             yield Sleep(delay)
         if response.status_code != 200:
