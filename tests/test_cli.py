@@ -27,6 +27,16 @@ LONG_FLUX = ("--engine", "flux", "--model", "tiny-rrdb", "--factor", "2", "--ste
              "--field", "mask_blur=4")
 
 
+def cli(capsys, monkeypatch, service, *args: str) -> tuple[int, str, str]:
+    """The command in this process (no interpreter start-up): exit code, stdout, stderr."""
+    monkeypatch.setenv("UPSCALER_URL", service.url)
+    monkeypatch.setenv("UPSCALER_API_KEY", service.api_key)
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def run_cli(*args: str, service=None, timeout: float = 300) -> subprocess.CompletedProcess:
     """The `upscaler` command as a user runs it, pointed at ``service`` by the environment."""
     env = {**os.environ}
@@ -95,48 +105,52 @@ def test_one_file_to_a_print_size(service, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_folder_of_three(service, tmp_path):
+def test_a_folder_of_three(service, tmp_path, capsys, monkeypatch):
     folder = tmp_path / "in"
     for name in ("a.png", "b.jpg", "c.png"):
         _image(folder / name, (40, 30))
-    r = run_cli("upscale", str(folder), "--model", "tiny-compact", "--factor", "2", "-o",
-                str(tmp_path / "out"), "--concurrency", "2", service=service)
-    assert r.returncode == OK, r.stderr
+    code, out, err = cli(capsys, monkeypatch, service, "upscale", str(folder), "--model",
+                         "tiny-compact", "--factor", "2", "-o", str(tmp_path / "out"),
+                         "--concurrency", "2")
+    assert code == OK, err
     outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert outputs == ["a.png", "b.png", "c.png"]
     for name in outputs:
         with Image.open(tmp_path / "out" / name) as im:
             assert im.size == (80, 60)
-    assert r.stdout.count("(job ") == 3
+    assert out.count("(job ") == 3
+    assert err.count(": completed (job ") == 3  # no terminal: each stage is a log line
 
 
 @pytest.mark.slow
-def test_api_refusal_exits_3_with_its_message(service, tmp_path):
+def test_api_refusal_exits_3_with_its_message(service, tmp_path, capsys, monkeypatch):
     src = _image(tmp_path / "photo.png")
-    r = run_cli("upscale", str(src), "--model", "no-such-model", service=service)
-    assert r.returncode == API_REFUSED
-    assert "422 unknown_model" in r.stderr and "no-such-model" in r.stderr
-    r = run_cli("status", "f" * 32, "--api-key", "wrong", service=service)
-    assert r.returncode == API_REFUSED and "401" in r.stderr
+    code, _, err = cli(capsys, monkeypatch, service, "upscale", str(src), "--model",
+                       "no-such-model")
+    assert code == API_REFUSED
+    assert "422 unknown_model" in err and "no-such-model" in err
+    code, _, err = cli(capsys, monkeypatch, service, "status", "f" * 32, "--api-key", "wrong")
+    assert code == API_REFUSED and "401" in err
 
 
 @pytest.mark.slow
-def test_no_wait_then_cancel_and_status(service, tmp_path):
+def test_no_wait_then_cancel_and_status(service, tmp_path, capsys, monkeypatch):
     src = _image(tmp_path / "big.png", (128, 128))
-    r = run_cli("upscale", str(src), *LONG_FLUX, "--no-wait", service=service)
-    assert r.returncode == OK, r.stderr
-    job_id, name = r.stdout.strip().split("\t")
+    code, out, err = cli(capsys, monkeypatch, service, "upscale", str(src), *LONG_FLUX,
+                         "--no-wait")
+    assert code == OK, err
+    job_id, name = out.strip().split("\t")
     assert name == str(src) and len(job_id) == 32
     with Client(service.url, service.api_key) as client:  # cancelled once it runs
         eventually(lambda: client.status(job_id).status == "processing", timeout=120)
-    r = run_cli("cancel", job_id, service=service)
-    assert r.returncode == OK, r.stderr
-    r = run_cli("status", job_id, "--wait", "--json", service=service)
-    assert r.returncode == JOB_FAILED and json.loads(r.stdout)["status"] == "cancelled"
-    r = run_cli("cancel", job_id, service=service)
-    assert r.returncode == API_REFUSED and "409 job_finished" in r.stderr
-    r = run_cli("health", "--json", service=service)
-    assert r.returncode == OK and json.loads(r.stdout)["status"] == "healthy"
+    code, out, err = cli(capsys, monkeypatch, service, "cancel", job_id)
+    assert code == OK, err
+    code, out, _ = cli(capsys, monkeypatch, service, "status", job_id, "--wait", "--json")
+    assert code == JOB_FAILED and json.loads(out)["status"] == "cancelled"
+    code, _, err = cli(capsys, monkeypatch, service, "cancel", job_id)
+    assert code == API_REFUSED and "409 job_finished" in err
+    code, out, _ = cli(capsys, monkeypatch, service, "health", "--json")
+    assert code == OK and json.loads(out)["status"] == "healthy"
 
 
 @pytest.mark.slow
