@@ -29,9 +29,9 @@ test: lint
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
+# Every bench, then one table of every figure beside its goal (bench/run_all.py; ~15 min).
 bench: install
-	$(BIN)/python bench/bench_esrgan.py
-	$(BIN)/python bench/bench_encode.py
+	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import imagecodecs  # noqa: E402
+from figures import report  # noqa: E402
 from PIL import Image, ImageCms  # noqa: E402
 
 from upscaler.encode import encode_image  # noqa: E402
@@ -292,6 +293,10 @@ def main() -> None:
             f"{chosen.seconds:.3f} s, {chosen.mb:.1f} MB"
         print(f"  {case}: chosen {CHOSEN[case]} ({said}); fastest {best.writer} "
               f"({best.seconds:.3f} s, {best.mb:.1f} MB)")
+        if chosen is not None:
+            report(f"encode: {case}, chosen writer / fastest lossless",
+                   round(chosen.seconds / best.seconds, 2), 1.0, "<=", "x",
+                   note=f"{CHOSEN[case]} {chosen.seconds:.3f} s, fastest {best.writer}")
 
 
 if __name__ == "__main__":

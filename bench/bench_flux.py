@@ -31,8 +31,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from conftest import photo, png_bytes, start_service, stop_service, wait_for_job  # noqa: E402
+from figures import report  # noqa: E402
 from flux_factory import write_flux_models  # noqa: E402
 from model_factory import write_rrdb  # noqa: E402
 
@@ -140,6 +142,10 @@ def main() -> None:
             print(f"| {order} | {n} | {r['job']:.2f} | {r['prepass']:.2f} | {r['tiles']:.2f} | "
                   f"{r['finish']:.2f} | {r['tile']:.2f} | {r['spread']} | {r['busy']:.0%} | "
                   f"{r['load']} | {verdict[0]} | {verdict[1]} |")
+    for order in args.order:
+        report(f"FLUX: 2 replicas vs 1, {order} ({'tiny' if args.tiny else 'real-width'})",
+               round(runs[1][order]["job"] / runs[2][order]["job"], 2), GOAL, ">=", "x",
+               note=f"CPU, one thread a replica, load before {runs[2][order]['load']}")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-
+sys.path.insert(0, str(ROOT / "bench"))
 from conftest import free_port  # noqa: E402
+from figures import report  # noqa: E402
 from model_factory import write_compact  # noqa: E402
 
 GOAL = 1.5
@@ -112,8 +113,9 @@ def main() -> int:
           f"{', '.join(f'{t:.1f}' for t in bare)})")
     print(f"upscaler serve, first healthy      {o:.1f} s  (rounds: "
           f"{', '.join(f'{t:.1f}' for t in ours)})")
-    print(f"ratio                              {o / b:.2f}x  (goal <= {GOAL}x)")
-    return 0 if o / b <= GOAL else 1
+    met = report("start: upscaler serve / bare Ray Serve app, to first healthy answer",
+                 round(o / b, 2), GOAL, "<=", "x", note=f"{o:.1f} s vs {b:.1f} s")
+    return 0 if met else 1
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import DAT, photo, psnr  # noqa: E402
+from figures import report  # noqa: E402
 from model_factory import write_compact, write_rrdb  # noqa: E402
 
 from serve_app.model_pull import pull  # noqa: E402
@@ -94,6 +95,12 @@ def main() -> None:
         print(f"{r['model']:15s} {r['context']:>7d} {r['tiles_64']:>10d} {r['psnr_64']:>8.1f} "
               f"{goal:>6s} {r['auto_tile']:>5d} ({r['auto_tiles']}) {r['cost_auto']:>8.2f}x "
               f"{'<=' + str(COST_GOAL):>5s} {r['cost_64']:>8.2f}x")
+    for r in rows:
+        if r["convolutional"]:
+            report(f"tiling: {r['model']} 64 px tiles vs untiled", round(r["psnr_64"], 1),
+                   EXACT_GOAL_DB, ">=", " dB", note=f"context {r['context']} px")
+        report(f"tiling: {r['model']} cost at the default tile", round(r["cost_auto"], 2),
+               COST_GOAL, "<=", "x", note=f"tile {r['auto_tile']} ({r['auto_tiles']} tiles)")
     print("compute over one untiled pass for a 1024x768 input (pixels run through the model):")
     for arch in ("ESRGAN", "Compact"):
         for tile in (512, 1024):

@@ -30,6 +30,7 @@ from upscaler.errors import ServiceUnavailable, UnsupportedModel
 from upscaler.images import DecodedImage
 from upscaler.job_store import JobStore
 from upscaler.jobs import Completed, EsrganParams, FluxParams, JobEvent, JobSpec, Progress, Started
+from upscaler.memory import return_big_buffers
 from upscaler.settings import Settings
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ def default_model_name(settings: Settings, registry: ModelRegistry) -> str | Non
 def esrgan_engine(settings: Settings, registry: ModelRegistry) -> EsrganEngine:
     # Imported here: the application builder imports this module, and needs no torch.
     from upscaler.engines.esrgan import EsrganEngine
+
+    return_big_buffers()  # host RSS follows the live tiles and images (bench_memory.py)
 
     return EsrganEngine(
         registry, device=engine_device(settings), cache_size=settings.model_cache_size,

@@ -20,17 +20,21 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments import metrics
 from deployments.common import engine_device, finish_job, replica_tag
 from upscaler.budget import MemoryBudget
-from upscaler.engines.flux import FluxNotInstalled, FluxTileEngine, PromptEmbeds
+from upscaler.engines.flux_files import (
+    FluxFiles,
+    FluxNotInstalled,
+    PromptEmbeds,
+    flux_not_installed,
+)
 from upscaler.engines.usdu import (
     Tile,
     TiledCanvas,
@@ -45,6 +49,9 @@ from upscaler.job_store import JobStore
 from upscaler.jobs import FluxParams, JobEvent, JobSpec, Progress, Started
 from upscaler.memory import coordinator_bytes
 from upscaler.settings import Settings
+
+if TYPE_CHECKING:
+    from upscaler.engines.flux import FluxTileEngine
 
 logger = logging.getLogger("ray.serve")
 
@@ -63,6 +70,12 @@ class FluxDeployment:
         self.tiles_done = 0
         self._drawing = threading.Lock()
         try:
+            if missing := FluxFiles(settings.resolved_models_dir).missing():
+                # Said before torch and diffusers are imported: seconds of start and a GB
+                # of memory on every replica of a service that has no FLUX files.
+                raise flux_not_installed(missing)
+            from upscaler.engines.flux import FluxTileEngine  # noqa: F811  (torch: here)
+
             t0 = time.perf_counter()
             self.engine = FluxTileEngine(settings.resolved_models_dir, engine_device(settings),
                                          settings.flux_dtype, settings.flux_memory_mode)
@@ -77,6 +90,8 @@ class FluxDeployment:
         if self.engine is None:
             return {**base, "message": self.missing and self.missing.message}
         gpu = {}
+        import torch  # loaded with the engine already
+
         if torch.cuda.is_available():
             free, total = torch.cuda.mem_get_info()
             gpu = {"gpu_name": torch.cuda.get_device_name(),
@@ -174,22 +189,26 @@ class FluxCoordinator:
     async def _run(self, spec: JobSpec) -> AsyncIterator[JobEvent]:
         job_id, params = spec.job_id, spec.params
         assert isinstance(params, FluxParams)
-        yield Started("coordinator")
         start = time.perf_counter()
         timeline: dict[str, float] = {"start": time.time()}
-        # The prompt is encoded on a FLUX replica while ESRGAN runs the pre-pass.
+        # The prompt is encoded on a FLUX replica while ESRGAN runs the pre-pass. The job is
+        # processing once a FLUX replica answered: with FLUX scaled to zero it stays queued
+        # (with the start in its estimate) while Serve starts one.
         prompt = asyncio.ensure_future(self.flux.encode_prompt.remote(params.prompt))
+        prepassing = asyncio.ensure_future(self._prepass(spec))
         try:
-            prepass = await self._prepass(spec)
-            timeline["prepass"] = time.time()
-            yield Progress(0, 1, stage="prepass")
             embeds = await prompt
             timeline["prompt"] = time.time()
+            yield Started("coordinator")
+            prepass = await prepassing
+            timeline["prepass"] = time.time()
+            yield Progress(0, 1, stage="prepass")
         finally:
-            if not prompt.done():  # the pre-pass failed or the job was cancelled
-                prompt.cancel()
-            elif not prompt.cancelled():
-                prompt.exception()  # seen here, so asyncio does not log it as lost
+            for task in (prompt, prepassing):
+                if not task.done():  # the other failed, or the job was cancelled
+                    task.cancel()
+                elif not task.cancelled():
+                    task.exception()  # seen here, so asyncio does not log it as lost
 
         tiles = plan_tiles(prepass.height, prepass.width, params.tile_size, params.tile_padding,
                            params.tile_order, params.seam_fix, params.seam_fix_width)

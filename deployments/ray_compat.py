@@ -56,3 +56,15 @@ def token_auth_enabled() -> bool:
     from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
     return is_token_auth_enabled()
+
+
+def serve_replica_counts() -> dict[str, int]:
+    """Running replicas of each deployment of this replica's application (from Serve's public
+    ``serve.status()``; blocking: call it in a thread)."""
+    from ray import serve
+    from ray.serve._private.common import ReplicaState
+
+    app = serve.get_replica_context().replica_id.deployment_id.app_name
+    overview = serve.status().applications[app]
+    return {name: d.replica_states.get(ReplicaState.RUNNING, 0)
+            for name, d in overview.deployments.items()}

@@ -64,6 +64,11 @@ def key_quota(services: Services, who: Caller) -> KeyQuota:
                     output_mp_per_day=limits.max_output_mp_per_day or s.max_output_mp_per_day)
 
 
+def retention_s(services: Services, who: Caller) -> float:
+    """How long the caller's finished jobs are kept (the key's setting, else the server's)."""
+    return who.limits.result_ttl_s or services.settings.result_ttl_s
+
+
 async def admit(services: Services, who: Caller, job: JobRecord) -> None:
     """Count the job against its engine's cap and the caller's quotas before anything is
     stored; raises 503 (engine full) or 429 (a quota), with Retry-After."""

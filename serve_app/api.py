@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,6 +16,7 @@ from serve_app.limits import RequestLimits
 from serve_app.openapi_docs import install_openapi
 from serve_app.routes import jobs, system, upscale
 from upscaler import __version__
+from upscaler.retention import sweep_periodically
 
 DESCRIPTION = ("Image upscaling for print: ESRGAN-family models, FLUX (Ultimate SD Upscale) and "
                "Imagen on Vertex AI, on Ray Serve. Upload an image, get a larger one sized for "
@@ -26,8 +28,13 @@ def create_app(services: Services) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Serve runs this when the replica starts and when it stops (a rollout, a shutdown).
         services.runner.start()
+        services.webhooks.start()
+        sweeps = asyncio.get_running_loop().create_task(sweep_periodically(
+            services.retention, services.settings.retention_sweep_s))
         yield
         await services.runner.stop()
+        sweeps.cancel()
+        await services.webhooks.stop()
 
     settings = services.settings
     app = FastAPI(title="upscaler", version=__version__, description=DESCRIPTION,

@@ -57,15 +57,17 @@ def ingress_shutdown_s(settings: Settings) -> float:
     return settings.ingress_drain_s + 30
 
 
-def _autoscaling(min_replicas: int, max_replicas: int) -> dict[str, Any]:
+def _autoscaling(min_replicas: int, max_replicas: int, idle_s: float = 120
+                 ) -> dict[str, Any]:
     return {
+        # min 0: no replica (and no GPU held) until a job comes; Serve starts one for it.
         "min_replicas": min_replicas,
-        "initial_replicas": max(1, min_replicas),
-        "max_replicas": max(min_replicas, max_replicas),
+        "initial_replicas": min_replicas,
+        "max_replicas": max(min_replicas, max_replicas, 1),
         # GPU-bound: one job per replica at a time, so scale when one more is waiting.
         "target_ongoing_requests": 1,
         "upscale_delay_s": 5,
-        "downscale_delay_s": 120,
+        "downscale_delay_s": idle_s,
     }
 
 
@@ -103,7 +105,8 @@ def build_graph(settings: Settings) -> Application:
         # (the end of a job) it then waits there while another replica idles.
         max_ongoing_requests=1,
         request_router_config=FLUX_ROUTER,
-        autoscaling_config=_autoscaling(settings.flux_min_replicas, settings.flux_max_replicas),
+        autoscaling_config=_autoscaling(settings.flux_min_replicas, settings.flux_max_replicas,
+                                        settings.flux_idle_s),
         **quick_stop,
     ).bind(settings)
     # The coordinator holds each job's image in memory, admitted against a budget

@@ -20,7 +20,7 @@ import yaml
 
 from serve_app.control_plane import dashboard_lines, restrict_token_file
 from serve_app.keys_cli import add_keys_commands
-from upscaler.settings import Settings, load_settings
+from upscaler.settings import SECRET_SETTINGS, Settings, load_settings
 from upscaler.storage import Storage, StorageError
 from upscaler_client.cli import EXIT_CODES, add_client_commands
 
@@ -80,11 +80,14 @@ def local_serve_config(path: Path | None, cli_values: dict[str, Any]):
         raise ServeConfigError(f"{path}: expected one application, found {len(apps)}")
     cli = {k: v for k, v in cli_values.items() if v is not None}
     from_env = Settings()  # the environment and .env only
-    env_values = from_env.model_dump(mode="json", include=from_env.model_fields_set)
+    # Secrets stay out of the config's args (Serve shows them in its status and dashboard):
+    # the builder and replicas read them from the environment they inherit.
+    env_values = from_env.model_dump(mode="json",
+                                     include=from_env.model_fields_set - SECRET_SETTINGS)
     settings = load_settings({**(apps[0].get("args") or {}), **env_values, **cli})
     # data_dir always: its default is relative to the directory `upscaler serve` runs in.
-    apps[0]["args"] = settings.model_dump(mode="json",
-                                          include=settings.model_fields_set | {"data_dir"})
+    apps[0]["args"] = settings.model_dump(
+        mode="json", include=(settings.model_fields_set | {"data_dir"}) - SECRET_SETTINGS)
     http = raw.setdefault("http_options", {})
     for key in ("host", "port"):
         if key in cli or key in from_env.model_fields_set or key not in http:
@@ -256,7 +259,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
                if e.subfolder == "upscale_models" and n not in registry.names()]
     if missing:
         print("available to pull: " + ", ".join(missing))
-    from upscaler.engines.flux import FluxFiles
+    from upscaler.engines.flux_files import FluxFiles
 
     flux_missing = FluxFiles(settings.resolved_models_dir).missing()
     if flux_missing:

@@ -12,13 +12,16 @@ from serve_app.gateway import EngineGateway, QuotaClient
 from serve_app.limits import UploadSlots
 from serve_app.runner import JobRunner
 from serve_app.schemas import CommonUpscaleForm
+from serve_app.webhooks import WebhookSender
 from upscaler.budget import MemoryBudget
 from upscaler.dimensions import OutputPlan, calculate_output_dimensions
 from upscaler.errors import InvalidRequest, OutputTooLarge, PayloadTooLarge
+from upscaler.idempotency import IdempotencyKeys
 from upscaler.images import ImageProbe, check_decodes, probe_image
 from upscaler.job_store import JobStore
 from upscaler.keys import KeyStore
 from upscaler.memory import DECODE_BYTES_PER_PIXEL
+from upscaler.retention import RetentionSweeper
 from upscaler.settings import Settings
 
 # No `from __future__ import annotations` here: the dependency built by `intake()` needs its
@@ -40,6 +43,9 @@ class Services:
     quotas: QuotaClient
     uploads: UploadSlots
     decode_budget: MemoryBudget
+    idempotency: IdempotencyKeys
+    webhooks: WebhookSender
+    retention: RetentionSweeper
 
 
 def get_services(request: Request) -> Services:

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deployments.ray_compat import unwrap
 from serve_app.schemas import ErrorResponse
 from upscaler.errors import UpscalerError
+from upscaler.storage_faults import storage_fault
 
 logger = logging.getLogger("ray.serve")
 
@@ -47,6 +48,9 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     cause = unwrap(exc)
     if isinstance(cause, UpscalerError):
         return upscaler_error_response(cause)
+    if (fault := storage_fault(cause)) is not None:  # a full disk, storage away: 507, 503
+        logger.warning("storage: %s: %s", type(cause).__name__, cause)
+        return upscaler_error_response(fault)
     logger.exception("unhandled error", exc_info=exc)  # the details stay in the log
     return error_response(500, "internal_error", "internal error; the service is still up "
                           "and its log has the details")

@@ -12,12 +12,13 @@ from typing import Any
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from deployments.ray_compat import unwrap
+from deployments.ray_compat import serve_replica_counts, unwrap
 from upscaler.engines.models import ModelInfo
 from upscaler.jobs import Engine, JobEvent, JobSpec
 from upscaler.quotas import KeyQuota, RateState
 
 STATUS_TIMEOUT_S = 5.0
+REPLICAS_FRESH_S = 3.0  # Serve's replica counts, asked of its controller at most this often
 STATUS_FRESH_S = 2.0  # an engine's status this recent is answered without asking again
 MODELS_FRESH_S = 10.0  # the ESRGAN model list, likewise (model files change rarely)
 
@@ -46,6 +47,7 @@ class EngineGateway:
                               Engine.imagen: imagen.status}
         self._status: dict[Engine, _Cached] = {}
         self._models: _Cached | None = None
+        self._replicas: _Cached | None = None
 
     def run(self, spec: JobSpec, data: bytes | None = None) -> AsyncIterator[JobEvent]:
         return self._runs[spec.engine].run.remote(spec, data)
@@ -83,9 +85,35 @@ class EngineGateway:
         return info
 
     # --- status --------------------------------------------------------------------------
+    async def running_replicas(self, deployment: str) -> int | None:
+        """Running replicas of one of this application's deployments, as Serve's controller
+        counts them (cached a few seconds); None when it cannot say."""
+        now = time.monotonic()
+        if self._replicas is None or now - self._replicas.at > REPLICAS_FRESH_S:
+            try:
+                counts = await asyncio.to_thread(serve_replica_counts)
+            except Exception:  # noqa: BLE001 - outside Serve, or the controller is busy
+                counts = None
+            self._replicas = _Cached(counts, now)
+        counts = self._replicas.value
+        return None if counts is None else counts.get(deployment, 0)
+
+    async def scaled_to_zero(self, engine: Engine) -> bool:
+        """No replica runs this engine now (autoscaled to zero): the next job starts one."""
+        return engine is Engine.flux and await self.running_replicas("FLUX") == 0
+
     async def status(self, engine: Engine) -> dict[str, Any]:
         """An engine's status: the last answer when recent, else asked again (in the
-        background when there is an answer to give meanwhile)."""
+        background when there is an answer to give meanwhile). An engine scaled to zero is
+        not asked: a question would start a replica (and hold a GPU) for nothing."""
+        if await self.scaled_to_zero(engine):
+            # Installed as a replica last said (files rarely go); a replica started for a job
+            # without them fails it with the command to run.
+            last = self._status.get(engine)
+            installed = True if last is None else last.value.get("installed", True)
+            return {"installed": installed, "replicas": 0, "state": "scaled_to_zero",
+                    "message": f"no {engine.value} replica is running (scaled to zero when "
+                    "idle); the next job starts one"}
         cached = self._status.get(engine)
         if cached is None:
             return await self._ask_status(engine)

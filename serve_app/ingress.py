@@ -20,10 +20,14 @@ from serve_app.estimates import Estimator
 from serve_app.gateway import EngineGateway, QuotaClient
 from serve_app.limits import UploadSlots
 from serve_app.runner import JobRunner, RunnerTimings
+from serve_app.submissions import MAX_PREFER_WAIT_S
+from serve_app.webhooks import WebhookSender
 from upscaler.budget import MemoryBudget
+from upscaler.idempotency import IdempotencyKeys
 from upscaler.job_store import JobStore
 from upscaler.jobs import JobRecord, JobState
 from upscaler.keys import KeyStore, quota_bucket
+from upscaler.retention import RetentionSweeper
 from upscaler.settings import Settings
 
 
@@ -47,11 +51,24 @@ def build_services(settings: Settings, esrgan: Any, flux: Any, flux_coordinator:
             estimator.learn(job)
         await quotas.release(quota_bucket(job.api_key_id), job.job_id, job.engine.value)
 
-    runner = JobRunner(store, engines.run, runner_timings(settings), on_ended=job_ended)
+    webhooks = WebhookSender(settings, store)
+    runner = JobRunner(store, engines.run, runner_timings(settings), on_ended=job_ended,
+                       on_event=webhooks.notify)
+    webhooks.is_driving = runner.is_driving
     return Services(settings, store, runner, engines, estimator,
                     KeyStore(settings.resolved_keys_file), quotas,
                     UploadSlots(settings.max_concurrent_uploads),
-                    MemoryBudget(settings.decode_budget_bytes))
+                    MemoryBudget(settings.decode_budget_bytes),
+                    IdempotencyKeys(store.storage, idempotency_accepting_s(settings)),
+                    webhooks,
+                    RetentionSweeper(store, settings.orphan_grace_s,
+                                     settings.retention_sweep_batch))
+
+
+def idempotency_accepting_s(settings: Settings) -> float:
+    """How long a first request may take to be accepted (its upload, then its synchronous
+    wait); a key "accepting" for longer belongs to a request that died."""
+    return settings.upload_timeout_s + MAX_PREFER_WAIT_S + 60
 
 
 @serve.deployment(name="Ingress")

@@ -20,7 +20,7 @@ def _key_store(args: argparse.Namespace) -> KeyStore:
 def cmd_keys_create(args: argparse.Namespace) -> int:
     limits = KeyLimits(rate_limit_per_minute=args.rate_limit, max_open_jobs=args.max_open_jobs,
                        max_output_mp_per_day=args.max_output_mp_per_day,
-                       gcp_projects=args.gcp_project or [])
+                       gcp_projects=args.gcp_project or [], result_ttl_s=args.result_ttl_s)
     store = _key_store(args)
     try:
         record, key = store.create(args.name, limits)
@@ -68,6 +68,8 @@ def add_keys_commands(sub: argparse._SubParsersAction) -> None:
     create_p.add_argument("--rate-limit", type=int, help="requests per minute (default: server)")
     create_p.add_argument("--max-open-jobs", type=int, help="queued or running jobs at once")
     create_p.add_argument("--max-output-mp-per-day", type=float, help="output MP per UTC day")
+    create_p.add_argument("--result-ttl-s", type=float,
+                          help="seconds this key's finished jobs and results are kept")
     create_p.add_argument("--gcp-project", action="append",
                           help="a Google Cloud project this key may name (repeatable)")
     create_p.set_defaults(func=cmd_keys_create)

@@ -24,7 +24,11 @@ ERRORS: dict[int, tuple[str, str, str]] = {
           "not_found", f"no job with id {JOB_ID}"),
     408: ("The upload stalled or took too long", "request_timeout",
           "the upload sent nothing for 30 s"),
-    409: ("The job has already finished", "job_finished", f"job {JOB_ID} is already completed"),
+    409: ("Conflict: an Idempotency-Key still being accepted, a job another replica runs",
+          "job_finished", f"job {JOB_ID} is already completed"),
+    410: ("The job ended longer ago than it is kept (its record and result were deleted), "
+          "or its result was deleted", "job_expired", f"job {JOB_ID} ended longer ago than "
+          "it is kept (result_ttl_s); its record and result were deleted"),
     413: ("Over a limit: upload bytes, input pixels (the message names it)",
           "upload_too_large", "the upload is larger than the limit of 104,857,600 bytes"),
     415: ("Not an accepted image (the content is sniffed, the name ignored)",
@@ -37,8 +41,11 @@ ERRORS: dict[int, tuple[str, str, str]] = {
     502: ("Vertex AI refused the call (credentials, permission, project)", "upstream_error",
           "Vertex AI refused the credentials: give the service account roles/aiplatform.user"),
     503: ("Not now: the engine's queue is full, too many uploads at once, the engine is not "
-          "installed or not up; `Retry-After` when waiting helps", "engine_busy",
+          "installed or not up, job storage unreachable; `Retry-After` when waiting helps",
+          "engine_busy",
           "the esrgan engine has 64 jobs open, its limit; retry shortly"),
+    507: ("Job storage is full", "insufficient_storage",
+          "job storage is full; free space or raise its quota"),
     504: ("Vertex AI did not answer in time", "upstream_timeout",
           "Vertex AI did not answer within 120 s"),
 }

@@ -14,7 +14,9 @@ SERVICE_FAILURES = (None, "processing_failed", "worker_lost")
 
 
 def output_url(job: JobRecord) -> str | None:
-    return f"/api/results/{job.result_filename}" if job.result_filename else None
+    if not job.result_filename or job.result_deleted:
+        return None
+    return f"/api/results/{job.result_filename}"
 
 
 def status_url(job: JobRecord) -> str:
@@ -33,7 +35,7 @@ def upscale_body(job: JobRecord, estimated_time: float | None) -> UpscaleRespons
         dpi=plan.dpi,
         cropInfo=CropGuidance(direction=crop.direction, amount_px=crop.amount_px,
                               amount_inches=crop.amount_inches, box=crop.box) if crop else None,
-        cropApplied=plan.crop_applied, error=job.error)
+        cropApplied=plan.crop_applied, error=job.error, expires_at=job.expires_at)
 
 
 def upscale_response(job: JobRecord, estimated_time: float | None) -> JSONResponse:
@@ -60,4 +62,5 @@ def job_status(job: JobRecord) -> JobStatusResponse:
         error_code=job.error_code, engine=job.engine.value, input_size=job.input_size,
         output_size=job.output_size, model=job.model, created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at, queue_time=job.queue_time,
-        processing_time=job.processing_time, resumes=job.resumes, stats=job.stats)
+        processing_time=job.processing_time, resumes=job.resumes, stats=job.stats,
+        expires_at=job.expires_at, result_deleted=job.result_deleted, webhooks=job.webhooks)

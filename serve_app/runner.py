@@ -38,6 +38,9 @@ logger = logging.getLogger("ray.serve")
 RunEngine = Callable[[JobSpec, bytes | None], AsyncIterator[JobEvent]]
 INLINE_UPLOAD_BYTES = 4 * 1024 * 1024
 JobEnded = Callable[[JobRecord], Awaitable[None]]
+# Told each event of a job as it happens (webhooks): started, progress, completed, failed,
+# cancelled. Called on the event loop; it must not block.
+JobEventHook = Callable[[JobRecord, str], None]
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,10 @@ class RunnerTimings:
 
 class JobRunner:
     def __init__(self, store: JobStore, run_engine: RunEngine,
-                 timings: RunnerTimings = RunnerTimings(), on_ended: JobEnded | None = None):
+                 timings: RunnerTimings = RunnerTimings(), on_ended: JobEnded | None = None,
+                 on_event: JobEventHook | None = None):
         self.store = store
+        self.on_event = on_event
         self.run_engine = run_engine
         self.timings = timings
         self.on_ended = on_ended  # every job that reaches an end here, once
@@ -134,6 +139,9 @@ class JobRunner:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         return job
+
+    def is_driving(self, job_id: str) -> bool:
+        return job_id in self._open
 
     def open_count(self, engine: Engine | None = None) -> int:
         return sum(1 for j in self._open.values() if engine is None or j.engine == engine)
@@ -240,10 +248,14 @@ class JobRunner:
         last_save = time.monotonic()
         async for event in self.run_engine(job.spec(), data):
             if isinstance(event, Started):
+                first = job.state == JobState.queued
                 job.mark_processing()
                 job.stats["replica"] = event.replica
+                if first:
+                    self._emit(job, "started")
             elif isinstance(event, Progress):
                 job.mark_progress(event)
+                self._emit(job, "progress")
                 if time.monotonic() - last_save > self.timings.progress_save_s:
                     last_save = time.monotonic()
                     await self._save(job)
@@ -256,6 +268,7 @@ class JobRunner:
         if job.state == JobState.completed and job.processing_time is not None:
             metrics.observe(metrics.job_seconds, job.processing_time, engine=engine)
         await self._save(job)
+        self._emit(job, job.state.value)
         await asyncio.to_thread(self.store.delete_work_files, job.job_id, job.resumable)
         # Bookkeeping (quotas, estimates) after the answer, not before it.
         asyncio.get_running_loop().create_task(self._ended(job))
@@ -266,6 +279,13 @@ class JobRunner:
                 await self.on_ended(job)
             except Exception:  # noqa: BLE001 - bookkeeping must not undo the job's end
                 logger.exception("after job %s ended", job.job_id)
+
+    def _emit(self, job: JobRecord, event: str) -> None:
+        if self.on_event:
+            try:
+                self.on_event(job, event)
+            except Exception:  # noqa: BLE001 - a webhook must not undo the job
+                logger.exception("event %s of job %s", event, job.job_id)
 
     async def _save(self, job: JobRecord) -> None:
         job.heartbeat_at = time.time()

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from serve_app import schema_examples as ex
 from upscaler.images import OUTPUT_FORMATS
 from upscaler.jobs import OutputOptions, Size
+from upscaler.webhooks import WebhookState
 
 
 def _strip_x(value: Any) -> Any:
@@ -53,6 +54,13 @@ class CommonUpscaleForm(BaseModel):
         description="Seconds to wait for a synchronous answer before answering `queued`. "
         "Default from the server (30 s); 0 answers at once. The header `Prefer: respond-async` "
         "(or `Prefer: wait=N`) does the same.")
+    webhook_url: str | None = Field(
+        None, max_length=2000, description="http(s) URL to POST the job's events to, signed "
+        "per Standard Webhooks with the server's secret (see the README). Must resolve to a "
+        "public address unless the server allows the host.")
+    webhook_events: str | None = Field(
+        None, max_length=200, description="Comma-separated subset of started, progress, "
+        "completed, failed, cancelled; default completed,failed,cancelled.")
 
     @property
     def plan_factor(self) -> float:
@@ -216,6 +224,8 @@ class UpscaleResponse(BaseModel):
     cropInfo: CropGuidance | None = None
     cropApplied: bool = False
     error: str | None = None
+    expires_at: float | None = Field(None, description="When the job's record and result are "
+                                     "deleted (Unix time; retention after the job ends).")
 
 
 class JobStatusResponse(BaseModel):
@@ -240,6 +250,11 @@ class JobStatusResponse(BaseModel):
     processing_time: float | None = None
     resumes: int = Field(0, description="Times the job was resumed after a crash (FLUX).")
     stats: dict[str, Any] = Field(default_factory=dict)
+    expires_at: float | None = Field(None, description="When the job's record and result are "
+                                     "deleted (Unix time); then the job answers 410.")
+    result_deleted: bool = Field(False, description="DELETE removed the finished job's result.")
+    webhooks: WebhookState | None = Field(None, description="The job's webhook and the outcome "
+                                          "of each delivery.")
 
 
 class HealthResponse(BaseModel):

@@ -40,6 +40,8 @@ TEST_LIMITS = {"UPSCALER_MAX_UPLOAD_MB": "2", "UPSCALER_MAX_INPUT_PIXELS": "4000
 # FLUX in seconds: small tiles allowed; never the hub.
 FLUX_ENV = {"UPSCALER_FLUX_MIN_TILE_SIZE": "32", "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1"}
+# The session service's webhook signing secret (its receivers are on 127.0.0.1, allowed).
+WEBHOOK_SECRET = "whsec_" + "dGVzdHMtb25seS13ZWJob29rLXNlY3JldC0zMmJ5dGVz"
 # Vertex's deadline and per-call timeout, short so retried failures end in seconds.
 VERTEX_DEADLINE_S = 3
 
@@ -291,6 +293,8 @@ def service(tmp_path_factory, full_models_root, vertex) -> Iterator[Service]:
     env = {"UPSCALER_MAX_UPLOAD_MB": TEST_LIMITS["UPSCALER_MAX_UPLOAD_MB"], **FLUX_ENV,
            **vertex_env(vertex), **FAST_STALE, "UPSCALER_AUTH": "keys",
            "UPSCALER_UPLOAD_IDLE_TIMEOUT_S": "2",
+           "UPSCALER_WEBHOOK_SECRET": WEBHOOK_SECRET, "UPSCALER_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+           "UPSCALER_WEBHOOK_BACKOFF_S": "0.2",
            "UPSCALER_FLUX_MIN_REPLICAS": "2", "UPSCALER_FLUX_MAX_REPLICAS": "2",
            "UPSCALER_METRICS_PORT": str(metrics_port), "RAY_TMPDIR": str(ray_dir),
            "RAY_metrics_report_interval_ms": str(METRICS_INTERVAL_MS)}

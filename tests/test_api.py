@@ -206,8 +206,10 @@ def test_cancel_a_running_job(app):
     assert app.get("/api/health").json()["queue_size"] == 1
     r = app.delete(f"/api/jobs/{job_id}")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    # DELETE on a finished job deletes its result (a cancelled one has none): same answer.
     r = app.delete(f"/api/jobs/{job_id}")
-    assert r.status_code == 409 and r.json()["error"] == "job_finished"
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert r.json()["result_deleted"] is False
     assert app.get(f"/api/status/{job_id}").json()["status"] == "cancelled"
     assert app.get("/api/health").json()["queue_size"] == 0
 

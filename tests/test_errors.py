@@ -25,7 +25,7 @@ def test_every_class_has_a_status_and_a_code():
     for cls in CLASSES:
         assert 400 <= cls.http_status <= 599 and cls.default_code
         assert cls.__module__ in ("upscaler.errors", "upscaler.storage",
-                                  "upscaler.engines.flux"), cls
+                                  "upscaler.engines.flux_files"), cls
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)

@@ -15,14 +15,14 @@ from serve_app.api import create_app
 from upscaler.settings import Settings
 
 # The error statuses each operation can give (see serve_app/openapi_docs.py).
-UPLOAD_ERRORS = {400, 401, 403, 408, 413, 415, 422, 429, 503}
+UPLOAD_ERRORS = {400, 401, 403, 408, 409, 413, 415, 422, 429, 503, 507}
 EXPECTED = {
     ("post", "/api/upscale/esrgan"): UPLOAD_ERRORS,
     ("post", "/api/upscale/flux"): UPLOAD_ERRORS,
     ("post", "/api/upscale/imagen"): UPLOAD_ERRORS | {502, 504},
-    ("get", "/api/status/{job_id}"): {401, 403, 404, 429},
-    ("delete", "/api/jobs/{job_id}"): {401, 403, 404, 409, 429},
-    ("get", "/api/results/{filename}"): {400, 401, 403, 404, 429},
+    ("get", "/api/status/{job_id}"): {401, 403, 404, 410, 429, 503},
+    ("delete", "/api/jobs/{job_id}"): {401, 403, 404, 409, 410, 429, 503},
+    ("get", "/api/results/{filename}"): {400, 401, 403, 404, 410, 429, 503},
     ("get", "/api/models"): {401, 403, 429},
     ("get", "/api/health"): set(),
 }

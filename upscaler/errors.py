@@ -65,6 +65,12 @@ class Conflict(UpscalerError):
     http_status, default_code = 409, "conflict"
 
 
+class Gone(UpscalerError):
+    """A job or result that existed and was removed (its retention ran out, or it was deleted)."""
+
+    http_status, default_code = 410, "gone"
+
+
 class PayloadTooLarge(UpscalerError):
     """The upload, its pixels or what a model accepts is over a limit (the message names it)."""
 
@@ -124,6 +130,12 @@ class ServiceUnavailable(UpscalerError):
     """Not available now (no models, FLUX not installed, Vertex down): retrying later may work."""
 
     http_status, default_code = 503, "unavailable"
+
+
+class InsufficientStorage(UpscalerError):
+    """Job storage is full (ENOSPC): nothing more can be stored until space is freed."""
+
+    http_status, default_code = 507, "insufficient_storage"
 
 
 class UpstreamTimeout(UpscalerError):

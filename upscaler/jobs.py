@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from upscaler.dimensions import OutputPlan
 from upscaler.errors import UpscalerError
+from upscaler.webhooks import WebhookState
 
 
 class Engine(str, Enum):
@@ -181,6 +182,9 @@ class JobRecord(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     heartbeat_at: float = Field(default_factory=time.time)
+    retention_s: float | None = None  # kept this long after it ends (upscaler.retention)
+    result_deleted: bool = False  # DELETE on the finished job removed its result
+    webhooks: WebhookState | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -193,6 +197,19 @@ class JobRecord(BaseModel):
     @property
     def resumable(self) -> bool:
         return self.engine.resumable
+
+    @property
+    def expires_at(self) -> float | None:
+        """When the record and result go: retention_s after the job ended (while it runs, as
+        if it ended now-ish: after it was created)."""
+        if self.retention_s is None:
+            return None
+        return (self.finished_at or self.created_at) + self.retention_s
+
+    def is_expired(self, now: float | None = None) -> bool:
+        expires = self.expires_at
+        return (expires is not None and self.state.is_terminal
+                and (now or time.time()) >= expires)
 
     @property
     def model(self) -> str | None:

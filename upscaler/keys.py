@@ -34,6 +34,7 @@ class KeyLimits(BaseModel):
     max_open_jobs: int | None = Field(None, ge=1)
     max_output_mp_per_day: float | None = Field(None, gt=0)
     gcp_projects: list[str] = Field(default_factory=list)
+    result_ttl_s: float | None = Field(None, gt=0)  # retention of this key's jobs
 
 
 class KeyRecord(BaseModel):

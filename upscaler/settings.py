@@ -6,11 +6,12 @@ Precedence, highest first: builder args > environment > settings file > defaults
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -81,6 +82,14 @@ class Settings(BaseSettings):
     flux_num_cpus: float = Field(default=0.25, ge=0)
     flux_min_replicas: int = Field(default=1, ge=0)
     flux_max_replicas: int = Field(default=1, ge=1)
+    flux_idle_s: float = Field(
+        default=300, ge=0,
+        description="Seconds without work before an autoscaled FLUX replica stops; with "
+        "flux_min_replicas 0 the last one goes too, and its GPU node can terminate.")
+    flux_cold_start_s: float = Field(
+        default=120, ge=0,
+        description="Seconds a FLUX replica takes to start and load its weights: added to "
+        "a job's estimate when none is running (scaled to zero).")
     flux_memory_mode: Literal["resident", "offload"] = Field(
         default="resident",
         description="resident: everything on the GPU (24 GB+); offload: model CPU offload "
@@ -180,6 +189,43 @@ class Settings(BaseSettings):
                                     description="1 is ~3x faster than Pillow's 6 for ~15% size.")
     tiff_compression: str = "tiff_adobe_deflate"
 
+    # --- retention -------------------------------------------------------------------
+    result_ttl_s: float = Field(
+        default=7 * 86400, gt=0,
+        description="How long a job's record, result and Idempotency-Key are kept after it "
+        "ends (a key's own result_ttl_s wins); then the job answers 410 Gone.")
+    orphan_grace_s: float = Field(
+        default=3600, gt=0,
+        description="An upload whose job record was never written, or a leftover *.tmp file, "
+        "older than this is deleted by the retention sweep.")
+    retention_sweep_s: float = Field(default=300, gt=0,
+                                     description="Seconds between retention sweeps.")
+    retention_sweep_batch: int = Field(
+        default=500, ge=1, description="Entries a sweep looks at per folder, so one sweep "
+        "stays cheap on a large bucket; the next sweep goes on where it stopped.")
+
+    # --- webhooks ----------------------------------------------------------------------
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="Standard Webhooks signing secret (whsec_<base64>); without "
+        "it a request naming webhook_url is refused.")
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Hosts or CIDRs a webhook may reach although they resolve to loopback, "
+        "private, link-local or reserved addresses (refused otherwise).")
+    webhook_timeout_s: float = Field(default=10, gt=0, description="Per delivery attempt.")
+    webhook_retry_for_s: float = Field(
+        default=3600, ge=0, description="How long a failed delivery is retried (exponential "
+        "backoff, honouring Retry-After) before it is given up.")
+    webhook_backoff_s: float = Field(default=1, gt=0, description="The first retry's delay.")
+    webhook_backoff_max_s: float = Field(default=300, gt=0, description="The longest delay.")
+    webhook_concurrency: int = Field(default=8, ge=1,
+                                     description="Deliveries in flight per Ingress replica.")
+    webhook_queue_size: int = Field(
+        default=1000, ge=1, description="Deliveries waiting per Ingress replica; past it a "
+        "delivery is recorded as dropped.")
+    webhook_progress_interval_s: float = Field(
+        default=5, ge=0, description="At most one `progress` event per job this often.")
+
     # --- HTTP --------------------------------------------------------------------------
     host: str = "127.0.0.1"
     metrics_port: int | None = Field(
@@ -200,11 +246,27 @@ class Settings(BaseSettings):
         # Replicas run in other working directories: resolve once, where settings are read.
         return value.expanduser().resolve() if value is not None else None
 
-    @field_validator("default_models", "gcp_allowed_projects", mode="before")
+    @field_validator("default_models", "gcp_allowed_projects", "webhook_allowed_hosts",
+                     mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.lstrip().startswith("["):
             return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
+        text = value.get_secret_value()
+        try:
+            key = base64.b64decode(text.removeprefix("whsec_") + "==")
+        except ValueError:
+            key = b""
+        if not text.startswith("whsec_") or len(key) < 16:
+            raise ValueError("webhook_secret must be a Standard Webhooks secret: whsec_ and the "
+                             "base64 of 16-64 random bytes (24+ recommended)")
         return value
 
     # --- derived -----------------------------------------------------------------------
@@ -235,6 +297,10 @@ class Settings(BaseSettings):
     @property
     def resolved_keys_file(self) -> str:
         return self.keys_file or str(self.data_dir / "keys.json")
+
+
+# Settings that are secrets: never written into a Serve config's args.
+SECRET_SETTINGS = frozenset({"webhook_secret"})
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> Settings:

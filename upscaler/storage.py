@@ -7,6 +7,7 @@ processes beyond what the URL names.
 from __future__ import annotations
 
 import contextlib
+import os
 import posixpath
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import IO
 import fsspec
 
 from upscaler.errors import ServiceUnavailable
+from upscaler.storage_faults import storage_fault
 
 
 class StorageError(ServiceUnavailable):
@@ -59,11 +61,44 @@ class Storage:
         if self._is_local:
             self.fs.makedirs(parent, exist_ok=True)
             tmp = f"{final}.{uuid.uuid4().hex}.tmp"
-            with self.fs.open(tmp, "wb") as f:
-                f.write(data)
-            self.fs.mv(tmp, final)
+            try:
+                with self.fs.open(tmp, "wb") as f:
+                    f.write(data)
+                self.fs.mv(tmp, final)
+            except OSError as exc:  # a full disk leaves no *.tmp behind, and says so
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                _raise_fault(exc)
+                raise
         else:  # object stores make a single PUT visible atomically
             self.fs.pipe_file(final, data)
+
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only if nothing is there (True), else leave it (False); two callers
+        racing on one key: exactly one wins. Local: a hard link of a complete temp file, which
+        fails if the name exists. Object stores: check then write, not atomic until the
+        conditional writes (``write_if(key, data, None)``) replace this."""
+        final = self.path(key)
+        if not self._is_local:
+            if self.fs.exists(final):
+                return False
+            self.fs.pipe_file(final, data)
+            return True
+        self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
+        tmp = f"{final}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.link(tmp, final)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            _raise_fault(exc)
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def read_bytes(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
@@ -90,3 +125,33 @@ class Storage:
             return
         for entry in entries:
             yield posixpath.relpath(entry, self.root)
+
+    def list_detail(self, prefix: str) -> Iterator[tuple[str, float | None, bool]]:
+        """(key, modified time or None, is a folder) of each entry directly under a prefix."""
+        try:
+            entries = self.fs.ls(self.path(prefix), detail=True)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            modified = entry.get("mtime") or entry.get("LastModified") or entry.get("updated")
+            if hasattr(modified, "timestamp"):
+                modified = modified.timestamp()
+            elif isinstance(modified, str):
+                modified = _iso_time(modified)
+            yield (posixpath.relpath(entry["name"], self.root),
+                   float(modified) if modified is not None else None,
+                   entry.get("type") == "directory")
+
+
+def _raise_fault(exc: BaseException) -> None:
+    if (fault := storage_fault(exc)) is not None and fault is not exc:
+        raise fault from exc
+
+
+def _iso_time(text: str) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

@@ -155,7 +155,10 @@ class Core:
 
     # --- one request, with the retries ---------------------------------------------------------
     def _retry_delay(self, response: httpx.Response, attempt: int) -> float | None:
-        if response.status_code not in (429, 503) or attempt >= self.max_retries:
+        # 409 with Retry-After: the first request with this Idempotency-Key is still being
+        # accepted (a retry then answers its job).
+        retried = (429, 503, 409) if "retry-after" in response.headers else (429, 503)
+        if response.status_code not in retried or attempt >= self.max_retries:
             return None
         delay = retry_after_seconds(response)
         if delay is None:
@@ -170,7 +173,7 @@ class Core:
              retry: bool = True, idempotent: bool = True, **kwargs: Any
              ) -> Generator[Any, Any, httpx.Response]:
         """One request; 429/503 retried after ``Retry-After``, a connection error after a
-        backoff (any error for idempotent requests, only a refused connect for a POST)."""
+        backoff (``idempotent=False``: only one that never reached the service)."""
         attempt = 0
         while True:
             try:
@@ -210,8 +213,10 @@ class Core:
                    "Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         if on_progress:
             on_progress(ProgressUpdate("uploading", message=name))
+        # Idempotent: a retry carries the same Idempotency-Key, and the service answers it
+        # with the job the first attempt made (never a second job).
         response = yield from self.send(
-            "POST", f"/api/upscale/{engine}", on_progress, idempotent=False, data=fields,
+            "POST", f"/api/upscale/{engine}", on_progress, data=fields,
             files={"file": (name, data, media)}, headers=headers)
         job = Job.from_api(self._json(response, (200, 202)))
         if on_progress:

@@ -11,14 +11,17 @@ from fastapi import APIRouter, Depends, Path
 from fastapi.responses import StreamingResponse
 
 from serve_app.access import CallerDep, check_owner, rate_limit
-from serve_app.deps import ServicesDep
+from serve_app.deps import Services, ServicesDep
 from serve_app.openapi_docs import error_responses
 from serve_app.presenters import job_status
 from serve_app.schema_examples import JOB_ID, STATUS_CANCELLED
 from serve_app.schemas import JobStatusResponse
-from upscaler.errors import BadRequest, NotFound
+from upscaler.errors import BadRequest, Gone, NotFound
 from upscaler.images import MEDIA_TYPES
 from upscaler.job_store import JobStore
+from upscaler.jobs import JobRecord
+from upscaler.keys import Caller
+from upscaler.retention import delete_result, was_expired
 
 router = APIRouter(prefix="/api", tags=["jobs"], dependencies=[Depends(rate_limit)])
 RESULT_NAME_RE = re.compile(r"[0-9a-f]{32}\.(png|tiff)")
@@ -28,26 +31,53 @@ ResultName = Annotated[str, Path(description="As in `outputUrl`: <jobId>.png or 
                                  examples=[f"{JOB_ID}.tiff"])]
 
 
+async def kept_job(services: Services, who: Caller, job_id: str) -> JobRecord:
+    """The caller's job; 410 once its retention ran out (swept or not yet), 404 if unknown."""
+    try:
+        job = await services.runner.get(job_id)
+    except NotFound:
+        if await asyncio.to_thread(was_expired, services.store, job_id):
+            raise _expired(job_id) from None
+        raise
+    check_owner(services, who, job)
+    if job.is_expired():
+        raise _expired(job_id)
+    return job
+
+
+def _expired(job_id: str) -> Gone:
+    return Gone(f"job {job_id} ended longer ago than it is kept (result_ttl_s); its record and "
+                "result were deleted", code="job_expired")
+
+
 @router.get("/status/{job_id}", response_model=JobStatusResponse,
-            responses=error_responses(401, 403, 404, 429), summary="Job status and progress")
+            responses=error_responses(401, 403, 404, 410, 429, 503),
+            summary="Job status and progress")
 async def status(services: ServicesDep, who: CallerDep, job_id: JobId) -> JobStatusResponse:
-    return job_status(check_owner(services, who, await services.runner.get(job_id)))
+    return job_status(await kept_job(services, who, job_id))
 
 
 @router.delete("/jobs/{job_id}", response_model=JobStatusResponse,
-               responses={200: {"description": "Cancelled: the job's status",
+               responses={200: {"description": "Cancelled (or a finished job's result "
+                                "deleted): the job's status",
                                 "content": {"application/json": {"example": STATUS_CANCELLED}}},
-                          **error_responses(401, 403, 404, 409, 429)},
-               summary="Cancel a queued or running job")
+                          **error_responses(401, 403, 404, 409, 410, 429, 503, e409={
+                              "error": "not_owner", "message": "this job is run by another "
+                              "ingress replica; retry the request"})},
+               summary="Cancel a queued or running job; delete a finished job's result",
+               description="A finished job's result is deleted and its final status answered "
+               "with `result_deleted: true`; deleting again answers the same.")
 async def cancel(services: ServicesDep, who: CallerDep, job_id: JobId) -> JobStatusResponse:
-    check_owner(services, who, await services.runner.get(job_id))
+    job = await kept_job(services, who, job_id)
+    if job.state.is_terminal:
+        return job_status(await asyncio.to_thread(delete_result, services.store, job))
     return job_status(await services.runner.cancel(job_id))
 
 
 @router.get("/results/{filename}", summary="Download a result",
             responses={200: {"description": "The image, with its DPI (and ICC profile)",
                              "content": {"image/png": {}, "image/tiff": {}}},
-                       **error_responses(400, 401, 403, 404, 429, e400={
+                       **error_responses(400, 401, 403, 404, 410, 429, 503, e400={
                            "error": "invalid_filename", "message": "result names look like "
                            "<32 hex digits>.png or .tiff, as given in outputUrl"})})
 async def result(services: ServicesDep, who: CallerDep, filename: ResultName
@@ -55,11 +85,15 @@ async def result(services: ServicesDep, who: CallerDep, filename: ResultName
     if not RESULT_NAME_RE.fullmatch(filename):
         raise BadRequest("result names look like <32 hex digits>.png or .tiff, as given in "
                          "outputUrl", code="invalid_filename")
-    if services.settings.auth == "keys":  # a result is its job's: the same owner
-        try:
-            check_owner(services, who, await services.runner.get(filename.split(".")[0]))
-        except NotFound:
+    try:  # a result is its job's: the same owner (keys on), the same retention
+        job: JobRecord | None = await kept_job(services, who, filename.split(".")[0])
+    except NotFound:
+        if services.settings.auth == "keys":
             raise NotFound(f"no result named {filename}") from None
+        job = None
+    if job is not None and job.result_deleted:
+        raise Gone(f"the result {filename} was deleted (DELETE /api/jobs/{job.job_id})",
+                   code="result_deleted")
     storage = services.store.storage
     key = JobStore.result_key(filename)
     try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -27,54 +26,14 @@ import torch
 
 from upscaler.device import resolve_device
 from upscaler.engines import MODEL_BUILD_LOCK
-from upscaler.errors import ServiceUnavailable
+from upscaler.engines.flux_files import (  # noqa: F401  (this module's public names too)
+    FluxFiles,
+    FluxNotInstalled,
+    PromptEmbeds,
+    flux_not_installed,
+)
 
 MemoryMode = Literal["resident", "offload"]
-
-
-@dataclass(frozen=True)
-class FluxFiles:
-    root: Path
-
-    @property
-    def transformer(self) -> Path:
-        return self.root / "unet" / "flux1-dev-Q8_0.gguf"
-
-    @property
-    def vae(self) -> Path:
-        return self.root / "vae" / "ae.sft"
-
-    @property
-    def clip_l(self) -> Path:
-        return self.root / "clip" / "clip_l.safetensors"
-
-    @property
-    def t5(self) -> Path:
-        return self.root / "clip" / "t5xxl_fp8_e4m3fn.safetensors"
-
-    @property
-    def configs(self) -> Path:
-        return self.root / "flux"
-
-    def required(self) -> list[Path]:
-        c = self.configs
-        return [self.transformer, self.vae, self.clip_l, self.t5,
-                c / "scheduler" / "scheduler_config.json", c / "transformer" / "config.json",
-                c / "vae" / "config.json", c / "text_encoder" / "config.json",
-                c / "text_encoder_2" / "config.json", c / "tokenizer", c / "tokenizer_2"]
-
-    def missing(self) -> list[Path]:
-        return [p for p in self.required() if not p.exists()]
-
-
-class FluxNotInstalled(ServiceUnavailable):
-    default_code = "flux_not_installed"
-
-
-def flux_not_installed(missing: list[Path]) -> FluxNotInstalled:
-    names = ", ".join(str(p) for p in missing[:4]) + (" ..." if len(missing) > 4 else "")
-    return FluxNotInstalled(f"FLUX model files are missing ({names}); run "
-                            "`upscaler models pull flux` (about 17 GB)")
 
 
 def _load_transformers_encoder(cls, config_dir: Path, weights: Path, dtype: torch.dtype):
@@ -141,12 +100,6 @@ def load_flux_pipeline(models_dir: Path, device: torch.device, dtype: torch.dtyp
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-@dataclass
-class PromptEmbeds:
-    prompt_embeds: np.ndarray  # (1, seq, joint_dim)
-    pooled: np.ndarray  # (1, pooled_dim)
 
 
 class FluxTileEngine:

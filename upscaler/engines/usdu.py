@@ -26,11 +26,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:  # torch is imported where it is used: the coordinator's module loads light
+    import torch
 
 ColorFix = Literal["wavelet", "adain", "none"]
 TileOrder = Literal["parallel", "chess"]
@@ -95,6 +96,8 @@ def waves(tiles: Iterable[Tile]) -> list[list[Tile]]:
 
 
 def _gaussian_blur(mask: torch.Tensor, sigma: float) -> torch.Tensor:
+    import torch
+    import torch.nn.functional as F
     if sigma <= 0:
         return mask
     radius = max(1, int(math.ceil(3 * sigma)))
@@ -109,6 +112,8 @@ def _gaussian_blur(mask: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def tile_mask(tile: Tile, mask_blur: int) -> np.ndarray:
     """The tile's paste weight over its crop: its rect blurred; image edges stay hard."""
+    import torch
+    import torch.nn.functional as F
     cy0, cy1, cx0, cx1 = tile.crop
     y0, y1, x0, x1 = tile.rect
     mask = torch.zeros(cy1 - cy0, cx1 - cx0)
@@ -126,6 +131,8 @@ def tile_mask(tile: Tile, mask_blur: int) -> np.ndarray:
 
 def _wavelet_low(x: torch.Tensor, levels: int = 5) -> torch.Tensor:
     """Low-frequency part by repeated dilated 3x3 blurs (the decomposition StableSR uses)."""
+    import torch
+    import torch.nn.functional as F
     kernel = torch.tensor([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=x.dtype) / 16
     kernel = kernel.view(1, 1, 3, 3).repeat(x.shape[1], 1, 1, 1)
     low = x
@@ -138,6 +145,7 @@ def _wavelet_low(x: torch.Tensor, levels: int = 5) -> torch.Tensor:
 
 def color_fix(redrawn: np.ndarray, source: np.ndarray, method: ColorFix) -> np.ndarray:
     """Give the redrawn tile the source's colours (both H x W x 3 float in [0, 1])."""
+    import torch
     if method == "none":
         return redrawn
     if method == "adain":

@@ -1,0 +1,75 @@
+"""The ``Idempotency-Key`` header on upscale POSTs (``upscaler.idempotency`` keeps the keys):
+a first request claims its key before anything is admitted or stored, and records what it
+answered once its job is stored; a repeat is answered from the job the first one made."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Header
+from fastapi.responses import JSONResponse
+
+from serve_app.deps import Intake, Services
+from serve_app.presenters import upscale_response
+from upscaler.errors import Gone, NotFound
+from upscaler.idempotency import check_key, fingerprint
+from upscaler.job_store import JobStore
+from upscaler.jobs import JobRecord
+from upscaler.keys import Caller
+
+IdempotencyKeyHeader = Annotated[str | None, Header(
+    alias="Idempotency-Key", description="Any unique string (a UUID): the same request sent "
+    "again with the same key answers the same job instead of making another.")]
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+@dataclass
+class Claim:
+    owner: str
+    key: str
+    fingerprint: str
+    created_at: float = 0.0
+
+    async def accepted(self, services: Services, job: JobRecord, status_code: int) -> None:
+        expires = job.expires_at or (job.created_at + services.settings.result_ttl_s)
+        await asyncio.to_thread(services.idempotency.accepted, self.owner, self.key, job.job_id,
+                                self.fingerprint, status_code, job.created_at, expires)
+
+    async def failed(self, services: Services, job: JobRecord) -> None:
+        """The first request ended in an exception: if its job was stored it runs (the key
+        answers it, as 202), else the key is free again."""
+        stored = await asyncio.to_thread(services.store.storage.exists,
+                                         JobStore.record_key(job.job_id))
+        if stored:
+            await self.accepted(services, job, 202)
+        else:
+            await asyncio.to_thread(services.idempotency.release, self.owner, self.key)
+
+
+async def claim(services: Services, who: Caller, key: str, route: str, request: Intake,
+                job: JobRecord, ttl_s: float) -> Claim | JSONResponse:
+    """Claim the key for ``job`` (a Claim), or the answer to a repeated request."""
+    key = check_key(key)
+    fields = request.form.model_dump(mode="json", exclude={"wait"})
+    owner = who.key_id or "anonymous"
+    print_ = fingerprint(route, fields, request.data or b"")
+    found = await asyncio.to_thread(services.idempotency.claim, owner, key, print_, job.job_id,
+                                    ttl_s)
+    if found is None:
+        return Claim(owner, key, print_)
+    try:
+        first = await services.runner.get(found.job_id)
+    except NotFound:
+        raise Gone(f"the job this Idempotency-Key made ({found.job_id}) is no longer kept",
+                   code="job_expired") from None
+    ahead = services.runner.open_count(first.engine)
+    estimate = services.estimator.estimate(first, ahead, services.engines.device(first.engine))
+    response = upscale_response(first, estimate)
+    with contextlib.suppress(TypeError):
+        if found.status_code in (200, 202) and response.status_code in (200, 202):
+            response.status_code = found.status_code  # as the first request was answered
+    response.headers[REPLAYED_HEADER] = "true"
+    return response

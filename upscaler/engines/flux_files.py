@@ -1,0 +1,62 @@
+"""FLUX's files and the types its deployments share, without torch: a replica that finds the
+files missing says so without importing torch or diffusers (quick start, small memory)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from upscaler.errors import ServiceUnavailable
+
+
+@dataclass(frozen=True)
+class FluxFiles:
+    root: Path
+
+    @property
+    def transformer(self) -> Path:
+        return self.root / "unet" / "flux1-dev-Q8_0.gguf"
+
+    @property
+    def vae(self) -> Path:
+        return self.root / "vae" / "ae.sft"
+
+    @property
+    def clip_l(self) -> Path:
+        return self.root / "clip" / "clip_l.safetensors"
+
+    @property
+    def t5(self) -> Path:
+        return self.root / "clip" / "t5xxl_fp8_e4m3fn.safetensors"
+
+    @property
+    def configs(self) -> Path:
+        return self.root / "flux"
+
+    def required(self) -> list[Path]:
+        c = self.configs
+        return [self.transformer, self.vae, self.clip_l, self.t5,
+                c / "scheduler" / "scheduler_config.json", c / "transformer" / "config.json",
+                c / "vae" / "config.json", c / "text_encoder" / "config.json",
+                c / "text_encoder_2" / "config.json", c / "tokenizer", c / "tokenizer_2"]
+
+    def missing(self) -> list[Path]:
+        return [p for p in self.required() if not p.exists()]
+
+
+class FluxNotInstalled(ServiceUnavailable):
+    default_code = "flux_not_installed"
+
+
+def flux_not_installed(missing: list[Path]) -> FluxNotInstalled:
+    names = ", ".join(str(p) for p in missing[:4]) + (" ..." if len(missing) > 4 else "")
+    return FluxNotInstalled(f"FLUX model files are missing ({names}); run "
+                            "`upscaler models pull flux` (about 17 GB)")
+
+
+@dataclass
+class PromptEmbeds:
+    prompt_embeds: np.ndarray  # (1, seq, joint_dim)
+    pooled: np.ndarray  # (1, pooled_dim)

@@ -1,0 +1,111 @@
+"""Idempotency keys (the IETF draft "The Idempotency-Key HTTP Header Field"): a POST sent again
+with the same key and the same request answers the job the first one made, without running it
+twice; the same key with another request is refused (422); a key whose first request is still
+being accepted answers 409.
+
+A key is kept in job storage (every Ingress replica, and the next process, sees it) under a
+hash of its owner (the API key's id) and the key itself, created with a create-if-absent write
+so two replicas racing on one key cannot both take it. It expires with the job's retention.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from upscaler.errors import BadRequest, Conflict, InvalidRequest
+from upscaler.storage import Storage
+
+PREFIX = "idempotency"
+MAX_KEY_LENGTH = 255
+
+
+class IdempotencyRecord(BaseModel):
+    fingerprint: str  # of the request: its form fields and its upload's bytes
+    job_id: str
+    state: Literal["accepting", "accepted"] = "accepting"
+    status_code: int | None = None  # what the first request answered
+    created_at: float
+    expires_at: float
+
+
+def check_key(value: str) -> str:
+    """A key is 1-255 printable ASCII characters; the draft's form, a structured-field string
+    (``"..."``), is the same key as its content."""
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    if not 1 <= len(value) <= MAX_KEY_LENGTH or not all(32 <= ord(c) < 127 for c in value):
+        raise BadRequest("Idempotency-Key must be 1-255 printable ASCII characters (a UUID is "
+                         "a good one)", code="invalid_idempotency_key")
+    return value
+
+
+def fingerprint(route: str, fields: dict[str, Any], data: bytes) -> str:
+    """A request's identity: the route, its (validated) form fields and the upload's bytes."""
+    digest = hashlib.sha256()
+    digest.update(route.encode() + b"\0")
+    digest.update(json.dumps(fields, sort_keys=True, default=str).encode() + b"\0")
+    digest.update(data)
+    return digest.hexdigest()
+
+
+class IdempotencyKeys:
+    def __init__(self, storage: Storage, accepting_timeout_s: float):
+        self.storage = storage
+        # A first request still "accepting" after this long died on its way: its key is free.
+        self.accepting_timeout_s = accepting_timeout_s
+
+    @staticmethod
+    def storage_key(owner: str, key: str) -> str:
+        digest = hashlib.sha256(owner.encode() + b"\0" + key.encode()).hexdigest()
+        return f"{PREFIX}/{digest}.json"
+
+    def claim(self, owner: str, key: str, request_fingerprint: str, job_id: str,
+              ttl_s: float) -> IdempotencyRecord | None:
+        """Take the key for a new job (None), or return what the first request recorded.
+        Raises 422 when the key came with another request, 409 while that one is accepted."""
+        now = time.time()
+        new = IdempotencyRecord(fingerprint=request_fingerprint, job_id=job_id,
+                                created_at=now, expires_at=now + ttl_s)
+        path = self.storage_key(owner, key)
+        for _ in range(2):
+            if self.storage.create_if_absent(path, new.model_dump_json().encode()):
+                return None
+            found = self._read(path)
+            if found is None or found.expires_at <= now or (
+                    found.state == "accepting"
+                    and now - found.created_at > self.accepting_timeout_s):
+                self.storage.delete(path)  # expired or abandoned: the key is free again
+                continue
+            if found.fingerprint != request_fingerprint:
+                raise InvalidRequest(
+                    "this Idempotency-Key was used with another request; use a new key for a "
+                    "new request", code="idempotency_key_reused")
+            if found.state == "accepting":
+                raise Conflict("the first request with this Idempotency-Key is still being "
+                               "accepted; retry shortly", code="idempotency_key_in_use",
+                               retry_after=1)
+            return found
+        raise Conflict("this Idempotency-Key is contended; retry shortly",
+                       code="idempotency_key_in_use", retry_after=1)
+
+    def accepted(self, owner: str, key: str, record_job_id: str, request_fingerprint: str,
+                 status_code: int, created_at: float, expires_at: float) -> None:
+        record = IdempotencyRecord(fingerprint=request_fingerprint, job_id=record_job_id,
+                                   state="accepted", status_code=status_code,
+                                   created_at=created_at, expires_at=expires_at)
+        self.storage.write_bytes(self.storage_key(owner, key), record.model_dump_json().encode())
+
+    def release(self, owner: str, key: str) -> None:
+        """The first request failed before its job was stored: the key may be used again."""
+        self.storage.delete(self.storage_key(owner, key))
+
+    def _read(self, path: str) -> IdempotencyRecord | None:
+        try:
+            return IdempotencyRecord.model_validate_json(self.storage.read_bytes(path))
+        except (FileNotFoundError, ValidationError):
+            return None
