@@ -106,6 +106,29 @@ def test_no_events_route_falls_back_to_polling():
         assert client.wait(JOB).status == "completed"
 
 
+def test_a_retried_post_carries_the_same_idempotency_key():
+    """503 with Retry-After, then a lost answer: both retried, all with one key (the service
+    answers a repeat with the first request's job)."""
+    posts = []
+
+    def route(request: httpx.Request) -> httpx.Response:
+        posts.append(request)
+        if len(posts) == 1:
+            return httpx.Response(503, headers={"Retry-After": "0"},
+                                  json={"error": "engine_busy", "message": "full"})
+        if len(posts) == 2:
+            raise httpx.ReadTimeout("no answer", request=request)
+        return httpx.Response(202, json={"jobId": JOB, "status": "queued"})
+
+    updates = []
+    with Client("http://upscaler.test", transport=httpx.MockTransport(route)) as client:
+        job = client.submit(b"not sniffed here", on_progress=updates.append, factor=2)
+    assert job.id == JOB and len(posts) == 3
+    assert len({p.headers["idempotency-key"] for p in posts}) == 1
+    assert posts[0].headers["prefer"] == "respond-async"
+    assert [u.stage for u in updates].count("retrying") == 2
+
+
 def test_error_bodies_become_typed_errors():
     err = api_error(422, {"error": "unknown_model", "message": "no model x", "jobId": None})
     assert isinstance(err, InvalidRequest) and err.code == "unknown_model"

@@ -104,6 +104,11 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def backoff(attempt: int) -> float:
+    """Seconds before retry ``attempt`` (0, 1, ...) when the service said nothing."""
+    return min(0.5 * 2.0 ** attempt, 30.0)
+
+
 def error_for(response: httpx.Response) -> UpscalerClientError:
     try:
         body: Any = response.json()
@@ -166,7 +171,7 @@ class Core:
             # model installed), one from a proxy in front is.
             if response.status_code == 429 or _is_api_error_body(response):
                 return None
-            delay = min(2.0 ** attempt, 30.0)
+            delay = backoff(attempt)
         return delay if delay <= self.max_retry_wait else None
 
     def send(self, method: str, url: str, on_progress: ProgressCallback | None = None,
@@ -183,7 +188,7 @@ class Core:
                                                            httpx.ConnectTimeout))
                 if not (retry and can_retry and attempt < self.max_retries):
                     raise ConnectionFailed(f"{method} {self.base_url}{url}: {exc!r}") from exc
-                delay, reason = min(2.0 ** attempt, 30.0), type(exc).__name__
+                delay, reason = backoff(attempt), type(exc).__name__
             else:
                 delay = self._retry_delay(response, attempt) if retry else None
                 if delay is None:
@@ -305,7 +310,7 @@ class Core:
                 if attempt >= self.max_retries:
                     raise ConnectionFailed(f"GET {self.base_url}{job.output_url}: "
                                            f"{exc!r}") from exc
-                delay = min(2.0 ** attempt, 30.0)
+                delay = backoff(attempt)
             else:
                 if delay is None:
                     break
