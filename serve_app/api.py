@@ -13,6 +13,7 @@ from serve_app.access import rate_limit_headers
 from serve_app.deps import Services
 from serve_app.errors import install_error_handlers
 from serve_app.limits import RequestLimits
+from serve_app.openapi_docs import install_openapi
 from serve_app.routes import events, jobs, system, upscale
 from serve_app.routes.pages import install_pages
 from upscaler import __version__
@@ -46,6 +47,7 @@ def create_app(services: Services) -> FastAPI:
     for module in (upscale, jobs, events, system):
         app.include_router(module.router)
     install_pages(app, settings)
+    install_openapi(app)
 
     @app.middleware("http")
     async def common_headers(request: Request, call_next):

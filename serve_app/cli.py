@@ -1,4 +1,6 @@
-"""The `upscaler` command: `serve` runs the service in the foreground; `models` manages weights."""
+"""The `upscaler` command: `serve` runs the service in the foreground; `models` manages weights;
+`keys` manages API keys; `upscale`, `status`, `cancel` and `health` use a running service
+(through the client package, `upscaler_client`)."""
 
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ import yaml
 
 from serve_app.control_plane import dashboard_lines, restrict_token_file
 from serve_app.keys_cli import add_keys_commands
-from serve_app.proxy import proxy_environment
 from upscaler.settings import SECRET_SETTINGS, Settings, load_settings
 from upscaler.storage import Storage, StorageError
+from upscaler_client.cli import EXIT_CODES, add_client_commands
 
 # Package data: found beside the installed package, wherever it is installed.
 CPU_SERVE_CONFIG = Path(str(resources.files("serve_app") / "serve_config.cpu.yaml"))
@@ -154,6 +156,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     # Serve's proxies (started with this process's environment) cut oversized and stalled
     # uploads off before they queue them for the Ingress.
+    from serve_app.proxy import proxy_environment  # here: it imports FastAPI and Ray
+
     for name, value in proxy_environment(early).items():
         os.environ.setdefault(name, value)
 
@@ -278,7 +282,8 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="upscaler", description=__doc__)
+    parser = argparse.ArgumentParser(prog="upscaler", description=__doc__, epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -314,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.set_defaults(func=cmd_serve)
 
     add_keys_commands(sub)
+    add_client_commands(sub)
 
     models_p = sub.add_parser("models", help="list or pull model weights")
     models_sub = models_p.add_subparsers(dest="models_command", required=True)

@@ -55,7 +55,7 @@ def get_services(request: Request) -> Services:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 PreferHeader = Annotated[str | None, Header(description="`respond-async`, or `wait=N` "
-                                            "seconds (RFC 7240)")]
+                                            "seconds (RFC 7240)", examples=["respond-async"])]
 
 
 @dataclass

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_app import schema_examples as ex
 from upscaler.images import OUTPUT_FORMATS
 from upscaler.jobs import OutputOptions, Size
 from upscaler.webhooks import WebhookState
@@ -32,9 +33,11 @@ class CommonUpscaleForm(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     target_dpi: int = Field(150, ge=1, le=2400, description="DPI written into the output and "
-                            "used with the print size.")
-    target_width_inches: float | None = Field(None, gt=0, le=1000)
-    target_height_inches: float | None = Field(None, gt=0, le=1000)
+                            "used with the print size.", examples=[300])
+    target_width_inches: float | None = Field(None, gt=0, le=1000, examples=[24],
+                                              description="Print width in inches.")
+    target_height_inches: float | None = Field(None, gt=0, le=1000, examples=[16],
+                                               description="Print height in inches.")
     target_width: int | None = Field(
         None, ge=1, le=100_000, description="Target width in pixels (the seed's test client), "
         "instead of a print size in inches: the same rule (fill, crop guidance, "
@@ -86,6 +89,8 @@ class CommonUpscaleForm(BaseModel):
 
 
 class EsrganUpscaleForm(CommonUpscaleForm):
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": ex.FORM_ESRGAN})
+
     upscale_factor: float = Field(4, gt=0, le=16, description="Scale multiplier (2, 4, 2.5 ...)"
                                   " used when no print size is given.")
     model: str | None = Field(None, max_length=200, description="Model name (file stem in "
@@ -120,6 +125,8 @@ class EsrganUpscaleForm(CommonUpscaleForm):
 
 class FluxUpscaleForm(CommonUpscaleForm):
     """Ultimate SD Upscale with FLUX.1-dev: ESRGAN pre-pass, then tiles redrawn at low denoise."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": ex.FORM_FLUX})
 
     upscale_factor: float = Field(4, gt=0, le=16, description="Used when no print size is given.")
     denoise: float = Field(0.2, ge=0, le=1, description="img2img strength per tile.")
@@ -164,6 +171,8 @@ class FluxUpscaleForm(CommonUpscaleForm):
 class ImagenUpscaleForm(CommonUpscaleForm):
     """Imagen upscaling on Vertex AI (a cloud call; needs Google Cloud credentials)."""
 
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": ex.FORM_IMAGEN})
+
     upscale_factor: Literal["x2", "x3", "x4"] = Field(
         "x4", description="Vertex's factor; with a print size the smallest factor that reaches "
         "it is used and the result resampled to the exact size.")
@@ -196,6 +205,9 @@ class CropGuidance(BaseModel):
 
 
 class UpscaleResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [ex.UPSCALE_COMPLETED,
+                                                              ex.UPSCALE_QUEUED]})
+
     jobId: str
     task_id: str = Field(description="Same as jobId (the seed's status endpoint calls it so).")
     status: Literal["queued", "processing", "completed", "failed", "cancelled"]
@@ -217,6 +229,9 @@ class UpscaleResponse(BaseModel):
 
 
 class JobStatusResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [ex.STATUS_PROCESSING,
+                                                              ex.STATUS_COMPLETED]})
+
     task_id: str
     job_id: str
     status: Literal["queued", "processing", "completed", "failed", "cancelled"]
@@ -269,6 +284,8 @@ class PlanResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [ex.HEALTH]})
+
     status: Literal["healthy", "degraded"]
     gpu_available: bool
     gpu_name: str | None = None
@@ -279,10 +296,14 @@ class HealthResponse(BaseModel):
 
 
 class LivenessResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [ex.LIVENESS]})
+
     status: Literal["healthy", "degraded"]
 
 
 class ErrorResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [ex.ERROR]})
+
     error: str = Field(description="Machine-readable code.")
     message: str = Field(description="What went wrong and what to fix.")
     detail: Any = None

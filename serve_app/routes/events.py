@@ -11,7 +11,8 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from serve_app.access import CallerDep, check_owner, rate_limit
 from serve_app.deps import ServicesDep
 from serve_app.events import TERMINAL_EVENT_ID, job_events, parse_last_event_id
-from serve_app.schemas import ErrorResponse
+from serve_app.openapi_docs import error_responses
+from serve_app.routes.jobs import JobId
 
 router = APIRouter(prefix="/api", tags=["jobs"], dependencies=[Depends(rate_limit)])
 
@@ -33,9 +34,8 @@ def stream_slot(services: ServicesDep, who: CallerDep) -> Iterator[None]:
                      "on one line, each `id:` grows, so `Last-Event-ID` resumes."},
                204: {"description": "The job ended and `Last-Event-ID` says its last event "
                      "was seen: nothing more to send (EventSource stops reconnecting)."},
-               404: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
-               503: {"model": ErrorResponse}})
-async def events(services: ServicesDep, who: CallerDep, job_id: str,
+               **error_responses(401, 403, 404, 429, 503)})
+async def events(services: ServicesDep, who: CallerDep, job_id: JobId,
                  _slot: Annotated[None, Depends(stream_slot)],
                  last_event_id: Annotated[str | None, Header()] = None) -> Response:
     job = check_owner(services, who, await services.runner.get(job_id))

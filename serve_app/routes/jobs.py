@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import StreamingResponse
 
 from serve_app.access import CallerDep, check_owner, rate_limit
 from serve_app.deps import Services, ServicesDep
 from serve_app.events import live_status
+from serve_app.openapi_docs import error_responses
 from serve_app.presenters import job_status
-from serve_app.schemas import ErrorResponse, JobStatusResponse
+from serve_app.schema_examples import JOB_ID, STATUS_CANCELLED
+from serve_app.schemas import JobStatusResponse
 from upscaler.errors import BadRequest, Gone, NotFound
 from upscaler.images import MEDIA_TYPES
 from upscaler.job_store import JobStore
@@ -24,6 +27,9 @@ from upscaler.retention import delete_result, was_expired
 router = APIRouter(prefix="/api", tags=["jobs"], dependencies=[Depends(rate_limit)])
 RESULT_NAME_RE = re.compile(r"[0-9a-f]{32}\.(png|tiff)")
 CHUNK = 1024 * 1024
+JobId = Annotated[str, Path(description="The job's id (`jobId`)", examples=[JOB_ID])]
+ResultName = Annotated[str, Path(description="As in `outputUrl`: <jobId>.png or .tiff",
+                                 examples=[f"{JOB_ID}.tiff"])]
 
 
 async def kept_job(services: Services, who: Caller, job_id: str) -> JobRecord:
@@ -46,19 +52,23 @@ def _expired(job_id: str) -> Gone:
 
 
 @router.get("/status/{job_id}", response_model=JobStatusResponse,
-            responses={404: {"model": ErrorResponse}, 410: {"model": ErrorResponse}},
+            responses=error_responses(401, 403, 404, 410, 429, 503),
             summary="Job status and progress")
-async def status(services: ServicesDep, who: CallerDep, job_id: str) -> JobStatusResponse:
+async def status(services: ServicesDep, who: CallerDep, job_id: JobId) -> JobStatusResponse:
     return live_status(services, await kept_job(services, who, job_id))
 
 
 @router.delete("/jobs/{job_id}", response_model=JobStatusResponse,
-               responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
-                          410: {"model": ErrorResponse}},
+               responses={200: {"description": "Cancelled (or a finished job's result "
+                                "deleted): the job's status",
+                                "content": {"application/json": {"example": STATUS_CANCELLED}}},
+                          **error_responses(401, 403, 404, 409, 410, 429, 503, e409={
+                              "error": "not_owner", "message": "this job is run by another "
+                              "ingress replica; retry the request"})},
                summary="Cancel a queued or running job; delete a finished job's result",
                description="A finished job's result is deleted and its final status answered "
                "with `result_deleted: true`; deleting again answers the same.")
-async def cancel(services: ServicesDep, who: CallerDep, job_id: str) -> JobStatusResponse:
+async def cancel(services: ServicesDep, who: CallerDep, job_id: JobId) -> JobStatusResponse:
     job = await kept_job(services, who, job_id)
     if job.state.is_terminal:
         return job_status(await asyncio.to_thread(delete_result, services.store, job))
@@ -66,10 +76,13 @@ async def cancel(services: ServicesDep, who: CallerDep, job_id: str) -> JobStatu
 
 
 @router.get("/results/{filename}", summary="Download a result",
-            responses={200: {"content": {"image/png": {}, "image/tiff": {}}},
-                       400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
-                       404: {"model": ErrorResponse}})
-async def result(services: ServicesDep, who: CallerDep, filename: str) -> StreamingResponse:
+            responses={200: {"description": "The image, with its DPI (and ICC profile)",
+                             "content": {"image/png": {}, "image/tiff": {}}},
+                       **error_responses(400, 401, 403, 404, 410, 429, 503, e400={
+                           "error": "invalid_filename", "message": "result names look like "
+                           "<32 hex digits>.png or .tiff, as given in outputUrl"})})
+async def result(services: ServicesDep, who: CallerDep, filename: ResultName
+                 ) -> StreamingResponse:
     if not RESULT_NAME_RE.fullmatch(filename):
         raise BadRequest("result names look like <32 hex digits>.png or .tiff, as given in "
                          "outputUrl", code="invalid_filename")

@@ -10,7 +10,9 @@ from fastapi.responses import JSONResponse
 from serve_app.access import optional_caller, rate_limit
 from serve_app.deps import ServicesDep
 from serve_app.health import collect_health
-from serve_app.schemas import ErrorResponse, HealthResponse, LivenessResponse, PlanResponse
+from serve_app.openapi_docs import error_responses
+from serve_app.schema_examples import HEALTH, MODELS, PLAN
+from serve_app.schemas import HealthResponse, LivenessResponse, PlanResponse
 from serve_app.submissions import plan_upload
 from upscaler.jobs import Engine
 from upscaler.keys import Caller
@@ -23,7 +25,10 @@ router = APIRouter()
             description="Open to anyone as a liveness check (`status` alone); the detail "
             "(engines, GPU, models, queue) only with an API key when keys are on.",
             responses={503: {"model": HealthResponse,
-                             "description": "degraded: an engine deployment does not answer"}})
+                             "description": "degraded: an engine deployment does not answer",
+                             "content": {"application/json": {"example": {
+                                 **HEALTH, "status": "degraded", "models_loaded": ["esrgan"]}}}
+                             }})
 async def health(services: ServicesDep,
                  who: Annotated[Caller | None, Depends(optional_caller)]) -> JSONResponse:
     body = await collect_health(services)
@@ -42,7 +47,9 @@ async def health(services: ServicesDep,
             "`target_width_inches`, `target_height_inches`, `target_width`, `target_height`, "
             "`crop_to_target`), checked as the upload would be: the same print-size rule, "
             "limits and 4xx answers.",
-            responses={422: {"model": ErrorResponse}})
+            responses={200: {"description": "The plan",
+                             "content": {"application/json": {"example": PLAN}}},
+                       **error_responses(401, 422, 429)})
 async def plan(services: ServicesDep, request: Request,
                width: Annotated[int, Query(ge=1, le=1_000_000)],
                height: Annotated[int, Query(ge=1, le=1_000_000)],
@@ -51,6 +58,9 @@ async def plan(services: ServicesDep, request: Request,
 
 
 @router.get("/api/models", summary="Installed super-resolution models",
-            dependencies=[Depends(rate_limit)])
+            dependencies=[Depends(rate_limit)],
+            responses={200: {"description": "The ESRGAN engine's models and its default",
+                             "content": {"application/json": {"example": MODELS}}},
+                       **error_responses(401, 403, 429)})
 async def models(services: ServicesDep) -> dict[str, Any]:
     return {"esrgan": await services.engines.list_models()}

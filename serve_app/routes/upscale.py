@@ -9,9 +9,10 @@ from fastapi.responses import JSONResponse
 from serve_app.access import CallerDep, admit, rate_limit, retention_s
 from serve_app.deps import Intake, PreferHeader, Services, ServicesDep, intake
 from serve_app.idempotency import Claim, IdempotencyKeyHeader, claim
+from serve_app.openapi_docs import error_responses
 from serve_app.presenters import upscale_response
+from serve_app.schema_examples import UPSCALE_COMPLETED, UPSCALE_QUEUED
 from serve_app.schemas import (
-    ErrorResponse,
     EsrganUpscaleForm,
     FluxUpscaleForm,
     ImagenUpscaleForm,
@@ -23,8 +24,14 @@ from upscaler.jobs import JobRecord
 from upscaler.keys import Caller, quota_bucket
 
 router = APIRouter(prefix="/api/upscale", tags=["upscale"], dependencies=[Depends(rate_limit)])
-_errors = {code: {"model": ErrorResponse}
-           for code in (401, 403, 408, 409, 413, 415, 422, 429, 503, 507)}
+_errors = error_responses(400, 401, 403, 408, 409, 413, 415, 422, 429, 503, 507, e409={
+    "error": "idempotency_key_in_use", "message": "the first request with this "
+    "Idempotency-Key is still being accepted; retry shortly"})
+_done = {"description": "Finished within the wait: the result's URL",
+         "content": {"application/json": {"example": UPSCALE_COMPLETED}}}
+_queued = {"model": UpscaleResponse, "description": "Accepted and still running: poll "
+           "`statusUrl` (also in `Location`)",
+           "content": {"application/json": {"example": UPSCALE_QUEUED}}}
 
 
 async def _submit(services: Services, who: Caller, job: JobRecord, request: Intake,
@@ -62,7 +69,7 @@ async def _submit(services: Services, who: Caller, job: JobRecord, request: Inta
 
 
 @router.post("/esrgan", response_model=UpscaleResponse, status_code=200,
-             responses={202: {"model": UpscaleResponse}, **_errors},
+             responses={200: _done, 202: _queued, **_errors},
              summary="Upscale with an ESRGAN-family model (seconds)")
 async def upscale_esrgan(
     services: ServicesDep,
@@ -81,7 +88,7 @@ async def _flux_installed(services: ServicesDep) -> None:
 
 
 @router.post("/flux", response_model=UpscaleResponse, status_code=202,
-             responses=_errors,
+             responses={202: _queued, **_errors},
              summary="Ultimate SD Upscale with FLUX.1-dev (minutes; always asynchronous)")
 async def upscale_flux(
     services: ServicesDep,
@@ -95,8 +102,8 @@ async def upscale_flux(
 
 
 @router.post("/imagen", response_model=UpscaleResponse, status_code=200,
-             responses={202: {"model": UpscaleResponse}, **_errors,
-                        502: {"model": ErrorResponse}},
+             responses={200: _done, 202: _queued, **_errors,
+                        **error_responses(502, 504)},
              summary="Upscale with Imagen on Vertex AI (a cloud call)")
 async def upscale_imagen(
     services: ServicesDep,
