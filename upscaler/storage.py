@@ -10,11 +10,15 @@ import contextlib
 import posixpath
 import uuid
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Any
 
 import fsspec
 
+from upscaler import conditional
+from upscaler.conditional import WriteConflict
 from upscaler.errors import ServiceUnavailable
+
+__all__ = ["Storage", "StorageError", "WriteConflict"]
 
 
 class StorageError(ServiceUnavailable):
@@ -24,12 +28,15 @@ class StorageError(ServiceUnavailable):
 
 
 class Storage:
-    def __init__(self, url: str):
+    def __init__(self, url: str, options: dict[str, Any] | None = None):
+        """``options``: fsspec's storage options (an S3 endpoint, credentials ...)."""
         self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url)
+        self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
         self.root = root.rstrip("/")
-        self._is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple)
-                                    else (self.fs.protocol,))
+        protocols = set(self.fs.protocol if isinstance(self.fs.protocol, tuple)
+                        else (self.fs.protocol,))
+        self._is_local = "file" in protocols
+        self._is_s3 = bool(protocols & {"s3", "s3a"})
         if self._is_local:  # a failure here is reported by check_usable(), clearly
             with contextlib.suppress(OSError):
                 self.fs.makedirs(self.root, exist_ok=True)
@@ -59,11 +66,34 @@ class Storage:
         if self._is_local:
             self.fs.makedirs(parent, exist_ok=True)
             tmp = f"{final}.{uuid.uuid4().hex}.tmp"
-            with self.fs.open(tmp, "wb") as f:
-                f.write(data)
-            self.fs.mv(tmp, final)
+            try:
+                with self.fs.open(tmp, "wb") as f:
+                    f.write(data)
+                self.fs.mv(tmp, final)
+            finally:  # a failed write (a full disk) leaves no temp file behind
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(tmp)
         else:  # object stores make a single PUT visible atomically
             self.fs.pipe_file(final, data)
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and its version token, for a later ``write_if``."""
+        path = self.path(key)
+        if self._is_local:
+            return conditional.local_read(path)
+        if self._is_s3:
+            return conditional.s3_read(self.fs, path)
+        return conditional.generic_read(self.fs, path)
+
+    def write_if(self, key: str, data: bytes, expected: str | None) -> str:
+        """Write only if the object is still at version ``expected`` (None: only if it does
+        not exist); raise ``WriteConflict`` otherwise. Returns the new version token."""
+        path = self.path(key)
+        if self._is_local:
+            return conditional.local_write_if(path, data, expected)
+        if self._is_s3:
+            return conditional.s3_write_if(self.fs, path, data, expected)
+        return conditional.generic_write_if(self.fs, path, data, expected)
 
     def read_bytes(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
@@ -84,9 +114,12 @@ class Storage:
     def list(self, prefix: str) -> Iterator[str]:
         """Keys (relative to the root) directly under a prefix folder."""
         folder = self.path(prefix)
+        if not self._is_local:  # another replica may have written since: no cached listing
+            self.fs.invalidate_cache(folder)
         try:
             entries = self.fs.ls(folder, detail=False)
         except FileNotFoundError:
             return
         for entry in entries:
-            yield posixpath.relpath(entry, self.root)
+            if posixpath.basename(entry) != conditional.LOCK_NAME:  # not an object
+                yield posixpath.relpath(entry, self.root)

@@ -1,0 +1,167 @@
+"""Conditional (compare-and-swap) writes per storage backend: ``write_if`` replaces an object
+only if it is still the version the writer read (``expected`` token), or creates it only if it
+does not exist (``expected`` None). Job records are updated this way, so no write is ever lost
+to a concurrent one, across threads, processes and machines.
+
+Tokens are opaque strings: the object's ETag on S3, its generation on GCS, and the SHA-256 of
+its bytes elsewhere (a record's ``version`` field grows on every write, so its bytes never
+repeat and a content token has no ABA problem).
+
+Local files: a writer takes an exclusive ``flock`` on ``<folder>/.write.lock``, reads and
+compares the current file, writes a uniquely named temp file beside it and ``os.replace``-s it
+over the record, then unlocks. Why it is safe: readers never lock and only ever see a whole old
+or whole new file (rename is atomic); writers are serialised by the kernel lock, so the
+compare and the replace cannot interleave with another writer's; and the kernel drops a lock
+when its holder dies, so a crashed writer never leaves a stale lock to break (the weak point of
+``O_EXCL`` lock files). The lock file itself is never deleted (deleting a lock file someone
+waits on would let two writers in). The temp file is removed in ``finally`` if the replace did
+not happen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import threading
+import time
+import uuid
+from typing import Any
+
+LOCK_NAME = ".write.lock"
+LOCK_TIMEOUT_S = 10.0  # a write takes milliseconds; a lock held this long is a hung process
+
+
+class WriteConflict(Exception):
+    """The object is not the version the conditional write expected (or exists when it must
+    not): re-read and try again."""
+
+
+def content_token(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- local files ---------------------------------------------------------------------------
+
+def local_read(path: str) -> tuple[bytes, str]:
+    with open(path, "rb") as f:
+        data = f.read()
+    return data, content_token(data)
+
+
+def _lock(fd: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.002)
+
+
+def local_write_if(path: str, data: bytes, expected: str | None) -> str:
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    fd = os.open(os.path.join(parent, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    tmp: str | None = None
+    try:
+        _lock(fd, LOCK_TIMEOUT_S)
+        try:
+            current: str | None = local_read(path)[1]
+        except FileNotFoundError:
+            current = None
+        if current != expected:
+            raise WriteConflict(path)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the record survives a machine crash, not only a process's
+        os.replace(tmp, path)
+        tmp = None
+        return content_token(data)
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        os.close(fd)  # releases the lock
+
+
+# --- S3 (s3fs) ------------------------------------------------------------------------------
+
+def _s3_code(exc: BaseException) -> tuple[int | None, str | None]:
+    """The HTTP status and S3 error code of an s3fs/botocore failure, wherever s3fs put it."""
+    for err in (exc, exc.__cause__, exc.__context__):
+        response = getattr(err, "response", None)
+        if isinstance(response, dict):
+            meta = response.get("ResponseMetadata", {})
+            return meta.get("HTTPStatusCode"), response.get("Error", {}).get("Code")
+    return None, None
+
+
+def s3_read(fs: Any, path: str) -> tuple[bytes, str]:
+    bucket, key, _ = fs.split_path(path)
+    try:
+        response = fs.call_s3("get_object", Bucket=bucket, Key=key)
+    except Exception as exc:
+        if _s3_code(exc)[0] == 404 or isinstance(exc, FileNotFoundError):
+            raise FileNotFoundError(path) from exc
+        raise
+    return _read_body(fs, response["Body"]), response["ETag"]
+
+
+def _read_body(fs: Any, body: Any) -> bytes:
+    from fsspec.asyn import sync
+
+    async def read() -> bytes:
+        try:
+            return await body.read()
+        finally:
+            body.close()
+
+    return sync(fs.loop, read)
+
+
+def s3_write_if(fs: Any, path: str, data: bytes, expected: str | None) -> str:
+    bucket, key, _ = fs.split_path(path)
+    condition = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
+    try:
+        response = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+    except Exception as exc:
+        status, code = _s3_code(exc)
+        # 412: the precondition failed; 409: a concurrent conditional write won (S3's
+        # ConditionalRequestConflict); 404 with If-Match: the object is gone.
+        if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict") \
+                or (status == 404 and expected is not None):
+            raise WriteConflict(path) from exc
+        raise
+    fs.invalidate_cache(path)
+    return response["ETag"]
+
+
+# --- anything else (fsspec's memory filesystem in tests) -------------------------------------
+
+_process_lock = threading.Lock()
+
+
+def generic_read(fs: Any, path: str) -> tuple[bytes, str]:
+    data = fs.cat_file(path)
+    return data, content_token(data)
+
+
+def generic_write_if(fs: Any, path: str, data: bytes, expected: str | None) -> str:
+    """Compare and write under a lock of this process: atomic among this process's writers
+    only, which is all an in-memory filesystem has."""
+    with _process_lock:
+        try:
+            current: str | None = generic_read(fs, path)[1]
+        except FileNotFoundError:
+            current = None
+        if current != expected:
+            raise WriteConflict(path)
+        fs.pipe_file(path, data)
+        return content_token(data)
