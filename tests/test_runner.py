@@ -349,6 +349,16 @@ def test_a_job_whose_replica_died_runs_again_up_to_max_attempts(store):
 def test_two_runners_take_over_a_dead_runners_jobs_each_once(store):
     """Two Ingress replicas over one storage: the jobs of a third that died are claimed by
     one of them each (conditional claims), run once, and none is left behind."""
+    # Leases long enough that a loaded machine's slow writes do not let one run out under
+    # a live driver (which would be a take-over, rightly).
+    timings = RunnerTimings(heartbeat_s=0.05, stale_after_s=1.5, progress_save_s=0.0)
+    store = JobStore(store.storage, stale_after_s=timings.stale_after_s)
+
+    def started(store: JobStore, engine: FakeEngine) -> JobRunner:
+        runner = JobRunner(store, engine.run, timings)
+        runner.start()
+        return runner
+
     async def main():
         dead = started(store, FakeEngine(steps=10_000, step_s=0.01))
         jobs = [await dead.submit(new_job(engine), b"upload", wait=0)
