@@ -172,6 +172,10 @@ class Settings(BaseSettings):
         description="The lease of the Ingress driving a job, renewed by its heartbeat: a job "
         "whose lease ran out is taken over by any Ingress's sweep (re-run from its stored "
         "input, or resumed from its tiles).")
+    ingress_replicas: int = Field(
+        default=1, ge=1,
+        description="Ingress replicas the builder starts (the production configs set 2): "
+        "every one serves every job.")
     job_max_attempts: int = Field(
         default=3, ge=1,
         description="Times a job is run when its driver, replica or service dies under it; "
