@@ -60,4 +60,5 @@ def job_status(job: JobRecord) -> JobStatusResponse:
         error_code=job.error_code, engine=job.engine.value, input_size=job.input_size,
         output_size=job.output_size, model=job.model, created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at, queue_time=job.queue_time,
-        processing_time=job.processing_time, resumes=job.resumes, stats=job.stats)
+        processing_time=job.processing_time, resumes=job.resumes, attempts=job.attempts,
+        stats=job.stats)

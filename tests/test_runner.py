@@ -300,8 +300,8 @@ class SlowHeartbeats(Storage):
     """Real local storage whose writes of a running job's record are held back: a heartbeat
     computed before the job ended lands after its final save."""
 
-    def __init__(self, url: str, delay_s: float):
-        super().__init__(url)
+    def __init__(self, url: str, delay_s: float, options: dict | None = None):
+        super().__init__(url, options)
         self.delay_s = delay_s
         self.delayed = 0
 
