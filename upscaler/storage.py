@@ -37,6 +37,7 @@ class Storage:
                         else (self.fs.protocol,))
         self._is_local = "file" in protocols
         self._is_s3 = bool(protocols & {"s3", "s3a"})
+        self._is_gcs = bool(protocols & {"gs", "gcs"})
         if self._is_local:  # a failure here is reported by check_usable(), clearly
             with contextlib.suppress(OSError):
                 self.fs.makedirs(self.root, exist_ok=True)
@@ -83,6 +84,8 @@ class Storage:
             return conditional.local_read(path)
         if self._is_s3:
             return conditional.s3_read(self.fs, path)
+        if self._is_gcs:
+            return conditional.gcs_read(self.fs, path)
         return conditional.generic_read(self.fs, path)
 
     def write_if(self, key: str, data: bytes, expected: str | None) -> str:
@@ -93,6 +96,8 @@ class Storage:
             return conditional.local_write_if(path, data, expected)
         if self._is_s3:
             return conditional.s3_write_if(self.fs, path, data, expected)
+        if self._is_gcs:
+            return conditional.gcs_write_if(self.fs, path, data, expected)
         return conditional.generic_write_if(self.fs, path, data, expected)
 
     def read_bytes(self, key: str) -> bytes:
