@@ -13,7 +13,16 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import TEST_LIMITS, download, photo, png_bytes, settings_from_env, upload
+from conftest import (
+    TEST_LIMITS,
+    download,
+    free_port,
+    photo,
+    png_bytes,
+    settings_from_env,
+    upload,
+    wait_for_job,
+)
 from local_graph import local_client
 from test_runner import FakeEngine, SlowHeartbeats, new_job
 
@@ -53,13 +62,16 @@ def s3() -> Iterator[Endpoint]:
                         "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
                         "AWS_CONFIG_FILE": "/nonexistent"}.items():
         mp.setenv(name, value)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(),
+                                            verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    endpoint = Endpoint("s3", {"client_kwargs": {"endpoint_url": f"http://{host}:{port}"}})
+    endpoint.server = server  # type: ignore[attr-defined]
     try:
-        yield Endpoint("s3", {"client_kwargs": {"endpoint_url": f"http://{host}:{port}"}})
+        yield endpoint
     finally:
-        server.stop()
+        endpoint.server.stop()  # type: ignore[attr-defined]
         mp.undo()
 
 
@@ -153,3 +165,31 @@ def test_an_esrgan_job(store_endpoint, tmp_path, models_root):
     assert list(storage.list("results")) == [f"results/{body['jobId']}.png"]
     assert list(storage.list("inputs")) == []  # the upload went with the job's end
     assert JobStore(storage, 30).load(body["jobId"]).version >= 1
+
+
+def test_storage_down_answers_503_and_the_service_recovers(s3, tmp_path, models_root):
+    """The object store stops with a job queued: requests that need it answer 503 with a clear
+    message and a Retry-After; when it is back the job completes, without a restart."""
+    settings = settings_from_env(TEST_LIMITS, data_dir=tmp_path, models_dir=models_root,
+                                 storage_url=s3.url(), storage_options=s3.options,
+                                 sync_wait_s=60, device="cpu", heartbeat_s=0.5,
+                                 stale_after_s=10)
+    host, port = s3.server.get_host_and_port()
+    with local_client(settings) as client:
+        done = upload(client, png_bytes(photo("rocket", (24, 24))), model="tiny-rrdb").json()
+        assert done["status"] == "completed"
+        s3.server.stop()
+        try:
+            r = client.get(f"/api/status/{done['jobId']}")
+            assert r.status_code == 503 and r.json()["error"] == "storage_unavailable", r.text
+            assert "job storage" in r.json()["message"] and r.headers["retry-after"] == "5"
+            r = upload(client, png_bytes(photo("rocket", (24, 24))), model="tiny-rrdb")
+            assert r.status_code == 503 and r.json()["error"] == "storage_unavailable", r.text
+        finally:
+            s3.server = moto_server.ThreadedMotoServer(ip_address=host, port=port,
+                                                       verbose=False)
+            s3.server.start()
+        assert client.get(f"/api/status/{done['jobId']}").json()["status"] == "completed"
+        r = upload(client, png_bytes(photo("rocket", (24, 24))), model="tiny-rrdb", wait=0)
+        assert wait_for_job(client, r.json()["jobId"], timeout=60)["status"] == "completed"
+        assert download(client, done["outputUrl"]).size == (96, 96)

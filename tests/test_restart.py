@@ -90,7 +90,7 @@ def test_restart_keeps_finished_jobs_reruns_interrupted_ones_and_resumes_flux(
         for job_id in queued:  # done before the stop, or run again after it: each once
             status = wait_for_job(client, job_id, timeout=120)
             assert status["status"] == "completed" and status["attempts"] <= 2, status
-        resumed = wait_for_job(client, flux["jobId"], timeout=300)
+        resumed = wait_for_job(client, flux["jobId"], timeout=600)
         assert resumed["status"] == "completed", resumed
         assert resumed["stats"]["tiles_resumed"] == k
         assert resumed["stats"]["tiles_computed"] == 64 - k

@@ -7,10 +7,12 @@ processes beyond what the URL names.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import posixpath
 import uuid
-from collections.abc import Iterator
-from typing import IO, Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any, ParamSpec, TypeVar
 
 import fsspec
 
@@ -25,6 +27,40 @@ class StorageError(ServiceUnavailable):
     """Job storage cannot be used (wrong location, no credentials, unreachable)."""
 
     default_code = "storage_unavailable"
+
+
+# Where the SDKs' transport errors come from (an endpoint down, a timeout, a 5xx after retries).
+_TRANSPORT_MODULES = ("botocore", "aiobotocore", "aiohttp", "google", "requests", "urllib3")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _is_outage(exc: BaseException) -> bool:
+    if isinstance(exc, FileNotFoundError | FileExistsError | WriteConflict | StorageError):
+        return False  # answers about the object, not the store
+    return isinstance(exc, OSError | TimeoutError) or type(exc).__module__.split(".")[0] in \
+        _TRANSPORT_MODULES
+
+
+def _outage_is_503(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Storage that cannot be reached answers 503 with what to do, not a 500; callers that
+    retry (heartbeats, sweeps, a job's last save) carry on when it is back."""
+    @functools.wraps(method)
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:
+            if not _is_outage(exc):
+                raise
+            storage = args[0]
+            assert isinstance(storage, Storage)
+            if getattr(exc, "errno", None) == errno.ENOSPC:
+                raise StorageError(f"job storage ({storage.url}) is full; retry later",
+                                   code="storage_full", retry_after=60) from exc
+            raise StorageError(
+                f"job storage ({storage.url}) is not answering ({type(exc).__name__}); "
+                "retry in a few seconds", retry_after=5) from exc
+    return call
 
 
 class Storage:
@@ -57,9 +93,19 @@ class Storage:
                 "Set storage_url (UPSCALER_STORAGE_URL) to a location this node can write: "
                 "a local folder on one machine, a bucket on a cluster.") from exc
 
+    @_outage_is_503
+    def _ls(self, folder: str) -> list[str]:
+        if not self._is_local:  # another replica may have written since: no cached listing
+            self.fs.invalidate_cache(folder)
+        try:
+            return self.fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            return []
+
     def path(self, key: str) -> str:
         return posixpath.join(self.root, key)
 
+    @_outage_is_503
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write atomically: readers never see a half-written file."""
         final = self.path(key)
@@ -77,6 +123,7 @@ class Storage:
         else:  # object stores make a single PUT visible atomically
             self.fs.pipe_file(final, data)
 
+    @_outage_is_503
     def read_versioned(self, key: str) -> tuple[bytes, str]:
         """The object's bytes and its version token, for a later ``write_if``."""
         path = self.path(key)
@@ -88,6 +135,7 @@ class Storage:
             return conditional.gcs_read(self.fs, path)
         return conditional.generic_read(self.fs, path)
 
+    @_outage_is_503
     def write_if(self, key: str, data: bytes, expected: str | None) -> str:
         """Write only if the object is still at version ``expected`` (None: only if it does
         not exist); raise ``WriteConflict`` otherwise. Returns the new version token."""
@@ -100,31 +148,29 @@ class Storage:
             return conditional.gcs_write_if(self.fs, path, data, expected)
         return conditional.generic_write_if(self.fs, path, data, expected)
 
+    @_outage_is_503
     def read_bytes(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
 
+    @_outage_is_503
     def open(self, key: str, mode: str = "rb") -> IO[bytes]:
         return self.fs.open(self.path(key), mode)
 
+    @_outage_is_503
     def exists(self, key: str) -> bool:
         return self.fs.exists(self.path(key))
 
+    @_outage_is_503
     def size(self, key: str) -> int:
         return int(self.fs.size(self.path(key)))
 
+    @_outage_is_503
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.path(key))
 
     def list(self, prefix: str) -> Iterator[str]:
         """Keys (relative to the root) directly under a prefix folder."""
-        folder = self.path(prefix)
-        if not self._is_local:  # another replica may have written since: no cached listing
-            self.fs.invalidate_cache(folder)
-        try:
-            entries = self.fs.ls(folder, detail=False)
-        except FileNotFoundError:
-            return
-        for entry in entries:
+        for entry in self._ls(self.path(prefix)):
             if posixpath.basename(entry) != conditional.LOCK_NAME:  # not an object
                 yield posixpath.relpath(entry, self.root)
