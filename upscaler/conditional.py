@@ -8,15 +8,16 @@ generation on GCS (``ifGenerationMatch``), and the SHA-256 of
 its bytes elsewhere (a record's ``version`` field grows on every write, so its bytes never
 repeat and a content token has no ABA problem).
 
-Local files: a writer takes an exclusive ``flock`` on ``<folder>/.write.lock``, reads and
-compares the current file, writes a uniquely named temp file beside it and ``os.replace``-s it
-over the record, then unlocks. Why it is safe: readers never lock and only ever see a whole old
-or whole new file (rename is atomic); writers are serialised by the kernel lock, so the
-compare and the replace cannot interleave with another writer's; and the kernel drops a lock
-when its holder dies, so a crashed writer never leaves a stale lock to break (the weak point of
-``O_EXCL`` lock files). The lock file itself is never deleted (deleting a lock file someone
-waits on would let two writers in). The temp file is removed in ``finally`` if the replace did
-not happen.
+Local files: a writer writes (and syncs) a uniquely named temp file beside the record, takes an
+exclusive ``flock`` on ``<folder>/.write.lock``, reads and compares the current file,
+``os.replace``-s the temp file over it, then unlocks. Why it is safe: readers never lock and
+only ever see a whole old or whole new file (rename is atomic); writers are serialised by the
+kernel lock, so the compare and the replace cannot interleave with another writer's; and the
+kernel drops a lock when its holder dies, so a crashed writer never leaves a stale lock to
+break (the weak point of ``O_EXCL`` lock files). The lock file itself is never deleted
+(deleting a lock file someone waits on would let two writers in). The temp file is removed in
+``finally`` if the replace did not happen. ``flock`` holds across processes of one machine
+(and on NFSv4, where Linux maps it to byte-range locks).
 """
 
 from __future__ import annotations
@@ -69,9 +70,16 @@ def _lock(fd: int, timeout_s: float) -> None:
 def local_write_if(path: str, data: bytes, expected: str | None) -> str:
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    fd = os.open(os.path.join(parent, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
-    tmp: str | None = None
+    tmp: str | None = f"{path}.{uuid.uuid4().hex}.tmp"
+    fd: int | None = None
     try:
+        # Written and synced before the lock is taken: the lock covers compare and rename
+        # only (well under a millisecond), not the disk's sync.
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the record survives a machine crash, not only a process's
+        fd = os.open(os.path.join(parent, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
         _lock(fd, LOCK_TIMEOUT_S)
         try:
             current: str | None = local_read(path)[1]
@@ -79,11 +87,6 @@ def local_write_if(path: str, data: bytes, expected: str | None) -> str:
             current = None
         if current != expected:
             raise WriteConflict(path)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # the record survives a machine crash, not only a process's
         os.replace(tmp, path)
         tmp = None
         return content_token(data)
@@ -91,7 +94,8 @@ def local_write_if(path: str, data: bytes, expected: str | None) -> str:
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        os.close(fd)  # releases the lock
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 # --- S3 (s3fs) ------------------------------------------------------------------------------
