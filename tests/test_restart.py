@@ -99,7 +99,7 @@ def test_restart_keeps_finished_jobs_reruns_interrupted_ones_and_resumes_flux(
         # One of the two Ingress replicas dies with jobs in flight (each was taken in by
         # either): the jobs it drove are taken over by the other's sweep when their leases
         # run out.
-        jobs = [post(client, "esrgan", png_bytes(photo("coffee", (96, 64))), tile_size="32",
+        jobs = [post(client, "esrgan", png_bytes(photo("coffee", (96, 64))), tile_size="64",
                      wait="0")["jobId"] for _ in range(4)]
         ingresses = replica_pids("Ingress", data_dir)
         assert len(ingresses) == 2
