@@ -40,6 +40,14 @@ def unwrap(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
+def worker_died(exc: BaseException) -> bool:
+    """Whether a call failed because the process running it died (a replica, its node), not
+    because of what it was asked: such a call is worth running again elsewhere."""
+    from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
+
+    return isinstance(unwrap(exc), RayActorError | WorkerCrashedError | NodeDiedError)
+
+
 def replica_id() -> str | None:
     """This Serve replica's id, or None outside a replica."""
     from ray import serve

@@ -130,7 +130,8 @@ def build_graph(settings: Settings) -> Application:
         num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0},
     ).bind(settings)
     return Ingress.options(
-        num_replicas=1,
+        # Any number: job records are written conditionally, drivers hold leases.
+        num_replicas=settings.ingress_replicas,
         # I/O-bound; uploads wait for handles, not for CPU. Upscale requests take at most
         # max_concurrent_uploads of these, so health and status always find a slot.
         max_ongoing_requests=200,

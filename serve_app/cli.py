@@ -200,7 +200,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 2
         # A wrong storage location stops the start here, in seconds, with the setting to fix
         # (the Ingress checks again wherever Serve starts it).
-        Storage(settings.resolved_storage_url).check_usable()
+        Storage(settings.resolved_storage_url, settings.storage_options).check_usable()
         client = ray_compat.serve_start(http_options=config.http_options.model_dump(),
                                         grpc_options=config.grpc_options.model_dump(),
                                         proxy_location=config.proxy_location)

@@ -33,7 +33,8 @@ from upscaler.settings import Settings
 
 def runner_timings(settings: Settings) -> RunnerTimings:
     return RunnerTimings(heartbeat_s=settings.heartbeat_s, stale_after_s=settings.stale_after_s,
-                         drain_s=settings.ingress_drain_s, max_resumes=settings.flux_max_resumes)
+                         drain_s=settings.ingress_drain_s, max_resumes=settings.flux_max_resumes,
+                         max_attempts=settings.job_max_attempts)
 
 
 def build_services(settings: Settings, esrgan: Any, flux: Any, flux_coordinator: Any,

@@ -1,10 +1,12 @@
 """The job runner: drives accepted jobs to their end and keeps their records true.
 
 It submits (stores the upload and the record, starts the engine call), records the engine's
-events, heart-beats its open jobs, cancels, resumes resumable jobs (FLUX) after a failure,
-takes over jobs whose driver died (the periodic sweep), and hands over or drains its jobs when
-its replica stops. The engine call is injected (``run_engine``), so all of this runs, and is
-tested, without Ray; in the service it is a streaming DeploymentHandle call.
+events, heart-beats its open jobs (renewing its lease on each, see upscaler/job_store.py),
+cancels, re-runs a job whose engine replica died (FLUX resumes from its tiles), claims jobs
+whose driver's lease ran out (the periodic sweep, on every Ingress replica: the conditional
+claim lets one win), and hands over or drains its jobs when its replica stops. The engine
+call is injected (``run_engine``), so all of this runs, and is tested, without Ray; in the
+service it is a streaming DeploymentHandle call.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from deployments import metrics
-from deployments.ray_compat import unwrap
+from deployments.ray_compat import unwrap, worker_died
 from upscaler.errors import Conflict, NotFound, UpscalerError
-from upscaler.job_store import JobNotFound, JobStore
+from upscaler.job_store import JobNotFound, JobStore, LeaseLost
 from upscaler.jobs import (
     Completed,
     Engine,
@@ -49,6 +51,7 @@ class RunnerTimings:
     stale_after_s: float = 30.0
     drain_s: float = 60.0  # ESRGAN/Imagen jobs' time to finish when the runner stops
     max_resumes: int = 3  # resumable jobs, after a failed engine call
+    max_attempts: int = 3  # runs of a job whose driver or replica died under it
     progress_save_s: float = 0.5  # bounds record writes on object stores
 
 
@@ -66,6 +69,8 @@ class JobRunner:
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancel_requested: set[str] = set()
         self._changes: dict[str, asyncio.Event] = {}  # woken when that job's record changes
+        self._lost: dict[str, JobRecord] = {}  # ended or claimed elsewhere: the stored record
+        self._handed_over: list[JobRecord] = []  # left open by a stopping runner
         self._stopping = False
         self._background: asyncio.Task | None = None
 
@@ -78,19 +83,15 @@ class JobRunner:
 
     async def stop(self) -> None:
         """The replica is stopping (a rollout, a shutdown); new requests already go to its
-        replacement. Resumable jobs are handed over at once, marked stale so the next runner's
-        sweep takes them without waiting for the heartbeat to age; the others get
-        ``drain_s`` to finish, then are reported failed (worker_lost)."""
+        replacement. Resumable jobs are handed over at once; the others get ``drain_s`` to
+        finish, then are handed over too: their leases released, so another runner's sweep
+        claims them without waiting for the leases to run out."""
         self._stopping = True
-        handed_over = [job for job in self._open.values() if job.resumable]
-        tasks = [t for job in handed_over if (t := self._tasks.get(job.job_id))]
+        tasks = [t for job in self._open.values()
+                 if job.resumable and (t := self._tasks.get(job.job_id))]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for job in handed_over:
-            job.heartbeat_at = 0.0
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.store.save, job)
         plain = list(self._tasks.values())
         if plain:
             logger.info("draining %d job(s) for up to %.0f s", len(plain), self.timings.drain_s)
@@ -100,12 +101,17 @@ class JobRunner:
             await asyncio.gather(*late, return_exceptions=True)
         if self._background:
             self._background.cancel()
+        for job in self._handed_over:
+            job.heartbeat_at, job.lease_expires_at = 0.0, 0.0
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.store.save, job)
 
     # --- requests ------------------------------------------------------------------------
     async def submit(self, job: JobRecord, data: bytes, wait: float) -> JobRecord:
         """Store the upload and the record, start the job, and wait up to ``wait`` seconds
         for it to end (the job goes on when the wait is over)."""
-        job.heartbeat_at = time.time()
+        job.owner = job.lease_owner = self.owner
+        self._renew(job)
         await asyncio.to_thread(self._store_new, job, data)
         metrics.count(metrics.jobs_submitted, engine=job.engine.value)
         task = self._start(job, data if len(data) <= INLINE_UPLOAD_BYTES else None)
@@ -117,7 +123,7 @@ class JobRunner:
 
     def _store_new(self, job: JobRecord, data: bytes) -> None:
         self.store.storage.write_bytes(JobStore.input_key(job.job_id), data)
-        self.store.save(job)
+        self.store.create(job)
 
     async def get(self, job_id: str) -> JobRecord:
         if job_id in self._open:
@@ -132,9 +138,8 @@ class JobRunner:
         if job.state.is_terminal:
             raise Conflict(f"job {job_id} is already {job.state.value}", code="job_finished")
         task = self._tasks.get(job_id)
-        if task is None:
-            raise Conflict("this job is run by another ingress replica; retry the request",
-                           code="not_owner")
+        if task is None:  # driven elsewhere: its driver sees this at its next heartbeat
+            return await self._cancel_stored(job_id)
         self._cancel_requested.add(job_id)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -166,6 +171,20 @@ class JobRunner:
         return sum(1 for other in self._open.values()
                    if other.engine == job.engine and other.created_at < job.created_at)
 
+    async def _cancel_stored(self, job_id: str) -> JobRecord:
+        def cancelled(stored: JobRecord) -> JobRecord:
+            if stored.state.is_terminal:
+                raise Conflict(f"job {job_id} is already {stored.state.value}",
+                               code="job_finished")
+            stored.mark_cancelled()
+            return stored
+
+        job = await asyncio.to_thread(self.store.update, job_id, cancelled)
+        assert job is not None
+        await asyncio.to_thread(self.store.delete_work_files, job_id, job.resumable)
+        await self._ended(job)
+        return job
+
     def open_count(self, engine: Engine | None = None) -> int:
         return sum(1 for j in self._open.values() if engine is None or j.engine == engine)
 
@@ -178,36 +197,61 @@ class JobRunner:
                 await self.sweep()
             await asyncio.sleep(self.timings.heartbeat_s)
             for job in list(self._open.values()):
-                if job.job_id not in self._open:  # finished or handed over meanwhile
+                if job.job_id not in self._open or job.state.is_terminal:  # ending: saved so
                     continue
                 try:
                     await self._save(job)
-                except Exception:  # noqa: BLE001
+                except LeaseLost as lost:
+                    self._lose(job, lost.record)
+                except Exception:  # noqa: BLE001 - storage down: the next beat tries again
                     logger.exception("heartbeat for %s failed", job.job_id)
 
+    def _lose(self, job: JobRecord, stored: JobRecord) -> None:
+        """The job ended elsewhere (cancelled through another replica) or another runner
+        claimed it (this one was cut off for a lease's length): stop driving it, write
+        nothing."""
+        logger.warning("job %s is %s elsewhere; stopping here", job.job_id,
+                       stored.state.value if stored.state.is_terminal else "driven")
+        if task := self._tasks.get(job.job_id):  # else it has just finished here
+            self._lost[job.job_id] = stored
+            task.cancel()
+
     async def sweep(self) -> None:
-        """Take over jobs whose driver stopped heart-beating: resume resumable ones, report
-        the others failed (the store's load already saved them so)."""
+        """Claim jobs whose driver's lease ran out: re-run them (from their tiles: FLUX), or
+        fail them with the reason when their attempts are spent. Each claim is a conditional
+        write, so of several runners sweeping at once one takes a job, once."""
         if self._stopping:  # a stopping replica takes nothing over
             return
         try:
-            for job in await asyncio.to_thread(self.store.abandoned_jobs):
-                if job.job_id in self._open:
-                    continue
-                if job.state == JobState.failed:
-                    logger.warning("job %s was abandoned: reported failed", job.job_id)
-                    await asyncio.to_thread(self.store.storage.delete,
-                                            JobStore.input_key(job.job_id))
-                    await self._ended(job)
-                elif job.resumable:
-                    logger.warning("resuming job %s from its finished tiles", job.job_id)
-                    self._start(job)
-        except Exception:  # noqa: BLE001
-            logger.exception("abandoned-job sweep failed")
+            expired = await asyncio.to_thread(self.store.expired_jobs)
+        except Exception:  # noqa: BLE001 - storage down: the next sweep tries again
+            logger.exception("sweep failed")
+            return
+        for found in expired:
+            if found.job_id in self._open or self._stopping:
+                continue
+            try:
+                job = await asyncio.to_thread(self.store.claim, found.job_id, self.owner,
+                                              self.timings.max_attempts)
+            except Exception:  # noqa: BLE001
+                logger.exception("claiming job %s failed", found.job_id)
+                continue
+            if job is None:  # renewed, ended, or claimed by another runner first
+                continue
+            if job.state.is_terminal:
+                logger.warning("job %s: attempts spent; failed", job.job_id)
+                metrics.count(metrics.jobs_total, engine=job.engine.value, status=job.state.value)
+                await asyncio.to_thread(self.store.delete_work_files, job.job_id, job.resumable)
+                await self._ended(job)
+            else:
+                logger.warning("job %s: its driver stopped; %s (attempt %d)", job.job_id,
+                               "resuming from its tiles" if job.resumable
+                               else "running it again from its stored input", job.attempts)
+                self._start(job)
 
     # --- driving one job -----------------------------------------------------------------
     def _start(self, job: JobRecord, data: bytes | None = None) -> asyncio.Task:
-        job.owner = self.owner
+        job.owner = job.lease_owner = self.owner
         self._open[job.job_id] = job
         self._queue_gauge(job.engine)
         task = asyncio.get_running_loop().create_task(self._drive(job, data))
@@ -216,7 +260,8 @@ class JobRunner:
 
     async def _drive(self, job: JobRecord, data: bytes | None) -> None:
         """Run a job to its end. Resumable jobs are re-run (from their finished tiles) when the
-        engine call fails for a reason that is not the request's, up to ``max_resumes``."""
+        engine call fails for a reason that is not the request's, up to ``max_resumes``; the
+        others when the replica running it died, up to ``max_attempts`` runs."""
         left_open = False
         upload = [data]  # handed to the first engine call only (a rerun reads storage)
         del data
@@ -225,31 +270,41 @@ class JobRunner:
                 try:
                     await self._record_events(job, upload.pop() if upload else None)
                     break
-                except asyncio.CancelledError:
+                except (asyncio.CancelledError, LeaseLost):
                     raise
                 except Exception as exc:
                     cause = unwrap(exc)
-                    if (job.resumable and not isinstance(cause, UpscalerError)
-                            and job.resumes < self.timings.max_resumes):
+                    if isinstance(cause, UpscalerError):
+                        raise
+                    if job.resumable and job.resumes < self.timings.max_resumes:
                         job.resumes += 1
-                        logger.warning("job %s: %s; resuming (%d)", job.job_id,
-                                       type(cause).__name__, job.resumes)
-                        await self._save(job)
-                        continue
-                    raise
+                    elif worker_died(exc) and job.attempts < self.timings.max_attempts:
+                        job.attempts += 1
+                    else:
+                        raise
+                    logger.warning("job %s: %s; running it again (resumes %d, attempt %d)",
+                                   job.job_id, type(cause).__name__, job.resumes, job.attempts)
+                    await self._save(job)
+        except LeaseLost as lost:
+            self._lost[job.job_id] = lost.record
+            left_open = True  # not this runner's job any more: nothing to write
         except asyncio.CancelledError:
-            if job.job_id in self._cancel_requested:
+            if job.job_id in self._lost:
+                left_open = True
+            elif job.job_id in self._cancel_requested:
                 job.mark_cancelled()
-            elif job.resumable:
-                left_open = True  # the runner is stopping: the next one resumes this job
-            else:
-                job.mark_failed("the service stopped before this job finished; submit the "
-                                "image again", code="worker_lost")
+            else:  # the runner is stopping: another runner re-runs or resumes this job
+                left_open = True
+                self._handed_over.append(job)
             raise
         except Exception as exc:  # noqa: BLE001 - every failure must end in a failed job
             cause = unwrap(exc)
             if isinstance(cause, UpscalerError):
                 job.mark_failed_by(cause)
+            elif worker_died(exc):
+                job.mark_failed(f"the replica running this job died {job.attempts} time(s) "
+                                "before it finished; submit the image again",
+                                code="worker_lost")
             else:  # the details are the operator's: in the log, under the job's id
                 logger.exception("job %s failed", job.job_id)
                 job.mark_failed("the worker failed; the service log has the details under "
@@ -259,12 +314,14 @@ class JobRunner:
                 job.mark_failed("the worker ended without a result")
             self._tasks.pop(job.job_id, None)
             self._cancel_requested.discard(job.job_id)
+            if (stored := self._lost.pop(job.job_id, None)) is not None:
+                _adopt(job, stored)  # what waiters on this record see: the stored truth
             try:
+                # Until its end is stored, readers here get this record, not the stored
+                # one, which may still say processing.
                 if not left_open:
                     await asyncio.shield(self._finish(job))
             finally:
-                # Only once its end is stored: until then readers here get this record, not
-                # the stored one, which may still say processing.
                 self._open.pop(job.job_id, None)
                 self._queue_gauge(job.engine)
 
@@ -273,31 +330,42 @@ class JobRunner:
         # waits for the next progress save or heartbeat (a job done before either is written
         # once, completed), progress at most every progress_save_s.
         last_save = time.monotonic()
-        async for event in self.run_engine(job.spec(), data):
-            if isinstance(event, Started):
-                first = job.state == JobState.queued
-                job.mark_processing()
-                job.stats["replica"] = event.replica
-                if first:
-                    self._emit(job, "started")
-            elif isinstance(event, Progress):
-                job.mark_progress(event)
-                self._emit(job, "progress")
-                if time.monotonic() - last_save > self.timings.progress_save_s:
-                    last_save = time.monotonic()
-                    await self._save(job)
-            elif isinstance(event, Completed):
-                job.mark_completed(event)
-            self._notify(job.job_id)
+        stream = self.run_engine(job.spec(), data)
+        try:
+            async for event in stream:
+                if isinstance(event, Started):
+                    first = job.state == JobState.queued
+                    job.mark_processing()
+                    job.stats["replica"] = event.replica
+                    if first:
+                        self._emit(job, "started")
+                elif isinstance(event, Progress):
+                    job.mark_progress(event)
+                    self._emit(job, "progress")
+                    if time.monotonic() - last_save > self.timings.progress_save_s:
+                        last_save = time.monotonic()
+                        await self._save(job)
+                elif isinstance(event, Completed):
+                    job.mark_completed(event)
+                self._notify(job.job_id)
+        except BaseException:  # a save refused (LeaseLost), cancelled: stop the engine too
+            if close := getattr(stream, "aclose", None):
+                with contextlib.suppress(Exception):
+                    await close()
+            elif cancel := getattr(stream, "cancel", None):  # a Serve response stream
+                cancel()
+            raise
 
     async def _finish(self, job: JobRecord) -> None:
         engine = job.engine.value
         metrics.count(metrics.jobs_total, engine=engine, status=job.state.value)
         if job.state == JobState.completed and job.processing_time is not None:
             metrics.observe(metrics.job_seconds, job.processing_time, engine=engine)
-        await self._save(job)
+        saved = await self._save_final(job)
+        self._notify(job.job_id)  # its end (or the stored one), for every reader
+        if not saved:
+            return
         self._emit(job, job.state.value)
-        self._notify(job.job_id)  # its end, now in storage for every reader
         await asyncio.to_thread(self.store.delete_work_files, job.job_id, job.resumable)
         # Bookkeeping (quotas, estimates) after the answer, not before it.
         asyncio.get_running_loop().create_task(self._ended(job))
@@ -316,9 +384,37 @@ class JobRunner:
             except Exception:  # noqa: BLE001 - a webhook must not undo the job
                 logger.exception("event %s of job %s", event, job.job_id)
 
-    async def _save(self, job: JobRecord) -> None:
+    async def _save_final(self, job: JobRecord) -> bool:
+        """Save a job's end, retrying while storage is down for up to a lease's length (then
+        the lease runs out and a sweep runs the job again). False: it ended elsewhere."""
+        deadline = time.monotonic() + self.timings.stale_after_s
+        delay = 0.05
+        while True:
+            try:
+                await self._save(job)
+                return True
+            except LeaseLost as lost:
+                _adopt(job, lost.record)
+                return False
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                logger.warning("job %s: saving its end failed; retrying", job.job_id)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _renew(self, job: JobRecord) -> None:
         job.heartbeat_at = time.time()
+        job.lease_expires_at = job.heartbeat_at + self.timings.stale_after_s
+
+    async def _save(self, job: JobRecord) -> None:
+        self._renew(job)
         await asyncio.to_thread(self.store.save, job)
 
     def _queue_gauge(self, engine: Engine) -> None:
         metrics.set_gauge(metrics.queue_size, self.open_count(engine), engine=engine.value)
+
+
+def _adopt(job: JobRecord, stored: JobRecord) -> None:
+    for name in type(stored).model_fields:
+        setattr(job, name, getattr(stored, name))

@@ -249,6 +249,9 @@ class JobStatusResponse(BaseModel):
     queue_time: float | None = None
     processing_time: float | None = None
     resumes: int = Field(0, description="Times the job was resumed after a crash (FLUX).")
+    attempts: int = Field(1, description="Runs of the job: more than 1 when the process "
+                          "driving or computing it died and it was run again (bounded by "
+                          "UPSCALER_JOB_MAX_ATTEMPTS).")
     stats: dict[str, Any] = Field(default_factory=dict)
     expires_at: float | None = Field(None, description="When the job's record and result are "
                                      "deleted (Unix time); then the job answers 410.")

@@ -244,13 +244,15 @@ class WebhookSender:
         if self.is_driving(job.job_id):
             return
 
+        def with_deliveries(stored: JobRecord) -> JobRecord:
+            stored.webhooks = job.webhooks
+            return stored
+
         def write() -> None:
-            try:
-                fresh = self.store.load(job.job_id)
+            try:  # a conditional update: only ``webhooks`` changes, whatever else did
+                self.store.update(job.job_id, with_deliveries)
             except JobNotFound:
                 return  # expired or deleted meanwhile
-            fresh.webhooks = job.webhooks
-            self.store.save(fresh)
 
         try:
             await asyncio.to_thread(write)

@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import uuid
 
 import pytest
 
 from upscaler.dimensions import calculate_output_dimensions
-from upscaler.job_store import JobStore
+from upscaler.job_store import JobStore, LeaseLost
 from upscaler.jobs import Completed, Engine, EsrganParams, FluxParams, JobRecord, JobState, Size
-from upscaler.storage import Storage, StorageError
+from upscaler.storage import Storage, StorageError, WriteConflict
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -62,19 +63,96 @@ def test_open_jobs_are_those_with_an_upload(storage):
     assert store.load(done.job_id).state == JobState.completed  # the record stays
 
 
-def test_sweep_fails_stale_jobs_and_returns_resumable_ones(storage):
+def test_expired_leases_are_claimed_once_then_failed_when_attempts_are_spent(storage):
     store = JobStore(storage, stale_after_s=30)
-    fresh, stale_plain = _job(), _job(heartbeat_at=0.0)
-    stale_flux = _job(Engine.flux, heartbeat_at=0.0)
-    for job in (fresh, stale_plain, stale_flux):
+    fresh, expired = _job(), _job(heartbeat_at=0.0)
+    spent = _job(Engine.flux, lease_owner="dead", lease_expires_at=1.0, attempts=3)
+    for job in (fresh, expired, spent):
         storage.write_bytes(JobStore.input_key(job.job_id), b"png")
         store.save(job)
-    found = {job.job_id: job for job in store.abandoned_jobs()}
-    assert set(found) == {stale_plain.job_id, stale_flux.job_id}
-    assert found[stale_plain.job_id].state == JobState.failed
-    assert found[stale_plain.job_id].error_code == "worker_lost"
-    assert store.load(stale_plain.job_id).state == JobState.failed  # saved
-    assert found[stale_flux.job_id].state == JobState.queued  # left to resume
+    assert {job.job_id for job in store.expired_jobs()} == {expired.job_id, spent.job_id}
+    claimed = store.claim(expired.job_id, "me", max_attempts=3)
+    assert claimed.lease_owner == "me" and claimed.attempts == 2
+    assert claimed.state == JobState.queued and claimed.version == 2
+    assert store.claim(expired.job_id, "other", max_attempts=3) is None  # leased now
+    assert store.claim(fresh.job_id, "other", max_attempts=3) is None
+    failed = store.claim(spent.job_id, "me", max_attempts=3)
+    assert failed.state == JobState.failed and failed.error_code == "worker_lost"
+    assert "3 time(s)" in failed.error
+    assert store.load(spent.job_id).state == JobState.failed  # stored
+    assert store.load(fresh.job_id).state == JobState.queued  # reading never writes
+
+
+def test_write_if_creates_once_and_replaces_only_the_version_read(storage):
+    token = storage.write_if("jobs/a.json", b"v1", None)
+    with pytest.raises(WriteConflict):
+        storage.write_if("jobs/a.json", b"again", None)  # must not exist
+    data, read_token = storage.read_versioned("jobs/a.json")
+    assert data == b"v1" and read_token == token
+    new = storage.write_if("jobs/a.json", b"v2", token)
+    with pytest.raises(WriteConflict):
+        storage.write_if("jobs/a.json", b"lost update", token)  # a stale version
+    assert storage.read_versioned("jobs/a.json") == (b"v2", new)
+    with pytest.raises(WriteConflict):
+        storage.write_if("jobs/gone.json", b"x", token)
+    assert list(storage.list("jobs")) == ["jobs/a.json"]  # no lock file, no temp file
+
+
+def test_driver_saves_never_overwrite_an_ended_job_or_another_drivers_lease(storage):
+    store = JobStore(storage, stale_after_s=30)
+    job = _job(lease_owner="a")
+    store.save(job)
+    late = job.model_copy(deep=True)  # a heartbeat computed before the job ended
+    late.mark_processing()
+    job.mark_completed(Completed("results/x.png", "x.png"))
+    store.save(job)
+    with pytest.raises(LeaseLost) as lost:
+        store.save(late)
+    assert lost.value.record.state == JobState.completed
+    assert store.load(job.job_id).state == JobState.completed
+    other = _job(lease_owner="b")
+    store.save(other)
+    intruder = other.model_copy(update={"lease_owner": "a", "progress": 50.0})
+    with pytest.raises(LeaseLost):
+        store.save(intruder)
+    assert store.load(other.job_id).progress == 0
+
+
+def _count_up(url: str, times: int) -> None:
+    store = JobStore(Storage(url), stale_after_s=30)
+    for _ in range(times):
+        store.update(JOB_ID, lambda job: job.model_copy(update={"resumes": job.resumes + 1}))
+
+
+JOB_ID = "0" * 32
+
+
+def test_concurrent_updates_from_processes_lose_nothing(tmp_path):
+    """Local files: writers in several processes (the flock scheme), each read-modify-write
+    conditional: every increment lands."""
+    url = str(tmp_path / "storage")
+    JobStore(Storage(url), 30).save(_job(job_id=JOB_ID))
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_count_up, args=(url, 40)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert all(w.exitcode == 0 for w in workers)
+    job = JobStore(Storage(url), 30).load(JOB_ID)
+    assert job.resumes == 160 and job.version == 161
+    assert not [p for p in (tmp_path / "storage" / "jobs").iterdir() if p.suffix == ".tmp"]
+
+
+def test_a_failed_local_write_leaves_no_temp_file(tmp_path):
+    storage = Storage(str(tmp_path / "storage"))
+    storage.write_bytes("results/a.png", b"1")
+    with pytest.raises(TypeError):
+        storage.write_bytes("results/b.png", object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        storage.write_if("jobs/b.json", object(), None)  # type: ignore[arg-type]
+    names = [p.name for p in (tmp_path / "storage").rglob("*")]
+    assert not [n for n in names if n.endswith(".tmp")], names
 
 
 def test_records_round_trip_typed_and_older_records_still_load(storage):

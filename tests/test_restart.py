@@ -1,9 +1,13 @@
-"""A whole service stopped with work in flight, then started again on the same storage:
-finished jobs and results are kept, an interrupted ESRGAN job is reported failed, an
-interrupted FLUX job resumes from its stored tiles and computes only the rest."""
+"""A whole service (two Ingress replicas) stopped with work in flight and queued, then started
+again on the same storage: finished jobs and results are kept, interrupted and queued ESRGAN
+jobs run again from their stored uploads (each once more: attempts 2), an interrupted FLUX job
+resumes from its stored tiles and computes only the rest; then one of the two Ingress
+replicas is killed with jobs in flight, and every job still completes."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import httpx
@@ -15,6 +19,7 @@ from conftest import (
     free_port,
     photo,
     png_bytes,
+    replica_pids,
     running_service,
     wait_for_job,
 )
@@ -38,11 +43,12 @@ def wait_until(check, timeout: float = 120) -> None:
         time.sleep(0.2)
 
 
-def test_restart_keeps_finished_jobs_fails_interrupted_ones_and_resumes_flux(
+def test_restart_keeps_finished_jobs_reruns_interrupted_ones_and_resumes_flux(
         tmp_path, full_models_root):
     data_dir = tmp_path / "data"
     # No drain: the stop interrupts the ESRGAN job, as a crash or an impatient stop would.
-    env = {**TEST_LIMITS, **FLUX_ENV, **FAST_STALE, "UPSCALER_INGRESS_DRAIN_S": "0"}
+    env = {**TEST_LIMITS, **FLUX_ENV, **FAST_STALE, "UPSCALER_INGRESS_DRAIN_S": "0",
+           "UPSCALER_INGRESS_REPLICAS": "2"}
     dashboard = free_port()
     # The service goes down (SIGTERM) with both jobs in flight when the block is left.
     with running_service(data_dir, full_models_root, tmp_path / "first.log", env,
@@ -65,6 +71,8 @@ def test_restart_keeps_finished_jobs_fails_interrupted_ones_and_resumes_flux(
                           tile_size="64", wait="0")
             wait_until(lambda: client.get(f"/api/status/{esrgan['jobId']}").json()["status"]
                        == "processing")
+            queued = [post(client, "esrgan", png_bytes(photo("rocket", (32, 24))),
+                           model="tiny-rrdb", wait="0")["jobId"] for _ in range(3)]
     assert svc.process.returncode == 0, "SIGTERM must stop `upscaler serve` cleanly"
     assert "upscaler: stopped" in svc.log()
     k = len(list(tiles_dir.glob("*.npy")))
@@ -77,12 +85,27 @@ def test_restart_keeps_finished_jobs_fails_interrupted_ones_and_resumes_flux(
         r = client.get(status["output_url"])
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
         assert len(r.content) == int(r.headers["content-length"]) > 0
-        lost = wait_for_job(client, esrgan["jobId"], timeout=60)
-        assert lost["status"] == "failed" and lost["error_code"] == "worker_lost"
-        assert "submit the image again" in lost["error"]
-        resumed = wait_for_job(client, flux["jobId"], timeout=300)
+        rerun = wait_for_job(client, esrgan["jobId"], timeout=300)
+        assert rerun["status"] == "completed" and rerun["attempts"] == 2, rerun
+        for job_id in queued:  # done before the stop, or run again after it: each once
+            status = wait_for_job(client, job_id, timeout=120)
+            assert status["status"] == "completed" and status["attempts"] <= 2, status
+        resumed = wait_for_job(client, flux["jobId"], timeout=600)
         assert resumed["status"] == "completed", resumed
         assert resumed["stats"]["tiles_resumed"] == k
         assert resumed["stats"]["tiles_computed"] == 64 - k
         assert client.get(resumed["output_url"]).status_code == 200
+
+        # One of the two Ingress replicas dies with jobs in flight (each was taken in by
+        # either): the jobs it drove are taken over by the other's sweep when their leases
+        # run out.
+        jobs = [post(client, "esrgan", png_bytes(photo("coffee", (96, 64))), tile_size="64",
+                     wait="0")["jobId"] for _ in range(4)]
+        ingresses = replica_pids("Ingress", data_dir)
+        assert len(ingresses) == 2
+        os.kill(ingresses[0], signal.SIGKILL)
+        for job_id in jobs:
+            status = wait_for_job(client, job_id, timeout=300)
+            assert status["status"] == "completed" and status["attempts"] <= 2, status
     assert not list(tiles_dir.glob("*.npy"))  # cleaned up
+    assert not list((data_dir / "storage" / "inputs").iterdir())  # every upload went

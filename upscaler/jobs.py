@@ -180,6 +180,12 @@ class JobRecord(BaseModel):
     owner: str | None = None  # the Ingress runner driving it
     api_key_id: str | None = None  # the key that made it (keys on): its only reader
     resumes: int = 0
+    # Durability (upscaler/job_store.py): the stored version, grown by every conditional write;
+    # the lease of the runner driving the job; engine runs started (re-runs after a driver died).
+    version: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None  # None (older records): heartbeat_at + stale_after_s
+    attempts: int = 1
     created_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
@@ -269,5 +275,7 @@ class JobRecord(BaseModel):
         self.finished_at = self.finished_at or time.time()
 
     def is_stale(self, stale_after_s: float, now: float | None = None) -> bool:
-        return (not self.state.is_terminal
-                and (now or time.time()) - self.heartbeat_at > stale_after_s)
+        """Open, and its driver's lease has run out: any runner may claim it."""
+        expires = (self.heartbeat_at + stale_after_s if self.lease_expires_at is None
+                   else self.lease_expires_at)
+        return not self.state.is_terminal and (now or time.time()) > expires

@@ -47,8 +47,12 @@ def delete_result(store: JobStore, job: JobRecord) -> JobRecord:
     """DELETE on a finished job: its result goes, its record says so (again: a no-op)."""
     if job.result_key and not job.result_deleted:
         store.storage.delete(job.result_key)
-        job.result_deleted = True
-        store.save(job)
+
+        def deleted(stored: JobRecord) -> JobRecord:
+            stored.result_deleted = True
+            return stored
+
+        return store.update(job.job_id, deleted) or job
     return job
 
 

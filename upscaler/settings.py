@@ -39,6 +39,12 @@ class Settings(BaseSettings):
         default=None,
         description="fsspec URL for jobs and results (file path, s3://..., gs://...). "
         "Default: DATA_DIR/storage.")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for storage_url, as JSON (UPSCALER_STORAGE_OPTIONS), e.g. "
+        '{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}} for an S3-compatible '
+        "store. Credentials are best left to the SDK's own environment (AWS_*, "
+        "GOOGLE_APPLICATION_CREDENTIALS).")
     cache_dir: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "upscaler",
         description="Download cache for `upscaler models pull`.")
@@ -192,13 +198,22 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(default=3.0, gt=0)
     stale_after_s: float = Field(
         default=30.0, gt=0,
-        description="A queued/processing job whose owner stopped heart-beating this long ago "
-        "is reported failed.")
+        description="The lease of the Ingress driving a job, renewed by its heartbeat: a job "
+        "whose lease ran out is taken over by any Ingress's sweep (re-run from its stored "
+        "input, or resumed from its tiles).")
+    ingress_replicas: int = Field(
+        default=1, ge=1,
+        description="Ingress replicas the builder starts (the production configs set 2): "
+        "every one serves every job.")
+    job_max_attempts: int = Field(
+        default=3, ge=1,
+        description="Times a job is run when its driver, replica or service dies under it; "
+        "then it is failed (worker_lost).")
     ingress_drain_s: float = Field(
         default=60.0, ge=0,
         description="When the Ingress stops (a rollout, `serve shutdown`, SIGTERM), how long "
-        "its ESRGAN/Imagen jobs in flight get to finish before they are reported failed. FLUX "
-        "jobs are handed over at once: the next Ingress resumes them from their tiles.")
+        "its ESRGAN/Imagen jobs in flight get to finish before they are handed over (another "
+        "Ingress re-runs them). FLUX jobs are handed over at once: resumed from their tiles.")
     png_encoder: Literal["fast", "zlib"] = Field(
         default="fast",
         description="fast: 8-bit RGB/RGBA PNGs with fpng (5-6x faster than zlib level 1, 5-10% "

