@@ -88,8 +88,9 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
         run("serve", "deploy", str(path), "--address", address, env=env)
         url = f"http://127.0.0.1:{http_port}"
         wait_http_ok(f"{url}/api/health", 240)
-        # FLUX holds a whole card, the one ESRGAN replica a quarter of one.
-        assert gpus_in_use(gcs, env, 1.25) == 1.25
+        # FLUX is scaled to zero until a FLUX job comes (it holds no card); the one ESRGAN
+        # replica holds a quarter of one.
+        assert gpus_in_use(gcs, env, 0.25) == 0.25
 
         with httpx.Client(base_url=url, timeout=120,
                           headers={"Authorization": f"Bearer {api_key}"}) as client:
@@ -120,7 +121,7 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
                     break
                 assert time.monotonic() < deadline, json.dumps(state)
                 time.sleep(2)
-            assert gpus_in_use(gcs, env, 1.5) == 1.5  # two ESRGAN replicas share a card
+            assert gpus_in_use(gcs, env, 0.5) == 0.5  # two ESRGAN replicas share a card
             r = client.post("/api/upscale/esrgan", data={"model": "tiny-rrdb"},
                             files={"file": ("p.png", png_bytes(photo("rocket", (24, 24))))})
             assert r.status_code == 200 and r.json()["status"] == "completed"

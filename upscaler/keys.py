@@ -79,6 +79,10 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+# A new key works at once: an unknown key id re-reads the file, at most this often.
+UNKNOWN_KEY_RELOAD_S = 0.2
+
+
 class KeyStore:
     def __init__(self, url: str, reload_s: float = 2.0):
         self.url = url
@@ -95,13 +99,23 @@ class KeyStore:
             return KeyFile()
         return KeyFile.model_validate(json.loads(raw))
 
-    def records(self) -> dict[str, KeyRecord]:
-        """Every key by id, re-read at most every ``reload_s`` seconds."""
+    def records(self, fresher_than_s: float | None = None) -> dict[str, KeyRecord]:
+        """Every key by id, re-read at most every ``reload_s`` seconds (or
+        ``fresher_than_s``, when the caller needs newer)."""
         with self._lock:
             now = time.monotonic()
-            if self._cached is None or now - self._cached[0] >= self.reload_s:
+            max_age = self.reload_s if fresher_than_s is None else fresher_than_s
+            if self._cached is None or now - self._cached[0] >= max_age:
                 self._cached = (now, {r.key_id: r for r in self._read().keys})
             return self._cached[1]
+
+    def _record(self, key_id: str) -> KeyRecord | None:
+        """A key id not seen yet may be a key created a moment ago: the file is read again
+        for it, at most every UNKNOWN_KEY_RELOAD_S (a stream of made-up keys costs no more)."""
+        record = self.records().get(key_id)
+        if record is None:
+            record = self.records(fresher_than_s=UNKNOWN_KEY_RELOAD_S).get(key_id)
+        return record
 
     def authenticate(self, presented: str | None) -> Caller:
         """The caller a presented key belongs to. Raises Unauthorized (no key, not a key, a
@@ -110,7 +124,7 @@ class KeyStore:
             raise Unauthorized("an API key is required: send `Authorization: Bearer <key>` or "
                                "`X-API-Key: <key>`", code="missing_api_key")
         match = KEY_RE.fullmatch(presented.strip())
-        record = match and self.records().get(match.group(1))
+        record = match and self._record(match.group(1))
         if not match or record is None or not hmac.compare_digest(
                 record.sha256, _digest(match.group(2))):
             raise Unauthorized("the API key is not valid", code="invalid_api_key")
