@@ -27,6 +27,7 @@ BENCHES = {
     "memory": ["bench_memory.py"],
     "start": ["bench_start.py"],
     "flux": ["bench_flux.py"],
+    "durable-load": ["bench_durable_load.py"],
     "gpu-rrdb": ["bench_gpu_rrdb.py"],
     "gpu-flux": ["bench_flux_gpu.py"],
 }
