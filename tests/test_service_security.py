@@ -73,8 +73,9 @@ def test_a_chunked_body_over_the_limit_is_refused_without_reading_it_all(service
     status, sent = raw_request(service.url, head(service, "Transfer-Encoding: chunked\r\n"),
                                chunks())
     assert status == 413
-    # The 2 MB cap plus what the kernels' socket buffers took: not the 64 MB offered.
-    assert sent < 8 * 1024 * 1024
+    # The 2 MB cap plus what the kernels' socket buffers took (loopback autotunes them to a
+    # few MB each way: 5.5 MB and 8.3 MB measured): not the 64 MB offered.
+    assert sent < 16 * 1024 * 1024
     assert healthy(client)
 
 
