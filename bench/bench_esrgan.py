@@ -11,17 +11,15 @@ RRDB whose inference is negligible, which isolates the fixed per-request cost.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import photo, png_bytes, start_service, stop_service  # noqa: E402
-from figures import report  # noqa: E402
+from figures import report, timed  # noqa: E402
 from model_factory import write_rrdb  # noqa: E402
 
 from serve_app.model_pull import pull  # noqa: E402
@@ -34,14 +32,6 @@ from upscaler.settings import Settings  # noqa: E402
 
 OVERHEAD_GOAL_MS = 50
 
-
-def timed(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

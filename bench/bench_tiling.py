@@ -12,10 +12,8 @@ tile size and of 64 px tiles over the untiled pass, beside the goals.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import DAT, photo, psnr  # noqa: E402
-from figures import report  # noqa: E402
+from figures import report, timed  # noqa: E402
 from model_factory import write_compact, write_rrdb  # noqa: E402
 
 from serve_app.model_pull import pull  # noqa: E402
@@ -38,15 +36,6 @@ from upscaler.settings import Settings  # noqa: E402
 EXACT_GOAL_DB = 60.0
 COST_GOAL = 1.15
 
-
-def timed(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(repeat: int, size: tuple[int, int]) -> list[dict]:
@@ -68,14 +57,14 @@ def measure(repeat: int, size: tuple[int, int]) -> list[dict]:
 
         whole, tiled = run(max(w, h)), run(64)
         auto = run(None)
-        untiled_s = timed(lambda: run(max(w, h)), repeat)
+        untiled_s = timed(lambda: run(max(w, h)), repeat, warm=True)
         rows.append({
             "model": name, "architecture": whole.stats["architecture"],
             "context": tiled.stats["context"], "convolutional": convolutional,
             "tiles_64": tiled.stats["tiles"], "psnr_64": psnr(tiled.image.rgb, whole.image.rgb),
             "auto_tile": auto.stats["tile_size"], "auto_tiles": auto.stats["tiles"],
-            "cost_auto": timed(lambda: run(None), repeat) / untiled_s,
-            "cost_64": timed(lambda: run(64), repeat) / untiled_s,
+            "cost_auto": timed(lambda: run(None), repeat, warm=True) / untiled_s,
+            "cost_64": timed(lambda: run(64), repeat, warm=True) / untiled_s,
         })
     return rows
 

@@ -2,7 +2,8 @@
 
 A bench calls ``report`` once per figure; it always prints the figure, and when run by
 ``run_all.py`` (which sets ``BENCH_FIGURES`` to a file) it also appends it there as one JSON
-line, so ``make bench`` can print every figure of every bench in one table.
+line, so ``make bench`` can print every figure of every bench in one table. ``timed`` is how
+the benches time a call.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import json
 import operator
 import os
+import statistics
+import time
+from collections.abc import Callable
 
 CHECKS = {"<=": operator.le, ">=": operator.ge}
 
@@ -29,3 +33,15 @@ def report(name: str, value: float | None, goal: float | None = None, check: str
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(figure) + "\n")
     return met
+
+
+def timed(fn: Callable[[], object], repeat: int, warm: bool = False) -> float:
+    """Median seconds of ``repeat`` calls (after one untimed call when ``warm``)."""
+    if warm:
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
