@@ -87,16 +87,27 @@ class EngineGateway:
     # --- status --------------------------------------------------------------------------
     async def running_replicas(self, deployment: str) -> int | None:
         """Running replicas of one of this application's deployments, as Serve's controller
-        counts them (cached a few seconds); None when it cannot say."""
-        now = time.monotonic()
-        if self._replicas is None or now - self._replicas.at > REPLICAS_FRESH_S:
-            try:
-                counts = await asyncio.to_thread(serve_replica_counts)
-            except Exception:  # noqa: BLE001 - outside Serve, or the controller is busy
-                counts = None
-            self._replicas = _Cached(counts, now)
+        counts them; None when it cannot say. Like status: once known, the last count is
+        answered and refreshed in the background when a few seconds old, so no upload waits
+        on the controller."""
+        if self._replicas is None:
+            self._replicas = _Cached(await self._ask_replicas(), time.monotonic())
+        elif (time.monotonic() - self._replicas.at > REPLICAS_FRESH_S
+              and self._replicas.refreshing is None):
+            self._replicas.refreshing = asyncio.get_running_loop().create_task(
+                self._refresh_replicas())
         counts = self._replicas.value
         return None if counts is None else counts.get(deployment, 0)
+
+    @staticmethod
+    async def _ask_replicas() -> dict[str, int] | None:
+        try:
+            return await asyncio.to_thread(serve_replica_counts)
+        except Exception:  # noqa: BLE001 - outside Serve, or the controller is busy
+            return None
+
+    async def _refresh_replicas(self) -> None:
+        self._replicas = _Cached(await self._ask_replicas(), time.monotonic())
 
     async def scaled_to_zero(self, engine: Engine) -> bool:
         """No replica runs this engine now (autoscaled to zero): the next job starts one."""
