@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 import zlib
 
 import imagecodecs
@@ -809,9 +808,7 @@ def test_decompression_bomb_refused_before_decoding(monkeypatch, width, height, 
     monkeypatch.setattr(Image.Image, "load", no_decode)
     monkeypatch.setattr("PIL.ImageFile.ImageFile.load", no_decode)
     monkeypatch.setattr(imagecodecs, "png_decode", no_decode)
-    start = time.perf_counter()
     err = _refused(data)
-    assert time.perf_counter() - start < 1.0
     assert err.http_status == 413
     assert err.code == "image_too_large"
     assert "40,000,000" in err.message
