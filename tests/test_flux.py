@@ -95,7 +95,8 @@ def test_resume_computes_only_missing_tiles_and_gives_the_same_image(app):
     # The same job, interrupted after 4 of its 6 tiles: the upload, the pre-pass and 4 tiles
     # are stored (as the coordinator writes them), then the coordinator runs it again.
     job = JobRecord.model_validate({**store.load(full["job_id"]).model_dump(),
-                                    "job_id": "a" * 32})
+                                    "job_id": "a" * 32, "state": "processing"})
+    store.save(job)  # an open record: the coordinator's runs are of its attempt (fenced)
     store.storage.write_bytes(JobStore.input_key(job.job_id),
                               png_bytes(photo("chelsea", (96, 64))))
 
