@@ -134,6 +134,17 @@ class LeaseKeeping:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
+    async def _release(self, job: JobRecord) -> None:
+        """Hand an open job to the sweep (any runner's, this one's too): its lease ends now,
+        so it is claimed at the next sweep rather than a lease later. When storage cannot
+        take that, the lease runs out by itself."""
+        job.heartbeat_at, job.lease_expires_at = 0.0, 0.0
+        try:
+            await asyncio.to_thread(self.store.save, job)
+        except Exception:  # noqa: BLE001
+            logger.warning("job %s: its lease could not be released; it runs out",
+                           job.job_id)
+
     async def _save_progress(self, job: JobRecord) -> None:
         """A save the job does not depend on: when storage is down it waits for the next
         progress or heartbeat (a refused one still stops the driver)."""

@@ -36,6 +36,7 @@ from upscaler.jobs import (
     Progress,
     Started,
 )
+from upscaler.storage import StorageError
 
 logger = logging.getLogger("ray.serve")
 # The engine call: the job, and its upload's bytes when they are at hand (a new job's, if
@@ -95,9 +96,7 @@ class JobRunner(LeaseKeeping):
         if self._background:
             self._background.cancel()
         for job in self._handed_over:
-            job.heartbeat_at, job.lease_expires_at = 0.0, 0.0
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.store.save, job)
+            await self._release(job)
 
     # --- requests ------------------------------------------------------------------------
     async def submit(self, job: JobRecord, data: bytes, wait: float) -> JobRecord:
@@ -210,6 +209,12 @@ class JobRunner(LeaseKeeping):
                         # a refused save, the stored record is the truth; nothing is written
                         raise LeaseLost(await asyncio.to_thread(self.store.load, job.job_id)
                                         ) from exc
+                    if isinstance(cause, StorageError) and \
+                            job.attempts < self.timings.max_attempts:
+                        # The engine could not reach job storage (its input, or its result
+                        # after a lease's length of retries): not the job's fault. Handed to
+                        # the sweep, which runs it again once storage answers.
+                        raise _StorageOutage() from exc
                     if isinstance(cause, UpscalerError):
                         raise
                     if job.resumable and job.resumes < self.timings.max_resumes:
@@ -224,6 +229,11 @@ class JobRunner(LeaseKeeping):
         except LeaseLost as lost:
             self._lost[job.job_id] = lost.record
             left_open = True  # not this runner's job any more: nothing to write
+        except _StorageOutage:
+            logger.warning("job %s: job storage is not answering; the job runs again when "
+                           "it does", job.job_id)
+            left_open = True
+            await self._release(job)
         except asyncio.CancelledError:
             if job.job_id in self._lost:
                 left_open = True
@@ -325,3 +335,7 @@ class JobRunner(LeaseKeeping):
 
     def _queue_gauge(self, engine: Engine) -> None:
         metrics.set_gauge(metrics.queue_size, self.open_count(engine), engine=engine.value)
+
+
+class _StorageOutage(Exception):
+    """An engine call failed because job storage could not be reached."""
