@@ -6,16 +6,15 @@ running while another Ingress claims the job and runs attempt n+1. Without a fen
 compute the job for as long as the old call runs, and the old one could write its result after
 the new one's. So:
 
-* while a run works, ``AttemptFence.watch`` reads the record as it starts and about once a
-  second after, beside the work (a thread off the event loop: never on the compute thread,
-  never per tile), and sets the run's stop flag when the record's attempt is newer, or the
-  job has ended (cancelled elsewhere) or is gone: the engine stops at its next tile and the
-  call ends with ``Superseded``;
-* ``write_result`` makes sure of the record before writing the result (reusing a read under a
-  second old: a short job reads its record once, concurrently with its work), so a superseded
-  run does not write one (the store's lease check does the same for the record itself). The
-  window left, a takeover between that read and the write, needs the old driver's lease to
-  run out within it.
+* while a run works, ``AttemptFence.watch`` reads the record about once a second, beside the
+  work (a thread off the event loop: never on the compute thread, never per tile; a run
+  shorter than that never reads it), and sets the run's stop flag when the record's attempt
+  is newer, or the job has ended (cancelled elsewhere) or is gone: the engine stops at its
+  next tile and the call ends with ``Superseded``;
+* ``write_result`` reads the record right before writing the result (a job's one read when it
+  is short), so a superseded run does not write one (the store's lease check does the same
+  for the record itself). The window left, a takeover between that read and the write (one
+  PUT), needs the old driver's lease to run out within it.
 
 A record that cannot be read says nothing: the run goes on (storage may be back by its end),
 and writing its result waits for storage, tried again with backoff, checking the fence each
@@ -45,52 +44,43 @@ class AttemptFence:
         self.store, self.job_id, self.attempt = store, spec.job_id, spec.attempt
         self.every_s = every_s
         self.reason: str | None = None  # why the run was stopped, once it was
-        self._current_at: float | None = None  # when a read last found the run current
-        self._reading = threading.Lock()  # one read at a time; a second caller reuses it
 
     def _read(self) -> str | None:
         """One read of the record (blocking; storage errors raised): why this run must
         stop, or None."""
         reason = self.store.superseded(self.job_id, self.attempt)
-        if reason is None:
-            self._current_at = time.monotonic()
-        else:
+        if reason is not None:
             self.reason = reason
         return reason
 
     def check(self) -> str | None:
         """As ``_read``; a record that cannot be read now says nothing (None)."""
         try:
-            with self._reading:
-                return self._read()
+            return self._read()
         except Exception as exc:  # noqa: BLE001 - storage down: the result write decides
             logger.warning("job %s: its record cannot be read (%s); running on", self.job_id,
                            type(exc).__name__)
             return None
 
     def ensure_current(self) -> None:
-        """Before writing what the run made: ``Superseded`` unless the record says this run
-        is the job's. A read under a second old is reused (a short job reads its record
-        once, beside its work); storage errors are raised (the caller retries)."""
-        with self._reading:  # waits for a read in flight rather than making a second
-            fresh = (self._current_at is not None
-                     and time.monotonic() - self._current_at < self.every_s)
-            if self.reason is None and not fresh:
-                self._read()
+        """Before writing what the run made: ``Superseded`` unless the record, read now, says
+        this run is the job's; storage errors are raised (the caller retries)."""
+        if self.reason is None:
+            self._read()
         if self.reason is not None:
             raise self.error()
 
     async def watch(self, stop: threading.Event) -> None:
-        """Reads the record as the run starts (a call that waited in a queue past a takeover
-        never computes), then every ``every_s``, until the run ends (the task is cancelled)
-        or is superseded: then ``stop`` is set."""
+        """Every ``every_s`` (a call that waited in a queue past a takeover stops within the
+        first), until the run ends (the task is cancelled) or is superseded: then ``stop``
+        is set."""
         while not stop.is_set():
+            await asyncio.sleep(self.every_s)
             if await asyncio.to_thread(self.check) is not None:
                 logger.warning("job %s attempt %d stops: %s", self.job_id, self.attempt,
                                self.reason)
                 stop.set()
                 return
-            await asyncio.sleep(self.every_s)
 
     def error(self) -> Superseded:
         return Superseded(self.reason or f"job {self.job_id} moved on")

@@ -15,6 +15,7 @@ Ultimate SD Upscale over all of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import threading
@@ -188,10 +189,11 @@ class FluxCoordinator:
         fence, superseded = AttemptFence(self.store, spec), threading.Event()
         watcher = asyncio.ensure_future(fence.watch(superseded))
         try:
-            async with self.memory.reserve(coordinator_bytes(spec.plan)):
-                async for event in self._run(spec, fence):
+            async with (self.memory.reserve(coordinator_bytes(spec.plan)),
+                        contextlib.aclosing(self._run(spec, fence)) as events):
+                async for event in events:
                     if superseded.is_set():
-                        raise fence.error()
+                        raise fence.error()  # closing _run cancels its running tiles
                     yield event
         finally:
             watcher.cancel()

@@ -233,6 +233,7 @@ class JobRunner(LeaseKeeping):
             logger.warning("job %s: job storage is not answering; the job runs again when "
                            "it does", job.job_id)
             left_open = True
+            self._open.pop(job.job_id, None)  # no heartbeat may renew what is released
             await self._release(job)
         except asyncio.CancelledError:
             if job.job_id in self._lost:

@@ -111,7 +111,7 @@ def test_a_stale_runs_result_never_replaces_the_current_attempts(esrgan):
     store.save(done)
     with pytest.raises(Superseded, match="completed"):
         write_result(store, stale, b"attempt 1", retry_s=1)
-    with pytest.raises(Superseded):  # a fence that read once keeps saying so
+    with pytest.raises(Superseded):
         AttemptFence(store, stale).ensure_current()
     assert store.storage.read_bytes(key) == b"attempt 2"
 
@@ -122,8 +122,8 @@ def test_a_takeover_stops_the_dead_drivers_engine_call_and_the_job_runs_once(esr
     about a second (it held the replica's device: the new one waits for it), and the job
     completes once, with attempt 2's result."""
     store = esrgan.store
-    # Run twice (in part, then whole): smaller, 6 tiles.
-    job, data = open_job(store, (96, 64), lease_expires_at=time.time() - 1)
+    # Run twice (in part, then whole): smaller, 8 tiles.
+    job, data = open_job(store, (128, 64), lease_expires_at=time.time() - 1)
     timings = RunnerTimings(heartbeat_s=0.05, stale_after_s=5, progress_save_s=0.2)
     for other in store.open_job_ids():  # earlier tests' jobs: not this runner's to sweep
         if other != job.job_id:

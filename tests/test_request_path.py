@@ -41,7 +41,7 @@ def test_a_job_writes_its_upload_record_and_result_once_and_reads_none_back(
     to the engine inline, not read back; the record is written when the job is accepted and
     when it ends (no write per state for a job that ends in the request); the result is
     written once, and nothing the request wrote is read back while it runs but the record,
-    once, by the engine's fence (deployments/fencing.py), beside its work."""
+    once, by the engine's fence right before it writes the result (deployments/fencing.py)."""
     image = png_bytes(photo("astronaut", (64, 48)))
     started = time.monotonic()
     r = upload(bare_app, image, model="tiny-compact", upscale_factor=4)
