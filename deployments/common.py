@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from deployments import ray_compat
+from deployments.fencing import AttemptFence, write_result
 from upscaler.device import resolve_device, use_cpu_threads
 from upscaler.encode import encode_image
 from upscaler.images import DecodedImage, decode_image
@@ -57,7 +58,7 @@ def read_input(store: JobStore, spec: JobSpec, max_pixels: int,
 
 
 def finish_job(store: JobStore, spec: JobSpec, image: DecodedImage, settings: Settings,
-               stats: dict[str, Any]) -> Completed:
+               stats: dict[str, Any], fence: AttemptFence | None = None) -> Completed:
     """The engine's output at the planned size: cropped when the crop is applied, encoded with
     the DPI, written to job storage; the event that reports it."""
     started = time.perf_counter()
@@ -65,19 +66,21 @@ def finish_job(store: JobStore, spec: JobSpec, image: DecodedImage, settings: Se
     encoded = encode_image(image, spec.params.output_format, spec.plan.dpi,
                            settings.png_compress_level, settings.tiff_compression,
                            settings.png_encoder)
-    key = JobStore.result_key(spec.result_filename)
-    store.storage.write_bytes(key, encoded)
+    # Fenced (written only while this run is the job's current attempt) and tried again
+    # while storage is down, for up to a lease: a finished image is not thrown away lightly.
+    key = write_result(store, spec, encoded, settings.stale_after_s, fence)
     return Completed(key, spec.result_filename, {
         **stats, "encode_seconds": round(time.perf_counter() - started, 3),
         "output_bytes": len(encoded)})
 
 
-async def stream_from_thread(work: Callable[[Emit, threading.Event], Completed]
-                             ) -> AsyncIterator[JobEvent]:
+async def stream_from_thread(work: Callable[[Emit, threading.Event], Completed],
+                             fence: AttemptFence | None = None) -> AsyncIterator[JobEvent]:
     """Run ``work(emit, cancelled)`` in a worker thread and yield what it emits, then its
     result. The replica's event loop stays free for health and model questions meanwhile;
     when the caller goes away (cancel), ``cancelled`` is set and the work stops at its next
-    check."""
+    check. With a ``fence``, ``cancelled`` is also set when the job moves on without this run
+    (deployments.fencing), which then ends with ``Superseded``."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[JobEvent] = asyncio.Queue()
     cancelled = threading.Event()
@@ -86,6 +89,7 @@ async def stream_from_thread(work: Callable[[Emit, threading.Event], Completed]
         loop.call_soon_threadsafe(events.put_nowait, event)
 
     task = loop.run_in_executor(None, work, emit, cancelled)
+    watcher = fence and loop.create_task(fence.watch(cancelled))
     try:
         while True:
             getter = asyncio.ensure_future(events.get())
@@ -96,7 +100,11 @@ async def stream_from_thread(work: Callable[[Emit, threading.Event], Completed]
             getter.cancel()
             while not events.empty():
                 yield events.get_nowait()
+            if fence is not None and fence.reason is not None and task.exception():
+                raise fence.error() from task.exception()  # stopped by the fence
             yield task.result()
             return
     finally:
         cancelled.set()
+        if watcher:
+            watcher.cancel()

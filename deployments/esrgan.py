@@ -25,8 +25,9 @@ from deployments.common import (
     replica_tag,
     stream_from_thread,
 )
+from deployments.fencing import AttemptFence
 from upscaler.engines.models import ModelInfo, ModelRegistry
-from upscaler.errors import ServiceUnavailable, UnsupportedModel
+from upscaler.errors import ServiceUnavailable, Superseded, UnsupportedModel
 from upscaler.images import DecodedImage
 from upscaler.job_store import JobStore
 from upscaler.jobs import Completed, EsrganParams, FluxParams, JobEvent, JobSpec, Progress, Started
@@ -72,6 +73,7 @@ class EsrganDeployment:
         self._gpu_lock = threading.Lock()  # one image at a time on this replica's device
         self._busy_jobs = 0
         self._completed = 0
+        self._superseded = 0  # runs stopped because their job moved on (deployments.fencing)
         self.replica_id = replica_tag()
         # Warm the default model beside the rest of start-up: the replica is ready at once,
         # and a job that comes first waits only for what is left of the load.
@@ -109,7 +111,8 @@ class EsrganDeployment:
     def health(self) -> dict[str, Any]:
         return {**gpu_snapshot(), "device": str(self.engine.device),
                 "models_loaded": self.engine.cache.loaded_names(), "busy_jobs": self._busy_jobs,
-                "completed_jobs": self._completed, "replica": self.replica_id}
+                "completed_jobs": self._completed, "superseded_jobs": self._superseded,
+                "replica": self.replica_id}
 
     def check_health(self) -> None:
         if self.engine.device.type == "cuda":
@@ -133,13 +136,13 @@ class EsrganDeployment:
         return result.image, result.stats
 
     def _process(self, spec: JobSpec, data: bytes | None, emit: Emit,
-                 cancelled: threading.Event) -> Completed:
+                 cancelled: threading.Event, fence: AttemptFence | None = None) -> Completed:
         params = spec.params
         assert isinstance(params, EsrganParams)
         image, stats = self._upscale(spec, params.model, params.tile_size, params.use_fp16,
                                      emit, cancelled, data)
         return finish_job(self.store, spec, image, self.settings,
-                          {**stats, "replica": self.replica_id})
+                          {**stats, "replica": self.replica_id}, fence)
 
     async def prepass(self, spec: JobSpec) -> DecodedImage:
         """FLUX's first step: the pre-pass model to the exact output size (uncropped)."""
@@ -156,14 +159,19 @@ class EsrganDeployment:
     async def run(self, spec: JobSpec, data: bytes | None = None) -> AsyncIterator[JobEvent]:
         """Process one job (``data``: its upload, when the caller sends it along): ``Started``
         / ``Progress`` events, then ``Completed``. Cancelling the call (the caller went away
-        or cancelled) stops between tiles."""
+        or cancelled) stops between tiles, and so does the job moving on without this run
+        (a newer attempt took it over, it was cancelled elsewhere): then ``Superseded``."""
         self._busy_jobs += 1
+        fence = AttemptFence(self.store, spec)
         try:
             async for event in stream_from_thread(lambda emit, cancelled: self._process(
-                    spec, data, emit, cancelled)):
+                    spec, data, emit, cancelled, fence), fence):
                 if isinstance(event, Completed):
                     self._completed += 1
                 yield event
+        except Superseded:
+            self._superseded += 1
+            raise
         finally:
             self._busy_jobs -= 1
 

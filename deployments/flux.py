@@ -15,6 +15,7 @@ Ultimate SD Upscale over all of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import threading
@@ -28,6 +29,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments import metrics
 from deployments.common import engine_device, finish_job, replica_tag
+from deployments.fencing import AttemptFence
 from upscaler.budget import MemoryBudget
 from upscaler.engines.flux_files import (
     FluxFiles,
@@ -182,11 +184,21 @@ class FluxCoordinator:
     async def run(self, spec: JobSpec, _data: bytes | None = None) -> AsyncIterator[JobEvent]:
         """The job, once its image fits in the memory budget (until then it stays queued).
         Its upload is read from job storage by the pre-pass (minutes of work: no hurry)."""
-        async with self.memory.reserve(coordinator_bytes(spec.plan)):
-            async for event in self._run(spec):
-                yield event
+        # Fenced (deployments.fencing): a run whose job moved on stops after its next tile
+        # (its tiles still running are cancelled) and writes no result.
+        fence, superseded = AttemptFence(self.store, spec), threading.Event()
+        watcher = asyncio.ensure_future(fence.watch(superseded))
+        try:
+            async with (self.memory.reserve(coordinator_bytes(spec.plan)),
+                        contextlib.aclosing(self._run(spec, fence)) as events):
+                async for event in events:
+                    if superseded.is_set():
+                        raise fence.error()  # closing _run cancels its running tiles
+                    yield event
+        finally:
+            watcher.cancel()
 
-    async def _run(self, spec: JobSpec) -> AsyncIterator[JobEvent]:
+    async def _run(self, spec: JobSpec, fence: AttemptFence) -> AsyncIterator[JobEvent]:
         job_id, params = spec.job_id, spec.params
         assert isinstance(params, FluxParams)
         start = time.perf_counter()
@@ -264,7 +276,7 @@ class FluxCoordinator:
         yield await asyncio.to_thread(finish_job, self.store, spec, image, self.settings, {
             "tiles": len(tiles), "tiles_computed": len(tile_log), "tiles_resumed": resumed,
             "replicas": replicas, "tile_log": tile_log, "timeline": timeline,
-            "seconds": round(time.perf_counter() - start, 3)})
+            "seconds": round(time.perf_counter() - start, 3)}, fence)
 
     async def _draw(self, tile: Tile, crop: np.ndarray, embeds: tuple[np.ndarray, np.ndarray],
                     params: FluxParams) -> tuple[np.ndarray, dict[str, Any]]:

@@ -75,6 +75,7 @@ class ImagenDeployment:
             "vertex_seconds": round(call_seconds, 3), "device": "vertex-ai"})
 
     async def run(self, spec: JobSpec, data: bytes | None = None) -> AsyncIterator[JobEvent]:
+        # One Vertex call cannot stop midway; the fence keeps a superseded run's result out.
         async for event in stream_from_thread(lambda emit, cancelled: self._process(
                 spec, data, emit, cancelled)):
             yield event

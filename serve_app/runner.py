@@ -4,9 +4,12 @@ It submits (stores the upload and the record, starts the engine call), records t
 events, heart-beats its open jobs (renewing its lease on each, see upscaler/job_store.py),
 cancels, re-runs a job whose engine replica died (FLUX resumes from its tiles), claims jobs
 whose driver's lease ran out (the periodic sweep, on every Ingress replica: the conditional
-claim lets one win), and hands over or drains its jobs when its replica stops. The engine
-call is injected (``run_engine``), so all of this runs, and is tested, without Ray; in the
-service it is a streaming DeploymentHandle call.
+claim lets one win; heartbeats, sweep and lease-checked saves are in serve_app/leases.py), and
+hands over or drains its jobs when its replica stops. An engine call that sees its job move on
+without it (fenced: deployments/fencing.py) ends with ``Superseded``: as a refused save, the
+driver then stops and writes nothing. The engine call is injected (``run_engine``), so all
+of this runs, and is tested, without Ray; in the service it is a streaming DeploymentHandle
+call.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 from deployments import metrics
 from deployments.ray_compat import unwrap, worker_died
-from upscaler.errors import Conflict, NotFound, UpscalerError
+from serve_app.leases import DEFAULT_TIMINGS, LeaseKeeping, RunnerTimings, adopt
+from upscaler.errors import Conflict, NotFound, Superseded, UpscalerError
 from upscaler.job_store import JobNotFound, JobStore, LeaseLost
 from upscaler.jobs import (
     Completed,
@@ -33,6 +36,7 @@ from upscaler.jobs import (
     Progress,
     Started,
 )
+from upscaler.storage import StorageError
 
 logger = logging.getLogger("ray.serve")
 # The engine call: the job, and its upload's bytes when they are at hand (a new job's, if
@@ -45,19 +49,9 @@ JobEnded = Callable[[JobRecord], Awaitable[None]]
 JobEventHook = Callable[[JobRecord, str], None]
 
 
-@dataclass(frozen=True)
-class RunnerTimings:
-    heartbeat_s: float = 3.0
-    stale_after_s: float = 30.0
-    drain_s: float = 60.0  # ESRGAN/Imagen jobs' time to finish when the runner stops
-    max_resumes: int = 3  # resumable jobs, after a failed engine call
-    max_attempts: int = 3  # runs of a job whose driver or replica died under it
-    progress_save_s: float = 0.5  # bounds record writes on object stores
-
-
-class JobRunner:
+class JobRunner(LeaseKeeping):
     def __init__(self, store: JobStore, run_engine: RunEngine,
-                 timings: RunnerTimings = RunnerTimings(), on_ended: JobEnded | None = None,
+                 timings: RunnerTimings = DEFAULT_TIMINGS, on_ended: JobEnded | None = None,
                  on_event: JobEventHook | None = None):
         self.store = store
         self.on_event = on_event
@@ -102,9 +96,7 @@ class JobRunner:
         if self._background:
             self._background.cancel()
         for job in self._handed_over:
-            job.heartbeat_at, job.lease_expires_at = 0.0, 0.0
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.store.save, job)
+            await self._release(job)
 
     # --- requests ------------------------------------------------------------------------
     async def submit(self, job: JobRecord, data: bytes, wait: float) -> JobRecord:
@@ -188,67 +180,6 @@ class JobRunner:
     def open_count(self, engine: Engine | None = None) -> int:
         return sum(1 for j in self._open.values() if engine is None or j.engine == engine)
 
-    # --- background ----------------------------------------------------------------------
-    async def _heartbeat_loop(self) -> None:
-        last_sweep = 0.0
-        while True:
-            if time.monotonic() - last_sweep >= self.timings.stale_after_s / 2:
-                last_sweep = time.monotonic()
-                await self.sweep()
-            await asyncio.sleep(self.timings.heartbeat_s)
-            for job in list(self._open.values()):
-                if job.job_id not in self._open or job.state.is_terminal:  # ending: saved so
-                    continue
-                try:
-                    await self._save(job)
-                except LeaseLost as lost:
-                    self._lose(job, lost.record)
-                except Exception:  # noqa: BLE001 - storage down: the next beat tries again
-                    logger.exception("heartbeat for %s failed", job.job_id)
-
-    def _lose(self, job: JobRecord, stored: JobRecord) -> None:
-        """The job ended elsewhere (cancelled through another replica) or another runner
-        claimed it (this one was cut off for a lease's length): stop driving it, write
-        nothing."""
-        logger.warning("job %s is %s elsewhere; stopping here", job.job_id,
-                       stored.state.value if stored.state.is_terminal else "driven")
-        if task := self._tasks.get(job.job_id):  # else it has just finished here
-            self._lost[job.job_id] = stored
-            task.cancel()
-
-    async def sweep(self) -> None:
-        """Claim jobs whose driver's lease ran out: re-run them (from their tiles: FLUX), or
-        fail them with the reason when their attempts are spent. Each claim is a conditional
-        write, so of several runners sweeping at once one takes a job, once."""
-        if self._stopping:  # a stopping replica takes nothing over
-            return
-        try:
-            expired = await asyncio.to_thread(self.store.expired_jobs)
-        except Exception:  # noqa: BLE001 - storage down: the next sweep tries again
-            logger.exception("sweep failed")
-            return
-        for found in expired:
-            if found.job_id in self._open or self._stopping:
-                continue
-            try:
-                job = await asyncio.to_thread(self.store.claim, found.job_id, self.owner,
-                                              self.timings.max_attempts)
-            except Exception:  # noqa: BLE001
-                logger.exception("claiming job %s failed", found.job_id)
-                continue
-            if job is None:  # renewed, ended, or claimed by another runner first
-                continue
-            if job.state.is_terminal:
-                logger.warning("job %s: attempts spent; failed", job.job_id)
-                metrics.count(metrics.jobs_total, engine=job.engine.value, status=job.state.value)
-                await asyncio.to_thread(self.store.delete_work_files, job.job_id, job.resumable)
-                await self._ended(job)
-            else:
-                logger.warning("job %s: its driver stopped; %s (attempt %d)", job.job_id,
-                               "resuming from its tiles" if job.resumable
-                               else "running it again from its stored input", job.attempts)
-                self._start(job)
-
     # --- driving one job -----------------------------------------------------------------
     def _start(self, job: JobRecord, data: bytes | None = None) -> asyncio.Task:
         job.owner = job.lease_owner = self.owner
@@ -274,6 +205,16 @@ class JobRunner:
                     raise
                 except Exception as exc:
                     cause = unwrap(exc)
+                    if isinstance(cause, Superseded):  # the engine saw the job move on: as
+                        # a refused save, the stored record is the truth; nothing is written
+                        raise LeaseLost(await asyncio.to_thread(self.store.load, job.job_id)
+                                        ) from exc
+                    if isinstance(cause, StorageError) and \
+                            job.attempts < self.timings.max_attempts:
+                        # The engine could not reach job storage (its input, or its result
+                        # after a lease's length of retries): not the job's fault. Handed to
+                        # the sweep, which runs it again once storage answers.
+                        raise _StorageOutage() from exc
                     if isinstance(cause, UpscalerError):
                         raise
                     if job.resumable and job.resumes < self.timings.max_resumes:
@@ -288,6 +229,12 @@ class JobRunner:
         except LeaseLost as lost:
             self._lost[job.job_id] = lost.record
             left_open = True  # not this runner's job any more: nothing to write
+        except _StorageOutage:
+            logger.warning("job %s: job storage is not answering; the job runs again when "
+                           "it does", job.job_id)
+            left_open = True
+            self._open.pop(job.job_id, None)  # no heartbeat may renew what is released
+            await self._release(job)
         except asyncio.CancelledError:
             if job.job_id in self._lost:
                 left_open = True
@@ -315,7 +262,7 @@ class JobRunner:
             self._tasks.pop(job.job_id, None)
             self._cancel_requested.discard(job.job_id)
             if (stored := self._lost.pop(job.job_id, None)) is not None:
-                _adopt(job, stored)  # what waiters on this record see: the stored truth
+                adopt(job, stored)  # what waiters on this record see: the stored truth
             try:
                 # Until its end is stored, readers here get this record, not the stored
                 # one, which may still say processing.
@@ -344,7 +291,7 @@ class JobRunner:
                     self._emit(job, "progress")
                     if time.monotonic() - last_save > self.timings.progress_save_s:
                         last_save = time.monotonic()
-                        await self._save(job)
+                        await self._save_progress(job)
                 elif isinstance(event, Completed):
                     job.mark_completed(event)
                 self._notify(job.job_id)
@@ -366,7 +313,10 @@ class JobRunner:
         if not saved:
             return
         self._emit(job, job.state.value)
-        await asyncio.to_thread(self.store.delete_work_files, job.job_id, job.resumable)
+        try:
+            await asyncio.to_thread(self.store.delete_work_files, job.job_id, job.resumable)
+        except Exception:  # noqa: BLE001 - storage down: a sweep deletes an ended job's upload
+            logger.warning("job %s: its upload and work files are left for a sweep", job.job_id)
         # Bookkeeping (quotas, estimates) after the answer, not before it.
         asyncio.get_running_loop().create_task(self._ended(job))
 
@@ -384,37 +334,9 @@ class JobRunner:
             except Exception:  # noqa: BLE001 - a webhook must not undo the job
                 logger.exception("event %s of job %s", event, job.job_id)
 
-    async def _save_final(self, job: JobRecord) -> bool:
-        """Save a job's end, retrying while storage is down for up to a lease's length (then
-        the lease runs out and a sweep runs the job again). False: it ended elsewhere."""
-        deadline = time.monotonic() + self.timings.stale_after_s
-        delay = 0.05
-        while True:
-            try:
-                await self._save(job)
-                return True
-            except LeaseLost as lost:
-                _adopt(job, lost.record)
-                return False
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                logger.warning("job %s: saving its end failed; retrying", job.job_id)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    def _renew(self, job: JobRecord) -> None:
-        job.heartbeat_at = time.time()
-        job.lease_expires_at = job.heartbeat_at + self.timings.stale_after_s
-
-    async def _save(self, job: JobRecord) -> None:
-        self._renew(job)
-        await asyncio.to_thread(self.store.save, job)
-
     def _queue_gauge(self, engine: Engine) -> None:
         metrics.set_gauge(metrics.queue_size, self.open_count(engine), engine=engine.value)
 
 
-def _adopt(job: JobRecord, stored: JobRecord) -> None:
-    for name in type(stored).model_fields:
-        setattr(job, name, getattr(stored, name))
+class _StorageOutage(Exception):
+    """An engine call failed because job storage could not be reached."""

@@ -95,7 +95,8 @@ def test_resume_computes_only_missing_tiles_and_gives_the_same_image(app):
     # The same job, interrupted after 4 of its 6 tiles: the upload, the pre-pass and 4 tiles
     # are stored (as the coordinator writes them), then the coordinator runs it again.
     job = JobRecord.model_validate({**store.load(full["job_id"]).model_dump(),
-                                    "job_id": "a" * 32})
+                                    "job_id": "a" * 32, "state": "processing"})
+    store.save(job)  # an open record: the coordinator's runs are of its attempt (fenced)
     store.storage.write_bytes(JobStore.input_key(job.job_id),
                               png_bytes(photo("chelsea", (96, 64))))
 
@@ -131,3 +132,43 @@ def test_community_gguf_at_real_width_loads_through_the_conversion_path(tmp_path
     out = engine.redraw(crop, engine.encode_prompt(""), 0.5, 2, 3.5, seed=0)
     assert out.shape == crop.shape and np.isfinite(out).all()
     assert 0 < float(np.abs(out - crop).mean()) < 0.5
+
+
+def test_a_superseded_flux_run_stops_and_writes_no_result(app):
+    """The coordinator's run is one attempt of its job (deployments/fencing.py): once the
+    record's attempt moves on (a takeover), it stops after its tile in progress, cancels the
+    tiles still drawing and writes no result; the tiles it stored stay for the new attempt."""
+    from deployments.fencing import AttemptFence
+    from upscaler.dimensions import calculate_output_dimensions
+    from upscaler.errors import Superseded
+    from upscaler.jobs import Engine, FluxParams, JobState, Progress, Size
+
+    graph, store = app.graph, app.graph.services.store
+    params = FluxParams(upscale_model="tiny-rrdb", upscale_factor=2, tile_size=32,
+                        tile_padding=16, mask_blur=4, steps=4, denoise=0.5)
+    job = JobRecord(engine=Engine.flux, params=params, input_format="PNG",
+                    plan=calculate_output_dimensions(128, 128, 2),
+                    input_size=Size(width=128, height=128),
+                    output_size=Size(width=256, height=256), state=JobState.processing)
+    store.storage.write_bytes(JobStore.input_key(job.job_id),
+                              png_bytes(photo("astronaut", (128, 128))))
+    store.save(job)
+
+    async def run() -> list:
+        tiles = []
+        with pytest.raises(Superseded):
+            async for event in graph.coordinator.run(job.spec()):
+                if isinstance(event, Progress) and event.stage is None:
+                    tiles.append(event.tile)
+                    if len(tiles) == 1:
+                        await asyncio.to_thread(store.update, job.job_id, lambda j: j.model_copy(
+                            update={"attempts": 2, "lease_owner": "another-runner"}))
+        return tiles
+
+    tiles = asyncio.run(asyncio.wait_for(run(), 120))
+    assert 1 <= len(tiles) < 64
+    assert not store.storage.exists(JobStore.result_key(job.spec().result_filename))
+    stored = len(list(store.storage.list(JobStore.tiles_prefix(job.job_id))))
+    assert stored >= len(tiles)  # kept: the new attempt resumes from them
+    assert AttemptFence(store, job.spec()).check() is not None
+    store.delete_work_files(job.job_id)

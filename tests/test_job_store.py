@@ -116,6 +116,12 @@ def test_driver_saves_never_overwrite_an_ended_job_or_another_drivers_lease(stor
     with pytest.raises(LeaseLost):
         store.save(intruder)
     assert store.load(other.job_id).progress == 0
+    # Its end too (fencing): the lease's holder runs a newer attempt, whose result is kept.
+    intruder.mark_completed(Completed("results/x.png", "x.png"))
+    with pytest.raises(LeaseLost) as lost:
+        store.save(intruder)
+    assert lost.value.record.lease_owner == "b"
+    assert store.load(other.job_id).state == JobState.queued
 
 
 def _count_up(url: str, times: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -193,3 +194,61 @@ def test_storage_down_answers_503_and_the_service_recovers(s3, tmp_path, models_
         r = upload(client, png_bytes(photo("rocket", (24, 24))), model="tiny-rrdb", wait=0)
         assert wait_for_job(client, r.json()["jobId"], timeout=60)["status"] == "completed"
         assert download(client, done["outputUrl"]).size == (96, 96)
+
+
+@pytest.mark.parametrize("outage_s,lease_s", [(3, 15), (5, 2)], ids=["short", "past-a-lease"])
+def test_jobs_survive_the_object_store_stopping_mid_job(s3, tmp_path, models_root, outage_s,
+                                                        lease_s):
+    """The issue's proof: the object store stops with jobs running and queued, and starts
+    again on its port seconds later. moto's buckets live in this process's backends, not in
+    the server, so it comes back with what it held, as a real store does after an outage;
+    while it is down its port refuses connections, as an unreachable endpoint does. The
+    SDK's own retries are cut to one (botocore's default five, backing off, would hide a
+    few seconds' outage inside single calls): so the service's retries are what carries
+    the jobs through, as they must in an outage of minutes. Every job ends completed, each
+    computed once, none stuck, and every result is readable. An outage within a lease is
+    ridden out by retries (attempts 1); one past it hands the jobs whose results could not
+    be written to the sweep, which runs them again when storage answers (attempts 2)."""
+    bucket = s3.new_bucket()
+    options = {**s3.options, "config_kwargs": {"retries": {"mode": "standard",
+                                                           "max_attempts": 1}}}
+    settings = settings_from_env(TEST_LIMITS, data_dir=tmp_path, models_dir=models_root,
+                                 storage_url=s3.url(bucket), storage_options=options,
+                                 sync_wait_s=60, device="cpu", heartbeat_s=0.5,
+                                 stale_after_s=lease_s, default_models=["tiny-rrdb"])
+    host, port = s3.server.get_host_and_port()
+    with local_client(settings) as client:
+        esrgan = client.graph.esrgan  # type: ignore[attr-defined]
+        before = esrgan.health()
+        ids = [upload(client, png_bytes(photo(name, (96, 64))), model="tiny-rrdb",
+                      tile_size=64, wait=0).json()["jobId"]
+               for name in ("coffee", "rocket", "chelsea", "astronaut")]
+        deadline = time.monotonic() + 60
+        while client.get(f"/api/status/{ids[0]}").json()["progress"] == 0:  # mid-run
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        s3.server.stop()
+        try:
+            # Read from the driver's own copies: the store is not there to ask.
+            open_then = [client.get(f"/api/status/{i}").json()["status"] for i in ids]
+            time.sleep(outage_s)
+        finally:
+            s3.server = moto_server.ThreadedMotoServer(ip_address=host, port=port,
+                                                       verbose=False)
+            s3.server.start()
+        assert "completed" not in open_then[1:], open_then  # the outage was mid-work
+        ended = [wait_for_job(client, i, timeout=60) for i in ids]
+        assert [s["status"] for s in ended] == ["completed"] * len(ids), ended
+        after = esrgan.health()
+        if outage_s < lease_s:
+            assert all(s["attempts"] == 1 for s in ended), ended
+            # Each computed to its end once, nothing stopped by the fence.
+            assert after["completed_jobs"] - before["completed_jobs"] == len(ids)
+        else:  # at most once more, and never two runs of a job at once (one runner)
+            assert all(s["attempts"] <= 2 for s in ended), ended
+        assert after["superseded_jobs"] == before["superseded_jobs"]
+        for status in ended:
+            assert download(client, status["output_url"]).size == (384, 256)
+    storage = s3.storage(bucket)
+    assert sorted(storage.list("results")) == sorted(f"results/{i}.png" for i in ids)
+    assert list(storage.list("inputs")) == []  # none left open

@@ -40,7 +40,8 @@ def test_a_job_writes_its_upload_record_and_result_once_and_reads_none_back(
     """The upload is stored once (it is what a restarted job would be re-run from) and handed
     to the engine inline, not read back; the record is written when the job is accepted and
     when it ends (no write per state for a job that ends in the request); the result is
-    written once, and nothing the request wrote is read back while it runs."""
+    written once, and nothing the request wrote is read back while it runs but the record,
+    once, by the engine's fence right before it writes the result (deployments/fencing.py)."""
     image = png_bytes(photo("astronaut", (64, 48)))
     started = time.monotonic()
     r = upload(bare_app, image, model="tiny-compact", upscale_factor=4)
@@ -52,4 +53,5 @@ def test_a_job_writes_its_upload_record_and_result_once_and_reads_none_back(
     timings = RunnerTimings()
     allowed = 2 + int(elapsed / timings.progress_save_s) + int(elapsed / timings.heartbeat_s)
     assert 2 <= calls.pop(("write_if", "record")) <= allowed  # conditional writes
-    assert calls == {("write_bytes", "inputs"): 1, ("write_bytes", "results"): 1}
+    assert calls == {("write_bytes", "inputs"): 1, ("write_bytes", "results"): 1,
+                     ("read_versioned", "record"): 1}

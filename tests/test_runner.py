@@ -379,3 +379,29 @@ def test_two_runners_take_over_a_dead_runners_jobs_each_once(store):
         await asyncio.gather(*(r.stop() for r in survivors))
 
     run(main())
+
+
+def test_a_job_whose_engine_cannot_reach_storage_runs_again_when_it_can(store):
+    """An engine call that failed for want of job storage (its result unwritable for a
+    lease's length) does not fail the job: its lease is released and a sweep runs it again;
+    when its attempts are spent it fails with the storage error's reason."""
+    from upscaler.storage import StorageError
+
+    async def main():
+        engine = FakeEngine(fail=[StorageError("job storage is not answering")])
+        runner = started(store, engine)
+        job = await runner.submit(new_job(), b"upload", wait=0)
+        await until(lambda: store.load(job.job_id).state == JobState.completed)
+        assert store.load(job.job_id).attempts == 2 and engine.calls == [job.job_id] * 2
+        await runner.stop()  # the next job's sweeps are the next runner's alone
+        down = FakeEngine(fail=[StorageError("job storage is not answering", retry_after=5)]
+                          * FAST.max_attempts)
+        runner2 = started(store, down)
+        job = await runner2.submit(new_job(), b"upload", wait=0)
+        await until(lambda: store.load(job.job_id).state == JobState.failed)
+        failed = store.load(job.job_id)
+        assert failed.error_code == "storage_unavailable" and failed.error_status == 503
+        assert failed.attempts == FAST.max_attempts == len(down.calls)
+        await runner2.stop()
+
+    run(main())

@@ -65,6 +65,14 @@ class Conflict(UpscalerError):
     http_status, default_code = 409, "conflict"
 
 
+class Superseded(Conflict):
+    """An engine run of a job that moved on without it: a newer attempt took the job over (its
+    driver's lease ran out) or the job ended elsewhere (cancelled). The run stops and writes
+    nothing; the job's record is the truth."""
+
+    default_code = "job_superseded"
+
+
 class Gone(UpscalerError):
     """A job or result that existed and was removed (its retention ran out, or it was deleted)."""
 

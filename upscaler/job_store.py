@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Callable
 
-from upscaler.jobs import TERMINAL_STATES, JobRecord, JobState
+from upscaler.jobs import TERMINAL_STATES, JobRecord
 from upscaler.settings import Settings
 from upscaler.storage import Storage, StorageError, WriteConflict
 
@@ -97,6 +97,22 @@ class JobStore:
         """The stored record, as it is (reading never writes)."""
         return self._read(job_id)[0]
 
+    def superseded(self, job_id: str, attempt: int) -> str | None:
+        """Why an engine run of ``attempt`` must stop (None: it is still the job's run): the
+        record moved on to a newer attempt (a takeover), the job ended (cancelled elsewhere),
+        or it is gone. One read: engines call it about once a second, and before writing a
+        result, never per tile."""
+        try:
+            stored = self.load(job_id)
+        except JobNotFound:
+            return f"job {job_id} no longer exists"
+        if stored.state.is_terminal:
+            return f"job {job_id} is {stored.state.value} already"
+        if stored.attempts != attempt:
+            return (f"job {job_id} was taken over: attempt {stored.attempts} runs it now, "
+                    f"not attempt {attempt}")
+        return None
+
     def create(self, job: JobRecord) -> None:
         """Store a new record; ``WriteConflict`` if one with its id exists."""
         job.version = 1
@@ -131,15 +147,15 @@ class JobStore:
 
     def save(self, job: JobRecord) -> None:
         """A driver's write of its in-memory record (a new record is created). Refused with
-        ``LeaseLost`` when the stored job has ended or is leased to another runner; a
-        completion is kept even from a runner whose lease ran out (its result exists)."""
+        ``LeaseLost`` when the stored job has ended or is leased to another runner, its end
+        too: that runner runs a newer attempt, whose result is the one kept (fencing). A
+        driver whose lease ran out unclaimed still writes (nobody else drives the job)."""
         def change(stored: JobRecord) -> JobRecord | None:
             if stored.state.is_terminal:
                 if stored.state == job.state and stored.lease_owner == job.lease_owner:
                     return None  # this very end, saved already
                 raise LeaseLost(stored)
-            if (stored.lease_owner not in (None, job.lease_owner)
-                    and job.state != JobState.completed):
+            if stored.lease_owner not in (None, job.lease_owner):
                 raise LeaseLost(stored)
             return job.model_copy()
 

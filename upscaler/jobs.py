@@ -120,6 +120,9 @@ class JobSpec(BaseModel):
     params: JobParams
     plan: OutputPlan
     input_format: str | None = None
+    # The record's attempt this run is: the engine stops (and writes no result) once the
+    # record has moved on to a newer one, so a job is never computed twice at once.
+    attempt: int = 1
 
     @property
     def engine(self) -> Engine:
@@ -225,7 +228,7 @@ class JobRecord(BaseModel):
 
     def spec(self) -> JobSpec:
         return JobSpec(job_id=self.job_id, params=self.params, plan=self.plan,
-                       input_format=self.input_format)
+                       input_format=self.input_format, attempt=self.attempts)
 
     @property
     def processing_time(self) -> float | None:

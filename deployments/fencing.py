@@ -1,0 +1,110 @@
+"""Fencing: an engine run belongs to one attempt of its job (``JobSpec.attempt``), and stops
+when the job's record has moved on without it.
+
+A driver that dies (its Ingress replica killed, cut off from storage) may leave its engine call
+running while another Ingress claims the job and runs attempt n+1. Without a fence both would
+compute the job for as long as the old call runs, and the old one could write its result after
+the new one's. So:
+
+* while a run works, ``AttemptFence.watch`` reads the record about once a second, beside the
+  work (a thread off the event loop: never on the compute thread, never per tile; a run
+  shorter than that never reads it), and sets the run's stop flag when the record's attempt
+  is newer, or the job has ended (cancelled elsewhere) or is gone: the engine stops at its
+  next tile and the call ends with ``Superseded``;
+* ``write_result`` reads the record right before writing the result (a job's one read when it
+  is short), so a superseded run does not write one (the store's lease check does the same
+  for the record itself). The window left, a takeover between that read and the write (one
+  PUT), needs the old driver's lease to run out within it.
+
+A record that cannot be read says nothing: the run goes on (storage may be back by its end),
+and writing its result waits for storage, tried again with backoff, checking the fence each
+time, for up to a lease's length; then the job's driver (or a sweep, when its lease runs out)
+decides what happens to the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+from upscaler.errors import Superseded
+from upscaler.job_store import JobStore
+from upscaler.jobs import JobSpec
+from upscaler.storage import StorageError
+
+logger = logging.getLogger("ray.serve")
+FENCE_EVERY_S = 1.0  # how stale a run may go on for, at one record read per interval
+WRITE_RETRY_FIRST_S, WRITE_RETRY_MAX_S = 0.1, 2.0
+
+
+class AttemptFence:
+    def __init__(self, store: JobStore, spec: JobSpec, every_s: float = FENCE_EVERY_S):
+        self.store, self.job_id, self.attempt = store, spec.job_id, spec.attempt
+        self.every_s = every_s
+        self.reason: str | None = None  # why the run was stopped, once it was
+
+    def _read(self) -> str | None:
+        """One read of the record (blocking; storage errors raised): why this run must
+        stop, or None."""
+        reason = self.store.superseded(self.job_id, self.attempt)
+        if reason is not None:
+            self.reason = reason
+        return reason
+
+    def check(self) -> str | None:
+        """As ``_read``; a record that cannot be read now says nothing (None)."""
+        try:
+            return self._read()
+        except Exception as exc:  # noqa: BLE001 - storage down: the result write decides
+            logger.warning("job %s: its record cannot be read (%s); running on", self.job_id,
+                           type(exc).__name__)
+            return None
+
+    def ensure_current(self) -> None:
+        """Before writing what the run made: ``Superseded`` unless the record, read now, says
+        this run is the job's; storage errors are raised (the caller retries)."""
+        if self.reason is None:
+            self._read()
+        if self.reason is not None:
+            raise self.error()
+
+    async def watch(self, stop: threading.Event) -> None:
+        """Every ``every_s`` (a call that waited in a queue past a takeover stops within the
+        first), until the run ends (the task is cancelled) or is superseded: then ``stop``
+        is set."""
+        while not stop.is_set():
+            await asyncio.sleep(self.every_s)
+            if await asyncio.to_thread(self.check) is not None:
+                logger.warning("job %s attempt %d stops: %s", self.job_id, self.attempt,
+                               self.reason)
+                stop.set()
+                return
+
+    def error(self) -> Superseded:
+        return Superseded(self.reason or f"job {self.job_id} moved on")
+
+
+def write_result(store: JobStore, spec: JobSpec, data: bytes, retry_s: float,
+                 fence: AttemptFence | None = None) -> str:
+    """Write a job's result, only while its record says this run's attempt is the job's
+    (``fence.ensure_current``; a superseded run raises ``Superseded`` and writes nothing).
+    Storage that cannot be reached (503) is tried again with backoff for up to ``retry_s``;
+    a full one (507) is final at once. Returns the result's key."""
+    fence = fence or AttemptFence(store, spec)
+    key = JobStore.result_key(spec.result_filename)
+    deadline = time.monotonic() + retry_s
+    delay = WRITE_RETRY_FIRST_S
+    while True:
+        try:
+            fence.ensure_current()
+            store.storage.write_bytes(key, data)
+            return key
+        except StorageError:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("job %s: job storage is not answering; writing its result again "
+                           "in %.1f s", spec.job_id, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, WRITE_RETRY_MAX_S)
