@@ -6,7 +6,8 @@ cancels, re-runs a job whose engine replica died (FLUX resumes from its tiles), 
 whose driver's lease ran out (the periodic sweep, on every Ingress replica: the conditional
 claim lets one win), and hands over or drains its jobs when its replica stops. The engine
 call is injected (``run_engine``), so all of this runs, and is tested, without Ray; in the
-service it is a streaming DeploymentHandle call.
+service it is a streaming DeploymentHandle call. What it is given (the engine call, timings,
+hooks) is in ``serve_app.runner_contract``.
 """
 
 from __future__ import annotations
@@ -16,53 +17,33 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 from deployments import metrics
 from deployments.ray_compat import unwrap, worker_died
+from serve_app.runner_contract import (
+    INLINE_UPLOAD_BYTES,
+    JobEnded,
+    JobWebhooks,
+    RunEngine,
+    RunnerTimings,
+    adopt,
+)
+from serve_app.runner_leases import LeaseKeeping
 from upscaler.errors import Conflict, NotFound, UpscalerError
 from upscaler.job_store import JobNotFound, JobStore, LeaseLost
-from upscaler.jobs import (
-    Completed,
-    Engine,
-    JobEvent,
-    JobRecord,
-    JobSpec,
-    JobState,
-    Progress,
-    Started,
-)
+from upscaler.jobs import Completed, Engine, JobRecord, JobState, Progress, Started
 
 logger = logging.getLogger("ray.serve")
-# The engine call: the job, and its upload's bytes when they are at hand (a new job's, if
-# small) so the replica need not read back what was just stored.
-RunEngine = Callable[[JobSpec, bytes | None], AsyncIterator[JobEvent]]
-INLINE_UPLOAD_BYTES = 4 * 1024 * 1024
-JobEnded = Callable[[JobRecord], Awaitable[None]]
-# Told each event of a job as it happens (webhooks): started, progress, completed, failed,
-# cancelled. Called on the event loop; it must not block.
-JobEventHook = Callable[[JobRecord, str], None]
 
 
-@dataclass(frozen=True)
-class RunnerTimings:
-    heartbeat_s: float = 3.0
-    stale_after_s: float = 30.0
-    drain_s: float = 60.0  # ESRGAN/Imagen jobs' time to finish when the runner stops
-    max_resumes: int = 3  # resumable jobs, after a failed engine call
-    max_attempts: int = 3  # runs of a job whose driver or replica died under it
-    progress_save_s: float = 0.5  # bounds record writes on object stores
-
-
-class JobRunner:
+class JobRunner(LeaseKeeping):
     def __init__(self, store: JobStore, run_engine: RunEngine,
-                 timings: RunnerTimings = RunnerTimings(), on_ended: JobEnded | None = None,
-                 on_event: JobEventHook | None = None):
+                 timings: RunnerTimings | None = None, on_ended: JobEnded | None = None,
+                 webhooks: JobWebhooks | None = None):
         self.store = store
-        self.on_event = on_event
+        self.webhooks = webhooks
         self.run_engine = run_engine
-        self.timings = timings
+        self.timings = timings or RunnerTimings()
         self.on_ended = on_ended  # every job that reaches an end here, once
         self.owner = uuid.uuid4().hex
         self._open: dict[str, JobRecord] = {}
@@ -150,6 +131,10 @@ class JobRunner:
         """Whether this runner drives the job (its record here is the live one)."""
         return job_id in self._open
 
+    def live(self, job_id: str) -> JobRecord | None:
+        """The live record of a job this runner drives, else None."""
+        return self._open.get(job_id)
+
     async def changed(self, job_id: str, timeout: float) -> None:
         """Until the job this runner drives changes (an engine event, its end, saved), or
         ``timeout``: how event streams follow a job here without polling its record."""
@@ -177,77 +162,18 @@ class JobRunner:
                 raise Conflict(f"job {job_id} is already {stored.state.value}",
                                code="job_finished")
             stored.mark_cancelled()
+            self._emit(stored, "cancelled", send=False)  # written with the cancellation
             return stored
 
         job = await asyncio.to_thread(self.store.update, job_id, cancelled)
         assert job is not None
+        self._emit(job, None)
         await asyncio.to_thread(self.store.delete_work_files, job_id, job.resumable)
         await self._ended(job)
         return job
 
     def open_count(self, engine: Engine | None = None) -> int:
         return sum(1 for j in self._open.values() if engine is None or j.engine == engine)
-
-    # --- background ----------------------------------------------------------------------
-    async def _heartbeat_loop(self) -> None:
-        last_sweep = 0.0
-        while True:
-            if time.monotonic() - last_sweep >= self.timings.stale_after_s / 2:
-                last_sweep = time.monotonic()
-                await self.sweep()
-            await asyncio.sleep(self.timings.heartbeat_s)
-            for job in list(self._open.values()):
-                if job.job_id not in self._open or job.state.is_terminal:  # ending: saved so
-                    continue
-                try:
-                    await self._save(job)
-                except LeaseLost as lost:
-                    self._lose(job, lost.record)
-                except Exception:  # noqa: BLE001 - storage down: the next beat tries again
-                    logger.exception("heartbeat for %s failed", job.job_id)
-
-    def _lose(self, job: JobRecord, stored: JobRecord) -> None:
-        """The job ended elsewhere (cancelled through another replica) or another runner
-        claimed it (this one was cut off for a lease's length): stop driving it, write
-        nothing."""
-        logger.warning("job %s is %s elsewhere; stopping here", job.job_id,
-                       stored.state.value if stored.state.is_terminal else "driven")
-        if task := self._tasks.get(job.job_id):  # else it has just finished here
-            self._lost[job.job_id] = stored
-            task.cancel()
-
-    async def sweep(self) -> None:
-        """Claim jobs whose driver's lease ran out: re-run them (from their tiles: FLUX), or
-        fail them with the reason when their attempts are spent. Each claim is a conditional
-        write, so of several runners sweeping at once one takes a job, once."""
-        if self._stopping:  # a stopping replica takes nothing over
-            return
-        try:
-            expired = await asyncio.to_thread(self.store.expired_jobs)
-        except Exception:  # noqa: BLE001 - storage down: the next sweep tries again
-            logger.exception("sweep failed")
-            return
-        for found in expired:
-            if found.job_id in self._open or self._stopping:
-                continue
-            try:
-                job = await asyncio.to_thread(self.store.claim, found.job_id, self.owner,
-                                              self.timings.max_attempts)
-            except Exception:  # noqa: BLE001
-                logger.exception("claiming job %s failed", found.job_id)
-                continue
-            if job is None:  # renewed, ended, or claimed by another runner first
-                continue
-            if job.state.is_terminal:
-                logger.warning("job %s: attempts spent; failed", job.job_id)
-                metrics.count(metrics.jobs_total, engine=job.engine.value, status=job.state.value)
-                await asyncio.to_thread(self.store.delete_work_files, job.job_id, job.resumable)
-                await self._ended(job)
-            else:
-                logger.warning("job %s: its driver stopped; %s (attempt %d)", job.job_id,
-                               "resuming from its tiles" if job.resumable
-                               else "running it again from its stored input", job.attempts)
-                self._start(job)
 
     # --- driving one job -----------------------------------------------------------------
     def _start(self, job: JobRecord, data: bytes | None = None) -> asyncio.Task:
@@ -315,7 +241,7 @@ class JobRunner:
             self._tasks.pop(job.job_id, None)
             self._cancel_requested.discard(job.job_id)
             if (stored := self._lost.pop(job.job_id, None)) is not None:
-                _adopt(job, stored)  # what waiters on this record see: the stored truth
+                adopt(job, stored)  # what waiters on this record see: the stored truth
             try:
                 # Until its end is stored, readers here get this record, not the stored
                 # one, which may still say processing.
@@ -361,11 +287,12 @@ class JobRunner:
         metrics.count(metrics.jobs_total, engine=engine, status=job.state.value)
         if job.state == JobState.completed and job.processing_time is not None:
             metrics.observe(metrics.job_seconds, job.processing_time, engine=engine)
+        self._emit(job, job.state.value, send=False)  # stored with its end, then sent
         saved = await self._save_final(job)
         self._notify(job.job_id)  # its end (or the stored one), for every reader
-        if not saved:
+        if not saved:  # ended elsewhere: the stored record (adopted) has its own deliveries
             return
-        self._emit(job, job.state.value)
+        self._emit(job, None)
         await asyncio.to_thread(self.store.delete_work_files, job.job_id, job.resumable)
         # Bookkeeping (quotas, estimates) after the answer, not before it.
         asyncio.get_running_loop().create_task(self._ended(job))
@@ -377,10 +304,15 @@ class JobRunner:
             except Exception:  # noqa: BLE001 - bookkeeping must not undo the job's end
                 logger.exception("after job %s ended", job.job_id)
 
-    def _emit(self, job: JobRecord, event: str) -> None:
-        if self.on_event:
+    def _emit(self, job: JobRecord, event: str | None, send: bool = True) -> None:
+        """Record an event's webhook delivery (None: none) and, with ``send``, send the
+        job's pending ones."""
+        if self.webhooks:
             try:
-                self.on_event(job, event)
+                if event is not None:
+                    self.webhooks.record(job, event)
+                if send:
+                    self.webhooks.send_pending(job)
             except Exception:  # noqa: BLE001 - a webhook must not undo the job
                 logger.exception("event %s of job %s", event, job.job_id)
 
@@ -394,7 +326,7 @@ class JobRunner:
                 await self._save(job)
                 return True
             except LeaseLost as lost:
-                _adopt(job, lost.record)
+                adopt(job, lost.record)
                 return False
             except Exception:
                 if time.monotonic() > deadline:
@@ -413,8 +345,3 @@ class JobRunner:
 
     def _queue_gauge(self, engine: Engine) -> None:
         metrics.set_gauge(metrics.queue_size, self.open_count(engine), engine=engine.value)
-
-
-def _adopt(job: JobRecord, stored: JobRecord) -> None:
-    for name in type(stored).model_fields:
-        setattr(job, name, getattr(stored, name))
