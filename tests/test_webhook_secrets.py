@@ -70,6 +70,9 @@ def deliver(client, who: str, receiver: WebhookReceiver, path: str) -> Received:
     r = upload(client, GOOD, headers=headers, webhook_url=receiver.url(path), **JOB)
     assert r.status_code == 200, r.text
     eventually(lambda: len(receiver.at(path)) == 1)
+    status = client.get(f"/api/status/{r.json()['jobId']}", headers=headers).json()
+    assert set(status["webhooks"]) == {"url", "events", "disabled", "deliveries"}
+    assert "payload" not in status["webhooks"]["deliveries"][0]  # the record's internals
     record = client.graph.services.store.load(r.json()["jobId"])
     assert record.webhooks.signing_key_id == (None if who == "legacy" else
                                               client.made[who][0].key_id)
