@@ -43,11 +43,14 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
 
     records = _key_store(args).list()
-    print(f"{'id':14s} {'name':24s} {'created (UTC)':17s} {'revoked':17s} limits")
+    print(f"{'id':14s} {'name':24s} {'created (UTC)':17s} {'revoked':17s} {'webhooks':9s} "
+          "limits")
     for r in records:
         limits = {k: v for k, v in r.limits.model_dump().items() if v}
+        # Whether the key signs with its own secret (never the secret), or the server's.
+        signs = "own" if r.webhook_secret else "server's"
         print(f"{r.key_id:14s} {r.name:24s} {when(r.created_at):17s} {when(r.revoked_at):17s} "
-              f"{limits or 'server defaults'}")
+              f"{signs:9s} {limits or 'server defaults'}")
     if not records:
         print("(no keys) - `upscaler keys create NAME`")
     return 0
