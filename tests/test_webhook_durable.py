@@ -186,3 +186,27 @@ def test_the_sweep_bounds_retries_and_sends_deliveries_kept_before_bodies_were(
     assert got.verified and got.headers["webhook-id"] == "msg_legacy"
     assert got.body["type"] == "job.completed" and got.body["data"]["job_id"] == job.job_id
     assert not store.storage.exists(JobStore.webhooks_marker_key(job.job_id))
+
+
+def test_a_job_cancelled_through_another_replica_sends_its_cancelled_event_once(
+        tmp_path, store, receiver):
+    """The cancelled event is written with the cancellation, by the replica that was asked,
+    and sent from there; the driver, told at its next heartbeat, sends nothing more."""
+
+    async def main():
+        driver = Replica(tmp_path, store, FakeEngine(steps=500, step_s=0.02))
+        other = Replica(tmp_path, store)
+        job = new_job()
+        job.webhooks = WebhookState(url=receiver.url("/cancel"), events=["cancelled"])
+        await driver.runner.submit(job, b"upload", wait=0)
+        await until(lambda: store.load(job.job_id).state == JobState.processing)
+        await other.runner.cancel(job.job_id)
+        await until(lambda: delivery_of(store, job.job_id, "cancelled") is not None
+                    and delivery_of(store, job.job_id, "cancelled").state == "delivered")
+        await until(lambda: not driver.runner.drives(job.job_id))
+        await asyncio.sleep(0.3)
+        assert receiver.events("/cancel") == ["job.cancelled"]
+        for replica in (driver, other):
+            await replica.stop()
+
+    run(main())
