@@ -52,12 +52,12 @@ def build_services(settings: Settings, esrgan: Any, flux: Any, flux_coordinator:
             estimator.learn(job)
         await quotas.release(quota_bucket(job.api_key_id), job.job_id, job.engine.value)
 
-    webhooks = WebhookSender(settings, store)
+    keys = KeyStore(settings.resolved_keys_file)
+    webhooks = WebhookSender(settings, store, keys)
     runner = JobRunner(store, engines.run, runner_timings(settings), on_ended=job_ended,
-                       on_event=webhooks.notify)
-    webhooks.is_driving = runner.drives
-    return Services(settings, store, runner, engines, estimator,
-                    KeyStore(settings.resolved_keys_file), quotas,
+                       webhooks=webhooks)
+    webhooks.live = runner.live
+    return Services(settings, store, runner, engines, estimator, keys, quotas,
                     UploadSlots(settings.max_concurrent_uploads),
                     MemoryBudget(settings.decode_budget_bytes),
                     IdempotencyKeys(store.storage, idempotency_accepting_s(settings)),

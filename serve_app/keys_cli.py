@@ -1,4 +1,5 @@
-"""`upscaler keys create|list|revoke`: API keys for a service with UPSCALER_AUTH=keys."""
+"""`upscaler keys create|list|revoke|rotate-webhook-secret`: API keys for a service with
+UPSCALER_AUTH=keys, each with its own webhook signing secret."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         print(f"upscaler keys create: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
     print(f"created key {record.key_id} ({record.name}) in {store.url}")
+    print("webhooks of this key's jobs are signed with its own secret; verify them with:")
+    print(f"webhook secret: {record.webhook_secret}")
     print("the key is shown once, here; only its hash is kept. Send it as "
           "`Authorization: Bearer <key>` or `X-API-Key: <key>`:")
     print(key)  # alone on the last line, for scripts
@@ -40,11 +43,14 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
 
     records = _key_store(args).list()
-    print(f"{'id':14s} {'name':24s} {'created (UTC)':17s} {'revoked':17s} limits")
+    print(f"{'id':14s} {'name':24s} {'created (UTC)':17s} {'revoked':17s} {'webhooks':9s} "
+          "limits")
     for r in records:
         limits = {k: v for k, v in r.limits.model_dump().items() if v}
+        # Whether the key signs with its own secret (never the secret), or the server's.
+        signs = "own" if r.webhook_secret else "server's"
         print(f"{r.key_id:14s} {r.name:24s} {when(r.created_at):17s} {when(r.revoked_at):17s} "
-              f"{limits or 'server defaults'}")
+              f"{signs:9s} {limits or 'server defaults'}")
     if not records:
         print("(no keys) - `upscaler keys create NAME`")
     return 0
@@ -60,10 +66,28 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_rotate_webhook_secret(args: argparse.Namespace) -> int:
+    try:
+        record = _key_store(args).rotate_webhook_secret(args.key)
+    except UpscalerError as exc:
+        print(f"upscaler keys rotate-webhook-secret: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"new webhook secret for key {record.key_id} ({record.name}); deliveries are "
+          "signed with it within seconds (the service re-reads the keys file), the old one "
+          "no longer. It is shown once, here:")
+    print(record.webhook_secret)  # alone on the last line, for scripts
+    return 0
+
+
 def add_keys_commands(sub: argparse._SubParsersAction) -> None:
-    keys_p = sub.add_parser("keys", help="API keys: create, list, revoke (UPSCALER_AUTH=keys)")
+    keys_p = sub.add_parser(
+        "keys", help="API keys: create, list, revoke, rotate-webhook-secret (UPSCALER_AUTH=keys)",
+        description="API keys. Each key has its own webhook signing secret (whsec_...), shown "
+        "once by `create` and `rotate-webhook-secret`: the webhooks of jobs submitted with the "
+        "key are signed with it (keys made before keys had one: UPSCALER_WEBHOOK_SECRET).")
     keys_sub = keys_p.add_subparsers(dest="keys_command", required=True)
-    create_p = keys_sub.add_parser("create", help="a new key, printed once (last line)")
+    create_p = keys_sub.add_parser(
+        "create", help="a new key, printed once (last line), and its webhook secret (once)")
     create_p.add_argument("name", help="who the key is for, e.g. backend-prod")
     create_p.add_argument("--rate-limit", type=int, help="requests per minute (default: server)")
     create_p.add_argument("--max-open-jobs", type=int, help="queued or running jobs at once")
@@ -78,6 +102,11 @@ def add_keys_commands(sub: argparse._SubParsersAction) -> None:
     revoke_p = keys_sub.add_parser("revoke", help="stop a key at once (403)")
     revoke_p.add_argument("key", help="the key's id or name")
     revoke_p.set_defaults(func=cmd_keys_revoke)
-    for p in (create_p, list_keys_p, revoke_p):
+    rotate_p = keys_sub.add_parser(
+        "rotate-webhook-secret", help="a new webhook signing secret for a key, printed once "
+        "(last line); the old one stops signing")
+    rotate_p.add_argument("key", help="the key's id or name")
+    rotate_p.set_defaults(func=cmd_keys_rotate_webhook_secret)
+    for p in (create_p, list_keys_p, revoke_p, rotate_p):
         p.add_argument("--data-dir", type=Path, help="default: ./data (UPSCALER_DATA_DIR)")
         p.add_argument("--keys-file", help="default: DATA_DIR/keys.json (UPSCALER_KEYS_FILE)")

@@ -54,6 +54,9 @@ class LeaseKeeping:
     async def _ended(self, job: JobRecord) -> None:
         raise NotImplementedError
 
+    def _emit(self, job: JobRecord, event: str | None, send: bool = True) -> None:
+        raise NotImplementedError
+
     # --- background ----------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
         last_sweep = 0.0
@@ -114,6 +117,7 @@ class LeaseKeeping:
                                "resuming from its tiles" if job.resumable
                                else "running it again from its stored input", job.attempts)
                 self._start(job)
+                self._emit(job, None)  # the webhook deliveries its driver left pending
 
     async def _save_final(self, job: JobRecord) -> bool:
         """Save a job's end, retrying while storage is down for up to a lease's length (then

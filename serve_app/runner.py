@@ -9,7 +9,7 @@ hands over or drains its jobs when its replica stops. An engine call that sees i
 without it (fenced: deployments/fencing.py) ends with ``Superseded``: as a refused save, the
 driver then stops and writes nothing. The engine call is injected (``run_engine``), so all
 of this runs, and is tested, without Ray; in the service it is a streaming DeploymentHandle
-call.
+call. What it is given (the engine call, hooks) is in ``serve_app.runner_contract``.
 """
 
 from __future__ import annotations
@@ -19,19 +19,17 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 from deployments import metrics
 from deployments.ray_compat import unwrap, worker_died
 from serve_app.leases import DEFAULT_TIMINGS, LeaseKeeping, RunnerTimings, adopt
+from serve_app.runner_contract import INLINE_UPLOAD_BYTES, JobEnded, JobWebhooks, RunEngine
 from upscaler.errors import Conflict, NotFound, Superseded, UpscalerError
 from upscaler.job_store import JobNotFound, JobStore, LeaseLost
 from upscaler.jobs import (
     Completed,
     Engine,
-    JobEvent,
     JobRecord,
-    JobSpec,
     JobState,
     Progress,
     Started,
@@ -39,22 +37,14 @@ from upscaler.jobs import (
 from upscaler.storage import StorageError
 
 logger = logging.getLogger("ray.serve")
-# The engine call: the job, and its upload's bytes when they are at hand (a new job's, if
-# small) so the replica need not read back what was just stored.
-RunEngine = Callable[[JobSpec, bytes | None], AsyncIterator[JobEvent]]
-INLINE_UPLOAD_BYTES = 4 * 1024 * 1024
-JobEnded = Callable[[JobRecord], Awaitable[None]]
-# Told each event of a job as it happens (webhooks): started, progress, completed, failed,
-# cancelled. Called on the event loop; it must not block.
-JobEventHook = Callable[[JobRecord, str], None]
 
 
 class JobRunner(LeaseKeeping):
     def __init__(self, store: JobStore, run_engine: RunEngine,
                  timings: RunnerTimings = DEFAULT_TIMINGS, on_ended: JobEnded | None = None,
-                 on_event: JobEventHook | None = None):
+                 webhooks: JobWebhooks | None = None):
         self.store = store
-        self.on_event = on_event
+        self.webhooks = webhooks
         self.run_engine = run_engine
         self.timings = timings
         self.on_ended = on_ended  # every job that reaches an end here, once
@@ -142,6 +132,10 @@ class JobRunner(LeaseKeeping):
         """Whether this runner drives the job (its record here is the live one)."""
         return job_id in self._open
 
+    def live(self, job_id: str) -> JobRecord | None:
+        """The live record of a job this runner drives, else None."""
+        return self._open.get(job_id)
+
     async def changed(self, job_id: str, timeout: float) -> None:
         """Until the job this runner drives changes (an engine event, its end, saved), or
         ``timeout``: how event streams follow a job here without polling its record."""
@@ -169,10 +163,12 @@ class JobRunner(LeaseKeeping):
                 raise Conflict(f"job {job_id} is already {stored.state.value}",
                                code="job_finished")
             stored.mark_cancelled()
+            self._emit(stored, "cancelled", send=False)  # written with the cancellation
             return stored
 
         job = await asyncio.to_thread(self.store.update, job_id, cancelled)
         assert job is not None
+        self._emit(job, None)
         await asyncio.to_thread(self.store.delete_work_files, job_id, job.resumable)
         await self._ended(job)
         return job
@@ -308,11 +304,12 @@ class JobRunner(LeaseKeeping):
         metrics.count(metrics.jobs_total, engine=engine, status=job.state.value)
         if job.state == JobState.completed and job.processing_time is not None:
             metrics.observe(metrics.job_seconds, job.processing_time, engine=engine)
+        self._emit(job, job.state.value, send=False)  # stored with its end, then sent
         saved = await self._save_final(job)
         self._notify(job.job_id)  # its end (or the stored one), for every reader
-        if not saved:
+        if not saved:  # ended elsewhere: the stored record (adopted) has its own deliveries
             return
-        self._emit(job, job.state.value)
+        self._emit(job, None)
         try:
             await asyncio.to_thread(self.store.delete_work_files, job.job_id, job.resumable)
         except Exception:  # noqa: BLE001 - storage down: a sweep deletes an ended job's upload
@@ -327,10 +324,15 @@ class JobRunner(LeaseKeeping):
             except Exception:  # noqa: BLE001 - bookkeeping must not undo the job's end
                 logger.exception("after job %s ended", job.job_id)
 
-    def _emit(self, job: JobRecord, event: str) -> None:
-        if self.on_event:
+    def _emit(self, job: JobRecord, event: str | None, send: bool = True) -> None:
+        """Record an event's webhook delivery (None: none) and, with ``send``, send the
+        job's pending ones."""
+        if self.webhooks:
             try:
-                self.on_event(job, event)
+                if event is not None:
+                    self.webhooks.record(job, event)
+                if send:
+                    self.webhooks.send_pending(job)
             except Exception:  # noqa: BLE001 - a webhook must not undo the job
                 logger.exception("event %s of job %s", event, job.job_id)
 

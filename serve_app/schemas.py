@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from serve_app import schema_examples as ex
 from upscaler.images import OUTPUT_FORMATS
 from upscaler.jobs import OutputOptions, Size
-from upscaler.webhooks import WebhookState
+from upscaler.webhooks import WebhookStatus
 
 
 def _strip_x(value: Any) -> Any:
@@ -56,7 +56,8 @@ class CommonUpscaleForm(BaseModel):
         "(or `Prefer: wait=N`) does the same.")
     webhook_url: str | None = Field(
         None, max_length=2000, description="http(s) URL to POST the job's events to, signed "
-        "per Standard Webhooks with the server's secret (see the README). Must resolve to a "
+        "per Standard Webhooks with the API key's webhook secret (keys on), else the "
+        "server's (see the README). Must resolve to a "
         "public address unless the server allows the host.")
     webhook_events: str | None = Field(
         None, max_length=200, description="Comma-separated subset of started, progress, "
@@ -256,7 +257,7 @@ class JobStatusResponse(BaseModel):
     expires_at: float | None = Field(None, description="When the job's record and result are "
                                      "deleted (Unix time); then the job answers 410.")
     result_deleted: bool = Field(False, description="DELETE removed the finished job's result.")
-    webhooks: WebhookState | None = Field(None, description="The job's webhook and the outcome "
+    webhooks: WebhookStatus | None = Field(None, description="The job's webhook and the outcome "
                                           "of each delivery.")
     tiles_done: int | None = Field(None, description="Tiles finished, when the engine "
                                    "reports tiles.")

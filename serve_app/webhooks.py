@@ -1,20 +1,24 @@
 """Webhook deliveries from the Ingress (Standard Webhooks): each event a job's request asked
-for is signed with the ``standardwebhooks`` package (``webhook-id``, ``webhook-timestamp``,
-``webhook-signature``) and POSTed by a bounded pool of workers over a bounded queue. A failed
-attempt is retried with exponential backoff (or the receiver's ``Retry-After``) for
-``webhook_retry_for_s``; a 410 answer disables the job's webhook; redirects are not followed.
-Every delivery's outcome is written into the job record (the status answer's ``webhooks``).
+for is signed (``serve_app.webhook_http``) with the secret of the API key that submitted the job
+(keys on) or the server's ``UPSCALER_WEBHOOK_SECRET``, and POSTed by a bounded pool of workers
+over a bounded queue. A failed attempt is retried with exponential backoff (or the receiver's
+``Retry-After``) for ``webhook_retry_for_s``; a 410 answer disables the job's webhook.
 
-Each attempt checks the URL again (``upscaler.webhooks.resolve_target``) and connects to the
-checked address itself, with the original host in ``Host`` and TLS's SNI and certificate check,
-so DNS cannot hand the connection to another address between the check and the connect.
+Deliveries are durable: each is kept in the job record (event, ``webhook-id``, body, attempts,
+next attempt, state) and claimed by the sender sending it until a time (``owner``,
+``claimed_until``). While a job runs, its driver's lease covers its deliveries and the runner's
+saves store them; once it ended, each attempt is claimed first by a conditional write of the
+record, so two replicas never send the same attempt. When an Ingress dies, the runner that
+takes over its open jobs goes on with their deliveries, and the sweep here (on every replica)
+goes on with those of ended jobs whose sender's claim ran out, with the same ``webhook-id``
+(receivers dedupe by it). Jobs with a webhook are marked in storage, so the sweep lists only
+those. A job without a webhook costs nothing here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import json
 import logging
 import time
@@ -27,9 +31,11 @@ from standardwebhooks import Webhook
 
 from serve_app.presenters import job_status
 from serve_app.schemas import CommonUpscaleForm
+from serve_app.webhook_http import judge, new_client, post_signed
 from upscaler.errors import InvalidRequest
 from upscaler.job_store import JobNotFound, JobStore
 from upscaler.jobs import JobRecord
+from upscaler.keys import Caller, KeyStore
 from upscaler.settings import Settings
 from upscaler.webhooks import (
     AllowList,
@@ -42,48 +48,52 @@ from upscaler.webhooks import (
 )
 
 logger = logging.getLogger("ray.serve")
-Delivery = tuple[JobRecord, WebhookDelivery, bytes]
+Item = tuple[str, str]  # (job id, delivery id): what a worker sends; the record has the rest
 
 
-async def subscription(settings: Settings, form: CommonUpscaleForm) -> WebhookState | None:
-    """A request's webhook, checked (422 with the reason) before anything is stored."""
+async def subscription(settings: Settings, form: CommonUpscaleForm, keys: KeyStore | None = None,
+                       who: Caller | None = None) -> WebhookState | None:
+    """A request's webhook, checked (422 with the reason) before anything is stored. Signed
+    with the caller's key's secret when it has one, else with the server's."""
     if not form.webhook_url:
         if form.webhook_events:
             raise InvalidRequest("webhook_events needs a webhook_url",
                                  code="invalid_webhook_events")
         return None
-    if settings.webhook_secret is None:
+    key_id = who.key_id if who is not None else None
+    has_own = key_id is not None and keys is not None and bool(
+        await asyncio.to_thread(keys.webhook_secret, key_id))
+    if not has_own and settings.webhook_secret is None:
+        if key_id is not None:
+            raise InvalidRequest(
+                "this API key has no webhook signing secret and the server has no "
+                "UPSCALER_WEBHOOK_SECRET; the operator can give the key one (`upscaler keys "
+                f"rotate-webhook-secret {key_id}`), or send the request without webhook_url",
+                code="webhooks_not_configured")
         raise InvalidRequest("webhooks are not configured on this server (no "
                              "UPSCALER_WEBHOOK_SECRET); send the request without webhook_url",
                              code="webhooks_not_configured")
     events = parse_events(form.webhook_events)
     target = await asyncio.to_thread(resolve_target, form.webhook_url,
                                      AllowList(settings.webhook_allowed_hosts))
-    return WebhookState(url=target.url, events=events)
-
-
-def retry_after_s(header: str | None) -> float | None:
-    """``Retry-After``: seconds, or an HTTP date."""
-    if not header:
-        return None
-    if header.strip().isdigit():
-        return float(header.strip())
-    with contextlib.suppress(TypeError, ValueError):
-        when = email.utils.parsedate_to_datetime(header)
-        return max(0.0, when.timestamp() - time.time())
-    return None
+    return WebhookState(url=target.url, events=events,
+                        signing_key_id=key_id if has_own else None)
 
 
 class WebhookSender:
-    def __init__(self, settings: Settings, store: JobStore,
-                 is_driving: Callable[[str], bool] = lambda _: False):
+    def __init__(self, settings: Settings, store: JobStore, keys: KeyStore | None = None,
+                 live: Callable[[str], JobRecord | None] = lambda _: None):
         self.settings = settings
         self.store = store
-        self.is_driving = is_driving  # the runner saves the records of the jobs it drives
-        secret = settings.webhook_secret
-        self.signer = Webhook(secret.get_secret_value()) if secret else None
+        self.keys = keys  # the keys' webhook secrets, read when signing
+        self.live = live  # the record of a job this replica's runner drives, else None
+        self.owner = uuid.uuid4().hex  # this sender, in the deliveries it claims
         self.allowed = AllowList(settings.webhook_allowed_hosts)
-        self._queue: asyncio.Queue[Delivery] = asyncio.Queue(settings.webhook_queue_size)
+        # An attempt's claim outlasts its requests (one per address, each with its timeout);
+        # a claim between attempts outlasts the wait by a lease's length.
+        self.claim_s = 3 * settings.webhook_timeout_s + settings.stale_after_s
+        self._queue: asyncio.Queue[Item] = asyncio.Queue(settings.webhook_queue_size)
+        self._held: set[Item] = set()  # queued or waiting for a retry here
         self._workers: list[asyncio.Task] = []
         self._timers: set[asyncio.TimerHandle] = set()
         self._last_progress: dict[str, float] = {}
@@ -91,18 +101,15 @@ class WebhookSender:
 
     # --- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
-        # No proxies from the environment, no redirects: the guard decides where it goes.
-        self._client = httpx.AsyncClient(
-            follow_redirects=False, trust_env=False,
-            timeout=httpx.Timeout(self.settings.webhook_timeout_s),
-            limits=httpx.Limits(max_connections=self.settings.webhook_concurrency))
+        s = self.settings
+        self._client = new_client(s.webhook_timeout_s, s.webhook_concurrency)
         loop = asyncio.get_running_loop()
-        self._workers = [loop.create_task(self._work())
-                         for _ in range(self.settings.webhook_concurrency)]
+        self._workers = [loop.create_task(self._work()) for _ in range(s.webhook_concurrency)]
+        self._workers.append(loop.create_task(self._sweep_loop()))
 
     async def stop(self, drain_s: float = 5.0) -> None:
-        """Give queued deliveries ``drain_s`` to go out; retries still waiting are dropped
-        (their records say pending)."""
+        """Give queued deliveries ``drain_s`` to go out; retries still waiting stay pending
+        in their records, for another replica's sweep once their claims run out."""
         with contextlib.suppress(asyncio.TimeoutError, RuntimeError):  # RuntimeError: the
             # queue is another loop's (an app whose lifespan ran twice, in tests)
             await asyncio.wait_for(self._queue.join(), drain_s)
@@ -118,12 +125,13 @@ class WebhookSender:
         if self._client is not None:
             await self._client.aclose()
 
-    # --- events (the runner's hook) ------------------------------------------------------
-    def notify(self, job: JobRecord, event: WebhookEvent) -> None:
-        """Queue an event of a job, if its webhook wants it (progress: at most one per
-        ``webhook_progress_interval_s``)."""
+    # --- events (the runner's hooks) -----------------------------------------------------
+    def record(self, job: JobRecord, event: str) -> None:
+        """Add a pending delivery of an event to the job's record, if its webhook wants it
+        (progress: at most one per ``webhook_progress_interval_s``). Nothing is sent until
+        ``send_pending``: a job's end is sent once its record (with the delivery) is saved."""
         hook = job.webhooks
-        if hook is None or self.signer is None or not hook.wants(event):
+        if hook is None or not hook.wants(event):  # type: ignore[arg-type]
             return
         now = time.monotonic()
         if event == "progress":
@@ -133,103 +141,32 @@ class WebhookSender:
             self._last_progress[job.job_id] = now
         elif event in ("completed", "failed", "cancelled"):
             self._last_progress.pop(job.job_id, None)
-        delivery = WebhookDelivery(id=f"msg_{uuid.uuid4().hex}", event=event,
-                                   created_at=time.time())
-        hook.add(delivery)
-        status = job_status(job).model_dump(mode="json", exclude={"webhooks"})
-        body = json.dumps({"type": f"job.{event}", "timestamp": _iso_now(),
-                           "data": status}).encode()
-        self._enqueue((job, delivery, body))
+        at = time.time()
+        hook.add(WebhookDelivery(id=f"msg_{uuid.uuid4().hex}", event=event,  # type: ignore[arg-type]
+                                 created_at=at, payload=_body(job, event),
+                                 owner=self.owner, claimed_until=at + self.claim_s))
 
-    def _enqueue(self, item: Delivery) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            item[1].state, item[1].last_error = "dropped", "the delivery queue was full"
-            asyncio.get_running_loop().create_task(self._record(item[0]))
-
-    # --- delivering ----------------------------------------------------------------------
-    async def _work(self) -> None:
-        while True:
-            item = await self._queue.get()
-            try:
-                await self._attempt(item)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - one delivery must not stop the worker
-                logger.exception("webhook delivery for job %s failed", item[0].job_id)
-            finally:
-                self._queue.task_done()
-
-    async def _attempt(self, item: Delivery) -> None:
-        job, delivery, body = item
-        hook = job.webhooks
-        assert hook is not None and self.signer is not None
-        if hook.disabled:
-            delivery.state = "disabled"
-            await self._record(job)
+    def send_pending(self, job: JobRecord) -> None:
+        """Queue the job's pending deliveries (a retry at its time)."""
+        if job.webhooks is None:
             return
-        delivery.attempts += 1
-        delivery.last_attempt_at, delivery.next_attempt_at = time.time(), None
-        retry_after = None
-        try:
-            target = await asyncio.to_thread(resolve_target, hook.url, self.allowed)
-            response = await self._post(target, delivery.id, body)
-            delivery.status_code = response.status_code
-            if response.is_success:
-                delivery.state, delivery.last_error = "delivered", None
-                delivery.delivered_at = time.time()
-            elif response.status_code == 410:  # the receiver wants no more of this job
-                delivery.state, hook.disabled = "disabled", True
-                delivery.last_error = "the receiver answered 410 Gone: webhook disabled"
-            elif response.is_redirect:
-                delivery.state = "failed"
-                delivery.last_error = (f"the receiver answered {response.status_code} (to "
-                                       f"{response.headers.get('location', '?')}); redirects "
-                                       "are not followed")
-            else:
-                delivery.last_error = f"the receiver answered {response.status_code}"
-                retry_after = retry_after_s(response.headers.get("retry-after"))
-        except InvalidRequest as exc:  # the URL no longer passes the guard: not retried
-            delivery.state, delivery.last_error = "failed", exc.message
-        except httpx.HTTPError as exc:
-            delivery.last_error = f"{type(exc).__name__}: {exc}"[:300]
-        if delivery.state == "pending":
-            self._retry_later(item, retry_after)
-        await self._record(job)
+        now = time.time()
+        for delivery in job.webhooks.pending:
+            self._schedule((job.job_id, delivery.id),
+                           max(0.0, (delivery.next_attempt_at or now) - now))
 
-    async def _post(self, target: WebhookTarget, msg_id: str, body: bytes) -> httpx.Response:
-        assert self._client is not None and self.signer is not None
-        now = datetime.now(timezone.utc)
-        signature = self.signer.sign(msg_id, now, body.decode())
-        url = httpx.URL(target.url)
-        headers = {"content-type": "application/json", "user-agent": "upscaler-webhooks",
-                   "webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
-                   "webhook-signature": signature, "host": url.netloc.decode("ascii")}
-        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-        # The checked addresses, in turn, not the name: the name is not resolved again.
-        for n, address in enumerate(target.addresses):
-            request = self._client.build_request("POST", url.copy_with(host=address),
-                                                 content=body, headers=headers,
-                                                 extensions=extensions)
-            try:
-                return await self._client.send(request)
-            except httpx.ConnectError:
-                if n == len(target.addresses) - 1:
-                    raise
-        raise AssertionError("a target has at least one address")
+    def notify(self, job: JobRecord, event: WebhookEvent) -> None:
+        """Record an event and send it at once (an event of a running job)."""
+        self.record(job, event)
+        self.send_pending(job)
 
-    def _retry_later(self, item: Delivery, retry_after: float | None) -> None:
-        delivery = item[1]
-        s = self.settings
-        delay = retry_after if retry_after is not None else min(
-            s.webhook_backoff_max_s, s.webhook_backoff_s * 2 ** (delivery.attempts - 1))
-        if time.time() + delay - delivery.created_at > s.webhook_retry_for_s:
-            delivery.state = "failed"
-            delivery.last_error = (f"{delivery.last_error}; gave up after {delivery.attempts} "
-                                   f"attempt(s) in {s.webhook_retry_for_s:.0f} s")
+    def _schedule(self, item: Item, delay: float) -> None:
+        if item in self._held:
             return
-        delivery.next_attempt_at = time.time() + delay
+        self._held.add(item)
+        if delay <= 0:
+            self._enqueue(item)
+            return
 
         def due() -> None:
             self._timers.discard(timer)
@@ -238,26 +175,204 @@ class WebhookSender:
         timer = asyncio.get_running_loop().call_later(delay, due)
         self._timers.add(timer)
 
-    async def _record(self, job: JobRecord) -> None:
-        """Write the deliveries into the job record: a job being driven is saved by its
-        runner; a finished one is read again so only its ``webhooks`` change here."""
-        if self.is_driving(job.job_id):
-            return
+    def _enqueue(self, item: Item) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:  # it stays pending in its record: a later sweep sends it
+            self._held.discard(item)
+            logger.warning("webhook queue full; delivery %s of job %s waits", item[1], item[0])
 
-        def with_deliveries(stored: JobRecord) -> JobRecord:
-            stored.webhooks = job.webhooks
+    # --- delivering ----------------------------------------------------------------------
+    async def _work(self) -> None:
+        while True:
+            item = await self._queue.get()
+            retry_in = None
+            try:
+                retry_in = await self._attempt(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one delivery must not stop the worker
+                logger.exception("webhook delivery for job %s failed", item[0])
+            finally:  # held until its attempt is over: a sweep meanwhile leaves it alone
+                self._held.discard(item)
+                self._queue.task_done()
+            if retry_in is not None:
+                self._schedule(item, retry_in)
+
+    async def _attempt(self, item: Item) -> float | None:
+        """One attempt of a delivery, if it is this sender's to make; seconds to its next
+        attempt, or None when there is none here."""
+        job_id, delivery_id = item
+        live = self.live(job_id)
+        driven = live is not None and not live.state.is_terminal
+        if driven:  # the runner's lease covers it (whoever sent it before), its saves store it
+            assert live is not None
+            hook = live.webhooks
+            delivery = hook.find(delivery_id) if hook is not None else None
+            if hook is None or delivery is None or delivery.done:
+                return None
+            send = self._begin(hook, delivery)
+        else:
+            claimed = await asyncio.to_thread(self._claim, job_id, delivery_id)
+            if claimed is None:  # ended, open elsewhere, or another sender's now
+                return None
+            hook, delivery, send = claimed
+        if send:
+            retry_after = await self._send(hook, delivery)
+            if not delivery.done:
+                self._plan_retry(delivery, retry_after)
+            delivery.finish()
+        if not driven or self.live(job_id) is not live or live.state.is_terminal:
+            await asyncio.to_thread(self._store_outcome, job_id, hook, delivery)
+        if delivery.done or delivery.next_attempt_at is None:
+            return None
+        return max(0.0, delivery.next_attempt_at - time.time())
+
+    def _begin(self, hook: WebhookState, delivery: WebhookDelivery) -> bool:
+        return delivery.begin_attempt(self.owner, time.time(), self.claim_s,
+                                      self.settings.webhook_retry_for_s, hook.disabled)
+
+    async def _send(self, hook: WebhookState, delivery: WebhookDelivery) -> float | None:
+        """One attempt; its outcome goes into ``delivery``. The Retry-After asked for."""
+        assert self._client is not None
+        try:
+            target, signer = await asyncio.to_thread(self._prepare, hook)
+            body = (delivery.payload or "").encode()
+            response = await post_signed(self._client, signer, target, delivery.id, body)
+            return judge(hook, delivery, response)
+        except InvalidRequest as exc:  # no longer passes the guard, or no secret: no retry
+            delivery.state, delivery.last_error = "failed", exc.message
+        except httpx.HTTPError as exc:
+            delivery.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        return None
+
+    def _prepare(self, hook: WebhookState) -> tuple[WebhookTarget, Webhook]:
+        """The URL checked again, and the signer: the key's current secret (a rotation
+        applies from the next attempt), else the server's."""
+        target = resolve_target(hook.url, self.allowed)
+        if hook.signing_key_id is not None:
+            secret = self.keys.webhook_secret(hook.signing_key_id) if self.keys else None
+            if secret is None:
+                raise InvalidRequest(f"the API key {hook.signing_key_id} that signs this "
+                                     "webhook has no secret any more")
+            return target, Webhook(secret)
+        if self.settings.webhook_secret is None:
+            raise InvalidRequest("the server has no UPSCALER_WEBHOOK_SECRET any more")
+        return target, Webhook(self.settings.webhook_secret.get_secret_value())
+
+    def _plan_retry(self, delivery: WebhookDelivery, retry_after: float | None) -> None:
+        s = self.settings
+        delay = retry_after if retry_after is not None else min(
+            s.webhook_backoff_max_s, s.webhook_backoff_s * 2 ** (delivery.attempts - 1))
+        now = time.time()
+        if now + delay - delivery.created_at > s.webhook_retry_for_s:
+            delivery.state = "failed"
+            delivery.last_error = (f"{delivery.last_error}; gave up after {delivery.attempts} "
+                                   f"attempt(s) in {s.webhook_retry_for_s:.0f} s")
+            return
+        delivery.next_attempt_at = now + delay
+        delivery.claimed_until = delivery.next_attempt_at + self.claim_s
+
+    # --- the record (in threads) ---------------------------------------------------------
+    def _claim(self, job_id: str,
+               delivery_id: str) -> tuple[WebhookState, WebhookDelivery, bool] | None:
+        """Claim the next attempt of an ended job's delivery by a conditional write: of two
+        senders, one wins. None: not this sender's to send now."""
+        def change(stored: JobRecord) -> JobRecord | None:
+            hook = stored.webhooks
+            if not stored.state.is_terminal or hook is None:  # open: its driver's
+                return None
+            delivery = hook.find(delivery_id)
+            if delivery is None or not delivery.claimable_by(self.owner, time.time()):
+                return None
+            if delivery.payload is None:  # pending in a record from before bodies were kept
+                delivery.payload = _body(stored, delivery.event)
+            self._begin(hook, delivery)
             return stored
 
-        def write() -> None:
-            try:  # a conditional update: only ``webhooks`` changes, whatever else did
-                self.store.update(job.job_id, with_deliveries)
-            except JobNotFound:
-                return  # expired or deleted meanwhile
+        try:
+            written = self.store.update(job_id, change)
+        except JobNotFound:
+            self.store.forget_webhooks(job_id)
+            return None
+        if written is None or written.webhooks is None:
+            return None
+        delivery = written.webhooks.find(delivery_id)
+        assert delivery is not None
+        if delivery.done:  # the claim ended it (disabled, or its retries spent)
+            self._forget_if_done(written)
+            return None
+        return written.webhooks, delivery, True
+
+    def _store_outcome(self, job_id: str, hook: WebhookState, delivery: WebhookDelivery) -> None:
+        """Write an attempt's outcome into the stored record (a conditional update: only this
+        delivery, and the webhook's ``disabled``, change)."""
+        def change(stored: JobRecord) -> JobRecord | None:
+            mine = stored.webhooks
+            found = mine.find(delivery.id) if mine is not None else None
+            if mine is None or found is None or found.owner not in (None, self.owner):
+                return None  # dropped past the bound, or claimed by another sender since
+            mine.deliveries[mine.deliveries.index(found)] = delivery.model_copy()
+            mine.disabled = mine.disabled or hook.disabled
+            return stored
 
         try:
-            await asyncio.to_thread(write)
-        except Exception:  # noqa: BLE001 - storage down: the next delivery writes it again
-            logger.exception("saving webhook deliveries of job %s failed", job.job_id)
+            written = self.store.update(job_id, change)
+        except JobNotFound:
+            self.store.forget_webhooks(job_id)
+            return
+        except Exception:  # noqa: BLE001 - storage down: the claim runs out, a sweep retries
+            logger.exception("saving webhook delivery of job %s failed", job_id)
+            return
+        if written is not None:
+            self._forget_if_done(written)
+
+    def _forget_if_done(self, job: JobRecord) -> None:
+        if job.state.is_terminal and (job.webhooks is None or not job.webhooks.pending):
+            self.store.forget_webhooks(job.job_id)
+
+    # --- the sweep -----------------------------------------------------------------------
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.stale_after_s / 2)
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        """Go on with the pending deliveries of ended jobs whose sender's claim ran out (its
+        replica died) or that are this sender's and not waiting here; drop the marks of jobs
+        whose deliveries are all finished, or that are gone."""
+        try:
+            job_ids = await asyncio.to_thread(self.store.webhook_job_ids)
+        except Exception:  # noqa: BLE001 - storage down: the next sweep tries again
+            logger.exception("webhook sweep failed")
+            return
+        for job_id in job_ids:
+            if self.live(job_id) is not None:
+                continue  # driven here: its runner sends them
+            try:
+                job = await asyncio.to_thread(self.store.load, job_id)
+            except JobNotFound:
+                await asyncio.to_thread(self.store.forget_webhooks, job_id)
+                continue
+            except Exception:  # noqa: BLE001 - one unreadable record must not stop the rest
+                logger.exception("webhook sweep: reading job %s failed", job_id)
+                continue
+            if not job.state.is_terminal:
+                continue  # open: its driver's, or the job sweep's once its lease runs out
+            if job.webhooks is None or not job.webhooks.pending:
+                await asyncio.to_thread(self.store.forget_webhooks, job_id)
+                continue
+            now = time.time()
+            for delivery in job.webhooks.pending:
+                if delivery.claimable_by(self.owner, now):
+                    self._schedule((job_id, delivery.id),
+                                   max(0.0, (delivery.next_attempt_at or now) - now))
+
+
+def _body(job: JobRecord, event: str) -> str:
+    """An event's message: the job's status now (without its webhooks)."""
+    status = job_status(job).model_dump(mode="json", exclude={"webhooks"})
+    return json.dumps({"type": f"job.{event}", "timestamp": _iso_now(), "data": status})
 
 
 def _iso_now() -> str:

@@ -149,7 +149,9 @@ def test_a_superseded_flux_run_stops_and_writes_no_result(app):
     job = JobRecord(engine=Engine.flux, params=params, input_format="PNG",
                     plan=calculate_output_dimensions(128, 128, 2),
                     input_size=Size(width=128, height=128),
-                    output_size=Size(width=256, height=256), state=JobState.processing)
+                    output_size=Size(width=256, height=256), state=JobState.processing,
+                    # Driven by this test: the app's own sweep must not take it over first.
+                    lease_owner="this-test", lease_expires_at=time.time() + 3600)
     store.storage.write_bytes(JobStore.input_key(job.job_id),
                               png_bytes(photo("astronaut", (128, 128))))
     store.save(job)

@@ -24,8 +24,10 @@ from conftest import (
     wait_for_job,
 )
 from PIL import Image
+from webhook_receiver import WebhookReceiver
 
 from upscaler.jobs import Engine
+from upscaler.keys import KeyStore
 
 pytestmark = pytest.mark.slow
 FLUX_JOB = {"upscale_factor": "2", "tile_padding": "16", "mask_blur": "4", "denoise": "0.5",
@@ -179,12 +181,14 @@ def test_killed_imagen_replica_job_runs_again_and_the_service_recovers(client, s
     assert r.status_code == 200 and r.json()["status"] == "completed", r.text
 
 
-def _flux_job_killing(client, pid: int, seed: str) -> dict:
+def _flux_job_killing(client, pid: int, seed: str, on_kill=None, **fields) -> dict:
     """A job of 64 tiles; SIGKILL ``pid`` once 30 % is done; the job must still complete."""
     job = upload(client, png_bytes(photo("chelsea", (128, 128))), engine="flux",
-                 tile_size=32, steps=4, seed=seed, **FLUX_JOB).json()
+                 tile_size=32, steps=4, seed=seed, **FLUX_JOB, **fields).json()
     wait_progress(client, job["jobId"], 30)
     os.kill(pid, signal.SIGKILL)
+    if on_kill:
+        on_kill()
     status = wait_for_job(client, job["jobId"], timeout=300)
     assert status["status"] == "completed", status
     stats = status["stats"]
@@ -205,16 +209,41 @@ def test_killed_flux_replica_job_resumes(client, service):
 
 def test_killed_ingress_flux_job_is_taken_over(client, service):
     """The Ingress driving a FLUX job dies: Serve starts another, whose sweep finds the job's
-    heartbeat stale and resumes it from its stored tiles."""
+    heartbeat stale and resumes it from its stored tiles. Its webhook's started event, refused
+    by the receiver until then, is delivered by the new Ingress with the same webhook-id."""
     [ingress] = replica_pids("Ingress", service.data_dir)
+    (key,) = [k for k in KeyStore(str(service.data_dir / "keys.json")).list() if k.name == "e2e"]
+    rx = WebhookReceiver(key.webhook_secret)
+    rx.script["/flux"] = [(503, {"Retry-After": "1"})] * 1000
+    killed_at: list[float] = []
+
+    def killed() -> None:
+        killed_at.append(time.monotonic())
+        rx.script["/flux"].clear()  # the receiver accepts from now on
+
     deadline = time.monotonic() + 120
     status = None
-    while status is None:  # the new Ingress answers once Serve has started it
-        try:
-            status = _flux_job_killing(client, ingress, seed="3")
-        except httpx.TransportError:
-            assert time.monotonic() < deadline
-    assert status["stats"]["tiles_resumed"] >= 1
+    try:
+        while status is None:  # the new Ingress answers once Serve has started it
+            try:
+                status = _flux_job_killing(client, ingress, seed="3", on_kill=killed,
+                                           webhook_url=rx.url("/flux"),
+                                           webhook_events="started,completed")
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+        assert status["stats"]["tiles_resumed"] >= 1
+        mine = lambda: [r for r in rx.at("/flux")  # noqa: E731
+                        if r.body and r.body["data"]["job_id"] == status["job_id"]]
+        eventually(lambda: [r.body["type"] for r in mine()][-1:] == ["job.completed"], 30)
+        started = [r for r in mine() if r.body["type"] == "job.started"]
+        assert len(started) >= 2 and len({r.headers["webhook-id"] for r in started}) == 1
+        assert started[-1].at > killed_at[-1]  # delivered by the Ingress that took over
+        assert all(r.verified for r in rx.at("/flux"))
+        eventually(lambda: [d["state"] for d in client.get(
+            f"/api/status/{status['job_id']}").json()["webhooks"]["deliveries"]]
+            == ["delivered", "delivered"], 30)
+    finally:
+        rx.close()
     wait_healthy(client)
 
 

@@ -183,10 +183,15 @@ def test_webhook_fields_are_checked(app, hooked):
 
 
 @pytest.mark.slow
-def test_a_running_service_delivers_signed_webhooks_once_per_key(client):
-    """`upscaler serve` (Ray): a webhook retried once then delivered, signed with the
-    service's secret; the same Idempotency-Key answers the same job, with no second webhook."""
-    rx = WebhookReceiver(WEBHOOK_SECRET)
+def test_a_running_service_delivers_signed_webhooks_once_per_key(client, service):
+    """`upscaler serve` (Ray): a webhook retried once then delivered, signed with the secret
+    of the API key that submitted it (not the server's); the same Idempotency-Key answers the
+    same job, with no second webhook."""
+    from upscaler.keys import KeyStore
+
+    (e2e,) = [k for k in KeyStore(str(service.data_dir / "keys.json")).list() if k.name == "e2e"]
+    assert e2e.webhook_secret and e2e.webhook_secret != WEBHOOK_SECRET
+    rx = WebhookReceiver(e2e.webhook_secret)
     try:
         rx.script["/e2e"] = [(503, {})]
         headers = {"Idempotency-Key": "e2e-webhook-1"}
@@ -225,15 +230,15 @@ def _sender_run(tmp_path, receiver, url: str, **settings) -> dict:
     job = new_job()
     job.webhooks = WebhookState(url=url, events=["completed"])
     job.state = job.state.completed
-    store.save(job)
 
     async def main() -> None:
         sender.start()
         try:
-            sender.notify(job, "completed")
-            while job.webhooks.deliveries[0].state == "pending":
+            sender.record(job, "completed")  # as the runner does: stored with the end, then sent
+            store.save(job)
+            sender.send_pending(job)
+            while store.load(job.job_id).webhooks.deliveries[0].state == "pending":
                 await asyncio.sleep(0.02)
-            await asyncio.sleep(0.1)  # its record write
         finally:
             await sender.stop()
 

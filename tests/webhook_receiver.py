@@ -20,6 +20,7 @@ class Received:
     headers: dict[str, str]
     body: dict[str, Any] | None  # parsed when the signature verified, else None
     verified: bool
+    raw: bytes = b""  # as sent: to verify with another secret
     at: float = field(default_factory=time.monotonic)
 
 
@@ -41,7 +42,7 @@ class WebhookReceiver:
                 except WebhookVerificationError:
                     body, verified = None, False
                 with receiver._lock:
-                    receiver.received.append(Received(self.path, headers, body, verified))
+                    receiver.received.append(Received(self.path, headers, body, verified, raw))
                     answers = receiver.script.get(self.path) or []
                     status, extra = answers.pop(0) if answers else (204, {})
                 self.send_response(status)

@@ -73,6 +73,10 @@ class JobStore:
     def result_key(filename: str) -> str:
         return f"results/{filename}"
 
+    @staticmethod
+    def webhooks_marker_key(job_id: str) -> str:
+        return f"webhooks/{job_id}"
+
     # --- records ---------------------------------------------------------------------------
     def delete_work_files(self, job_id: str, intermediates: bool = True) -> None:
         """A finished job keeps its record and result; its upload and intermediates (tiles
@@ -114,7 +118,11 @@ class JobStore:
         return None
 
     def create(self, job: JobRecord) -> None:
-        """Store a new record; ``WriteConflict`` if one with its id exists."""
+        """Store a new record; ``WriteConflict`` if one with its id exists. A job with a
+        webhook is also marked (before its record exists, so no window lacks the mark): the
+        delivery sweep finds unfinished deliveries of ended jobs by these marks."""
+        if job.webhooks is not None:
+            self.storage.write_bytes(self.webhooks_marker_key(job.job_id), b"")
         job.version = 1
         token = self.storage.write_if(self.record_key(job.job_id),
                                       job.model_dump_json().encode(), None)
@@ -217,6 +225,15 @@ class JobStore:
         is deleted), so a sweep costs a listing of open jobs, not of every job ever run."""
         names = (key.rsplit("/", 1)[-1] for key in self.storage.list("inputs"))
         return [name for name in names if JOB_ID_RE.fullmatch(name)]
+
+    def webhook_job_ids(self) -> list[str]:
+        """Jobs marked as having a webhook whose deliveries may not all be finished."""
+        names = (key.rsplit("/", 1)[-1] for key in self.storage.list("webhooks"))
+        return [name for name in names if JOB_ID_RE.fullmatch(name)]
+
+    def forget_webhooks(self, job_id: str) -> None:
+        """The job's deliveries are all finished (or the job is gone): drop its mark."""
+        self.storage.delete(self.webhooks_marker_key(job_id))
 
     def expired_jobs(self, now: float | None = None) -> list[JobRecord]:
         """Sweep: every open job whose driver's lease ran out (to be claimed); an ended job's

@@ -5,6 +5,10 @@ or an fsspec URL every Ingress replica reaches), re-read while the service runs,
 A key looks like ``upk_<id>_<secret>``: the id finds the record, the secret (32 random bytes)
 is checked against its hash in constant time. Keys are random, not chosen by people, so a fast
 hash is the right one (a slow password hash would add nothing but latency per request).
+
+Each key also has its own Standard Webhooks signing secret (``whsec_...``), shown once with
+the key and rotatable: the webhooks of its jobs are signed with it, so one receiver's secret
+cannot forge another's deliveries.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import fsspec
 from pydantic import BaseModel, Field
 
 from upscaler.errors import Conflict, Forbidden, NotFound, Unauthorized
+from upscaler.webhooks import new_webhook_secret
 
 KEY_RE = re.compile(r"upk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
@@ -44,6 +49,11 @@ class KeyRecord(BaseModel):
     created_at: float
     revoked_at: float | None = None
     limits: KeyLimits = Field(default_factory=KeyLimits)
+    # Kept as it is, not hashed like the key: signing needs the secret itself (an HMAC key),
+    # and the Ingress signs each delivery with it. The file is the operator's only, like the
+    # server's UPSCALER_WEBHOOK_SECRET. None: a key made before keys had one (the server's
+    # secret signs its webhooks, if set).
+    webhook_secret: str | None = None
 
     @property
     def revoked(self) -> bool:
@@ -132,6 +142,11 @@ class KeyStore:
             raise Forbidden("this API key was revoked", code="revoked_api_key")
         return Caller(record.key_id, record.name, record.limits)
 
+    def webhook_secret(self, key_id: str) -> str | None:
+        """The key's webhook signing secret (None: the key has none, or is unknown)."""
+        record = self._record(key_id)
+        return record.webhook_secret if record is not None else None
+
     # --- managing (the `upscaler keys` command) ------------------------------------------
     def _write(self, keys: KeyFile) -> None:
         parent = self.path.rsplit("/", 1)[0]
@@ -144,7 +159,8 @@ class KeyStore:
             self._cached = None
 
     def create(self, name: str, limits: KeyLimits | None = None) -> tuple[KeyRecord, str]:
-        """A new key: its record and the key itself (shown once, never stored)."""
+        """A new key: its record (with its webhook secret) and the key itself (shown once,
+        never stored)."""
         if not NAME_RE.fullmatch(name):
             raise ValueError("a key name is 1-64 letters, digits, spaces, '.', '_' or '-'")
         keys = self._read()
@@ -152,21 +168,36 @@ class KeyStore:
             raise Conflict(f"a key named {name!r} exists; revoke it first or pick another name")
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         record = KeyRecord(key_id=key_id, name=name, sha256=_digest(secret),
-                           created_at=time.time(), limits=limits or KeyLimits())
+                           created_at=time.time(), limits=limits or KeyLimits(),
+                           webhook_secret=new_webhook_secret())
         keys.keys.append(record)
         self._write(keys)
         return record, f"upk_{key_id}_{secret}"
 
-    def revoke(self, id_or_name: str) -> KeyRecord:
-        keys = self._read()
+    @staticmethod
+    def _active(keys: KeyFile, id_or_name: str) -> KeyRecord:
         matches = [r for r in keys.keys if id_or_name in (r.key_id, r.name) and not r.revoked]
         if not matches:
             raise NotFound(f"no active key with id or name {id_or_name!r}")
         if len(matches) > 1:
-            raise Conflict(f"{id_or_name!r} names several keys; revoke by id")
-        matches[0].revoked_at = time.time()
-        self._write(keys)
+            raise Conflict(f"{id_or_name!r} names several keys; use its id")
         return matches[0]
+
+    def revoke(self, id_or_name: str) -> KeyRecord:
+        keys = self._read()
+        record = self._active(keys, id_or_name)
+        record.revoked_at = time.time()
+        self._write(keys)
+        return record
+
+    def rotate_webhook_secret(self, id_or_name: str) -> KeyRecord:
+        """A new webhook secret for a key (its record carries it, to be shown once): the
+        deliveries signed from the service's next reload of the file on use it."""
+        keys = self._read()
+        record = self._active(keys, id_or_name)
+        record.webhook_secret = new_webhook_secret()
+        self._write(keys)
+        return record
 
     def list(self) -> list[KeyRecord]:
         return self._read().keys

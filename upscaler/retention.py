@@ -72,6 +72,8 @@ class RetentionSweeper:
         keep = max(job.retention_s or 0.0, self.orphan_grace_s)
         self.storage.write_bytes(tombstone_key(job.job_id), str(now + keep).encode())
         self.storage.delete(JobStore.record_key(job.job_id))
+        if job.webhooks is not None:  # deliveries still pending end with the job
+            self.store.forget_webhooks(job.job_id)
 
     def sweep_once(self, now: float | None = None) -> Counter:
         """One bounded pass over every folder; returns what it deleted, by kind."""

@@ -12,7 +12,9 @@ answer that changes in between (rebinding) cannot steer it elsewhere.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import secrets
 import socket
 from dataclasses import dataclass
 from typing import Literal
@@ -32,8 +34,8 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class WebhookDelivery(BaseModel):
-    """One event sent (or being sent) to the job's webhook, with every attempt's outcome."""
+class WebhookDeliveryStatus(BaseModel):
+    """One event sent (or being sent) to the job's webhook, as the status answer shows it."""
 
     id: str  # the webhook-id header: the same for each retry of this message
     event: WebhookEvent
@@ -47,16 +49,77 @@ class WebhookDelivery(BaseModel):
     delivered_at: float | None = None
 
 
-class WebhookState(BaseModel):
-    """A job's webhook: where, which events, whether the receiver disabled it (410)."""
+class WebhookDelivery(WebhookDeliveryStatus):
+    """A delivery as the job record keeps it: also what any Ingress needs to go on with it
+    when the one sending it died (``serve_app.webhooks``)."""
+
+    # The body, kept while pending so a retry from another replica sends the same message.
+    payload: str | None = None
+    # Who sends it, until when: another sender may claim it (a conditional write) after.
+    owner: str | None = None
+    claimed_until: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state != "pending"
+
+    def finish(self) -> None:
+        """An ended delivery needs neither its body nor its claim any more."""
+        if self.done:
+            self.payload = self.owner = self.claimed_until = None
+            self.next_attempt_at = None
+
+    def claimable_by(self, owner: str, now: float) -> bool:
+        """Pending, and ``owner``'s, nobody's, or its sender's claim ran out (it died)."""
+        return not self.done and (self.owner in (None, owner)
+                                  or (self.claimed_until or 0.0) < now)
+
+    def begin_attempt(self, owner: str, now: float, claim_s: float, retry_for_s: float,
+                      disabled: bool) -> bool:
+        """Claim the next attempt for ``owner`` (its claim covers the attempt's time), or
+        end the delivery: the webhook was disabled, or its retries are spent. True: send."""
+        if disabled:
+            self.state = "disabled"
+        elif now - self.created_at > retry_for_s:
+            self.state = "failed"
+            self.last_error = (f"{self.last_error or 'not delivered'}; gave up after "
+                               f"{self.attempts} attempt(s) in {retry_for_s:.0f} s")
+        else:
+            self.owner, self.claimed_until = owner, now + claim_s
+            self.attempts += 1
+            self.last_attempt_at, self.next_attempt_at = now, None
+            return True
+        self.finish()
+        return False
+
+
+class WebhookStatus(BaseModel):
+    """A job's webhook as the status answer shows it."""
 
     url: str
     events: list[WebhookEvent]
     disabled: bool = False
-    deliveries: list[WebhookDelivery] = Field(default_factory=list)
+    deliveries: list[WebhookDeliveryStatus] = Field(default_factory=list)
+
+
+class WebhookState(WebhookStatus):
+    """A job's webhook in its record: where, which events, whether the receiver disabled it
+    (410), the deliveries, and whose secret signs them."""
+
+    deliveries: list[WebhookDelivery] = Field(default_factory=list)  # type: ignore[assignment]
+    # The API key whose secret signs (read when sending, so a rotation applies to the next
+    # attempt on any replica); None: the server's UPSCALER_WEBHOOK_SECRET. Never the secret.
+    signing_key_id: str | None = None
 
     def wants(self, event: WebhookEvent) -> bool:
         return not self.disabled and event in self.events
+
+    def find(self, delivery_id: str) -> WebhookDelivery | None:
+        return next((d for d in self.deliveries if d.id == delivery_id), None)
+
+    @property
+    def pending(self) -> list[WebhookDelivery]:
+        return [d for d in self.deliveries if not d.done]
 
     def add(self, delivery: WebhookDelivery) -> None:
         """Keep the latest deliveries: an unfinished progress delivery is replaced by the
@@ -68,6 +131,11 @@ class WebhookState(BaseModel):
         while len(self.deliveries) > MAX_DELIVERIES_KEPT:
             done = next((d for d in self.deliveries if d.state != "pending"), self.deliveries[0])
             self.deliveries.remove(done)
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks signing secret: ``whsec_`` and the base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def parse_events(text: str | None) -> list[WebhookEvent]:

@@ -45,7 +45,7 @@ async def _submit(services: Services, who: Caller, job: JobRecord, request: Inta
             return found
         first = found
     try:
-        job.webhooks = await subscription(services.settings, request.form)
+        job.webhooks = await subscription(services.settings, request.form, services.keys, who)
         await admit(services, who, job)  # before anything is stored
         # Asked before the job starts one: an engine at zero replicas adds its start.
         cold_start = services.settings.flux_cold_start_s \

@@ -1,0 +1,26 @@
+"""What the job runner (``serve_app.runner``) is given: the engine call and the hooks told of
+its jobs' events (webhooks) and ends (bookkeeping). Its timings are in ``serve_app.leases``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
+
+from upscaler.jobs import JobEvent, JobRecord, JobSpec
+
+# The engine call: the job, and its upload's bytes when they are at hand (a new job's, if
+# small) so the replica need not read back what was just stored.
+RunEngine = Callable[[JobSpec, bytes | None], AsyncIterator[JobEvent]]
+INLINE_UPLOAD_BYTES = 4 * 1024 * 1024
+JobEnded = Callable[[JobRecord], Awaitable[None]]
+
+
+class JobWebhooks(Protocol):
+    """A job's webhook deliveries (``serve_app.webhooks``): an event (started, progress,
+    completed, failed, cancelled) is recorded into the job's record, then sent: a running
+    job's at once, a job's end once the record holding it is stored, so a replica dying in
+    between leaves it pending in storage, not lost. Neither may block."""
+
+    def record(self, job: JobRecord, event: str) -> None: ...
+
+    def send_pending(self, job: JobRecord) -> None: ...

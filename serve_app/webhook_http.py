@@ -1,0 +1,81 @@
+"""One webhook attempt over HTTP: the Standard Webhooks signature (``standardwebhooks``), the
+POST to the addresses the SSRF guard checked, and what the answer means for the delivery.
+
+The request goes to a checked address itself, with the original host in ``Host`` and TLS's SNI
+and certificate check, so DNS cannot hand the connection to another address between the check
+and the connect. Redirects are not followed; no proxies from the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import time
+from datetime import datetime, timezone
+
+import httpx
+from standardwebhooks import Webhook
+
+from upscaler.webhooks import WebhookDelivery, WebhookState, WebhookTarget
+
+
+def retry_after_s(header: str | None) -> float | None:
+    """``Retry-After``: seconds, or an HTTP date."""
+    if not header:
+        return None
+    if header.strip().isdigit():
+        return float(header.strip())
+    with contextlib.suppress(TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(header)
+        return max(0.0, when.timestamp() - time.time())
+    return None
+
+
+def new_client(timeout_s: float, concurrency: int) -> httpx.AsyncClient:
+    # No proxies from the environment, no redirects: the guard decides where it goes.
+    return httpx.AsyncClient(follow_redirects=False, trust_env=False,
+                             timeout=httpx.Timeout(timeout_s),
+                             limits=httpx.Limits(max_connections=concurrency))
+
+
+async def post_signed(client: httpx.AsyncClient, signer: Webhook, target: WebhookTarget,
+                      msg_id: str, body: bytes) -> httpx.Response:
+    """POST ``body`` signed afresh (a new timestamp each attempt, the same ``webhook-id``)."""
+    now = datetime.now(timezone.utc)
+    signature = signer.sign(msg_id, now, body.decode())
+    url = httpx.URL(target.url)
+    headers = {"content-type": "application/json", "user-agent": "upscaler-webhooks",
+               "webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
+               "webhook-signature": signature, "host": url.netloc.decode("ascii")}
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    # The checked addresses, in turn, not the name: the name is not resolved again.
+    for n, address in enumerate(target.addresses):
+        request = client.build_request("POST", url.copy_with(host=address), content=body,
+                                       headers=headers, extensions=extensions)
+        try:
+            return await client.send(request)
+        except httpx.ConnectError:
+            if n == len(target.addresses) - 1:
+                raise
+    raise AssertionError("a target has at least one address")
+
+
+def judge(hook: WebhookState, delivery: WebhookDelivery,
+          response: httpx.Response) -> float | None:
+    """Record the receiver's answer in the delivery; the Retry-After asked for, if any."""
+    delivery.status_code = response.status_code
+    if response.is_success:
+        delivery.state, delivery.last_error = "delivered", None
+        delivery.delivered_at = time.time()
+    elif response.status_code == 410:  # the receiver wants no more of this job
+        delivery.state, hook.disabled = "disabled", True
+        delivery.last_error = "the receiver answered 410 Gone: webhook disabled"
+    elif response.is_redirect:
+        delivery.state = "failed"
+        delivery.last_error = (f"the receiver answered {response.status_code} (to "
+                               f"{response.headers.get('location', '?')}); redirects are not "
+                               "followed")
+    else:
+        delivery.last_error = f"the receiver answered {response.status_code}"
+        return retry_after_s(response.headers.get("retry-after"))
+    return None
