@@ -46,6 +46,14 @@ WEBHOOK_SECRET = "whsec_" + "dGVzdHMtb25seS13ZWJob29rLXNlY3JldC0zMmJ5dGVz"
 VERTEX_DEADLINE_S = 3
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under xdist with --dist loadgroup, the tests of the one session service run on one
+    worker, so it starts once; the others spread over the workers."""
+    for item in items:
+        if "service" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("service"))
+
+
 @pytest.fixture(scope="session")
 def models_root(tmp_path_factory) -> Path:
     """A models folder holding the real DAT-light x4 (pulled through `upscaler models pull`'s
