@@ -4,6 +4,7 @@ job's input, writing its result, and streaming events from work that runs in a t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -89,22 +90,21 @@ async def stream_from_thread(work: Callable[[Emit, threading.Event], Completed],
         loop.call_soon_threadsafe(events.put_nowait, event)
 
     task = loop.run_in_executor(None, work, emit, cancelled)
-    watcher = fence and loop.create_task(fence.watch(cancelled))
     try:
-        while True:
-            getter = asyncio.ensure_future(events.get())
-            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if getter in done:
-                yield getter.result()
-                continue
-            getter.cancel()
-            while not events.empty():
-                yield events.get_nowait()
-            if fence is not None and fence.reason is not None and task.exception():
-                raise fence.error() from task.exception()  # stopped by the fence
-            yield task.result()
-            return
+        async with fence.watching(cancelled) if fence else contextlib.nullcontext():
+            while True:
+                getter = asyncio.ensure_future(events.get())
+                done, _ = await asyncio.wait({getter, task},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                    continue
+                getter.cancel()
+                while not events.empty():
+                    yield events.get_nowait()
+                if fence is not None and fence.reason is not None and task.exception():
+                    raise fence.error() from task.exception()  # stopped by the fence
+                yield task.result()
+                return
     finally:
         cancelled.set()
-        if watcher:
-            watcher.cancel()

@@ -25,9 +25,11 @@ decides what happens to the job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
 
 from upscaler.errors import Superseded
 from upscaler.job_store import JobStore
@@ -81,6 +83,15 @@ class AttemptFence:
                                self.reason)
                 stop.set()
                 return
+
+    @contextlib.asynccontextmanager
+    async def watching(self, stop: threading.Event) -> AsyncIterator[None]:
+        """``watch`` beside the block, ended with it."""
+        watcher = asyncio.ensure_future(self.watch(stop))
+        try:
+            yield
+        finally:
+            watcher.cancel()
 
     def error(self) -> Superseded:
         return Superseded(self.reason or f"job {self.job_id} moved on")

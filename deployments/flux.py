@@ -185,18 +185,16 @@ class FluxCoordinator:
         """The job, once its image fits in the memory budget (until then it stays queued).
         Its upload is read from job storage by the pre-pass (minutes of work: no hurry)."""
         # Fenced (deployments.fencing): a run whose job moved on stops after its next tile
-        # (its tiles still running are cancelled) and writes no result.
+        # (its tiles still running are cancelled) and writes no result. Watched once it has
+        # its memory: a job waiting in the queue reads no record.
         fence, superseded = AttemptFence(self.store, spec), threading.Event()
-        watcher = asyncio.ensure_future(fence.watch(superseded))
-        try:
-            async with (self.memory.reserve(coordinator_bytes(spec.plan)),
-                        contextlib.aclosing(self._run(spec, fence)) as events):
-                async for event in events:
-                    if superseded.is_set():
-                        raise fence.error()  # closing _run cancels its running tiles
-                    yield event
-        finally:
-            watcher.cancel()
+        async with (self.memory.reserve(coordinator_bytes(spec.plan)),
+                    fence.watching(superseded),
+                    contextlib.aclosing(self._run(spec, fence)) as events):
+            async for event in events:
+                if superseded.is_set():
+                    raise fence.error()  # closing _run cancels its running tiles
+                yield event
 
     async def _run(self, spec: JobSpec, fence: AttemptFence) -> AsyncIterator[JobEvent]:
         job_id, params = spec.job_id, spec.params
