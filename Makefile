@@ -37,7 +37,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 # The inner loop: everything but the tests that start Ray (marked slow), on two workers (its
-# tests wait on sockets and timers enough to gain: 99 s against 128 s). The whole suite stays
+# tests wait on sockets and timers enough to gain: 99-129 s against 128-135 s). The suite stays
 # serial: its Ray tests are CPU-bound on 2 cores and two workers gained nothing (858 s).
 test-fast: install
 	$(BIN)/python -m pytest -n 2 -m "not slow"
