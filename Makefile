@@ -33,12 +33,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
+# Two xdist workers: the tests that start Ray run on one of them, in turn (tests/conftest.py),
+# while the other takes the in-process tests.
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
-# The inner loop: everything but the tests that start Ray (marked slow), on two workers (its
-# tests wait on sockets and timers enough to gain: 99-129 s against 128-135 s). The suite stays
-# serial: its Ray tests are CPU-bound on 2 cores and two workers gained nothing (858 s).
+# The inner loop: everything but the tests that start Ray (marked slow), on two workers.
 test-fast: install
 	$(BIN)/python -m pytest -n 2 -m "not slow"
 

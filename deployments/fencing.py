@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from upscaler.errors import Superseded
 from upscaler.job_store import JobStore
@@ -39,6 +40,9 @@ from upscaler.storage import StorageError
 logger = logging.getLogger("ray.serve")
 FENCE_EVERY_S = 1.0  # how stale a run may go on for, at one record read per interval
 WRITE_RETRY_FIRST_S, WRITE_RETRY_MAX_S = 0.1, 2.0
+# The watchers' record reads have threads of their own: in the default executor they would
+# wait behind the work they are watching (crops, blends, tiles) and stop it only once done.
+_FENCE_READS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fence")
 
 
 class AttemptFence:
@@ -78,7 +82,8 @@ class AttemptFence:
         is set."""
         while not stop.is_set():
             await asyncio.sleep(self.every_s)
-            if await asyncio.to_thread(self.check) is not None:
+            loop = asyncio.get_running_loop()
+            if await loop.run_in_executor(_FENCE_READS, self.check) is not None:
                 logger.warning("job %s attempt %d stops: %s", self.job_id, self.attempt,
                                self.reason)
                 stop.set()

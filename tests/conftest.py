@@ -32,6 +32,15 @@ from model_factory import write_compact, write_rrdb  # noqa: E402
 
 from upscaler.settings import Settings  # noqa: E402
 
+# Two xdist workers on two cores: one torch thread in each test process and its in-process
+# graphs (two each would oversubscribe the cores); a started service keeps its own default.
+ONE_THREAD = {"UPSCALER_CPU_THREADS": "1"} if os.environ.get("PYTEST_XDIST_WORKER") else {}
+if ONE_THREAD:
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.update(ONE_THREAD)
+
 REPO = Path(__file__).resolve().parent.parent
 DAT = "DAT_light_x4"
 # Small limits so the limit tests send small requests.
@@ -47,11 +56,17 @@ VERTEX_DEADLINE_S = 3
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Under xdist with --dist loadgroup, the tests of the one session service run on one
-    worker, so it starts once; the others spread over the workers."""
+    """The tests that start Ray (marked slow) run on one xdist worker, one after another (two
+    Ray clusters at once would fight for 2 cores), while the other worker takes the rest.
+    Those of the one session service run last, together: it starts once, and no idle Ray
+    cluster (a quarter of a core here) slows the tests that start their own."""
+    def uses_service(item: pytest.Item) -> bool:
+        return "service" in getattr(item, "fixturenames", ())
+
     for item in items:
-        if "service" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("service"))
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+    items[:] = [i for i in items if not uses_service(i)] + [i for i in items if uses_service(i)]
 
 
 @pytest.fixture(scope="session")
@@ -219,7 +234,8 @@ def start_service(data_dir: Path, models_dir: Path, log_path: Path,
     dashboard = (["--dashboard-port", str(dashboard_port)] if dashboard_port
                  else ["--no-dashboard"])
     tls_args = ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []
-    env = {**os.environ, "UPSCALER_DATA_DIR": str(data_dir), "UPSCALER_MODELS_DIR":
+    env = {**{k: v for k, v in os.environ.items() if k not in ONE_THREAD},
+           "UPSCALER_DATA_DIR": str(data_dir), "UPSCALER_MODELS_DIR":
            str(models_dir), "UPSCALER_PORT": str(port), "UPSCALER_HOST": "127.0.0.1",
            "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "UPSCALER_SYNC_WAIT_S": "60", **(extra_env or {})}

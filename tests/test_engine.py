@@ -154,7 +154,7 @@ def test_quantized_cores_are_the_quantized_float_output():
 
 
 @pytest.mark.parametrize("writer,name", [
-    (lambda p: write_rrdb(p, num_filters=32, num_blocks=4), "rrdb-32x4"),
+    (lambda p: write_rrdb(p, num_filters=16, num_blocks=4), "rrdb-16x4"),  # 4 blocks deep
     (lambda p: write_compact(p, num_feat=32, num_conv=16), "compact-32x16"),
 ])
 def test_tiles_of_64_px_match_one_pass_of_a_real_format_model(tmp_path, writer, name):
@@ -176,18 +176,18 @@ def test_tiles_of_64_px_match_one_pass_of_a_real_format_model(tmp_path, writer, 
 def test_tiled_matches_untiled_on_real_model_and_photo(engine):
     """DAT-light (pretrained): channel attention sees the whole input, so no tiling is exact;
     16 px of context keeps tiles within 45 dB of one untiled pass."""
-    image = decoded(photo("astronaut", (128, 128)))
-    plan = calculate_output_dimensions(128, 128, 4)
+    image = decoded(photo("astronaut", (128, 64)))  # 56 dB
+    plan = calculate_output_dimensions(128, 64, 4)
     whole = engine.upscale(image, DAT, plan, tile_size=1024, quantize=False)
     tiled_result = engine.upscale(image, DAT, plan, tile_size=64, quantize=False)
-    assert whole.stats["tiles"] == 1 and tiled_result.stats["tiles"] == 4
-    assert tiled_result.image.rgb.shape == (512, 512, 3)
+    assert whole.stats["tiles"] == 1 and tiled_result.stats["tiles"] == 2
+    assert tiled_result.image.rgb.shape == (256, 512, 3)
     assert psnr(tiled_result.image.rgb, whole.image.rgb) >= 45.0
 
 
 def test_context_is_what_makes_tiles_agree(registry):
-    image = decoded(photo("coffee", (96, 64)))
-    plan = calculate_output_dimensions(96, 64, 4)
+    image = decoded(photo("coffee", (96, 32)))  # three windows: 0.61 of the error, +5.3 dB
+    plan = calculate_output_dimensions(96, 32, 4)
     whole = EsrganEngine(registry, context=16).upscale(image, DAT, plan, tile_size=1024,
                                                         quantize=False)
     with_context = EsrganEngine(registry, context=16).upscale(image, DAT, plan, tile_size=32,

@@ -144,8 +144,9 @@ def test_a_superseded_flux_run_stops_and_writes_no_result(app):
     from upscaler.jobs import Engine, FluxParams, JobState, Progress, Size
 
     graph, store = app.graph, app.graph.services.store
+    # 16 steps a tile: the run lasts many fence intervals, however busy the machine.
     params = FluxParams(upscale_model="tiny-rrdb", upscale_factor=2, tile_size=32,
-                        tile_padding=16, mask_blur=4, steps=4, denoise=0.5)
+                        tile_padding=16, mask_blur=4, steps=16, denoise=0.5)
     job = JobRecord(engine=Engine.flux, params=params, input_format="PNG",
                     plan=calculate_output_dimensions(128, 128, 2),
                     input_size=Size(width=128, height=128),
@@ -162,8 +163,8 @@ def test_a_superseded_flux_run_stops_and_writes_no_result(app):
             async for event in graph.coordinator.run(job.spec()):
                 if isinstance(event, Progress) and event.stage is None:
                     tiles.append(event.tile)
-                    if len(tiles) == 1:
-                        await asyncio.to_thread(store.update, job.job_id, lambda j: j.model_copy(
+                    if len(tiles) == 1:  # at once: not queued behind the tiles' threads
+                        store.update(job.job_id, lambda j: j.model_copy(
                             update={"attempts": 2, "lease_owner": "another-runner"}))
         return tiles
 

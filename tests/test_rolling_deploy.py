@@ -95,7 +95,7 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
         with httpx.Client(base_url=url, timeout=120,
                           headers={"Authorization": f"Bearer {api_key}"}) as client:
             r = client.post("/api/upscale/esrgan", data={"tile_size": "64", "wait": "0"},
-                            files={"file": ("p.png", png_bytes(photo("coffee", (160, 96))))})
+                            files={"file": ("p.png", png_bytes(photo("coffee", (96, 64))))})
             assert r.status_code == 202, r.text
             job_id = r.json()["jobId"]
             while client.get(f"/api/status/{job_id}").json()["status"] != "processing":

@@ -144,14 +144,14 @@ def test_flux_tiles_spread_over_both_replicas(client):
 def test_killed_esrgan_replica_job_runs_again_and_the_service_recovers(client, service):
     """The replica dies under the job: the job is run again from its stored upload, on the
     replica Serve starts instead (attempts: 2)."""
-    r = upload(client, png_bytes(photo("coffee", (192, 128))), tile_size=64, wait=0)
+    r = upload(client, png_bytes(photo("coffee", (128, 96))), tile_size=64, wait=0)
     job_id = r.json()["jobId"]
     wait_status(client, job_id, {"processing"})
     for pid in replica_pids("ESRGAN", service.data_dir):
         os.kill(pid, signal.SIGKILL)
     status = wait_status(client, job_id, {"failed", "completed"}, timeout=180)
     assert status["status"] == "completed" and status["attempts"] == 2, status
-    assert download(client, status["output_url"]).size == (768, 512)
+    assert download(client, status["output_url"]).size == (512, 384)
     wait_healthy(client)
     r = upload(client, png_bytes(photo("rocket", (24, 24))), model="tiny-rrdb")
     assert r.status_code == 200 and r.json()["status"] == "completed"
