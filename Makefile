@@ -33,11 +33,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-# Two xdist workers: the tests that start Ray run on one of them, in turn (tests/conftest.py),
-# while the other takes the in-process tests: 501-563 s here (fresh clone 554 s), against
-# 16 min serial before the slow tests were made cheaper.
-test: lint
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+# The in-process tests on two workers, then the tests that start Ray one after another (two Ray
+# clusters at once fight for 2 cores; run beside the other tests, the browser tests time out).
+test: lint test-fast
+	$(BIN)/python -m pytest -m slow
 
 # The inner loop: everything but the tests that start Ray (marked slow), on two workers with
 # one torch thread each: 88 s (100 s wall).

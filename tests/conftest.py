@@ -56,10 +56,10 @@ VERTEX_DEADLINE_S = 3
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """The tests that start Ray (marked slow) run on one xdist worker, one after another (two
-    Ray clusters at once would fight for 2 cores), while the other worker takes the rest.
-    Those of the one session service run last, together: it starts once, and no idle Ray
-    cluster (a quarter of a core here) slows the tests that start their own."""
+    """Those of the one session service run last, together: it starts once, and no idle Ray
+    cluster (a quarter of a core here) slows the tests that start their own. `make test` runs
+    the tests that start Ray (marked slow) without xdist; given to xdist anyway (`-n 2 --dist
+    loadgroup`), they run on one worker, one after another."""
     def uses_service(item: pytest.Item) -> bool:
         return "service" in getattr(item, "fixturenames", ())
 
