@@ -90,6 +90,7 @@ async def stream_from_thread(work: Callable[[Emit, threading.Event], Completed],
         loop.call_soon_threadsafe(events.put_nowait, event)
 
     task = loop.run_in_executor(None, work, emit, cancelled)
+    getter: asyncio.Future | None = None
     try:
         async with fence.watching(cancelled) if fence else contextlib.nullcontext():
             while True:
@@ -108,3 +109,8 @@ async def stream_from_thread(work: Callable[[Emit, threading.Event], Completed],
                 return
     finally:
         cancelled.set()
+        if getter is not None:
+            getter.cancel()
+        # A caller that went away leaves the work to stop at its next check: what it ends
+        # with (UpscaleCancelled) is nobody's to report, and not an unretrieved error in the log.
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
