@@ -138,15 +138,14 @@ def test_a_superseded_flux_run_stops_and_writes_no_result(app):
     """The coordinator's run is one attempt of its job (deployments/fencing.py): once the
     record's attempt moves on (a takeover), it stops after its tile in progress, cancels the
     tiles still drawing and writes no result; the tiles it stored stay for the new attempt."""
-    from deployments.fencing import AttemptFence
+    from deployments.fencing import FENCE_EVERY_S, AttemptFence
     from upscaler.dimensions import calculate_output_dimensions
     from upscaler.errors import Superseded
     from upscaler.jobs import Engine, FluxParams, JobState, Progress, Size
 
     graph, store = app.graph, app.graph.services.store
-    # 16 steps a tile: the run lasts many fence intervals, however busy the machine.
     params = FluxParams(upscale_model="tiny-rrdb", upscale_factor=2, tile_size=32,
-                        tile_padding=16, mask_blur=4, steps=16, denoise=0.5)
+                        tile_padding=16, mask_blur=4, steps=4, denoise=0.5)
     job = JobRecord(engine=Engine.flux, params=params, input_format="PNG",
                     plan=calculate_output_dimensions(128, 128, 2),
                     input_size=Size(width=128, height=128),
@@ -166,6 +165,9 @@ def test_a_superseded_flux_run_stops_and_writes_no_result(app):
                     if len(tiles) == 1:  # at once: not queued behind the tiles' threads
                         store.update(job.job_id, lambda j: j.model_copy(
                             update={"attempts": 2, "lease_owner": "another-runner"}))
+                        # The run is held at this tile while its fence reads the record:
+                        # however fast the tiles, it has not finished them all.
+                        await asyncio.sleep(2 * FENCE_EVERY_S + 0.5)
         return tiles
 
     tiles = asyncio.run(asyncio.wait_for(run(), 120))
