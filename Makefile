@@ -33,10 +33,11 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-# The in-process tests on two workers, then the tests that start Ray one after another (two Ray
-# clusters at once fight for 2 cores; run beside the other tests, the browser tests time out).
+# The in-process tests on two workers, then the tests that start Ray (marked slow) on two
+# workers: the session service's tests on one, each other module's tests together
+# (tests/conftest.py groups them), so at most two Ray clusters run at once.
 test: lint test-fast
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m slow
 
 # The inner loop: everything but the tests that start Ray (marked slow), on two workers with
 # one torch thread each: 88 s (100 s wall).

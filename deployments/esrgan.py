@@ -76,8 +76,9 @@ class EsrganDeployment:
         self._superseded = 0  # runs stopped because their job moved on (deployments.fencing)
         self.replica_id = replica_tag()
         # Warm the default model beside the rest of start-up: the replica is ready at once,
-        # and a job that comes first waits only for what is left of the load.
-        threading.Thread(target=self._warm, name="esrgan-warm-up", daemon=True).start()
+        # and a job that comes first waits only for what is left of the load. Not a daemon:
+        # a process that exits mid-load waits for it (torch aborts the process otherwise).
+        threading.Thread(target=self._warm, name="esrgan-warm-up").start()
 
     def _warm(self) -> None:
         default = default_model_name(self.settings, self.registry)

@@ -55,18 +55,25 @@ WEBHOOK_SECRET = "whsec_" + "dGVzdHMtb25seS13ZWJob29rLXNlY3JldC0zMmJ5dGVz"
 VERTEX_DEADLINE_S = 3
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(config, items) -> None:
-    """Those of the one session service run last, together: it starts once, and no idle Ray
-    cluster (a quarter of a core here) slows the tests that start their own. `make test` runs
-    the tests that start Ray (marked slow) without xdist; given to xdist anyway (`-n 2 --dist
-    loadgroup`), they run on one worker, one after another."""
+    """`make test` runs the tests that start Ray (marked slow) on two xdist workers: those of
+    the one session service as one group (it starts once, on one worker), every other
+    module's as a group of its own (module fixtures start once), so two clusters at most run
+    at once. The session service's group goes first, as the longest; run without xdist, it
+    goes last, so its idle cluster (a quarter of a core here) slows no test that starts its
+    own."""
     def uses_service(item: pytest.Item) -> bool:
         return "service" in getattr(item, "fixturenames", ())
 
     for item in items:
         if item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
-    items[:] = [i for i in items if not uses_service(i)] + [i for i in items if uses_service(i)]
+            group = "service" if uses_service(item) else item.path.stem
+            item.add_marker(pytest.mark.xdist_group(group))
+    first, last = ([i for i in items if uses_service(i)], [i for i in items if not uses_service(i)])
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        first, last = last, first
+    items[:] = first + last
 
 
 @pytest.fixture(scope="session")

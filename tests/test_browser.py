@@ -118,6 +118,7 @@ def test_compare_models_side_by_side(page, tmp_path):
     src = tmp_path / "rocket.png"
     src.write_bytes(png_bytes(photo("rocket", (48, 32))))
     page.set_input_files("#files", str(src))
+    page.wait_for_selector("#queue li .info")  # the page has read it
     page.click("#compare")
     for box in page.locator("#compareModels input").all():
         box.set_checked(box.get_attribute("value") in ("tiny-rrdb", "tiny-compact"))
@@ -153,6 +154,7 @@ def test_cancel_and_an_error_in_the_apis_words(page, client, tmp_path):
     assert api.status_code == 415
     page.click("#queue li button")  # take the photo out of the queue
     page.set_input_files("#files", str(bogus))
+    page.wait_for_selector("#queue li:has-text('notes.png') .info")  # the page has read it
     page.click("#go")
     page.wait_for_selector(".job .error:not([hidden])", timeout=60_000)
     text = page.locator(".job").first.locator(".error").inner_text()

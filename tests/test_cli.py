@@ -168,7 +168,7 @@ def test_interrupt_cancels_the_running_job_and_exits_130(service, tmp_path):
     assert job_id, "the job never ran"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     assert f"cancelled job {job_id}" in err
     with Client(service.url, service.api_key) as client:
         assert client.status(job_id).status == "cancelled"

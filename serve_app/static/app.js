@@ -318,13 +318,14 @@ async function loadService() {
     }
     $("#keynote").textContent = auth.key ? "Key in use (kept in this browser)." : "";
     state.health = health;
-    const gpu = health.gpu_available ? health.gpu_name || "GPU" : "CPU";
-    chip(health.status === "healthy", health.status === "healthy" ? `Ready · ${gpu}` : "Degraded: some engines do not answer");
     const listing = (await (await api("/api/models")).json()).esrgan;
     state.models = listing.models.map((m) => m.name);
     state.defaultModel = listing.default;
     engineAvailability(health, listing);
     fillModels(listing);
+    // Ready once the models are listed: the choices a user makes next are not replaced.
+    const gpu = health.gpu_available ? health.gpu_name || "GPU" : "CPU";
+    chip(health.status === "healthy", health.status === "healthy" ? `Ready · ${gpu}` : "Degraded: some engines do not answer");
   } catch (error) {
     chip(false, `Not reachable: ${error.message}`);
   }
@@ -357,15 +358,20 @@ function engineAvailability(health, listing) {
 }
 
 function fillModels(listing) {
+  // Listed again (a new key): the user's choices stay where the models still are.
+  const names = listing.models.map((m) => m.name);
+  const chosen = names.includes($("#model").value) ? $("#model").value : listing.default;
+  const compared = $$("#compareModels input:checked").map((c) => c.value).filter((n) => names.includes(n));
   $("#model").replaceChildren(...listing.models.map((m) => {
     const o = new Option(`${m.name}${m.name === listing.default ? " (default)" : ""} · ${m.architecture} ×${m.scale}`, m.name);
-    o.selected = m.name === listing.default;
+    o.selected = m.name === chosen;
     return o;
   }));
   $("#compareModels").replaceChildren(...listing.models.map((m, i) => {
     const label = document.createElement("label");
     label.className = "check";
-    label.innerHTML = `<input type="checkbox" value="${esc(m.name)}" ${i < 3 ? "checked" : ""}> ${esc(m.name)} <span class="muted">${esc(m.architecture)} ×${m.scale}</span>`;
+    const checked = compared.length ? compared.includes(m.name) : i < 3;
+    label.innerHTML = `<input type="checkbox" value="${esc(m.name)}" ${checked ? "checked" : ""}> ${esc(m.name)} <span class="muted">${esc(m.architecture)} ×${m.scale}</span>`;
     return label;
   }));
 }
