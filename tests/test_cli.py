@@ -157,9 +157,15 @@ def test_no_wait_then_cancel_and_status(service, tmp_path, capsys, monkeypatch):
 def test_interrupt_cancels_the_running_job_and_exits_130(service, tmp_path):
     src = _image(tmp_path / "slow.png", (128, 128))
     env = {**os.environ, "UPSCALER_URL": service.url, "UPSCALER_API_KEY": service.api_key}
-    proc = subprocess.Popen([sys.executable, "-m", "serve_app.cli", "upscale", str(src),
-                             *LONG_FLUX], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    # A run in the background (`pytest &`) ignores SIGINT, and a child would inherit that:
+    # the CLI starts with SIGINT as a terminal's Ctrl-C finds it.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "serve_app.cli", "upscale", str(src),
+                                 *LONG_FLUX], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, inherited if inherited is not None else signal.SIG_DFL)
     job_id = None
     for line in proc.stderr:  # without a terminal, each stage is a log line
         if ": processing (job " in line:
