@@ -145,6 +145,8 @@ class LeaseKeeping:
         job.heartbeat_at, job.lease_expires_at = 0.0, 0.0
         try:
             await asyncio.to_thread(self.store.save, job)
+        except LeaseLost:  # claimed already (storage answered again): a newer attempt runs it
+            pass
         except Exception:  # noqa: BLE001
             logger.warning("job %s: its lease could not be released; it runs out",
                            job.job_id)

@@ -124,6 +124,26 @@ def test_driver_saves_never_overwrite_an_ended_job_or_another_drivers_lease(stor
     assert store.load(other.job_id).state == JobState.queued
 
 
+def test_a_released_attempts_late_save_never_overwrites_the_attempt_that_claimed_it(storage):
+    """One runner lets a job go (storage was down past its lease) and its own sweep claims it
+    again: a save of the old attempt that lands late (a retried release) is refused."""
+    store = JobStore(storage, stale_after_s=30)
+    job = _job(lease_owner="me")
+    store.save(job)
+    released = job.model_copy(deep=True)
+    released.heartbeat_at = released.lease_expires_at = 0.0
+    store.save(released)
+    claimed = store.claim(job.job_id, "me", max_attempts=3)
+    assert claimed.attempts == 2 and claimed.lease_owner == "me"
+    with pytest.raises(LeaseLost) as lost:
+        store.save(released)
+    assert lost.value.record.attempts == 2
+    assert store.load(job.job_id).attempts == 2
+    claimed.attempts += 1  # the driver itself runs it again (its replica died): allowed
+    store.save(claimed)
+    assert store.load(job.job_id).attempts == 3
+
+
 def _count_up(url: str, times: int) -> None:
     store = JobStore(Storage(url), stale_after_s=30)
     for _ in range(times):

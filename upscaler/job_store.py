@@ -155,15 +155,17 @@ class JobStore:
 
     def save(self, job: JobRecord) -> None:
         """A driver's write of its in-memory record (a new record is created). Refused with
-        ``LeaseLost`` when the stored job has ended or is leased to another runner, its end
-        too: that runner runs a newer attempt, whose result is the one kept (fencing). A
-        driver whose lease ran out unclaimed still writes (nobody else drives the job)."""
+        ``LeaseLost`` when the stored job has ended, is leased to another runner, or runs a
+        newer attempt (claimed by this runner's own sweep too, after it let the job go), its
+        end too: the newer attempt's result is the one kept (fencing). A driver whose lease
+        ran out unclaimed still writes (nobody else drives the job)."""
         def change(stored: JobRecord) -> JobRecord | None:
             if stored.state.is_terminal:
                 if stored.state == job.state and stored.lease_owner == job.lease_owner:
                     return None  # this very end, saved already
                 raise LeaseLost(stored)
-            if stored.lease_owner not in (None, job.lease_owner):
+            if stored.lease_owner not in (None, job.lease_owner) or \
+                    stored.attempts > job.attempts:
                 raise LeaseLost(stored)
             return job.model_copy()
 
