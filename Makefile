@@ -40,7 +40,7 @@ test: lint test-fast
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -m slow
 
 # The inner loop: everything but the tests that start Ray (marked slow), on two workers with
-# one torch thread each: 55-65 s.
+# one torch thread each: 52-83 s here.
 test-fast: install
 	$(BIN)/python -m pytest -n 2 -m "not slow"
 
