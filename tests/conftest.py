@@ -70,10 +70,10 @@ def pytest_collection_modifyitems(config, items) -> None:
         if item.get_closest_marker("slow"):
             group = "service" if uses_service(item) else item.path.stem
             item.add_marker(pytest.mark.xdist_group(group))
-    first, last = ([i for i in items if uses_service(i)], [i for i in items if not uses_service(i)])
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        first, last = last, first
-    items[:] = first + last
+    with_service = [i for i in items if uses_service(i)]
+    others = [i for i in items if not uses_service(i)]
+    items[:] = (with_service + others if os.environ.get("PYTEST_XDIST_WORKER")
+                else others + with_service)
 
 
 @pytest.fixture(scope="session")
