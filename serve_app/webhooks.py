@@ -56,7 +56,7 @@ class WebhookSender:
         self.live = live  # the record of a job this replica's runner drives, else None
         self.owner = uuid.uuid4().hex  # this sender, in the deliveries it claims
         self.resolver = WebhookResolver(settings)
-        # An attempt's claim outlasts its requests (one per address, each with its timeout);
+        # An attempt's claim outlasts it (its look-up, then its one deadline) with room;
         # a claim between attempts outlasts the wait by a lease's length.
         self.claim_s = 3 * settings.webhook_timeout_s + settings.stale_after_s
         self._queue: asyncio.Queue[Item] = asyncio.Queue(settings.webhook_queue_size)
