@@ -4,10 +4,15 @@ POST to the addresses the SSRF guard checked, and what the answer means for the 
 The request goes to a checked address itself, with the original host in ``Host`` and TLS's SNI
 and certificate check, so DNS cannot hand the connection to another address between the check
 and the connect. Redirects are not followed; no proxies from the environment.
+
+A receiver is not trusted with the sender's memory or time: one deadline covers the whole
+attempt (connect, send, answer), the answer is asked for unencoded (``Accept-Encoding:
+identity``; never decoded) and at most ``MAX_ANSWER_BYTES`` of it are read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
 import time
@@ -17,6 +22,14 @@ import httpx
 from standardwebhooks import Webhook
 
 from upscaler.webhooks import WebhookDelivery, WebhookState, WebhookTarget
+
+# Of a receiver's answer, only the status and headers count; a small body is read so its
+# connection can be reused, anything longer is cut off unread.
+MAX_ANSWER_BYTES = 4096
+
+
+class AttemptTimeout(Exception):
+    """The attempt passed its deadline (connect, send and answer together)."""
 
 
 def retry_after_s(header: str | None) -> float | None:
@@ -39,25 +52,59 @@ def new_client(timeout_s: float, concurrency: int) -> httpx.AsyncClient:
 
 
 async def post_signed(client: httpx.AsyncClient, signer: Webhook, target: WebhookTarget,
-                      msg_id: str, body: bytes) -> httpx.Response:
-    """POST ``body`` signed afresh (a new timestamp each attempt, the same ``webhook-id``)."""
+                      msg_id: str, body: bytes, deadline_s: float) -> httpx.Response:
+    """POST ``body`` signed afresh (a new timestamp each attempt, the same ``webhook-id``),
+    all within ``deadline_s``; the answer's status and headers, and at most
+    ``MAX_ANSWER_BYTES`` of its body, read raw."""
     now = datetime.now(timezone.utc)
     signature = signer.sign(msg_id, now, body.decode())
     url = httpx.URL(target.url)
     headers = {"content-type": "application/json", "user-agent": "upscaler-webhooks",
+               "accept-encoding": "identity",
                "webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
                "webhook-signature": signature, "host": url.netloc.decode("ascii")}
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-    # The checked addresses, in turn, not the name: the name is not resolved again.
-    for n, address in enumerate(target.addresses):
-        request = client.build_request("POST", url.copy_with(host=address), content=body,
-                                       headers=headers, extensions=extensions)
-        try:
-            return await client.send(request)
-        except httpx.ConnectError:
-            if n == len(target.addresses) - 1:
-                raise
+    try:
+        async with asyncio.timeout(deadline_s):
+            # The checked addresses, in turn, not the name: the name is not resolved again.
+            for n, address in enumerate(target.addresses):
+                request = client.build_request("POST", url.copy_with(host=address),
+                                               content=body, headers=headers,
+                                               extensions=extensions)
+                try:
+                    response = await client.send(request, stream=True)
+                except httpx.ConnectError:
+                    if n == len(target.addresses) - 1:
+                        raise
+                    continue
+                try:
+                    await _read_some(response)
+                finally:
+                    await response.aclose()
+                return response
+    except TimeoutError as exc:
+        raise AttemptTimeout(f"no complete answer within {deadline_s:g} s (the attempt's "
+                             "deadline)") from exc
     raise AssertionError("a target has at least one address")
+
+
+async def _read_some(response: httpx.Response) -> None:
+    """Up to MAX_ANSWER_BYTES of the raw body (never decompressed), then stop."""
+    read = 0
+    async for chunk in response.aiter_raw():
+        read += len(chunk)
+        if read >= MAX_ANSWER_BYTES:
+            return
+
+
+def next_delay(attempts: int, retry_after: float | None, backoff_s: float,
+               backoff_max_s: float) -> float:
+    """The wait before the next attempt: exponential backoff; a receiver's Retry-After is
+    honoured within [the backoff, its maximum] (no hot loop on ``0``, no hour-long hold)."""
+    backoff = min(backoff_max_s, backoff_s * 2 ** (attempts - 1))
+    if retry_after is None:
+        return backoff
+    return min(backoff_max_s, max(backoff, retry_after))
 
 
 def judge(hook: WebhookState, delivery: WebhookDelivery,

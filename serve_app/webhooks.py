@@ -2,7 +2,11 @@
 for is signed (``serve_app.webhook_http``) with the secret of the API key that submitted the job
 (keys on) or the server's ``UPSCALER_WEBHOOK_SECRET``, and POSTed by a bounded pool of workers
 over a bounded queue. A failed attempt is retried with exponential backoff (or the receiver's
-``Retry-After``) for ``webhook_retry_for_s``; a 410 answer disables the job's webhook.
+``Retry-After``, within the backoff's bounds) for ``webhook_retry_for_s``; a 410 answer
+disables the job's webhook. A receiver holds a sender for one attempt's deadline at most
+(``serve_app.webhook_http``), one key's deliveries hold at most ``webhook_concurrency_per_key``
+senders, a key has at most ``webhook_max_pending_per_key`` deliveries pending here, and a
+revoked key's deliveries are dropped (``serve_app.webhook_guard``).
 
 Deliveries are durable: each is kept in the job record (event, ``webhook-id``, body, attempts,
 next attempt, state) and claimed by the sender sending it until a time (``owner``,
@@ -30,54 +34,17 @@ import httpx
 from standardwebhooks import Webhook
 
 from serve_app.presenters import job_status
-from serve_app.schemas import CommonUpscaleForm
-from serve_app.webhook_http import judge, new_client, post_signed
+from serve_app.webhook_guard import DeliveryDropped, WebhookResolver, revoked_key
+from serve_app.webhook_http import AttemptTimeout, judge, new_client, next_delay, post_signed
+from serve_app.webhook_slots import Item, KeyId, KeySlots
 from upscaler.errors import InvalidRequest
 from upscaler.job_store import JobNotFound, JobStore
 from upscaler.jobs import JobRecord
-from upscaler.keys import Caller, KeyStore
+from upscaler.keys import KeyStore
 from upscaler.settings import Settings
-from upscaler.webhooks import (
-    AllowList,
-    WebhookDelivery,
-    WebhookEvent,
-    WebhookState,
-    WebhookTarget,
-    parse_events,
-    resolve_target,
-)
+from upscaler.webhooks import WebhookDelivery, WebhookEvent, WebhookState
 
 logger = logging.getLogger("ray.serve")
-Item = tuple[str, str]  # (job id, delivery id): what a worker sends; the record has the rest
-
-
-async def subscription(settings: Settings, form: CommonUpscaleForm, keys: KeyStore | None = None,
-                       who: Caller | None = None) -> WebhookState | None:
-    """A request's webhook, checked (422 with the reason) before anything is stored. Signed
-    with the caller's key's secret when it has one, else with the server's."""
-    if not form.webhook_url:
-        if form.webhook_events:
-            raise InvalidRequest("webhook_events needs a webhook_url",
-                                 code="invalid_webhook_events")
-        return None
-    key_id = who.key_id if who is not None else None
-    has_own = key_id is not None and keys is not None and bool(
-        await asyncio.to_thread(keys.webhook_secret, key_id))
-    if not has_own and settings.webhook_secret is None:
-        if key_id is not None:
-            raise InvalidRequest(
-                "this API key has no webhook signing secret and the server has no "
-                "UPSCALER_WEBHOOK_SECRET; the operator can give the key one (`upscaler keys "
-                f"rotate-webhook-secret {key_id}`), or send the request without webhook_url",
-                code="webhooks_not_configured")
-        raise InvalidRequest("webhooks are not configured on this server (no "
-                             "UPSCALER_WEBHOOK_SECRET); send the request without webhook_url",
-                             code="webhooks_not_configured")
-    events = parse_events(form.webhook_events)
-    target = await asyncio.to_thread(resolve_target, form.webhook_url,
-                                     AllowList(settings.webhook_allowed_hosts))
-    return WebhookState(url=target.url, events=events,
-                        signing_key_id=key_id if has_own else None)
 
 
 class WebhookSender:
@@ -88,12 +55,13 @@ class WebhookSender:
         self.keys = keys  # the keys' webhook secrets, read when signing
         self.live = live  # the record of a job this replica's runner drives, else None
         self.owner = uuid.uuid4().hex  # this sender, in the deliveries it claims
-        self.allowed = AllowList(settings.webhook_allowed_hosts)
-        # An attempt's claim outlasts its requests (one per address, each with its timeout);
+        self.resolver = WebhookResolver(settings)
+        # An attempt's claim outlasts it (its look-up, then its one deadline) with room;
         # a claim between attempts outlasts the wait by a lease's length.
         self.claim_s = 3 * settings.webhook_timeout_s + settings.stale_after_s
         self._queue: asyncio.Queue[Item] = asyncio.Queue(settings.webhook_queue_size)
-        self._held: set[Item] = set()  # queued or waiting for a retry here
+        # Queued, waiting for a retry or being sent here, by key.
+        self._slots = KeySlots(settings.webhook_concurrency_per_key)
         self._workers: list[asyncio.Task] = []
         self._timers: set[asyncio.TimerHandle] = set()
         self._last_progress: dict[str, float] = {}
@@ -124,6 +92,11 @@ class WebhookSender:
                              return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
+        self.resolver.close()
+
+    def pending(self, key_id: KeyId) -> int:
+        """The key's deliveries held here (queued, waiting for a retry, being sent)."""
+        return self._slots.pending(key_id)
 
     # --- events (the runner's hooks) -----------------------------------------------------
     def record(self, job: JobRecord, event: str) -> None:
@@ -152,7 +125,7 @@ class WebhookSender:
             return
         now = time.time()
         for delivery in job.webhooks.pending:
-            self._schedule((job.job_id, delivery.id),
+            self._schedule((job.job_id, delivery.id), job.api_key_id,
                            max(0.0, (delivery.next_attempt_at or now) - now))
 
     def notify(self, job: JobRecord, event: WebhookEvent) -> None:
@@ -160,10 +133,9 @@ class WebhookSender:
         self.record(job, event)
         self.send_pending(job)
 
-    def _schedule(self, item: Item, delay: float) -> None:
-        if item in self._held:
+    def _schedule(self, item: Item, key: KeyId, delay: float) -> None:
+        if not self._slots.hold(item, key):
             return
-        self._held.add(item)
         if delay <= 0:
             self._enqueue(item)
             return
@@ -179,27 +151,32 @@ class WebhookSender:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:  # it stays pending in its record: a later sweep sends it
-            self._held.discard(item)
+            self._slots.drop(item)
             logger.warning("webhook queue full; delivery %s of job %s waits", item[1], item[0])
 
     # --- delivering ----------------------------------------------------------------------
     async def _work(self) -> None:
         while True:
             item = await self._queue.get()
+            if not self._slots.start(item):  # its key's senders are all busy: parked
+                self._queue.task_done()
+                continue
             retry_in = None
             try:
-                retry_in = await self._attempt(item)
+                retry_in = await self._attempt(item, self._slots.key(item))
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - one delivery must not stop the worker
                 logger.exception("webhook delivery for job %s failed", item[0])
             finally:  # held until its attempt is over: a sweep meanwhile leaves it alone
-                self._held.discard(item)
+                key, following = self._slots.finish(item)
                 self._queue.task_done()
+            if following is not None:
+                self._enqueue(following)
             if retry_in is not None:
-                self._schedule(item, retry_in)
+                self._schedule(item, key, retry_in)
 
-    async def _attempt(self, item: Item) -> float | None:
+    async def _attempt(self, item: Item, key_id: KeyId) -> float | None:
         """One attempt of a delivery, if it is this sender's to make; seconds to its next
         attempt, or None when there is none here."""
         job_id, delivery_id = item
@@ -218,7 +195,7 @@ class WebhookSender:
                 return None
             hook, delivery, send = claimed
         if send:
-            retry_after = await self._send(hook, delivery)
+            retry_after = await self._send(hook, delivery, key_id)
             if not delivery.done:
                 self._plan_retry(delivery, retry_after)
             delivery.finish()
@@ -232,38 +209,47 @@ class WebhookSender:
         return delivery.begin_attempt(self.owner, time.time(), self.claim_s,
                                       self.settings.webhook_retry_for_s, hook.disabled)
 
-    async def _send(self, hook: WebhookState, delivery: WebhookDelivery) -> float | None:
+    async def _send(self, hook: WebhookState, delivery: WebhookDelivery,
+                    key_id: KeyId) -> float | None:
         """One attempt; its outcome goes into ``delivery``. The Retry-After asked for."""
         assert self._client is not None
         try:
-            target, signer = await asyncio.to_thread(self._prepare, hook)
+            signer = await asyncio.to_thread(self._signer, hook, key_id)
+            target = await self.resolver.resolve(hook.url)  # the guard, again
             body = (delivery.payload or "").encode()
-            response = await post_signed(self._client, signer, target, delivery.id, body)
+            response = await post_signed(self._client, signer, target, delivery.id, body,
+                                         self.settings.webhook_timeout_s)
             return judge(hook, delivery, response)
+        except DeliveryDropped as exc:
+            delivery.state, delivery.last_error = "dropped", str(exc)
         except InvalidRequest as exc:  # no longer passes the guard, or no secret: no retry
             delivery.state, delivery.last_error = "failed", exc.message
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, AttemptTimeout) as exc:
             delivery.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        except TimeoutError:  # the DNS look-up: retried
+            delivery.last_error = (f"looking up the webhook's host took longer than "
+                                   f"{self.settings.webhook_dns_timeout_s:g} s")
         return None
 
-    def _prepare(self, hook: WebhookState) -> tuple[WebhookTarget, Webhook]:
-        """The URL checked again, and the signer: the key's current secret (a rotation
-        applies from the next attempt), else the server's."""
-        target = resolve_target(hook.url, self.allowed)
+    def _signer(self, hook: WebhookState, key_id: KeyId) -> Webhook:
+        """The key's current secret (a rotation applies from the next attempt), else the
+        server's; DeliveryDropped when the job's key was revoked (never signed with it)."""
+        if (revoked := revoked_key(self.keys, key_id, hook.signing_key_id)) is not None:
+            raise DeliveryDropped(f"the API key {revoked} was revoked: not sent")
         if hook.signing_key_id is not None:
             secret = self.keys.webhook_secret(hook.signing_key_id) if self.keys else None
             if secret is None:
                 raise InvalidRequest(f"the API key {hook.signing_key_id} that signs this "
                                      "webhook has no secret any more")
-            return target, Webhook(secret)
+            return Webhook(secret)
         if self.settings.webhook_secret is None:
             raise InvalidRequest("the server has no UPSCALER_WEBHOOK_SECRET any more")
-        return target, Webhook(self.settings.webhook_secret.get_secret_value())
+        return Webhook(self.settings.webhook_secret.get_secret_value())
 
     def _plan_retry(self, delivery: WebhookDelivery, retry_after: float | None) -> None:
         s = self.settings
-        delay = retry_after if retry_after is not None else min(
-            s.webhook_backoff_max_s, s.webhook_backoff_s * 2 ** (delivery.attempts - 1))
+        delay = next_delay(delivery.attempts, retry_after, s.webhook_backoff_s,
+                           s.webhook_backoff_max_s)
         now = time.time()
         if now + delay - delivery.created_at > s.webhook_retry_for_s:
             delivery.state = "failed"
@@ -365,7 +351,7 @@ class WebhookSender:
             now = time.time()
             for delivery in job.webhooks.pending:
                 if delivery.claimable_by(self.owner, now):
-                    self._schedule((job_id, delivery.id),
+                    self._schedule((job_id, delivery.id), job.api_key_id,
                                    max(0.0, (delivery.next_attempt_at or now) - now))
 
 

@@ -325,7 +325,7 @@ def service(tmp_path_factory, full_models_root, vertex) -> Iterator[Service]:
            **vertex_env(vertex), **FAST_STALE, "UPSCALER_AUTH": "keys",
            "UPSCALER_UPLOAD_IDLE_TIMEOUT_S": "2",
            "UPSCALER_WEBHOOK_SECRET": WEBHOOK_SECRET, "UPSCALER_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
-           "UPSCALER_WEBHOOK_BACKOFF_S": "0.2",
+           "UPSCALER_WEBHOOK_BACKOFF_S": "0.2", "UPSCALER_WEBHOOK_TIMEOUT_S": "5",
            "UPSCALER_FLUX_MIN_REPLICAS": "2", "UPSCALER_FLUX_MAX_REPLICAS": "2",
            "UPSCALER_METRICS_PORT": str(metrics_port), "RAY_TMPDIR": str(ray_dir),
            "RAY_metrics_report_interval_ms": str(METRICS_INTERVAL_MS)}

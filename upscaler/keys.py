@@ -143,9 +143,10 @@ class KeyStore:
         return Caller(record.key_id, record.name, record.limits)
 
     def webhook_secret(self, key_id: str) -> str | None:
-        """The key's webhook signing secret (None: the key has none, or is unknown)."""
+        """The key's webhook signing secret (None: the key has none, is unknown, or was
+        revoked: nothing is signed with a revoked key's secret)."""
         record = self._record(key_id)
-        return record.webhook_secret if record is not None else None
+        return record.webhook_secret if record is not None and not record.revoked else None
 
     # --- managing (the `upscaler keys` command) ------------------------------------------
     def _write(self, keys: KeyFile) -> None:

@@ -247,7 +247,23 @@ class Settings(BaseSettings):
         default=[],
         description="Hosts or CIDRs a webhook may reach although they resolve to loopback, "
         "private, link-local or reserved addresses (refused otherwise).")
-    webhook_timeout_s: float = Field(default=10, gt=0, description="Per delivery attempt.")
+    webhook_timeout_s: float = Field(
+        default=15, gt=0, description="One deadline for a whole delivery attempt (connect, "
+        "send, answer): a receiver that answers slowly is cut off at it.")
+    webhook_https_only: bool = Field(
+        default=False, description="Refuse plain http:// webhook URLs (at submit, and before "
+        "each delivery). On in the production configs; off for loopback receivers.")
+    webhook_dns_timeout_s: float = Field(
+        default=3, gt=0, description="A webhook host's DNS look-up (on its own small thread "
+        "pool, webhook_dns_threads) gets this long.")
+    webhook_dns_threads: int = Field(default=4, ge=1,
+                                     description="Threads for webhook hosts' DNS look-ups.")
+    webhook_max_pending_per_key: int = Field(
+        default=100, ge=1, description="Webhook deliveries one key may have pending per Ingress "
+        "replica; a request with a webhook_url past it gets 429 and nothing is stored.")
+    webhook_concurrency_per_key: int = Field(
+        default=4, ge=1, description="Of webhook_concurrency, how many one key's deliveries "
+        "may hold at once: slow receivers of one key never hold every sender.")
     webhook_retry_for_s: float = Field(
         default=3600, ge=0, description="How long a failed delivery is retried (exponential "
         "backoff, honouring Retry-After) before it is given up.")

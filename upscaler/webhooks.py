@@ -199,8 +199,9 @@ def refused_reason(address: IpAddress) -> str | None:
     return None
 
 
-def check_url(url: str) -> tuple[str, str, int]:
-    """Scheme, host and port of a webhook URL, or InvalidRequest saying what is wrong."""
+def check_url(url: str, https_only: bool = False) -> tuple[str, str, int]:
+    """Scheme, host and port of a webhook URL, or InvalidRequest saying what is wrong
+    (``https_only``: plain http is refused too)."""
     if len(url) > MAX_URL_LENGTH:
         raise _refused(f"the URL is longer than {MAX_URL_LENGTH} characters")
     try:
@@ -211,6 +212,8 @@ def check_url(url: str) -> tuple[str, str, int]:
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise _refused(f"only http and https URLs are allowed, not {scheme or 'none'!r}")
+    if https_only and scheme != "https":
+        raise _refused("only https URLs are allowed on this server (UPSCALER_WEBHOOK_HTTPS_ONLY)")
     if not parts.hostname:
         raise _refused("the URL has no host")
     if parts.username is not None or parts.password is not None:
@@ -219,10 +222,10 @@ def check_url(url: str) -> tuple[str, str, int]:
     return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80)
 
 
-def resolve_target(url: str, allowed: AllowList) -> WebhookTarget:
+def resolve_target(url: str, allowed: AllowList, https_only: bool = False) -> WebhookTarget:
     """Check a webhook URL and resolve its host; every address must be public unless the
     allow-list names the host or covers the address. Raises InvalidRequest with the reason."""
-    scheme, host, port = check_url(url)
+    scheme, host, port = check_url(url, https_only)
     try:
         literal: IpAddress | None = ipaddress.ip_address(host.strip("[]"))
     except ValueError:

@@ -19,7 +19,7 @@ from serve_app.schemas import (
     UpscaleResponse,
 )
 from serve_app.submissions import esrgan_job, flux_job, imagen_job, require_flux, wait_seconds
-from serve_app.webhooks import subscription
+from serve_app.webhook_submit import subscription
 from upscaler.jobs import JobRecord
 from upscaler.keys import Caller, quota_bucket
 
@@ -45,7 +45,8 @@ async def _submit(services: Services, who: Caller, job: JobRecord, request: Inta
             return found
         first = found
     try:
-        job.webhooks = await subscription(services.settings, request.form, services.keys, who)
+        job.webhooks = await subscription(services.settings, request.form, services.webhooks,
+                                          services.keys, who)
         await admit(services, who, job)  # before anything is stored
         # Asked before the job starts one: an engine at zero replicas adds its start.
         cold_start = services.settings.flux_cold_start_s \
