@@ -18,8 +18,9 @@ from typing import Any
 
 import yaml
 
-from serve_app.control_plane import dashboard_lines, restrict_token_file
+from serve_app.control_plane import dashboard_lines, prepare_own_cluster, restrict_token_file
 from serve_app.keys_cli import add_keys_commands
+from upscaler.keys import KeyStore
 from upscaler.settings import SECRET_SETTINGS, Settings, load_settings
 from upscaler.storage import Storage, StorageError
 from upscaler_client.cli import EXIT_CODES, add_client_commands
@@ -145,10 +146,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not args.ray_address:
         # Our own cluster: token auth on, whatever Ray's default for this version is (off
-        # before 2.59). Ray writes the token to ~/.ray/auth_token; the dashboard asks for it.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # before 2.59), and its token file (~/.ray/auth_token) owner-only before Ray reads it.
+        prepare_own_cluster()
     cli_values = _cli_values(args)
     settings = load_settings(cli_values)
+    KeyStore(settings.resolved_keys_file).tighten()  # owner-only, logged if it was not
     try:  # a wrong config or TLS pair stops here, before a cluster is started for nothing
         _, early = local_serve_config(args.config, cli_values)
     except ServeConfigError as exc:
