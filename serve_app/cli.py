@@ -272,11 +272,12 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
-    from serve_app.model_pull import PullError, pull
+    from serve_app.model_pull import PullError, pins_from_args, pull
 
     settings = _settings_from(args)
     try:
-        pull(args.names, settings, force=args.force)
+        pull(args.names, settings, force=args.force, pins=pins_from_args(
+            args.names, args.revision, args.sha256, args.pins))
     except PullError as exc:
         print(f"upscaler models pull: {exc}", file=sys.stderr)
         return 2
@@ -332,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(pull_p)
     pull_p.add_argument("names", nargs="+", help="model names or groups: default, esrgan, dat")
     pull_p.add_argument("--force", action="store_true", help="download again")
+    pull_p.add_argument("--revision", help="with --sha256, for one hub model: the commit "
+                        "(40 hex) to pull it at, for a file the catalog does not pin")
+    pull_p.add_argument("--sha256", help="with --revision: the SHA-256 the file must have")
+    pull_p.add_argument("--pins", type=Path, metavar="FILE", help="pins for hub files, a "
+                        "line each: `<sha256> <commit> <repo>/<path in repo>`")
     pull_p.set_defaults(func=cmd_models_pull)
     return parser
 
