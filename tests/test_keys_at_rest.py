@@ -108,3 +108,10 @@ def test_an_admin_key_is_made_with_admin_and_listed_as_one(tmp_path, capsys):
     assert main(["keys", "list", "--keys-file", keys_file]) == 0
     rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert " admin " in rows["ops"] and " tenant " in rows["backend"]
+
+
+@pytest.mark.slow
+def test_the_running_services_keys_file_is_owner_only(service):
+    """The real service's keys file (made by `upscaler keys create`, read by the Ingress)."""
+    assert mode(service.data_dir / "keys.json") == 0o600
+    assert mode(service.data_dir) == 0o700

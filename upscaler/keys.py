@@ -1,6 +1,7 @@
 """API keys: created once and shown once, kept only as SHA-256 hashes in one JSON file (a path
 or an fsspec URL every Ingress replica reaches), re-read while the service runs, so
-`upscaler keys create|revoke` takes effect without a restart.
+`upscaler keys create|revoke` takes effect without a restart. The file is owner-only and
+every change is atomic against concurrent ones (``upscaler.keyfile``).
 
 A key looks like ``upk_<id>_<secret>``: the id finds the record, the secret (32 random bytes)
 is checked against its hash in constant time. Keys are random, not chosen by people, so a fast
