@@ -257,7 +257,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         print(f"  {name:28s} NOT LOADABLE: {err}")
     if not infos and not errors:
         print("  (none) - run `upscaler models pull default`")
-    missing = [n for n, e in CATALOG.items()
+    missing = [n if e.sha256 else f"{n} (pin it first: --revision, --sha256)"
+               for n, e in CATALOG.items()
                if e.subfolder == "upscale_models" and n not in registry.names()]
     if missing:
         print("available to pull: " + ", ".join(missing))
