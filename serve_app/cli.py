@@ -18,8 +18,9 @@ from typing import Any
 
 import yaml
 
-from serve_app.control_plane import dashboard_lines, restrict_token_file
+from serve_app.control_plane import dashboard_lines, prepare_own_cluster, restrict_token_file
 from serve_app.keys_cli import add_keys_commands
+from upscaler.keys import KeyStore
 from upscaler.settings import SECRET_SETTINGS, Settings, load_settings
 from upscaler.storage import Storage, StorageError
 from upscaler_client.cli import EXIT_CODES, add_client_commands
@@ -145,10 +146,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not args.ray_address:
         # Our own cluster: token auth on, whatever Ray's default for this version is (off
-        # before 2.59). Ray writes the token to ~/.ray/auth_token; the dashboard asks for it.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # before 2.59), and its token file (~/.ray/auth_token) owner-only before Ray reads it.
+        prepare_own_cluster()
     cli_values = _cli_values(args)
     settings = load_settings(cli_values)
+    KeyStore(settings.resolved_keys_file).tighten()  # owner-only, logged if it was not
     try:  # a wrong config or TLS pair stops here, before a cluster is started for nothing
         _, early = local_serve_config(args.config, cli_values)
     except ServeConfigError as exc:
@@ -255,7 +257,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         print(f"  {name:28s} NOT LOADABLE: {err}")
     if not infos and not errors:
         print("  (none) - run `upscaler models pull default`")
-    missing = [n for n, e in CATALOG.items()
+    missing = [n if e.sha256 else f"{n} (pin it first: --revision, --sha256)"
+               for n, e in CATALOG.items()
                if e.subfolder == "upscale_models" and n not in registry.names()]
     if missing:
         print("available to pull: " + ", ".join(missing))
@@ -270,11 +273,12 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
-    from serve_app.model_pull import PullError, pull
+    from serve_app.model_pull import PullError, pins_from_args, pull
 
     settings = _settings_from(args)
     try:
-        pull(args.names, settings, force=args.force)
+        pull(args.names, settings, force=args.force, pins=pins_from_args(
+            args.names, args.revision, args.sha256, args.pins))
     except PullError as exc:
         print(f"upscaler models pull: {exc}", file=sys.stderr)
         return 2
@@ -330,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(pull_p)
     pull_p.add_argument("names", nargs="+", help="model names or groups: default, esrgan, dat")
     pull_p.add_argument("--force", action="store_true", help="download again")
+    pull_p.add_argument("--revision", help="with --sha256, for one hub model: the commit "
+                        "(40 hex) to pull it at, for a file the catalog does not pin")
+    pull_p.add_argument("--sha256", help="with --revision: the SHA-256 the file must have")
+    pull_p.add_argument("--pins", type=Path, metavar="FILE", help="pins for hub files, a "
+                        "line each: `<sha256> <commit> <repo>/<path in repo>`")
     pull_p.set_defaults(func=cmd_models_pull)
     return parser
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+import secrets
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 # Where Ray 2.52+ looks for the cluster token, highest first (Ray's token-auth docs).
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
 
 
 def default_token_path() -> Path:
@@ -58,3 +60,25 @@ def restrict_token_file(env: Mapping[str, str] = os.environ) -> None:
         info = path.stat()
         if info.st_uid == os.getuid() and info.st_mode & 0o077:
             path.chmod(0o600)
+
+
+def prepare_own_cluster(env: MutableMapping[str, str] = os.environ) -> Path | None:
+    """Before `upscaler serve` starts its own cluster: token auth on (unless the operator
+    chose otherwise) and the token file there already, owner-only. Ray would write it with
+    the umask's mode (0644 usually) and it would stay readable until ``ray.init`` returned;
+    made here first (0600 in a 0700 folder), Ray finds and reads it instead. Returns the
+    token file (None: the token is in the environment, or token auth is off)."""
+    env.setdefault(AUTH_MODE_ENV, "token")
+    if env[AUTH_MODE_ENV].lower() != "token" or env.get(TOKEN_ENV):
+        return None
+    path = Path(env.get(TOKEN_PATH_ENV) or default_token_path())
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True)
+    try:  # 256 random bits, as Ray makes them
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # the operator's (or an earlier run's): made owner-only
+        restrict_token_file(env)
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path

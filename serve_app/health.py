@@ -1,5 +1,9 @@
 """The service's health: every engine's status in one answer, healthy while ESRGAN and FLUX
-answer (Imagen is a cloud call; its configuration is shown, never called)."""
+answer (Imagen is a cloud call; its configuration is shown, never called).
+
+The whole service's detail (every tenant's open jobs, each engine's status with the Google
+Cloud project, GPU) is an operator's: an admin key's, or anyone's when keys are off. Any other
+key sees its own open jobs and whether each engine is ready, nothing about other tenants."""
 
 from __future__ import annotations
 
@@ -8,9 +12,14 @@ import asyncio
 from serve_app.deps import Services
 from serve_app.schemas import HealthResponse
 from upscaler.jobs import Engine
+from upscaler.keys import Caller
 
 
-async def collect_health(services: Services) -> HealthResponse:
+def sees_the_whole_service(who: Caller) -> bool:
+    return who.admin or who.key_id is None  # an admin key, or keys off (loopback, no tenants)
+
+
+async def collect_health(services: Services, who: Caller) -> HealthResponse:
     statuses = await asyncio.gather(*(services.engines.status(e) for e in Engine))
     engines = {engine.value: status for engine, status in zip(Engine, statuses, strict=True)}
     up = [name for name, info in engines.items()
@@ -18,7 +27,13 @@ async def collect_health(services: Services) -> HealthResponse:
           and info.get("configured", True)]
     gpu = next((i for i in engines.values() if i.get("gpu_available")), {})
     healthy = all("error" not in engines[e.value] for e in (Engine.esrgan, Engine.flux))
-    return HealthResponse(
+    if not sees_the_whole_service(who):
+        return HealthResponse(
+            status="healthy" if healthy else "degraded", scope="key",
+            gpu_available=bool(gpu.get("gpu_available", False)), models_loaded=up,
+            queue_size=services.runner.open_count(key_id=who.key_id),
+            engines={name: {"ready": name in up} for name in engines})
+    return HealthResponse(scope="service",
         status="healthy" if healthy else "degraded",
         gpu_available=bool(gpu.get("gpu_available", False)), gpu_name=gpu.get("gpu_name"),
         gpu_memory_free=gpu.get("gpu_memory_free"), models_loaded=up,

@@ -53,6 +53,7 @@ def build_services(settings: Settings, esrgan: Any, flux: Any, flux_coordinator:
         await quotas.release(quota_bucket(job.api_key_id), job.job_id, job.engine.value)
 
     keys = KeyStore(settings.resolved_keys_file)
+    keys.tighten()  # a local keys file made owner-only, whoever made it
     webhooks = WebhookSender(settings, store, keys)
     runner = JobRunner(store, engines.run, runner_timings(settings), on_ended=job_ended,
                        webhooks=webhooks)

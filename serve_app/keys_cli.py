@@ -15,7 +15,9 @@ from upscaler.settings import load_settings
 
 def _key_store(args: argparse.Namespace) -> KeyStore:
     settings = load_settings({"data_dir": args.data_dir, "keys_file": args.keys_file})
-    return KeyStore(settings.resolved_keys_file)
+    store = KeyStore(settings.resolved_keys_file)
+    store.tighten()  # a file made before keys were kept owner-only, or by hand
+    return store
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
@@ -24,11 +26,12 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
                        gcp_projects=args.gcp_project or [], result_ttl_s=args.result_ttl_s)
     store = _key_store(args)
     try:
-        record, key = store.create(args.name, limits)
+        record, key = store.create(args.name, limits, admin=args.admin)
     except (UpscalerError, ValueError) as exc:
         print(f"upscaler keys create: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
-    print(f"created key {record.key_id} ({record.name}) in {store.url}")
+    print(f"created {'admin ' if record.admin else ''}key {record.key_id} ({record.name}) in "
+          f"{store.url}")
     print("webhooks of this key's jobs are signed with its own secret; verify them with:")
     print(f"webhook secret: {record.webhook_secret}")
     print("the key is shown once, here; only its hash is kept. Send it as "
@@ -44,13 +47,13 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
     records = _key_store(args).list()
     print(f"{'id':14s} {'name':24s} {'created (UTC)':17s} {'revoked':17s} {'webhooks':9s} "
-          "limits")
+          f"{'role':6s} limits")
     for r in records:
         limits = {k: v for k, v in r.limits.model_dump().items() if v}
         # Whether the key signs with its own secret (never the secret), or the server's.
         signs = "own" if r.webhook_secret else "server's"
         print(f"{r.key_id:14s} {r.name:24s} {when(r.created_at):17s} {when(r.revoked_at):17s} "
-              f"{signs:9s} {limits or 'server defaults'}")
+              f"{signs:9s} {'admin' if r.admin else 'tenant':6s} {limits or 'server defaults'}")
     if not records:
         print("(no keys) - `upscaler keys create NAME`")
     return 0
@@ -96,6 +99,9 @@ def add_keys_commands(sub: argparse._SubParsersAction) -> None:
                           help="seconds this key's finished jobs and results are kept")
     create_p.add_argument("--gcp-project", action="append",
                           help="a Google Cloud project this key may name (repeatable)")
+    create_p.add_argument("--admin", action="store_true",
+                          help="an operator's key: health shows it every tenant's queue, the "
+                          "Google Cloud project and storage (other keys: their own figures)")
     create_p.set_defaults(func=cmd_keys_create)
     list_keys_p = keys_sub.add_parser("list", help="keys, without their secrets")
     list_keys_p.set_defaults(func=cmd_keys_list)

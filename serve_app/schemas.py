@@ -295,8 +295,13 @@ class HealthResponse(BaseModel):
     gpu_name: str | None = None
     gpu_memory_free: float | None = Field(None, description="GB")
     models_loaded: list[str] = Field(description="Engines that are up, e.g. ['esrgan'].")
-    queue_size: int = Field(description="Jobs accepted and not finished.")
-    engines: dict[str, Any] = Field(default_factory=dict)
+    queue_size: int = Field(description="Jobs accepted and not finished: the key's own "
+                            "(scope key), or every tenant's (scope service).")
+    engines: dict[str, Any] = Field(default_factory=dict, description="Each engine's "
+                                    "readiness (scope key) or its whole status (scope service).")
+    scope: Literal["service", "key"] = Field(
+        "service", description="`key`: the figures of the key that asked; `service`: the "
+        "whole service's (an admin key, or keys off).")
 
 
 class LivenessResponse(BaseModel):

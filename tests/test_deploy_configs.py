@@ -335,8 +335,50 @@ def test_cluster_head_runs_the_dashboard_on_loopback_with_token_auth():
 
 
 def _ports(rule: dict) -> set[int] | None:
-    """The ports a NetworkPolicy rule admits; None = every port."""
-    return {int(p["port"]) for p in rule["ports"]} if rule.get("ports") else None
+    """The ports a NetworkPolicy rule admits (ranges with endPort expanded); None = every
+    port."""
+    if not rule.get("ports"):
+        return None
+    return {port for p in rule["ports"]
+            for port in range(int(p["port"]), int(p.get("endPort", p["port"])) + 1)}
+
+
+def _head_policy() -> dict:
+    policies = yaml.safe_load_all((REPO / "k8s" / "networkpolicy.yaml").read_text())
+    [head] = [p for p in policies if p and p["kind"] == "NetworkPolicy"
+              and p["spec"]["podSelector"]["matchLabels"].get("ray.io/node-type") == "head"]
+    return head
+
+
+def test_the_operator_is_admitted_from_its_own_namespace_only():
+    """A pod labelled as the KubeRay operator in any other namespace reaches nothing: the
+    namespace and the label are one peer (both must hold), and the namespace is named."""
+    peers = [peer for rule in _head_policy()["spec"]["ingress"] for peer in rule.get("from", [])]
+    operator = [p for p in peers if p.get("podSelector", {}).get("matchLabels", {}).get(
+        "app.kubernetes.io/name") == "kuberay-operator"]
+    assert operator
+    for peer in operator:
+        namespace = peer.get("namespaceSelector", {}).get("matchLabels", {})
+        assert namespace.get("kubernetes.io/metadata.name"), peer  # not {} (every namespace)
+    assert all(p.get("namespaceSelector") != {} for p in peers)
+
+
+def test_no_shipped_config_opens_rays_client_server():
+    """Ray's client server (10001) runs code for whoever connects. `upscaler serve` starts
+    its cluster with ray.init, which starts none; `ray start --head` always does (Ray has no
+    switch), so on Kubernetes the head's policy admits nobody to it, not even the cluster's
+    own pods, and no config asks for it by name."""
+    rules = _head_policy()["spec"]["ingress"]
+    for rule in rules:
+        ports = _ports(rule)
+        assert ports is not None and 10001 not in ports, rule
+    # The cluster's own traffic still flows: GCS, the dashboard, workers' ports.
+    assert any({6379, 8265, 10002, 65535} <= (_ports(r) or set()) for r in rules)
+    cli = (REPO / "serve_app" / "cli.py").read_text()
+    assert "ray_client_server_port" not in cli and "ray-client-server-port" not in cli
+    for name in ("cluster.yaml", "k8s/rayservice.yaml", "docker/compose.yaml"):
+        text = (REPO / name).read_text()
+        assert not re.search(r"ray[-_]client[-_]server[-_]port|\b10001\b", text), name
 
 
 def test_kuberay_runs_token_auth_behind_a_network_policy():

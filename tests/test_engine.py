@@ -59,6 +59,26 @@ def test_unknown_and_broken_models(registry, upscale_models_dir, tmp_path):
     assert broken.list_info()[1].keys() == {"junk"}
 
 
+def test_torchscript_files_are_never_loaded(tmp_path):
+    """A TorchScript .pt is a program (torch.jit.load runs it); it is listed as not loadable,
+    saying which formats are, while the same weights as a .pth state dict load."""
+    import torch
+    from model_factory import write_rrdb
+
+    from upscaler.engines.models import load_descriptor
+
+    pth = write_rrdb(tmp_path / "weights.pth")
+    desc = load_descriptor(pth)
+    torch.jit.trace(desc.model, torch.rand(1, 3, 8, 8)).save(str(tmp_path / "scripted.pt"))
+    models = ModelRegistry(tmp_path)
+    with pytest.raises(UnsupportedModel, match="TorchScript") as err:
+        models.info("scripted")
+    assert ".safetensors" in err.value.message and "weights_only" in err.value.message
+    assert err.value.code == "unsafe_model_format"
+    infos, errors = models.list_info()
+    assert [i.name for i in infos] == ["weights"] and list(errors) == ["scripted"]
+
+
 def test_model_cache_is_bounded_lru(registry):
     cache = ModelCache(registry, torch.device("cpu"), capacity=2)
     first = cache.get("tiny-rrdb", torch.float32)

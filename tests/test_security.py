@@ -242,3 +242,22 @@ def test_seed_field_names_are_still_accepted(keyed):
     out = Image.open(io.BytesIO(keyed.get(r.json()["outputUrl"],
                                           headers=auth(keyed, "alice")).content))
     assert out.size == (48, 48) and np.asarray(out).std() > 0
+
+
+def test_the_whole_services_health_is_for_an_admin_key_only(keyed, alices_job):
+    """A tenant's key sees its own open jobs and each engine's readiness; every tenant's
+    queue, the engines' detail and the Google Cloud project are an admin key's."""
+    _, admin_key = KeyStore(str(keyed.data_dir / "keys.json")).create("ops", admin=True)
+    admin = keyed.get("/api/health", headers={"Authorization": f"Bearer {admin_key}"}).json()
+    assert admin["scope"] == "service"
+    assert admin["engines"]["imagen"]["project"]  # the project, for the operator
+    assert "models_loaded" in admin["engines"]["esrgan"]
+    project = admin["engines"]["imagen"]["project"]
+    for who in ("alice", "bob"):
+        r = keyed.get("/api/health", headers=auth(keyed, who))
+        tenant = r.json()
+        assert r.status_code == 200 and tenant["scope"] == "key"
+        assert tenant["engines"] == {e: {"ready": True} for e in ("esrgan", "flux", "imagen")}
+        assert tenant["queue_size"] == 0  # its own: alice's job is done, bob has none
+        assert project not in r.text and "gpu_name" not in {
+            k for k, v in tenant.items() if v is not None}

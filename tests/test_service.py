@@ -60,12 +60,17 @@ def wait_healthy(client, timeout: float = 120) -> None:
         time.sleep(1)
 
 
-def test_health_models_and_docs(client):
+def test_health_models_and_docs(client, service):
     health = client.get("/api/health").json()
     assert health["status"] == "healthy" and health["gpu_available"] is False
     assert health["models_loaded"] == ["esrgan", "flux", "imagen"]
-    eventually(lambda: DAT in client.get("/api/health").json()["engines"]["esrgan"][
-        "models_loaded"])
+    assert health["scope"] == "key"  # a tenant's key: its own figures
+    # The engines' detail is an operator's: an admin key's.
+    _, admin_key = KeyStore(str(service.data_dir / "keys.json")).create(
+        f"ops-{os.getpid()}", admin=True)
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    eventually(lambda: DAT in client.get("/api/health", headers=admin).json()["engines"][
+        "esrgan"]["models_loaded"])
     models = client.get("/api/models").json()["esrgan"]
     assert {m["name"] for m in models["models"]} >= {DAT, "tiny-rrdb", "tiny-compact"}
     assert client.get("/docs").status_code == 200

@@ -1,6 +1,7 @@
 """API keys: created once and shown once, kept only as SHA-256 hashes in one JSON file (a path
 or an fsspec URL every Ingress replica reaches), re-read while the service runs, so
-`upscaler keys create|revoke` takes effect without a restart.
+`upscaler keys create|revoke` takes effect without a restart. The file is owner-only and
+every change is atomic against concurrent ones (``upscaler.keyfile``).
 
 A key looks like ``upk_<id>_<secret>``: the id finds the record, the secret (32 random bytes)
 is checked against its hash in constant time. Keys are random, not chosen by people, so a fast
@@ -20,12 +21,15 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import fsspec
 from pydantic import BaseModel, Field
 
 from upscaler.errors import Conflict, Forbidden, NotFound, Unauthorized
+from upscaler.keyfile import KeyFileIO
 from upscaler.webhooks import new_webhook_secret
 
 KEY_RE = re.compile(r"upk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
@@ -54,6 +58,9 @@ class KeyRecord(BaseModel):
     # server's UPSCALER_WEBHOOK_SECRET. None: a key made before keys had one (the server's
     # secret signs its webhooks, if set).
     webhook_secret: str | None = None
+    # An admin key sees the whole service's detail in health (every tenant's queue, the
+    # Google Cloud project, storage); other keys see their own figures only.
+    admin: bool = False
 
     @property
     def revoked(self) -> bool:
@@ -71,6 +78,7 @@ class Caller:
     key_id: str | None
     name: str
     limits: KeyLimits
+    admin: bool = False
 
     @property
     def bucket(self) -> str:
@@ -89,6 +97,8 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+_T = TypeVar("_T")
+
 # A new key works at once: an unknown key id re-reads the file, at most this often.
 UNKNOWN_KEY_RELOAD_S = 0.2
 
@@ -100,14 +110,19 @@ class KeyStore:
         self.reload_s = reload_s
         self._lock = threading.Lock()
         self._cached: tuple[float, dict[str, KeyRecord]] | None = None
+        self._file = KeyFileIO(self.fs, self.path)
+
+    def tighten(self) -> None:
+        """A local keys file made owner-only (0600, folder 0700), logged when it was not."""
+        self._file.tighten()
 
     # --- reading -------------------------------------------------------------------------
+    @staticmethod
+    def _parse(raw: bytes | None) -> KeyFile:
+        return KeyFile() if raw is None else KeyFile.model_validate(json.loads(raw))
+
     def _read(self) -> KeyFile:
-        try:
-            raw = self.fs.cat_file(self.path)
-        except FileNotFoundError:
-            return KeyFile()
-        return KeyFile.model_validate(json.loads(raw))
+        return self._parse(self._file.read())
 
     def records(self, fresher_than_s: float | None = None) -> dict[str, KeyRecord]:
         """Every key by id, re-read at most every ``reload_s`` seconds (or
@@ -140,7 +155,7 @@ class KeyStore:
             raise Unauthorized("the API key is not valid", code="invalid_api_key")
         if record.revoked:
             raise Forbidden("this API key was revoked", code="revoked_api_key")
-        return Caller(record.key_id, record.name, record.limits)
+        return Caller(record.key_id, record.name, record.limits, record.admin)
 
     def webhook_secret(self, key_id: str) -> str | None:
         """The key's webhook signing secret (None: the key has none, is unknown, or was
@@ -149,30 +164,39 @@ class KeyStore:
         return record.webhook_secret if record is not None and not record.revoked else None
 
     # --- managing (the `upscaler keys` command) ------------------------------------------
-    def _write(self, keys: KeyFile) -> None:
-        parent = self.path.rsplit("/", 1)[0]
-        if parent:
-            self.fs.makedirs(parent, exist_ok=True)
-        tmp = f"{self.path}.{secrets.token_hex(4)}.tmp"
-        self.fs.pipe_file(tmp, keys.model_dump_json(indent=2).encode())
-        self.fs.mv(tmp, self.path)
+    def _change(self, edit: Callable[[KeyFile], _T]) -> _T:
+        """Apply ``edit`` to the file's current keys and write them back, atomically with
+        respect to every other command's change (none is ever undone)."""
+        result: list[_T] = []
+
+        def apply(raw: bytes | None) -> bytes:
+            keys = self._parse(raw)
+            result[:] = [edit(keys)]
+            return keys.model_dump_json(indent=2).encode()
+
+        self._file.update(apply)
         with self._lock:
             self._cached = None
+        return result[0]
 
-    def create(self, name: str, limits: KeyLimits | None = None) -> tuple[KeyRecord, str]:
+    def create(self, name: str, limits: KeyLimits | None = None,
+               admin: bool = False) -> tuple[KeyRecord, str]:
         """A new key: its record (with its webhook secret) and the key itself (shown once,
         never stored)."""
         if not NAME_RE.fullmatch(name):
             raise ValueError("a key name is 1-64 letters, digits, spaces, '.', '_' or '-'")
-        keys = self._read()
-        if any(r.name == name and not r.revoked for r in keys.keys):
-            raise Conflict(f"a key named {name!r} exists; revoke it first or pick another name")
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         record = KeyRecord(key_id=key_id, name=name, sha256=_digest(secret),
                            created_at=time.time(), limits=limits or KeyLimits(),
-                           webhook_secret=new_webhook_secret())
-        keys.keys.append(record)
-        self._write(keys)
+                           webhook_secret=new_webhook_secret(), admin=admin)
+
+        def add(keys: KeyFile) -> None:
+            if any(r.name == name and not r.revoked for r in keys.keys):
+                raise Conflict(f"a key named {name!r} exists; revoke it first or pick another "
+                               "name")
+            keys.keys.append(record)
+
+        self._change(add)
         return record, f"upk_{key_id}_{secret}"
 
     @staticmethod
@@ -185,20 +209,22 @@ class KeyStore:
         return matches[0]
 
     def revoke(self, id_or_name: str) -> KeyRecord:
-        keys = self._read()
-        record = self._active(keys, id_or_name)
-        record.revoked_at = time.time()
-        self._write(keys)
-        return record
+        def revoke(keys: KeyFile) -> KeyRecord:
+            record = self._active(keys, id_or_name)
+            record.revoked_at = time.time()
+            return record
+
+        return self._change(revoke)
 
     def rotate_webhook_secret(self, id_or_name: str) -> KeyRecord:
         """A new webhook secret for a key (its record carries it, to be shown once): the
         deliveries signed from the service's next reload of the file on use it."""
-        keys = self._read()
-        record = self._active(keys, id_or_name)
-        record.webhook_secret = new_webhook_secret()
-        self._write(keys)
-        return record
+        def rotate(keys: KeyFile) -> KeyRecord:
+            record = self._active(keys, id_or_name)
+            record.webhook_secret = new_webhook_secret()
+            return record
+
+        return self._change(rotate)
 
     def list(self) -> list[KeyRecord]:
         return self._read().keys

@@ -15,15 +15,18 @@ from serve_app.schema_examples import HEALTH, MODELS, PLAN
 from serve_app.schemas import HealthResponse, LivenessResponse, PlanResponse
 from serve_app.submissions import plan_upload
 from upscaler.jobs import Engine
-from upscaler.keys import Caller
+from upscaler.keys import ANONYMOUS, Caller
 
 router = APIRouter()
 
 
 @router.get("/api/health", response_model=HealthResponse | LivenessResponse,
             summary="Service health",
-            description="Open to anyone as a liveness check (`status` alone); the detail "
-            "(engines, GPU, models, queue) only with an API key when keys are on.",
+            description="Open to anyone as a liveness check (`status` alone). With an API "
+            "key: the key's own open jobs (`queue_size`) and each engine's readiness "
+            "(`scope: key`); with an admin key (`upscaler keys create NAME --admin`), or "
+            "with keys off, the whole service's detail: every tenant's open jobs, each "
+            "engine's status, GPU (`scope: service`).",
             responses={503: {"model": HealthResponse,
                              "description": "degraded: an engine deployment does not answer",
                              "content": {"application/json": {"example": {
@@ -31,7 +34,7 @@ router = APIRouter()
                              }})
 async def health(services: ServicesDep,
                  who: Annotated[Caller | None, Depends(optional_caller)]) -> JSONResponse:
-    body = await collect_health(services)
+    body = await collect_health(services, who or ANONYMOUS)
     # 503 until the engines answer: container and load-balancer health checks wait for it.
     status_code = 200 if body.status == "healthy" else 503
     if who is None:  # keys on, none given: alive or not, and nothing about the inside

@@ -1,7 +1,10 @@
 """Super-resolution models: a folder of weight files behind spandrel's one loader.
 
-Any ``.pth`` / ``.pt`` / ``.ckpt`` / ``.safetensors`` file in ``upscale_models/`` that spandrel
+Any ``.safetensors`` / ``.pth`` / ``.ckpt`` file in ``upscale_models/`` that spandrel
 recognises is a model, named by its file stem (``4x-UltraSharp.pth`` -> ``4x-UltraSharp``).
+Weights only: ``.pth`` / ``.ckpt`` go through torch's ``weights_only`` unpickler (tensors and
+plain containers, no code), and a TorchScript ``.pt`` (a program, which ``torch.jit.load``
+would run) is listed as not loadable, saying which formats are.
 Loaded models are kept per process in a small LRU cache; eviction frees accelerator memory.
 """
 
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
     import torch
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")  # preference order for equal stems
+PICKLED_SUFFIXES = (".pth", ".ckpt")  # loaded with weights_only
+REFUSED_SUFFIXES = (".pt",)  # TorchScript: listed, never loaded
 
 
 def unknown_model(name: str, available: list[str]) -> UnknownModel:
@@ -51,8 +56,21 @@ def load_descriptor(path: Path):
     """Load a weight file through spandrel and check it is a usable image-to-image model."""
     import spandrel
 
+    suffix = path.suffix.lower()
+    if suffix in REFUSED_SUFFIXES:
+        raise UnsupportedModel(
+            f"{path.name}: TorchScript (.pt) files are not loaded, they can run code; use "
+            "the model as .safetensors, or as a .pth / .ckpt state dict (loaded with "
+            "weights_only)", code="unsafe_model_format")
+    loader = spandrel.ModelLoader(device="cpu")
     try:
-        desc = spandrel.ModelLoader(device="cpu").load_from_file(str(path))
+        if suffix in PICKLED_SUFFIXES:
+            import torch
+
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            desc = loader.load_from_state_dict(spandrel.canonicalize_state_dict(state))
+        else:
+            desc = loader.load_from_file(str(path))
     except Exception as exc:  # noqa: BLE001 - spandrel raises many kinds for unknown files
         raise UnsupportedModel(f"{path.name}: spandrel cannot load it ({exc})") from exc
     if not isinstance(desc, spandrel.ImageModelDescriptor):
