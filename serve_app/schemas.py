@@ -287,6 +287,31 @@ class PlanResponse(BaseModel):
     estimatedTime: float = Field(description="Seconds, with the jobs of that engine open here.")
 
 
+class UsageFigure(BaseModel):
+    used: float
+    limit: float
+
+
+class UsageResponse(BaseModel):
+    """The calling key's usage and limits now (GET /api/usage)."""
+
+    key_id: str | None = Field(description="The key's id (None with keys off).")
+    name: str
+    metered: bool = Field(description="Whether the limits apply (keys on).")
+    megapixels_today: UsageFigure = Field(
+        description="Megapixels computed today (UTC): every model pass's image and the "
+        "resampled output, uncropped, charged at submit.")
+    flux_megapixel_steps_today: UsageFigure = Field(
+        description="FLUX work today: each tile's crop (padding included) in megapixels x "
+        "the denoising steps run on it.")
+    jobs_today: UsageFigure
+    open_jobs: UsageFigure = Field(description="Queued or running now.")
+    stored_bytes: UsageFigure = Field(description="Bytes of this key's results kept (until "
+                                      "DELETE /api/jobs/{id} or their expiry).")
+    requests_per_minute: int
+    resets_in_s: int = Field(description="Seconds until the day's counts start again.")
+
+
 class HealthResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [ex.HEALTH]})
 

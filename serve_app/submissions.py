@@ -34,6 +34,7 @@ from upscaler.jobs import (
 )
 from upscaler.keys import Caller
 from upscaler.memory import coordinator_bytes
+from upscaler.metering import job_work
 
 PREFER_WAIT_RE = re.compile(r"wait=(\d+(?:\.\d+)?)")
 MAX_PREFER_WAIT_S = 600.0
@@ -88,12 +89,16 @@ def plan_upload(services: Services, width: int, height: int, engine: Engine,
         cropApplied=plan.crop_applied, estimatedTime=estimate)
 
 
-def new_job(services: Services, intake: Intake, params: JobParams) -> JobRecord:
+def new_job(services: Services, intake: Intake, params: JobParams,
+            model_scale: int | None = None) -> JobRecord:
+    """The job, with what it will compute (``upscaler.metering``: the engines' own plans),
+    which its key is charged."""
     probe, plan = intake.probe, intake.plan
+    input_size = Size(width=probe.width, height=probe.height)
     return JobRecord(engine=params.engine, owner=services.runner.owner, params=params,
-                     input_format=probe.format, plan=plan,
-                     input_size=Size(width=probe.width, height=probe.height),
-                     output_size=Size(width=plan.final_width, height=plan.final_height))
+                     input_format=probe.format, plan=plan, input_size=input_size,
+                     output_size=Size(width=plan.final_width, height=plan.final_height),
+                     work=job_work(services.settings, params, input_size, plan, model_scale))
 
 
 async def esrgan_job(services: Services, intake: Intake[EsrganUpscaleForm]) -> JobRecord:
@@ -101,7 +106,7 @@ async def esrgan_job(services: Services, intake: Intake[EsrganUpscaleForm]) -> J
     model = await services.engines.model_info(form.model)
     return new_job(services, intake, EsrganParams(
         **form.output_options(), model=model.name, tile_size=form.tile_size or None,
-        use_fp16=form.use_fp16, upscale_factor=form.upscale_factor))
+        use_fp16=form.use_fp16, upscale_factor=form.upscale_factor), model.scale)
 
 
 async def require_flux(services: Services) -> None:
@@ -127,7 +132,7 @@ async def flux_job(services: Services, intake: Intake[FluxUpscaleForm]) -> JobRe
     model = await services.engines.model_info(form.upscale_model)
     fields = form.model_dump(exclude={"wait", "model", "upscale_model", *form.output_options()})
     return new_job(services, intake, FluxParams(**form.output_options(), **fields,
-                                                upscale_model=model.name))
+                                                upscale_model=model.name), model.scale)
 
 
 async def imagen_job(services: Services, who: Caller,
