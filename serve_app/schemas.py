@@ -295,6 +295,8 @@ class UsageFigure(BaseModel):
 class UsageResponse(BaseModel):
     """The calling key's usage and limits now (GET /api/usage)."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [ex.USAGE]})
+
     key_id: str | None = Field(description="The key's id (None with keys off).")
     name: str
     metered: bool = Field(description="Whether the limits apply (keys on).")

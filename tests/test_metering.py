@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -25,6 +26,7 @@ from upscaler.keys import KeyLimits, KeyStore
 from upscaler.metering import flux_steps_run, job_work
 from upscaler.passes import plan_passes
 from upscaler.settings import Settings
+from upscaler_client import Client
 
 CAP = 20_000  # the graph's and the engine's output cap, in pixels: cheap to reach
 
@@ -148,20 +150,20 @@ CROP = {"target_width": "24", "target_height": "24", "crop_to_target": "true"}
 
 
 def test_a_cropped_wide_upload_is_charged_the_pixels_computed(metered):
+    # A key whose day allows the file's 576 pixels, not the 34,112 computed: refused at submit.
+    over = post(metered, "tight", WIDE, **CROP)
+    assert over.status_code == 429 and over.json()["error"] == "daily_quota_exhausted"
+    assert int(over.headers["retry-after"]) > 0 and "ratelimit" in over.headers
     r = post(metered, "crop", WIDE, **CROP)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["outputSize"] == {"width": 24, "height": 24}  # the file: 576 pixels
     job = metered.get(f"/api/status/{body['jobId']}", headers=auth(metered, "crop")).json()
     computed = job["stats"]["computed_pixels"]  # what the engine made: 600 x 24 and its pass
-    assert computed > 20 * 24 * 24
+    assert computed == 704 * 28 + 600 * 24  # the pass (input shrunk to the cap), the output
     figures = usage(metered, "crop")
     assert figures["megapixels_today"]["used"] == pytest.approx(computed / 1e6, abs=1e-3)
     assert figures["jobs_today"]["used"] == 1
-    # A key whose day allows the file's pixels, not the pixels computed: refused at submit.
-    over = post(metered, "tight", WIDE, **CROP)
-    assert over.status_code == 429 and over.json()["error"] == "daily_quota_exhausted"
-    assert int(over.headers["retry-after"]) > 0 and "ratelimit" in over.headers
 
 
 def test_1_01_of_an_upload_whose_pass_would_pass_the_cap_runs_within_it(metered):
@@ -231,3 +233,15 @@ def test_usage_needs_a_key_and_is_in_the_openapi(metered):
     paths = metered.get("/openapi.json", headers=auth(metered, "plain")).json()["paths"]
     assert "UsageResponse" in str(paths["/api/usage"])
 
+
+
+def test_the_client_reads_the_keys_usage(metered):
+    def forward(request: httpx.Request) -> httpx.Response:  # to the graph in this process
+        r = metered.request(request.method, request.url.path,
+                            headers={"Authorization": request.headers["authorization"]})
+        return httpx.Response(r.status_code, json=r.json())
+
+    with Client("http://upscaler.test", api_key=metered.keys["one-a-day"],
+                transport=httpx.MockTransport(forward)) as client:
+        figures = client.usage()
+    assert figures["jobs_today"]["limit"] == 1 and figures["metered"] is True

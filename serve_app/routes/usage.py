@@ -13,7 +13,7 @@ from upscaler.quotas import FLUX_STEPS, JOBS, MEGAPIXELS
 router = APIRouter(prefix="/api", tags=["jobs"], dependencies=[Depends(rate_limit)])
 
 
-@router.get("/usage", response_model=UsageResponse, responses=error_responses(401, 403, 429),
+@router.get("/usage", response_model=UsageResponse, responses=error_responses(401, 403, 429, 503),
             summary="This key's usage today and its limits",
             description="Counted as jobs are submitted (what each will compute) and as results "
             "are kept and deleted, by the one quota keeper every Ingress replica asks.")
