@@ -285,6 +285,9 @@ class PlanResponse(BaseModel):
     cropInfo: CropGuidance | None = None
     cropApplied: bool = False
     estimatedTime: float = Field(description="Seconds, with the jobs of that engine open here.")
+    computedMegapixels: float | None = Field(
+        None, description="Megapixels the default model would compute (every pass and the "
+        "resampled output, uncropped): what the key is charged (ESRGAN; FLUX's pre-pass).")
 
 
 class UsageFigure(BaseModel):

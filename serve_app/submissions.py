@@ -35,6 +35,7 @@ from upscaler.jobs import (
 from upscaler.keys import Caller
 from upscaler.memory import coordinator_bytes
 from upscaler.metering import job_work
+from upscaler.passes import plan_passes
 
 PREFER_WAIT_RE = re.compile(r"wait=(\d+(?:\.\d+)?)")
 MAX_PREFER_WAIT_S = 600.0
@@ -61,9 +62,11 @@ PLAN_FIELDS = ("upscale_factor", "target_dpi", "target_width_inches", "target_he
 
 
 def plan_upload(services: Services, width: int, height: int, engine: Engine,
-                query: Mapping[str, str]) -> PlanResponse:
+                query: Mapping[str, str], model_scale: int | None = None) -> PlanResponse:
     """An upload's plan before it is sent: the engine's own form checks the sizing fields,
-    then the same rule and limit as the upload's (``deps.output_plan``)."""
+    then the same rule and limit as the upload's (``deps.output_plan``); with the default
+    model's ``model_scale``, the pixels it would compute (``upscaler.passes``), which its
+    key would be charged and its estimate is made from."""
     unknown = sorted(set(query) - {"width", "height", "engine", *PLAN_FIELDS})
     if unknown:
         raise InvalidRequest(f"unknown parameter(s) {', '.join(unknown)}; the plan takes "
@@ -76,9 +79,15 @@ def plan_upload(services: Services, width: int, height: int, engine: Engine,
     plan = output_plan(services.settings, width, height, form)
     crop = plan.crop_info
     final = Size(width=plan.final_width, height=plan.final_height)
+    computed = None
+    if model_scale is not None and engine is not Engine.imagen:
+        s = services.settings
+        computed = plan_passes(width, height, plan.output_width, plan.output_height,
+                               model_scale, s.max_model_passes,
+                               s.max_output_pixels).computed_pixels / 1e6
     estimate = services.estimator.estimate_output(
-        engine, final.width * final.height / 1e6, services.runner.open_count(engine),
-        services.engines.device(engine))
+        engine, computed or final.width * final.height / 1e6,
+        services.runner.open_count(engine), services.engines.device(engine))
     return PlanResponse(
         engine=engine.value, inputSize=Size(width=width, height=height),
         outputSize=Size(width=plan.output_width, height=plan.output_height), finalSize=final,
@@ -86,7 +95,8 @@ def plan_upload(services: Services, width: int, height: int, engine: Engine,
         printInches=(round(final.width / plan.dpi, 2), round(final.height / plan.dpi, 2)),
         cropInfo=CropGuidance(direction=crop.direction, amount_px=crop.amount_px,
                               amount_inches=crop.amount_inches, box=crop.box) if crop else None,
-        cropApplied=plan.crop_applied, estimatedTime=estimate)
+        cropApplied=plan.crop_applied, estimatedTime=estimate,
+        computedMegapixels=None if computed is None else round(computed, 3))
 
 
 def new_job(services: Services, intake: Intake, params: JobParams,

@@ -163,6 +163,10 @@ def test_a_cropped_wide_upload_is_charged_the_pixels_computed(metered):
     assert computed == 704 * 28 + 600 * 24  # the pass (input shrunk to the cap), the output
     figures = usage(metered, "crop")
     assert figures["megapixels_today"]["used"] == pytest.approx(computed / 1e6, abs=1e-3)
+    # The plan before an upload says so too (the default model is a x4 one as well).
+    plan = metered.get("/api/plan", headers=auth(metered, "plain"), params={
+        "width": 400, "height": 16, **CROP}).json()
+    assert plan["computedMegapixels"] == pytest.approx(computed / 1e6, abs=1e-3)
     assert figures["jobs_today"]["used"] == 1
 
 
