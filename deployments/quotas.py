@@ -27,7 +27,6 @@ from upscaler.settings import Settings
 logger = logging.getLogger("ray.serve")
 USAGE_KEY = "quotas/usage.json"
 STORED_PREFIX = "quotas/stored-"  # + bucket + .json: {job_id: bytes} of its results kept
-UNCOUNTED = KeyQuota(1, 1, 1.0, 1.0, 1, 1)
 
 
 def stored_key(bucket: str) -> str:
@@ -64,9 +63,8 @@ class QuotaKeeper:
                 job = self.store.load(job_id)
             except Exception:  # noqa: BLE001 - a record being written or gone: skip it
                 continue
-            if not job.state.is_terminal:
-                self.book.admit(job.api_key_id or "anonymous", job.job_id, job.engine.value,
-                                JobWork(megapixels=0.0), UNCOUNTED, 1 << 30, metered=False)
+            if not job.state.is_terminal:  # open again, not charged again
+                self.book.reopen(job.api_key_id or "anonymous", job.job_id, job.engine.value)
 
     # Every method is a coroutine: they run on the replica's event loop, one decision at a
     # time, never in a thread pool beside each other.

@@ -5,6 +5,7 @@ GET /api/usage)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import httpx
@@ -14,6 +15,8 @@ import torch
 from conftest import eventually, photo, png_bytes, settings_from_env
 from local_graph import local_client
 
+from deployments.quotas import QuotaKeeper
+from serve_app.cli import main as cli_main
 from upscaler.dimensions import calculate_output_dimensions
 from upscaler.engines import esrgan as esrgan_module
 from upscaler.engines.esrgan import EsrganEngine
@@ -21,10 +24,11 @@ from upscaler.engines.models import ModelRegistry
 from upscaler.engines.usdu import plan_tiles
 from upscaler.errors import OutputTooLarge
 from upscaler.images import DecodedImage
-from upscaler.jobs import FluxParams, Size
+from upscaler.jobs import FluxParams, JobWork, Size
 from upscaler.keys import KeyLimits, KeyStore
 from upscaler.metering import flux_steps_run, job_work
 from upscaler.passes import plan_passes
+from upscaler.quotas import KeyQuota
 from upscaler.settings import Settings
 from upscaler_client import Client
 
@@ -65,7 +69,9 @@ def test_a_model_whose_one_pixel_passes_the_cap_is_refused():
 
 # --- the engine: what it allocates -----------------------------------------------------------
 
-def test_the_engine_never_allocates_an_image_over_the_cap(upscale_models_dir, monkeypatch):
+@pytest.mark.parametrize("quantize", [True, False], ids=["esrgan", "flux-pre-pass"])
+def test_the_engine_never_allocates_an_image_over_the_cap(upscale_models_dir, monkeypatch,
+                                                          quantize):
     made: list[tuple[int, int]] = []
 
     def recording(sink_class):
@@ -75,14 +81,14 @@ def test_the_engine_never_allocates_an_image_over_the_cap(upscale_models_dir, mo
                 super().__init__(channels, height, width, *args, **kwargs)
         return Recording
 
-    for name in ("TensorSink", "QuantizedSink"):
+    for name in ("TensorSink", "QuantizedSink"):  # every image a pass writes into
         monkeypatch.setattr(esrgan_module, name, recording(getattr(esrgan_module, name)))
     engine = EsrganEngine(ModelRegistry(upscale_models_dir), device="cpu", context=16,
                           max_intermediate_pixels=CAP)
     rgb = np.asarray(photo("astronaut", (100, 100)).convert("RGB"), np.float32) / 255
     image = DecodedImage(rgb, None, "rgb", 8, None, "PNG")
     plan = calculate_output_dimensions(100, 100, 1.01)
-    result = engine.upscale(image, "tiny-rrdb", plan)
+    result = engine.upscale(image, "tiny-rrdb", plan, quantize=quantize)
     assert result.image.rgb.shape[:2] == (101, 101)
     # Today's one x4 pass would hold a 400x400 float image: 160,000 pixels over a 20,000 cap.
     assert made and max(w * h for w, h in made) <= CAP, made
@@ -249,3 +255,28 @@ def test_the_client_reads_the_keys_usage(metered):
                 transport=httpx.MockTransport(forward)) as client:
         figures = client.usage()
     assert figures["jobs_today"]["limit"] == 1 and figures["metered"] is True
+
+
+def test_keys_create_sets_the_new_limits(tmp_path, capsys):
+    keys_file = str(tmp_path / "keys.json")
+    assert cli_main(["keys", "create", "metered", "--keys-file", keys_file,
+                     "--max-jobs-per-day", "5", "--max-stored-mb", "64",
+                     "--max-flux-mp-steps-per-day", "300"]) == 0
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    limits = KeyStore(keys_file).authenticate(key).limits
+    assert (limits.max_jobs_per_day, limits.max_stored_mb,
+            limits.max_flux_mp_steps_per_day) == (5, 64, 300)
+
+
+def test_the_keepers_counts_survive_its_restart(tmp_path):
+    settings = Settings(data_dir=tmp_path, device="cpu")
+    quota = KeyQuota(60, 8, 100, 100, jobs_per_day=10, stored_bytes=10**6)
+    keeper = QuotaKeeper.func_or_class(settings)
+    asyncio.run(keeper.admit("a", "j1", "esrgan", JobWork(megapixels=2.5), quota, 10, True))
+    asyncio.run(keeper.stored("a", "j1", 1234))
+    asyncio.run(keeper.stored("a", "j2", 100))
+    asyncio.run(keeper.unstored("a", "j2"))
+    again = QuotaKeeper.func_or_class(settings)
+    figures = asyncio.run(again.figures("a", quota))
+    assert figures["stored_bytes"]["used"] == 1234
+    assert figures["jobs"]["used"] == 1 and figures["output_mp"]["used"] == 2.5

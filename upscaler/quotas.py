@@ -136,6 +136,11 @@ class QuotaBook:
                 "used); the count starts again at 00:00 UTC", code="daily_quota_exhausted",
                 retry_after=self._seconds_to_midnight())
 
+    def reopen(self, bucket: str, job_id: str, engine: str) -> None:
+        """A job admitted before this book started (its keeper restarted): open, uncharged."""
+        self._open_by_engine.setdefault(engine, set()).add(job_id)
+        self._open_by_key.setdefault(bucket, set()).add(job_id)
+
     def release(self, bucket: str, job_id: str, engine: str) -> None:
         """A job ended (idempotent)."""
         self._open_by_engine.get(engine, set()).discard(job_id)
