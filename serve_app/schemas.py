@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from serve_app import schema_examples as ex
 from upscaler.images import OUTPUT_FORMATS
-from upscaler.jobs import OutputOptions, Size
+from upscaler.jobs import JobWork, OutputOptions, Size
 from upscaler.webhooks import WebhookStatus
 
 
@@ -259,6 +259,8 @@ class JobStatusResponse(BaseModel):
     result_deleted: bool = Field(False, description="DELETE removed the finished job's result.")
     webhooks: WebhookStatus | None = Field(None, description="The job's webhook and the outcome "
                                           "of each delivery.")
+    work: JobWork | None = Field(None, description="What the job computes, as its key was "
+                                 "charged at submit (GET /api/usage).")
     tiles_done: int | None = Field(None, description="Tiles finished, when the engine "
                                    "reports tiles.")
     tiles_total: int | None = Field(None, description="Tiles of the job, when known.")

@@ -39,7 +39,7 @@ CAP = 20_000  # the graph's and the engine's output cap, in pixels: cheap to rea
 
 def test_a_40_mp_upload_at_1_01_is_planned_within_the_cap():
     cap = Settings().max_output_pixels  # 150 MP
-    w, h = 7746, 5164  # 40 MP
+    w, h = 7744, 5164  # 40 MP, within the input cap
     plan = calculate_output_dimensions(w, h, 1.01)
     passes = plan_passes(w, h, plan.output_width, plan.output_height, 4, 3, cap)
     # Today's plan made one x4 pass of 640 MP; now the input is shrunk to cap / 16 first.
@@ -166,6 +166,7 @@ def test_a_cropped_wide_upload_is_charged_the_pixels_computed(metered):
     assert body["outputSize"] == {"width": 24, "height": 24}  # the file: 576 pixels
     job = metered.get(f"/api/status/{body['jobId']}", headers=auth(metered, "crop")).json()
     computed = job["stats"]["computed_pixels"]  # what the engine made: 600 x 24 and its pass
+    assert job["work"]["megapixels"] == pytest.approx(computed / 1e6)  # what was charged
     assert computed == 704 * 28 + 600 * 24  # the pass (input shrunk to the cap), the output
     figures = usage(metered, "crop")
     assert figures["megapixels_today"]["used"] == pytest.approx(computed / 1e6, abs=1e-3)
