@@ -58,8 +58,8 @@ def esrgan_engine(settings: Settings, registry: ModelRegistry) -> EsrganEngine:
         registry, device=engine_device(settings), cache_size=settings.model_cache_size,
         cpu_tile_size=settings.cpu_tile_size, context=settings.tile_context,
         max_passes=settings.max_model_passes, compile_models=settings.esrgan_torch_compile,
-        # An extra model pass may not make more pixels than an output may have: memory
-        # follows the output cap (tests/test_memory.py measures it).
+        # No model pass, the first included, makes more pixels than an output may have:
+        # memory follows the output cap (upscaler/passes.py; tests/test_memory.py).
         max_intermediate_pixels=settings.max_output_pixels)
 
 

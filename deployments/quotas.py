@@ -5,8 +5,10 @@ Why a replica and not the job store: every request asks it (a token per request)
 replica answers in about a millisecond, one call at a time, so no decision is made on a stale
 count. Counting in the store would be a conditional write per request on a bucket (tens of ms,
 retries under contention). What must outlive the replica is kept in the store: the day's
-megapixels per key are written there as they change, and open jobs are counted again from the
-open job records when the replica starts.
+counts per key (megapixels computed, FLUX megapixel-steps, jobs) are written there as they
+change, and so is each key's list of results kept with their bytes (one object per key:
+written when a result is kept or goes); open jobs are counted again from the open job records
+when the replica starts.
 """
 
 from __future__ import annotations
@@ -18,11 +20,17 @@ import logging
 from ray import serve
 
 from upscaler.job_store import JobStore
+from upscaler.jobs import JobWork
 from upscaler.quotas import KeyQuota, QuotaBook, RateState
 from upscaler.settings import Settings
 
 logger = logging.getLogger("ray.serve")
 USAGE_KEY = "quotas/usage.json"
+STORED_PREFIX = "quotas/stored-"  # + bucket + .json: {job_id: bytes} of its results kept
+
+
+def stored_key(bucket: str) -> str:
+    return f"{STORED_PREFIX}{bucket}.json"
 
 
 @serve.deployment(name="Quotas")
@@ -41,26 +49,50 @@ class QuotaKeeper:
         except ValueError:
             logger.warning("quota usage in %s unreadable; starting the day's count afresh",
                            USAGE_KEY)
+        for key in self.store.storage.list("quotas"):
+            name = key.rsplit("/", 1)[-1]
+            if not (name.startswith("stored-") and name.endswith(".json")):
+                continue
+            try:
+                jobs = json.loads(self.store.storage.read_bytes(key))
+                self.book.restore_stored(name[len("stored-"):-len(".json")], jobs)
+            except (FileNotFoundError, ValueError, TypeError):
+                logger.warning("results kept in %s unreadable; counted afresh", key)
         for job_id in self.store.open_job_ids():
             try:
                 job = self.store.load(job_id)
             except Exception:  # noqa: BLE001 - a record being written or gone: skip it
                 continue
-            if not job.state.is_terminal:
-                self.book.admit(job.api_key_id or "anonymous", job.job_id, job.engine.value,
-                                0.0, KeyQuota(1, 1, 1.0), 1 << 30, metered=False)
+            if not job.state.is_terminal:  # open again, not charged again
+                self.book.reopen(job.api_key_id or "anonymous", job.job_id, job.engine.value)
 
     # Every method is a coroutine: they run on the replica's event loop, one decision at a
     # time, never in a thread pool beside each other.
     async def hit(self, bucket: str, per_minute: int) -> RateState:
         return self.book.hit(bucket, per_minute)
 
-    async def admit(self, bucket: str, job_id: str, engine: str, output_mp: float,
+    async def admit(self, bucket: str, job_id: str, engine: str, work: JobWork,
                     quota: KeyQuota, max_open_per_engine: int, metered: bool) -> None:
-        self.book.admit(bucket, job_id, engine, output_mp, quota, max_open_per_engine, metered)
-        if metered:
-            usage = json.dumps(self.book.usage()).encode()
-            await asyncio.to_thread(self.store.storage.write_bytes, USAGE_KEY, usage)
+        self.book.admit(bucket, job_id, engine, work, quota, max_open_per_engine, metered)
+        usage = json.dumps(self.book.usage()).encode()
+        await asyncio.to_thread(self.store.storage.write_bytes, USAGE_KEY, usage)
 
     async def release(self, bucket: str, job_id: str, engine: str) -> None:
         self.book.release(bucket, job_id, engine)
+
+    async def stored(self, bucket: str, job_id: str, nbytes: int) -> None:
+        """A completed job's result is kept: its bytes count until it goes."""
+        self.book.stored(bucket, job_id, nbytes)
+        await self._save_stored(bucket)
+
+    async def unstored(self, bucket: str, job_id: str) -> None:
+        """A job's result was deleted or expired (idempotent)."""
+        if self.book.unstored(bucket, job_id):
+            await self._save_stored(bucket)
+
+    async def _save_stored(self, bucket: str) -> None:
+        data = json.dumps(self.book.stored_of(bucket)).encode()
+        await asyncio.to_thread(self.store.storage.write_bytes, stored_key(bucket), data)
+
+    async def figures(self, bucket: str, quota: KeyQuota) -> dict:
+        return self.book.figures(bucket, quota)

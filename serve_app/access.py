@@ -4,6 +4,7 @@ and quotas, job ownership. Shared by the routes as FastAPI dependencies."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -11,10 +12,11 @@ from fastapi import Depends, Request
 from serve_app.deps import Services, ServicesDep
 from upscaler.errors import Forbidden, NotFound
 from upscaler.jobs import JobRecord
-from upscaler.keys import ANONYMOUS, Caller
+from upscaler.keys import ANONYMOUS, Caller, quota_bucket
 from upscaler.quotas import KeyQuota
 
 BEARER = "bearer "
+logger = logging.getLogger("ray.serve")
 
 
 def presented_key(request: Request) -> str | None:
@@ -59,9 +61,14 @@ async def rate_limit(request: Request, services: ServicesDep, who: CallerDep) ->
 
 def key_quota(services: Services, who: Caller) -> KeyQuota:
     s, limits = services.settings, who.limits
+    stored_mb = limits.max_stored_mb or s.max_stored_mb_per_key
     return KeyQuota(per_minute=limits.rate_limit_per_minute or s.rate_limit_per_minute,
                     max_open_jobs=limits.max_open_jobs or s.max_open_jobs_per_key,
-                    output_mp_per_day=limits.max_output_mp_per_day or s.max_output_mp_per_day)
+                    output_mp_per_day=limits.max_output_mp_per_day or s.max_output_mp_per_day,
+                    flux_mp_steps_per_day=(limits.max_flux_mp_steps_per_day
+                                           or s.max_flux_mp_steps_per_day),
+                    jobs_per_day=limits.max_jobs_per_day or s.max_jobs_per_day,
+                    stored_bytes=int(stored_mb * 2**20))
 
 
 def retention_s(services: Services, who: Caller) -> float:
@@ -71,12 +78,22 @@ def retention_s(services: Services, who: Caller) -> float:
 
 async def admit(services: Services, who: Caller, job: JobRecord) -> None:
     """Count the job against its engine's cap and the caller's quotas before anything is
-    stored; raises 503 (engine full) or 429 (a quota), with Retry-After."""
+    stored: what it will compute (``job.work``, from the engines' own plans), and one job;
+    raises 503 (engine full) or 429 (a quota), with Retry-After."""
     job.api_key_id = who.key_id
-    output_mp = job.output_size.width * job.output_size.height / 1e6
-    await services.quotas.admit(who.bucket, job.job_id, job.engine.value, output_mp,
+    assert job.work is not None, "a job is admitted with its work planned"
+    await services.quotas.admit(who.bucket, job.job_id, job.engine.value, job.work,
                                 key_quota(services, who), services.settings.max_open_jobs,
                                 who.key_id is not None)
+
+
+async def result_gone(services: Services, job: JobRecord) -> None:
+    """A job's result was deleted: its bytes are no longer its key's. Best effort: were the
+    keeper not to answer, the retention sweep tells it again when the record expires."""
+    try:
+        await services.quotas.unstored(quota_bucket(job.api_key_id), job.job_id)
+    except Exception:  # noqa: BLE001 - the deletion stands either way
+        logger.exception("job %s: its result's bytes not released", job.job_id)
 
 
 def check_owner(services: Services, who: Caller, job: JobRecord) -> JobRecord:

@@ -14,9 +14,10 @@ from serve_app.deps import Services
 from serve_app.errors import install_error_handlers
 from serve_app.limits import RequestLimits
 from serve_app.openapi_docs import install_openapi
-from serve_app.routes import events, jobs, system, upscale
+from serve_app.routes import events, jobs, system, upscale, usage
 from serve_app.routes.pages import install_pages
 from upscaler import __version__
+from upscaler.keys import quota_bucket
 from upscaler.retention import sweep_periodically
 
 DESCRIPTION = ("Image upscaling for print: ESRGAN-family models, FLUX (Ultimate SD Upscale) and "
@@ -31,7 +32,8 @@ def create_app(services: Services) -> FastAPI:
         services.runner.start()
         services.webhooks.start()
         sweeps = asyncio.get_running_loop().create_task(sweep_periodically(
-            services.retention, services.settings.retention_sweep_s))
+            services.retention, services.settings.retention_sweep_s, on_expired=lambda job:
+            services.quotas.unstored(quota_bucket(job.api_key_id), job.job_id)))
         yield
         await services.runner.stop()
         sweeps.cancel()
@@ -44,7 +46,7 @@ def create_app(services: Services) -> FastAPI:
                   openapi_url="/openapi.json" if settings.docs else None, lifespan=lifespan)
     app.state.services = services
     install_error_handlers(app)
-    for module in (upscale, jobs, events, system):
+    for module in (upscale, jobs, events, system, usage):
         app.include_router(module.router)
     install_pages(app, settings)
     install_openapi(app)

@@ -1,4 +1,4 @@
-"""How long a job will take: a fixed cost per job plus seconds per output megapixel, by
+"""How long a job will take: a fixed cost per job plus seconds per megapixel computed, by
 engine; the per-megapixel rate first from a table, then learned from the jobs that completed
 here; times the jobs of that engine ahead of it."""
 
@@ -80,4 +80,8 @@ class Estimator:
 
 
 def _megapixels(job: JobRecord) -> float:
+    """What the job computes (its pass plan: ``upscaler.metering``); older records, its
+    output."""
+    if job.work is not None:
+        return job.work.megapixels
     return job.output_size.width * job.output_size.height / 1e6

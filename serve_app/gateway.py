@@ -14,7 +14,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.ray_compat import serve_replica_counts, unwrap
 from upscaler.engines.models import ModelInfo
-from upscaler.jobs import Engine, JobEvent, JobSpec
+from upscaler.jobs import Engine, JobEvent, JobSpec, JobWork
 from upscaler.quotas import KeyQuota, RateState
 
 STATUS_TIMEOUT_S = 5.0
@@ -168,10 +168,19 @@ class QuotaClient:
     async def hit(self, bucket: str, per_minute: int) -> RateState:
         return await self.keeper.hit.remote(bucket, per_minute)
 
-    async def admit(self, bucket: str, job_id: str, engine: str, output_mp: float,
+    async def admit(self, bucket: str, job_id: str, engine: str, work: JobWork,
                     quota: KeyQuota, max_open_per_engine: int, metered: bool) -> None:
-        await self.keeper.admit.remote(bucket, job_id, engine, output_mp, quota,
+        await self.keeper.admit.remote(bucket, job_id, engine, work, quota,
                                        max_open_per_engine, metered)
 
     async def release(self, bucket: str, job_id: str, engine: str) -> None:
         await self.keeper.release.remote(bucket, job_id, engine)
+
+    async def stored(self, bucket: str, job_id: str, nbytes: int) -> None:
+        await self.keeper.stored.remote(bucket, job_id, nbytes)
+
+    async def unstored(self, bucket: str, job_id: str) -> None:
+        await self.keeper.unstored.remote(bucket, job_id)
+
+    async def figures(self, bucket: str, quota: KeyQuota) -> dict[str, Any]:
+        return await self.keeper.figures.remote(bucket, quota)

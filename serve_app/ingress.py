@@ -8,6 +8,7 @@ requests already go to the replacement, and the jobs in flight are handed over o
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import FastAPI
@@ -48,9 +49,12 @@ def build_services(settings: Settings, esrgan: Any, flux: Any, flux_coordinator:
     quotas = QuotaClient(quota_keeper)
 
     async def job_ended(job: JobRecord) -> None:
+        bucket = quota_bucket(job.api_key_id)
+        await quotas.release(bucket, job.job_id, job.engine.value)
         if job.state == JobState.completed:
             estimator.learn(job)
-        await quotas.release(quota_bucket(job.api_key_id), job.job_id, job.engine.value)
+            if job.result_key and not job.result_deleted:  # its bytes are the key's now
+                await quotas.stored(bucket, job.job_id, await result_bytes(store, job))
 
     keys = KeyStore(settings.resolved_keys_file)
     keys.tighten()  # a local keys file made owner-only, whoever made it
@@ -65,6 +69,15 @@ def build_services(settings: Settings, esrgan: Any, flux: Any, flux_coordinator:
                     webhooks,
                     RetentionSweeper(store, settings.orphan_grace_s,
                                      settings.retention_sweep_batch))
+
+
+async def result_bytes(store: JobStore, job: JobRecord) -> int:
+    """A completed job's result size: as its engine reported it, else as stored."""
+    reported = job.stats.get("output_bytes")
+    if isinstance(reported, int):
+        return reported
+    assert job.result_key is not None
+    return await asyncio.to_thread(store.storage.size, job.result_key)
 
 
 def idempotency_accepting_s(settings: Settings) -> float:

@@ -23,6 +23,8 @@ def _key_store(args: argparse.Namespace) -> KeyStore:
 def cmd_keys_create(args: argparse.Namespace) -> int:
     limits = KeyLimits(rate_limit_per_minute=args.rate_limit, max_open_jobs=args.max_open_jobs,
                        max_output_mp_per_day=args.max_output_mp_per_day,
+                       max_flux_mp_steps_per_day=args.max_flux_mp_steps_per_day,
+                       max_jobs_per_day=args.max_jobs_per_day, max_stored_mb=args.max_stored_mb,
                        gcp_projects=args.gcp_project or [], result_ttl_s=args.result_ttl_s)
     store = _key_store(args)
     try:
@@ -94,7 +96,13 @@ def add_keys_commands(sub: argparse._SubParsersAction) -> None:
     create_p.add_argument("name", help="who the key is for, e.g. backend-prod")
     create_p.add_argument("--rate-limit", type=int, help="requests per minute (default: server)")
     create_p.add_argument("--max-open-jobs", type=int, help="queued or running jobs at once")
-    create_p.add_argument("--max-output-mp-per-day", type=float, help="output MP per UTC day")
+    create_p.add_argument("--max-output-mp-per-day", type=float,
+                          help="megapixels computed per UTC day (every pass, uncropped)")
+    create_p.add_argument("--max-flux-mp-steps-per-day", type=float,
+                          help="FLUX megapixel-steps per UTC day (tile MP x steps run)")
+    create_p.add_argument("--max-jobs-per-day", type=int, help="jobs per UTC day")
+    create_p.add_argument("--max-stored-mb", type=float,
+                          help="MiB of results kept at once (until deleted or expired)")
     create_p.add_argument("--result-ttl-s", type=float,
                           help="seconds this key's finished jobs and results are kept")
     create_p.add_argument("--gcp-project", action="append",

@@ -65,7 +65,7 @@ def job_status(job: JobRecord, queue_position: int | None = None,
         started_at=job.started_at, finished_at=job.finished_at, queue_time=job.queue_time,
         processing_time=job.processing_time, resumes=job.resumes, attempts=job.attempts,
         stats=job.stats, expires_at=job.expires_at, result_deleted=job.result_deleted,
-        webhooks=job.webhooks,
+        webhooks=job.webhooks, work=job.work,
         tiles_done=job.tiles_done, tiles_total=job.tiles_total,
         queue_position=queue_position if job.state == JobState.queued else None,
         estimated_time=None if job.state.is_terminal else estimated_time)

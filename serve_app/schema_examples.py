@@ -35,6 +35,12 @@ HEALTH = {"status": "healthy", "gpu_available": True, "gpu_name": "NVIDIA L4",
           "engines": {"esrgan": {"device": "cuda", "models_loaded": ["4x-UltraSharp"]}},
           "scope": "service"}
 LIVENESS = {"status": "healthy"}
+USAGE = {"key_id": "3f9a1c0b7d2e", "name": "backend-prod", "metered": True,
+         "megapixels_today": {"used": 412.7, "limit": 5000},
+         "flux_megapixel_steps_today": {"used": 380.2, "limit": 20000},
+         "jobs_today": {"used": 57, "limit": 10000}, "open_jobs": {"used": 2, "limit": 8},
+         "stored_bytes": {"used": 1834201112, "limit": 21474836480},
+         "requests_per_minute": 600, "resets_in_s": 31544}
 MODELS = {"esrgan": {
     "models": [{"name": "4x-UltraSharp", "architecture": "ESRGAN", "scale": 4,
                 "input_channels": 3, "output_channels": 3, "supports_half": True,

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from serve_app import schema_examples as ex
 from upscaler.images import OUTPUT_FORMATS
-from upscaler.jobs import OutputOptions, Size
+from upscaler.jobs import JobWork, OutputOptions, Size
 from upscaler.webhooks import WebhookStatus
 
 
@@ -259,6 +259,8 @@ class JobStatusResponse(BaseModel):
     result_deleted: bool = Field(False, description="DELETE removed the finished job's result.")
     webhooks: WebhookStatus | None = Field(None, description="The job's webhook and the outcome "
                                           "of each delivery.")
+    work: JobWork | None = Field(None, description="What the job computes, as its key was "
+                                 "charged at submit (GET /api/usage).")
     tiles_done: int | None = Field(None, description="Tiles finished, when the engine "
                                    "reports tiles.")
     tiles_total: int | None = Field(None, description="Tiles of the job, when known.")
@@ -285,6 +287,36 @@ class PlanResponse(BaseModel):
     cropInfo: CropGuidance | None = None
     cropApplied: bool = False
     estimatedTime: float = Field(description="Seconds, with the jobs of that engine open here.")
+    computedMegapixels: float | None = Field(
+        None, description="Megapixels the default model would compute (every pass and the "
+        "resampled output, uncropped): what the key is charged (ESRGAN; FLUX's pre-pass).")
+
+
+class UsageFigure(BaseModel):
+    used: float
+    limit: float
+
+
+class UsageResponse(BaseModel):
+    """The calling key's usage and limits now (GET /api/usage)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [ex.USAGE]})
+
+    key_id: str | None = Field(description="The key's id (None with keys off).")
+    name: str
+    metered: bool = Field(description="Whether the limits apply (keys on).")
+    megapixels_today: UsageFigure = Field(
+        description="Megapixels computed today (UTC): every model pass's image and the "
+        "resampled output, uncropped, charged at submit.")
+    flux_megapixel_steps_today: UsageFigure = Field(
+        description="FLUX work today: each tile's crop (padding included) in megapixels x "
+        "the denoising steps run on it.")
+    jobs_today: UsageFigure
+    open_jobs: UsageFigure = Field(description="Queued or running now.")
+    stored_bytes: UsageFigure = Field(description="Bytes of this key's results kept (until "
+                                      "DELETE /api/jobs/{id} or their expiry).")
+    requests_per_minute: int
+    resets_in_s: int = Field(description="Seconds until the day's counts start again.")
 
 
 class HealthResponse(BaseModel):

@@ -34,6 +34,8 @@ from upscaler.jobs import (
 )
 from upscaler.keys import Caller
 from upscaler.memory import coordinator_bytes
+from upscaler.metering import job_work
+from upscaler.passes import plan_passes
 
 PREFER_WAIT_RE = re.compile(r"wait=(\d+(?:\.\d+)?)")
 MAX_PREFER_WAIT_S = 600.0
@@ -60,9 +62,11 @@ PLAN_FIELDS = ("upscale_factor", "target_dpi", "target_width_inches", "target_he
 
 
 def plan_upload(services: Services, width: int, height: int, engine: Engine,
-                query: Mapping[str, str]) -> PlanResponse:
+                query: Mapping[str, str], model_scale: int | None = None) -> PlanResponse:
     """An upload's plan before it is sent: the engine's own form checks the sizing fields,
-    then the same rule and limit as the upload's (``deps.output_plan``)."""
+    then the same rule and limit as the upload's (``deps.output_plan``); with the default
+    model's ``model_scale``, the pixels it would compute (``upscaler.passes``), which its
+    key would be charged and its estimate is made from."""
     unknown = sorted(set(query) - {"width", "height", "engine", *PLAN_FIELDS})
     if unknown:
         raise InvalidRequest(f"unknown parameter(s) {', '.join(unknown)}; the plan takes "
@@ -75,9 +79,15 @@ def plan_upload(services: Services, width: int, height: int, engine: Engine,
     plan = output_plan(services.settings, width, height, form)
     crop = plan.crop_info
     final = Size(width=plan.final_width, height=plan.final_height)
+    computed = None
+    if model_scale is not None and engine is not Engine.imagen:
+        s = services.settings
+        computed = plan_passes(width, height, plan.output_width, plan.output_height,
+                               model_scale, s.max_model_passes,
+                               s.max_output_pixels).computed_pixels / 1e6
     estimate = services.estimator.estimate_output(
-        engine, final.width * final.height / 1e6, services.runner.open_count(engine),
-        services.engines.device(engine))
+        engine, computed or final.width * final.height / 1e6,
+        services.runner.open_count(engine), services.engines.device(engine))
     return PlanResponse(
         engine=engine.value, inputSize=Size(width=width, height=height),
         outputSize=Size(width=plan.output_width, height=plan.output_height), finalSize=final,
@@ -85,15 +95,20 @@ def plan_upload(services: Services, width: int, height: int, engine: Engine,
         printInches=(round(final.width / plan.dpi, 2), round(final.height / plan.dpi, 2)),
         cropInfo=CropGuidance(direction=crop.direction, amount_px=crop.amount_px,
                               amount_inches=crop.amount_inches, box=crop.box) if crop else None,
-        cropApplied=plan.crop_applied, estimatedTime=estimate)
+        cropApplied=plan.crop_applied, estimatedTime=estimate,
+        computedMegapixels=None if computed is None else round(computed, 3))
 
 
-def new_job(services: Services, intake: Intake, params: JobParams) -> JobRecord:
+def new_job(services: Services, intake: Intake, params: JobParams,
+            model_scale: int | None = None) -> JobRecord:
+    """The job, with what it will compute (``upscaler.metering``: the engines' own plans),
+    which its key is charged."""
     probe, plan = intake.probe, intake.plan
+    input_size = Size(width=probe.width, height=probe.height)
     return JobRecord(engine=params.engine, owner=services.runner.owner, params=params,
-                     input_format=probe.format, plan=plan,
-                     input_size=Size(width=probe.width, height=probe.height),
-                     output_size=Size(width=plan.final_width, height=plan.final_height))
+                     input_format=probe.format, plan=plan, input_size=input_size,
+                     output_size=Size(width=plan.final_width, height=plan.final_height),
+                     work=job_work(services.settings, params, input_size, plan, model_scale))
 
 
 async def esrgan_job(services: Services, intake: Intake[EsrganUpscaleForm]) -> JobRecord:
@@ -101,7 +116,7 @@ async def esrgan_job(services: Services, intake: Intake[EsrganUpscaleForm]) -> J
     model = await services.engines.model_info(form.model)
     return new_job(services, intake, EsrganParams(
         **form.output_options(), model=model.name, tile_size=form.tile_size or None,
-        use_fp16=form.use_fp16, upscale_factor=form.upscale_factor))
+        use_fp16=form.use_fp16, upscale_factor=form.upscale_factor), model.scale)
 
 
 async def require_flux(services: Services) -> None:
@@ -127,7 +142,7 @@ async def flux_job(services: Services, intake: Intake[FluxUpscaleForm]) -> JobRe
     model = await services.engines.model_info(form.upscale_model)
     fields = form.model_dump(exclude={"wait", "model", "upscale_model", *form.output_options()})
     return new_job(services, intake, FluxParams(**form.output_options(), **fields,
-                                                upscale_model=model.name))
+                                                upscale_model=model.name), model.scale)
 
 
 async def imagen_job(services: Services, who: Caller,

@@ -24,6 +24,7 @@ EXPECTED = {
     ("delete", "/api/jobs/{job_id}"): {401, 403, 404, 409, 410, 429, 503},
     ("get", "/api/results/{filename}"): {400, 401, 403, 404, 410, 429, 503},
     ("get", "/api/models"): {401, 403, 429},
+    ("get", "/api/usage"): {401, 403, 429, 503},
     ("get", "/api/health"): set(),
 }
 

@@ -32,7 +32,7 @@ def keyed(tmp_path_factory, full_models_root, vertex):
     keys = {name: store.create(name, limits)[1] for name, limits in {
         "alice": KeyLimits(), "bob": KeyLimits(gcp_projects=["bobs-project"]),
         "revoked": KeyLimits(), "slow-down": KeyLimits(rate_limit_per_minute=3),
-        "small": KeyLimits(max_open_jobs=1, max_output_mp_per_day=0.05)}.items()}
+        "small": KeyLimits(max_open_jobs=1, max_output_mp_per_day=0.16)}.items()}
     store.revoke("revoked")
     env = {"UPSCALER_MAX_UPLOAD_MB": TEST_LIMITS["UPSCALER_MAX_UPLOAD_MB"], **vertex_env(vertex)}
     settings = settings_from_env(env, data_dir=data, models_dir=full_models_root, auth="keys",
@@ -186,7 +186,8 @@ def test_quotas_open_jobs_and_daily_megapixels(keyed):
     assert second.status_code == 429 and second.json()["error"] == "too_many_open_jobs"
     assert int(second.headers["retry-after"]) > 0 and stored(keyed) == before
     assert wait_for_job(keyed, slow.json()["jobId"], headers=headers)["status"] == "completed"
-    # 0.05 MP a day: the first job took 0.0246 MP; 0.0225 more fits, 0.01 more does not.
+    # 0.16 MP computed a day: the first job's x4 pass and its output took 0.1229 MP; 0.0317
+    # more (a 96 px pass, then 150 px) fits, 0.0192 more (96 px, then 100 px) does not.
     assert keyed.post("/api/upscale/esrgan", headers=headers,
                       files={"file": ("p.png", GOOD, "image/png")},
                       data={"model": "tiny-rrdb", "target_width": "150"}).status_code == 200

@@ -4,6 +4,7 @@ decompression bombs within bounded memory, and logs that hold no key, credential
 
 from __future__ import annotations
 
+import io
 import select
 import socket
 import threading
@@ -14,7 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 from bombs import png_bomb, rgba16_flat, with_text
-from conftest import photo, png_bytes, replica_pids
+from conftest import create_key, photo, png_bytes, replica_pids
+from PIL import Image
+
+from upscaler.passes import plan_passes
 
 pytestmark = pytest.mark.slow
 BOUNDARY = "upscalerboundary"
@@ -154,3 +158,46 @@ def test_logs_hold_no_key_credential_or_image(service, client, vertex):
             continue
         for what, secret in secrets.items():
             assert secret not in text, f"{what} found in {path}"
+
+
+def test_passes_within_the_cap_and_keys_charged_what_is_computed(service, client):
+    """A 40 MP upload asked for x1.01 (a 640 MP first pass once) is planned within the 150 MP
+    cap and charged the pixels computed: past a key's day it is refused before anything runs.
+    A wide upload cropped to 100 x 100 is charged its 2.8 MP computed, not the file's 0.01."""
+    def flat_png(width: int, height: int) -> bytes:  # a few KB: under the 2 MB upload cap
+        buf = io.BytesIO()
+        Image.new("RGB", (width, height), (120, 90, 60)).save(buf, "PNG")
+        return buf.getvalue()
+
+    key = create_key(service.data_dir, f"metered-{uuid.uuid4().hex[:8]}",
+                     "--max-output-mp-per-day", "100", "--max-jobs-per-day", "3")
+    headers = {"Authorization": f"Bearer {key}"}
+    plan = client.get("/api/plan", params={"width": 7744, "height": 5164,
+                                           "upscale_factor": 1.01}).json()
+    # One x4 pass of the input shrunk to 150 MP / 16, then the 40.8 MP output.
+    assert plan["outputSize"] == {"width": 7821, "height": 5215}
+    passes = plan_passes(7744, 5164, 7821, 5215, 4, 3, 150_000_000)
+    assert passes.passes == 1 and 0.99 * 150e6 < passes.largest_pass_pixels <= 150e6
+    assert plan["computedMegapixels"] == pytest.approx(passes.computed_pixels / 1e6, abs=1e-3)
+    big = client.post("/api/upscale/esrgan", headers=headers,
+                      files={"file": ("big.png", flat_png(7744, 5164), "image/png")},
+                      data={"model": "tiny-compact", "upscale_factor": "1.01"})
+    assert big.status_code == 429 and big.json()["error"] == "daily_quota_exhausted", big.text
+    assert int(big.headers["retry-after"]) > 0 and "ratelimit" in big.headers
+    wide = client.post("/api/upscale/esrgan", headers=headers,
+                       files={"file": ("wide.png", flat_png(2000, 80), "image/png")},
+                       data={"model": "tiny-compact", "target_width": "100",
+                             "target_height": "100", "crop_to_target": "true"})
+    assert wide.status_code == 200, wide.text
+    job = client.get(f"/api/status/{wide.json()['jobId']}", headers=headers).json()
+    assert job["output_size"] == {"width": 100, "height": 100}
+    computed = job["stats"]["computed_pixels"]
+    assert computed == 8000 * 320 + 2500 * 100
+    usage = client.get("/api/usage", headers=headers).json()
+    assert usage["megapixels_today"]["used"] == pytest.approx(computed / 1e6, abs=1e-3)
+    assert usage["jobs_today"] == {"used": 1, "limit": 3}
+    size = len(client.get(wide.json()["outputUrl"], headers=headers).content)
+    deadline = time.monotonic() + 30
+    while client.get("/api/usage", headers=headers).json()["stored_bytes"]["used"] != size:
+        assert time.monotonic() < deadline, "the result's bytes were not counted"
+        time.sleep(0.2)

@@ -159,6 +159,15 @@ class Completed:
 JobEvent = Started | Progress | Completed
 
 
+class JobWork(BaseModel):
+    """What a job computes, as its key is charged for it (``upscaler.metering``)."""
+
+    megapixels: float  # every model pass and the resampled output, uncropped
+    flux_megapixel_steps: float = 0.0  # FLUX: denoising steps x the megapixels of each tile
+    passes: int = 0  # the ESRGAN passes (FLUX: of its pre-pass)
+    flux_tiles: int = 0
+
+
 # --- the stored record -----------------------------------------------------------------------
 
 class JobRecord(BaseModel):
@@ -196,6 +205,7 @@ class JobRecord(BaseModel):
     retention_s: float | None = None  # kept this long after it ends (upscaler.retention)
     result_deleted: bool = False  # DELETE on the finished job removed its result
     webhooks: WebhookState | None = None
+    work: JobWork | None = None  # what it computes, charged at submit (older records: None)
 
     @model_validator(mode="before")
     @classmethod

@@ -41,7 +41,10 @@ class KeyLimits(BaseModel):
 
     rate_limit_per_minute: int | None = Field(None, ge=1)
     max_open_jobs: int | None = Field(None, ge=1)
-    max_output_mp_per_day: float | None = Field(None, gt=0)
+    max_output_mp_per_day: float | None = Field(None, gt=0)  # megapixels computed
+    max_flux_mp_steps_per_day: float | None = Field(None, gt=0)
+    max_jobs_per_day: int | None = Field(None, ge=1)
+    max_stored_mb: float | None = Field(None, gt=0)  # results kept, MiB
     gcp_projects: list[str] = Field(default_factory=list)
     result_ttl_s: float | None = Field(None, gt=0)  # retention of this key's jobs
 

@@ -1,5 +1,6 @@
 """Quotas and rate limits, as plain bookkeeping: a token bucket of requests per minute per key,
-open jobs per key and per engine, output megapixels per key per UTC day.
+open jobs per key and per engine; per key per UTC day the megapixels computed, FLUX
+megapixel-steps and jobs (what ``upscaler.metering`` charges); the bytes of results kept.
 
 One ``QuotaBook`` must serve every Ingress replica for the limits to hold across them: the
 service keeps it in one Serve replica (``deployments/quotas.py``), whose calls run one at a
@@ -14,17 +15,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from upscaler.errors import RateLimited, ServiceUnavailable
+from upscaler.jobs import JobWork
 
 WINDOW_S = 60
 FULL_RETRY_S = 5  # when a slot frees up is not known: a short wait, then ask again
+STORED_RETRY_S = 60  # results go when deleted or expired: not known when either comes
 DAY_S = 86_400
+# The day's counters, by name (as in the usage file and GET /api/usage).
+MEGAPIXELS, FLUX_STEPS, JOBS = "output_mp", "flux_mp_steps", "jobs"
+DAY_COUNTERS = (MEGAPIXELS, FLUX_STEPS, JOBS)
 
 
 @dataclass(frozen=True)
 class KeyQuota:
     per_minute: int
     max_open_jobs: int
-    output_mp_per_day: float
+    output_mp_per_day: float  # megapixels computed (the name is the setting's)
+    flux_mp_steps_per_day: float
+    jobs_per_day: int
+    stored_bytes: int
+
+    def day_limit(self, counter: str) -> float:
+        return {MEGAPIXELS: self.output_mp_per_day, FLUX_STEPS: self.flux_mp_steps_per_day,
+                JOBS: self.jobs_per_day}[counter]
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,10 @@ class QuotaBook:
     _open_by_key: dict[str, set[str]] = field(default_factory=dict)
     _open_by_engine: dict[str, set[str]] = field(default_factory=dict)
     _day: int = -1
-    _mp_today: dict[str, float] = field(default_factory=dict)
+    # Per counter (DAY_COUNTERS), per bucket: today's total.
+    _counts: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Per bucket, per job: the bytes of its result while it is kept.
+    _stored: dict[str, dict[str, int]] = field(default_factory=dict)
 
     # --- requests ------------------------------------------------------------------------
     def hit(self, bucket: str, per_minute: int) -> RateState:
@@ -76,7 +92,7 @@ class QuotaBook:
                          math.ceil((per_minute - state.tokens) / rate))
 
     # --- jobs ----------------------------------------------------------------------------
-    def admit(self, bucket: str, job_id: str, engine: str, output_mp: float, quota: KeyQuota,
+    def admit(self, bucket: str, job_id: str, engine: str, work: JobWork, quota: KeyQuota,
               max_open_per_engine: int, metered: bool = True) -> None:
         """Count a new job against its engine's cap and (``metered``) its key's quotas, or
         raise: ServiceUnavailable when the engine is full, RateLimited past a key's quota."""
@@ -86,21 +102,44 @@ class QuotaBook:
                                      "its limit; retry shortly", code="engine_busy",
                                      retry_after=FULL_RETRY_S)
         key_open = self._open_by_key.setdefault(bucket, set())
+        charge = {MEGAPIXELS: work.megapixels, FLUX_STEPS: work.flux_megapixel_steps,
+                  JOBS: 1}
         if metered:
             if len(key_open) >= quota.max_open_jobs:
                 raise RateLimited(f"this key has {len(key_open)} jobs open, its limit; retry "
                                   "when one has finished", code="too_many_open_jobs",
                                   retry_after=FULL_RETRY_S)
-            used = self._usage_today(bucket)
-            if used + output_mp > quota.output_mp_per_day:
+            stored = self.stored_bytes(bucket)
+            if stored >= quota.stored_bytes:
                 raise RateLimited(
-                    f"this job's {output_mp:.1f} MP would pass this key's "
-                    f"{quota.output_mp_per_day:g} MP for today ({used:.1f} used); the count "
-                    "starts again at 00:00 UTC", code="daily_quota_exhausted",
-                    retry_after=self._seconds_to_midnight())
-            self._mp_today[bucket] = used + output_mp
+                    f"this key's results kept take {stored:,} bytes, its limit of "
+                    f"{quota.stored_bytes:,}; delete results no longer needed (DELETE "
+                    "/api/jobs/{id}) or wait until they expire", code="storage_quota_exhausted",
+                    retry_after=STORED_RETRY_S)
+            for counter in DAY_COUNTERS:
+                self._check_day(bucket, counter, charge[counter], quota.day_limit(counter))
+        for counter in DAY_COUNTERS:
+            today = self._today_counts(counter)
+            today[bucket] = today.get(bucket, 0) + charge[counter]
         engine_open.add(job_id)
         key_open.add(job_id)
+
+    def _check_day(self, bucket: str, counter: str, charge: float, limit: float) -> None:
+        used = self._today_counts(counter).get(bucket, 0)
+        if charge and used + charge > limit:
+            what = {MEGAPIXELS: f"this job's {charge:,.1f} MP computed",
+                    FLUX_STEPS: f"this job's {charge:,.1f} FLUX megapixel-steps",
+                    JOBS: "one more job"}[counter]
+            unit = {MEGAPIXELS: "MP", FLUX_STEPS: "megapixel-steps", JOBS: "jobs"}[counter]
+            raise RateLimited(
+                f"{what} would pass this key's {limit:,g} {unit} for today ({used:,.1f} "
+                "used); the count starts again at 00:00 UTC", code="daily_quota_exhausted",
+                retry_after=self._seconds_to_midnight())
+
+    def reopen(self, bucket: str, job_id: str, engine: str) -> None:
+        """A job admitted before this book started (its keeper restarted): open, uncharged."""
+        self._open_by_engine.setdefault(engine, set()).add(job_id)
+        self._open_by_key.setdefault(bucket, set()).add(job_id)
 
     def release(self, bucket: str, job_id: str, engine: str) -> None:
         """A job ended (idempotent)."""
@@ -110,22 +149,55 @@ class QuotaBook:
     def open_jobs(self, engine: str) -> int:
         return len(self._open_by_engine.get(engine, ()))
 
+    # --- results kept -------------------------------------------------------------------
+    def stored(self, bucket: str, job_id: str, nbytes: int) -> None:
+        """A job's result is kept (idempotent: a job counts once)."""
+        self._stored.setdefault(bucket, {})[job_id] = int(nbytes)
+
+    def unstored(self, bucket: str, job_id: str) -> bool:
+        """A job's result is gone (deleted or expired); whether it was counted."""
+        return self._stored.get(bucket, {}).pop(job_id, None) is not None
+
+    def stored_bytes(self, bucket: str) -> int:
+        return sum(self._stored.get(bucket, {}).values())
+
+    def stored_of(self, bucket: str) -> dict[str, int]:
+        return dict(self._stored.get(bucket, {}))
+
+    def restore_stored(self, bucket: str, jobs: dict[str, int]) -> None:
+        self._stored[bucket] = {str(k): int(v) for k, v in jobs.items()}
+
     # --- the day's usage, kept across restarts of the keeper -----------------------------
     def _today(self) -> int:
         return int(self.clock() // DAY_S)
 
-    def _usage_today(self, bucket: str) -> float:
+    def _today_counts(self, counter: str) -> dict[str, float]:
         if self._day != self._today():
-            self._day, self._mp_today = self._today(), {}
-        return self._mp_today.get(bucket, 0.0)
+            self._day, self._counts = self._today(), {}
+        return self._counts.setdefault(counter, {})
+
+    def _usage_today(self, bucket: str) -> float:
+        return self._today_counts(MEGAPIXELS).get(bucket, 0.0)
 
     def _seconds_to_midnight(self) -> int:
         return max(1, math.ceil((self._today() + 1) * DAY_S - self.clock()))
 
+    def figures(self, bucket: str, quota: KeyQuota) -> dict:
+        """The key's usage and limits now (GET /api/usage)."""
+        day = {c: {"used": round(self._today_counts(c).get(bucket, 0), 3),
+                   "limit": quota.day_limit(c)} for c in DAY_COUNTERS}
+        return {**day, "open_jobs": {"used": len(self._open_by_key.get(bucket, ())),
+                                     "limit": quota.max_open_jobs},
+                "stored_bytes": {"used": self.stored_bytes(bucket),
+                                 "limit": quota.stored_bytes},
+                "requests_per_minute": quota.per_minute,
+                "resets_in_s": self._seconds_to_midnight()}
+
     def usage(self) -> dict:
-        self._usage_today("")
-        return {"day": self._day, "output_mp": dict(self._mp_today)}
+        self._today_counts(MEGAPIXELS)
+        return {"day": self._day, **{c: dict(self._counts.get(c, {})) for c in DAY_COUNTERS}}
 
     def restore(self, usage: dict) -> None:
         if usage.get("day") == self._today():
-            self._day, self._mp_today = usage["day"], dict(usage.get("output_mp", {}))
+            self._day = usage["day"]
+            self._counts = {c: dict(usage.get(c, {})) for c in DAY_COUNTERS}

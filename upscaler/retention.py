@@ -21,7 +21,7 @@ import logging
 import posixpath
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from pydantic import ValidationError
 
@@ -63,6 +63,9 @@ class RetentionSweeper:
         self.orphan_grace_s = orphan_grace_s
         self.batch = batch
         self._cursor: dict[str, str] = {}  # per folder, the last key looked at
+        # Jobs expired since last taken (``take_expired``): their results' bytes are no
+        # longer their keys' (the quota keeper is told).
+        self._expired: list[JobRecord] = []
 
     def expire(self, job: JobRecord, now: float) -> None:
         """Delete a job's result, files and record; its tombstone stays as long again."""
@@ -74,6 +77,12 @@ class RetentionSweeper:
         self.storage.delete(JobStore.record_key(job.job_id))
         if job.webhooks is not None:  # deliveries still pending end with the job
             self.store.forget_webhooks(job.job_id)
+        self._expired.append(job)
+
+    def take_expired(self) -> list[JobRecord]:
+        """The jobs expired since the last call."""
+        taken, self._expired = self._expired, []
+        return taken
 
     def sweep_once(self, now: float | None = None) -> Counter:
         """One bounded pass over every folder; returns what it deleted, by kind."""
@@ -148,8 +157,11 @@ def _is_old_tmp(name: str, modified: float | None, than: float) -> bool:
     return name.endswith(TMP_SUFFIX) and _older(modified, than)
 
 
-async def sweep_periodically(sweeper: RetentionSweeper, every_s: float) -> None:
-    """The sweep, every ``every_s`` seconds, for as long as the task runs."""
+async def sweep_periodically(
+        sweeper: RetentionSweeper, every_s: float,
+        on_expired: Callable[[JobRecord], Awaitable[None]] | None = None) -> None:
+    """The sweep, every ``every_s`` seconds, for as long as the task runs; ``on_expired``
+    for each job it deleted."""
     while True:
         try:
             done = await asyncio.to_thread(sweeper.sweep_once)
@@ -157,4 +169,10 @@ async def sweep_periodically(sweeper: RetentionSweeper, every_s: float) -> None:
                 logger.info("retention sweep deleted %s", dict(done))
         except Exception:  # noqa: BLE001 - storage away: the next period tries again
             logger.exception("retention sweep failed")
+        for job in sweeper.take_expired():
+            try:
+                if on_expired is not None:
+                    await on_expired(job)
+            except Exception:  # noqa: BLE001 - bookkeeping; the job is gone either way
+                logger.exception("after job %s expired", job.job_id)
         await asyncio.sleep(every_s)

@@ -164,7 +164,16 @@ class Settings(BaseSettings):
     max_open_jobs_per_key: int = Field(default=8, ge=1,
                                        description="Queued or running jobs per key.")
     max_output_mp_per_day: float = Field(
-        default=5000, gt=0, description="Output megapixels per key per UTC day.")
+        default=5000, gt=0, description="Megapixels computed per key per UTC day: every model "
+        "pass's image and the resampled output, uncropped (upscaler/metering.py).")
+    max_flux_mp_steps_per_day: float = Field(
+        default=20000, gt=0, description="FLUX work per key per UTC day, in megapixel-steps: "
+        "each tile's crop (padding included) in megapixels x the denoising steps run on it.")
+    max_jobs_per_day: int = Field(default=10000, ge=1,
+                                  description="Jobs accepted per key per UTC day.")
+    max_stored_mb_per_key: float = Field(
+        default=20480, gt=0, description="Bytes of results a key keeps (until deleted or "
+        "expired), in MiB; past it new jobs get 429.")
     gcp_allowed_projects: Annotated[list[str], NoDecode] = Field(
         default=[],
         description="Google Cloud projects a request's gcp_project_id may name besides the "

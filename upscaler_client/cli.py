@@ -275,6 +275,24 @@ def cmd_health(args: argparse.Namespace) -> int:
     return OK if body.get("status") == "healthy" else UNAVAILABLE
 
 
+USAGE_LINES = (("megapixels_today", "megapixels computed today"),
+               ("flux_megapixel_steps_today", "FLUX megapixel-steps today"),
+               ("jobs_today", "jobs today"), ("open_jobs", "open jobs"),
+               ("stored_bytes", "bytes of results kept"))
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    try:
+        body = _run_sync(args, "usage", lambda c: c.usage())
+    except UpscalerClientError as exc:
+        return _fail(args, "usage", exc)
+    lines = [f"{label}: {body[name]['used']:g} of {body[name]['limit']:g}"
+             for name, label in USAGE_LINES if name in body]
+    lines.append(f"the day's counts start again in {body.get('resets_in_s')} s (00:00 UTC)")
+    _emit(args, body, "\n".join(lines))
+    return OK
+
+
 # --- the parser ---------------------------------------------------------------------------------
 
 def _connection(p: argparse.ArgumentParser) -> None:
@@ -350,6 +368,11 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
                         formatter_class=fmt, epilog=EXIT_CODES)
     _connection(he)
     he.set_defaults(func=cmd_health)
+
+    us = sub.add_parser("usage", help="this key's usage today and its limits",
+                        formatter_class=fmt, epilog=EXIT_CODES)
+    _connection(us)
+    us.set_defaults(func=cmd_usage)
 
 
 def build_parser() -> argparse.ArgumentParser:

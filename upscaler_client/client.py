@@ -112,6 +112,10 @@ class Client(_Base):
     def models(self) -> dict[str, Any]:
         return self._run(self._core.models())
 
+    def usage(self) -> dict[str, Any]:
+        """This key's usage today and its limits: each ``{"used", "limit"}``."""
+        return self._run(self._core.usage())
+
     # --- the driver ------------------------------------------------------------------------
     def _run(self, flow: Flow) -> Any:
         answer: Any = None
@@ -226,6 +230,10 @@ class AsyncClient(_Base):
 
     async def models(self) -> dict[str, Any]:
         return await self._run(self._core.models())
+
+    async def usage(self) -> dict[str, Any]:
+        """This key's usage today and its limits: each ``{"used", "limit"}``."""
+        return await self._run(self._core.usage())
 
     # --- the driver ------------------------------------------------------------------------
     async def _run(self, flow: Flow) -> Any:

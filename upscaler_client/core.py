@@ -245,6 +245,11 @@ class Core:
         response = yield from self.send("GET", "/api/models")
         return self._json(response)
 
+    def usage(self) -> Generator[Any, Any, dict[str, Any]]:
+        """The key's usage today and its limits (GET /api/usage)."""
+        response = yield from self.send("GET", "/api/usage")
+        return self._json(response)
+
     def wait(self, job: Job | str, on_progress: ProgressCallback | None = None,
              timeout: float | None = None) -> Generator[Any, Any, Job]:
         """Until the job ends: its events stream, else polling its status."""

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 from fastapi.responses import StreamingResponse
 
-from serve_app.access import CallerDep, check_owner, rate_limit
+from serve_app.access import CallerDep, check_owner, rate_limit, result_gone
 from serve_app.deps import Services, ServicesDep
 from serve_app.events import live_status
 from serve_app.openapi_docs import error_responses
@@ -71,7 +71,9 @@ async def status(services: ServicesDep, who: CallerDep, job_id: JobId) -> JobSta
 async def cancel(services: ServicesDep, who: CallerDep, job_id: JobId) -> JobStatusResponse:
     job = await kept_job(services, who, job_id)
     if job.state.is_terminal:
-        return job_status(await asyncio.to_thread(delete_result, services.store, job))
+        job = await asyncio.to_thread(delete_result, services.store, job)
+        await result_gone(services, job)
+        return job_status(job)
     return job_status(await services.runner.cancel(job_id))
 
 

@@ -14,6 +14,7 @@ from serve_app.openapi_docs import error_responses
 from serve_app.schema_examples import HEALTH, MODELS, PLAN
 from serve_app.schemas import HealthResponse, LivenessResponse, PlanResponse
 from serve_app.submissions import plan_upload
+from upscaler.errors import UpscalerError
 from upscaler.jobs import Engine
 from upscaler.keys import ANONYMOUS, Caller
 
@@ -57,7 +58,13 @@ async def plan(services: ServicesDep, request: Request,
                width: Annotated[int, Query(ge=1, le=1_000_000)],
                height: Annotated[int, Query(ge=1, le=1_000_000)],
                engine: Engine = Engine.esrgan) -> PlanResponse:
-    return plan_upload(services, width, height, engine, request.query_params)
+    scale = None
+    if engine is not Engine.imagen:
+        try:  # the default model's scale: what the pixels computed follow
+            scale = (await services.engines.model_info(None)).scale
+        except UpscalerError:
+            scale = None  # no model installed: the plan without them
+    return plan_upload(services, width, height, engine, request.query_params, scale)
 
 
 @router.get("/api/models", summary="Installed super-resolution models",

@@ -4,7 +4,8 @@ Plain Python (torch + numpy); the Ray deployment in ``deployments/esrgan.py`` wr
 
 Steps for one image:
 1. load the model (LRU cache) in the precision the architecture supports;
-2. run it tile by tile (``engines.tiling``), once or more (``plan_passes``);
+2. run it tile by tile (``engines.tiling``), once or more, as ``upscaler.passes`` plans (the
+   input shrunk first where one pass would make more pixels than the output cap);
 3. resample to the planned output size (bicubic with antialiasing); an applied crop is cut
    where the result is written (``deployments.common.finish_job``), as for every engine;
 4. alpha is resampled the same way (cheap, no halo on masks); gray stays gray.
@@ -33,6 +34,7 @@ from upscaler.engines.tiling import (
     run_tiled,
 )
 from upscaler.images import DecodedImage
+from upscaler.passes import PassPlan, plan_passes
 from upscaler.resample import resample, resample_plane
 
 MIN_TILE = 64
@@ -56,26 +58,6 @@ def choose_dtype(device: torch.device, supports_half: bool, supports_bf16: bool,
     if supports_bf16 and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
-
-
-def plan_passes(scale_needed: float, model_scale: int, width: int, height: int,
-                max_passes: int, max_pixels: int) -> int:
-    """How many model passes: at least one when enlarging; another only while the factor still
-    missing is at least sqrt(model scale) (a smaller rest is resampled) and the intermediate
-    stays within ``max_pixels``. Shrinking (scale <= 1) runs no pass.
-    """
-    if model_scale <= 1:
-        return 1  # a 1x restoration model: one pass, then resample
-    if scale_needed <= 1.0 + 1e-9:
-        return 0
-    passes, reached = 1, float(model_scale)
-    while passes < max_passes:
-        rest = scale_needed / reached
-        nxt = reached * model_scale
-        if rest < math.sqrt(model_scale) - 1e-9 or width * height * nxt * nxt > max_pixels:
-            break
-        passes, reached = passes + 1, nxt
-    return passes
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -142,6 +124,12 @@ class EsrganEngine:
         dtype = choose_dtype(self.device, info.supports_half, info.supports_bfloat16, use_fp16)
         return self.cache.get(name, dtype)
 
+    def plan(self, width: int, height: int, plan: OutputPlan, model_scale: int) -> PassPlan:
+        """The passes for an input of ``width x height`` (the Ingress charges the same plan,
+        made with the same settings: ``upscaler.metering``)."""
+        return plan_passes(width, height, plan.output_width, plan.output_height, model_scale,
+                           self.max_passes, self.max_intermediate_pixels)
+
     # --- inference -----------------------------------------------------------------------
     def _model_fn(self, loaded: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor]:
         desc = loaded.descriptor
@@ -174,31 +162,31 @@ class EsrganEngine:
         scale = int(desc.scale)  # type: ignore[attr-defined]
         context = self.context if self.context is not None else context_for(
             desc.architecture.id)  # type: ignore[attr-defined]
-        needed = max(plan.output_width / image.width, plan.output_height / image.height)
-        passes = plan_passes(needed, scale, image.width, image.height, self.max_passes,
-                             self.max_intermediate_pixels)
+        passes = self.plan(image.width, image.height, plan, scale)
         # A view in the decoded layout: each window is made contiguous as it is cut, so the
         # image is never copied whole (a quarter of the output's bytes at x4, in float32).
         x = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
+        if passes.shrinks_input:  # one pass would pass the output cap: shrink it first
+            width, height = passes.pass_input
+            x = resample(x, height, width)
         if self.device.type == "cuda":
             x = x.pin_memory()  # tiles go to the GPU without a staging copy
         fn = self._model_fn(loaded)
-        tile = tile_size or self.auto_tile_size(image.height, image.width, loaded.dtype,
+        tile = tile_size or self.auto_tile_size(x.shape[-2], x.shape[-1], loaded.dtype,
                                                 context)
         if self.device.type == "cpu":  # the CPU tile bounds host memory, whatever was asked
             tile = min(tile, self.cpu_tile_size)
-        final_size = (image.height * scale**passes, image.width * scale**passes)
-        exact = final_size == (plan.output_height, plan.output_width)
+        exact = not passes.resampled
         counts = {"tiles": 0, "oom_retries": 0, "model_seconds": 0.0}
-        for pass_index in range(passes):
-            last = pass_index == passes - 1
+        for pass_index in range(passes.passes):
+            last = pass_index == passes.passes - 1
             h, w = x.shape[-2:]
             if last and exact and quantize:
                 sink = QuantizedSink(3, h * scale, w * scale, image.bit_depth, self.device)
             else:
                 sink = TensorSink(3, h * scale, w * scale, torch.device("cpu"))
             tile = self._run_pass(x, fn, scale, tile, context, loaded.dtype, sink, counts,
-                                  passes - pass_index, progress, should_stop)
+                                  passes.passes - pass_index, progress, should_stop)
             x = sink.result()
 
         if isinstance(x, np.ndarray):  # quantized already, at the planned size
@@ -214,7 +202,9 @@ class EsrganEngine:
             "model": model_name,
             "architecture": desc.architecture.name,  # type: ignore[attr-defined]
             "model_scale": scale,
-            "passes": passes,
+            "passes": passes.passes,
+            "pass_input": list(passes.pass_input),
+            "computed_pixels": passes.computed_pixels,
             "tile_size": tile,
             "context": context,
             "tiles": counts["tiles"],

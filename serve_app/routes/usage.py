@@ -1,0 +1,28 @@
+"""GET /api/usage: the calling key's quotas, what it used of each, and its limits."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from serve_app.access import CallerDep, key_quota, rate_limit
+from serve_app.deps import ServicesDep
+from serve_app.openapi_docs import error_responses
+from serve_app.schemas import UsageResponse
+from upscaler.quotas import FLUX_STEPS, JOBS, MEGAPIXELS
+
+router = APIRouter(prefix="/api", tags=["jobs"], dependencies=[Depends(rate_limit)])
+
+
+@router.get("/usage", response_model=UsageResponse, responses=error_responses(401, 403, 429, 503),
+            summary="This key's usage today and its limits",
+            description="Counted as jobs are submitted (what each will compute) and as results "
+            "are kept and deleted, by the one quota keeper every Ingress replica asks.")
+async def usage(services: ServicesDep, who: CallerDep) -> UsageResponse:
+    figures = await services.quotas.figures(who.bucket, key_quota(services, who))
+    return UsageResponse(
+        key_id=who.key_id, name=who.name, metered=who.key_id is not None,
+        megapixels_today=figures[MEGAPIXELS], flux_megapixel_steps_today=figures[FLUX_STEPS],
+        jobs_today=figures[JOBS], open_jobs=figures["open_jobs"],
+        stored_bytes=figures["stored_bytes"],
+        requests_per_minute=figures["requests_per_minute"],
+        resets_in_s=figures["resets_in_s"])
