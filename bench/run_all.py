@@ -25,6 +25,7 @@ BENCHES = {
     "request": ["bench_esrgan.py"],
     "encode": ["bench_encode.py", "--repeat", "3"],
     "memory": ["bench_memory.py"],
+    "decode-memory": ["bench_decode_memory.py"],
     "start": ["bench_start.py"],
     "flux": ["bench_flux.py"],
     "durable-load": ["bench_durable_load.py"],

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from serve_app.access import rate_limit_headers
 from serve_app.deps import Services
 from serve_app.errors import install_error_handlers
+from serve_app.headers import ResponseHeaders
 from serve_app.limits import RequestLimits
 from serve_app.openapi_docs import install_openapi
 from serve_app.routes import events, jobs, system, upscale, usage
@@ -38,6 +39,7 @@ def create_app(services: Services) -> FastAPI:
         await services.runner.stop()
         sweeps.cancel()
         await services.webhooks.stop()
+        services.decoder.close()
 
     settings = services.settings
     app = FastAPI(title="upscaler", version=__version__, description=DESCRIPTION,
@@ -61,4 +63,7 @@ def create_app(services: Services) -> FastAPI:
     # Outermost: counts and times the body before anything reads it.
     app.add_middleware(RequestLimits, max_bytes=settings.max_upload_bytes,
                        idle_s=settings.upload_idle_timeout_s, total_s=settings.upload_timeout_s)
+    # Outermost of all: every answer, the limits' own included, gets the cache/HSTS headers.
+    app.add_middleware(ResponseHeaders, hsts_max_age_s=settings.hsts_max_age_s,
+                       tls=settings.tls_certfile is not None)
     return app

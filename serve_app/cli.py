@@ -131,7 +131,9 @@ def _print_urls(settings: Settings, args: argparse.Namespace, dashboard: str | N
                 token_auth: bool) -> None:
     scheme = "https" if settings.tls_certfile else "http"
     base = f"{scheme}://{settings.host}:{settings.port}"
-    print(f"upscaler is up\n  API:       {base}/api\n  Docs:      {base}/docs", flush=True)
+    print(f"upscaler is up\n  API:       {base}/api", flush=True)
+    if settings.docs:
+        print(f"  Docs:      {base}/docs", flush=True)
     if dashboard and not args.no_dashboard:
         for line in dashboard_lines(dashboard, token_auth):
             print(f"  {line}", flush=True)

@@ -14,13 +14,14 @@ from serve_app.runner import JobRunner
 from serve_app.schemas import CommonUpscaleForm
 from serve_app.webhooks import WebhookSender
 from upscaler.budget import MemoryBudget
+from upscaler.decode_worker import DecodeWorkers
 from upscaler.dimensions import OutputPlan, calculate_output_dimensions
 from upscaler.errors import InvalidRequest, OutputTooLarge, PayloadTooLarge
 from upscaler.idempotency import IdempotencyKeys
-from upscaler.images import ImageProbe, check_decodes, probe_image
+from upscaler.images import ImageProbe, probe_image
 from upscaler.job_store import JobStore
 from upscaler.keys import KeyStore
-from upscaler.memory import DECODE_BYTES_PER_PIXEL
+from upscaler.memory import decode_bytes
 from upscaler.retention import RetentionSweeper
 from upscaler.settings import Settings
 
@@ -47,6 +48,7 @@ class Services:
     webhooks: WebhookSender
     retention: RetentionSweeper
     streams: StreamSlots = field(default_factory=StreamSlots)
+    decoder: DecodeWorkers = field(default_factory=DecodeWorkers)
 
 
 def get_services(request: Request) -> Services:
@@ -98,19 +100,20 @@ def intake(form_class: type[FormT]):
         # Reading and checking the upload is what a flood of requests would pile up here.
         async with services.uploads.take():
             data = await _read_upload(file or image, services.settings.max_upload_bytes)
-            return await _checked(services.settings, services.decode_budget, form, data)
+            return await _checked(services, form, data)
 
     return dependency
 
 
-async def _checked(settings: Settings, budget: MemoryBudget, form: FormT,
-                   data: bytes) -> Intake[FormT]:
+async def _checked(services: Services, form: FormT, data: bytes) -> Intake[FormT]:
     """Header, output plan and its limit first (nothing decoded yet), then one full decode
-    within the replica's decode budget."""
+    within the replica's decode budget (what its kind takes, upscaler/memory.py) and the
+    decode time limit (in a worker process, stopped at the limit)."""
+    settings = services.settings
     probe = await asyncio.to_thread(probe_image, data, settings.max_input_pixels)
     plan = output_plan(settings, probe.width, probe.height, form)
-    async with budget.reserve(probe.width * probe.height * DECODE_BYTES_PER_PIXEL):
-        await asyncio.to_thread(check_decodes, data, settings.max_input_pixels)
+    async with services.decode_budget.reserve(decode_bytes(probe)):
+        await services.decoder.check(data, settings.max_input_pixels, settings.decode_timeout_s)
     return Intake(form, data, probe, plan)
 
 

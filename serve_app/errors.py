@@ -1,10 +1,15 @@
 """Errors become HTTP answers here, and only here: ``{"error": code, "message": ..., "detail":
 ...}`` with the status of the error's class (``upscaler.errors``), ``Retry-After`` where it
-helps, and the service still up."""
+helps, and the service still up.
+
+A failure on the service's side (5xx) is told to the client in its own terms, from one table
+(``PUBLIC_MESSAGES``): never the storage URL, a model path, a host or an exception's text. The
+details go to the log under an ``error_id`` the answer carries, so an operator finds them."""
 
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,11 +24,73 @@ from upscaler.storage_faults import storage_fault
 
 logger = logging.getLogger("ray.serve")
 
+# What a client hears of each 5xx case, by code: what happened and what waiting or the
+# operator can do, with no path, URL or host (the log has those, under the error_id).
+PUBLIC_MESSAGES: dict[str, str] = {
+    "storage_unavailable": "job storage is not available right now; retry shortly",
+    "insufficient_storage": "job storage is full; nothing new can be stored until the "
+                            "operator frees space",
+    "flux_not_installed": "FLUX is not installed on this service (the operator installs it "
+                          "with `upscaler models pull flux`)",
+    "no_models": "no super-resolution model is installed on this service (the operator "
+                 "installs one with `upscaler models pull default`)",
+    "engine_busy": "this engine has as many jobs open as it takes; retry shortly",
+    "busy": "this service is taking in as many requests as it can; retry shortly",
+    "credentials_missing": "Imagen has no Google Cloud credentials on this service (the "
+                           "operator sets UPSCALER_GCP_CREDENTIALS_FILE to a service-account "
+                           "key with the role roles/aiplatform.user)",
+    "project_missing": "no Google Cloud project for Imagen: send gcp_project_id (or the "
+                       "operator sets a default)",
+    "vertex_permission": "Vertex AI refused this service's credentials (the operator gives "
+                         "its service account the role roles/aiplatform.user)",
+    "vertex_not_found": "Vertex AI does not offer the upscaling model for this project and "
+                        "region",
+    "vertex_unavailable": "Vertex AI is not available right now; retry later",
+    "vertex_timeout": "Vertex AI did not answer in time; retry later",
+    "vertex_bad_response": "Vertex AI's answer could not be read; retry later",
+}
+# Any other 5xx: by status.
+STATUS_MESSAGES: dict[int, str] = {
+    500: "internal error; the service is still up and its log has the details",
+    502: "a service this one depends on refused the request",
+    503: "this service cannot do this right now; retry later",
+    504: "a service this one depends on did not answer in time; retry later",
+    507: "job storage is full",
+}
+
+
+def public_message(status: int, code: str) -> str:
+    return PUBLIC_MESSAGES.get(code) or STATUS_MESSAGES.get(status, STATUS_MESSAGES[500])
+
+
+def log_failure(status: int, code: str, details: str, exc: BaseException | None = None,
+                job_id: str | None = None) -> str:
+    """Log a 5xx's details under a new error id, and return the id."""
+    error_id = secrets.token_hex(6)
+    where = f" job {job_id}" if job_id else ""
+    logger.warning("error_id=%s%s %d %s: %s", error_id, where, status, code, details,
+                   exc_info=exc if status == 500 else None)
+    return error_id
+
+
+def public_error(exc: UpscalerError, job_id: str | None = None) -> UpscalerError:
+    """What a client may see of ``exc``: itself below 500; a 5xx as the same class and code
+    with the public message and the id its details were logged under (a failed job's
+    record keeps this, not the original)."""
+    if exc.http_status < 500:
+        return exc
+    error_id = log_failure(exc.http_status, exc.code, exc.message, job_id=job_id)
+    return type(exc)(f"{public_message(exc.http_status, exc.code)} (error id {error_id})",
+                     code=exc.code, retry_after=exc.retry_after, headers=exc.headers)
+
 
 def error_response(status: int, code: str, message: str, detail: Any = None,
-                   job_id: str | None = None, headers: dict[str, str] | None = None
-                   ) -> JSONResponse:
-    body = ErrorResponse(error=code, message=message,
+                   job_id: str | None = None, headers: dict[str, str] | None = None,
+                   error_id: str | None = None) -> JSONResponse:
+    if status >= 500 and error_id is None:  # a 5xx's words come from the table, always
+        error_id = log_failure(status, code, message)
+        message, detail = public_message(status, code), None
+    body = ErrorResponse(error=code, message=message, error_id=error_id,
                          detail=detail if detail is not None else message, jobId=job_id)
     return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
@@ -49,11 +116,13 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     if isinstance(cause, UpscalerError):
         return upscaler_error_response(cause)
     if (fault := storage_fault(cause)) is not None:  # a full disk, storage away: 507, 503
-        logger.warning("storage: %s: %s", type(cause).__name__, cause)
-        return upscaler_error_response(fault)
-    logger.exception("unhandled error", exc_info=exc)  # the details stay in the log
-    return error_response(500, "internal_error", "internal error; the service is still up "
-                          "and its log has the details")
+        return upscaler_error_response(type(fault)(
+            f"{fault.message}: {type(cause).__name__}: {cause}", code=fault.code,
+            retry_after=fault.retry_after))
+    # The details stay in the log, with the traceback, under the answer's error id.
+    error_id = log_failure(500, "internal_error", f"{type(cause).__name__}: {cause}", exc)
+    return error_response(500, "internal_error", public_message(500, "internal_error"),
+                          error_id=error_id)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -24,6 +24,7 @@ from serve_app.runner import JobRunner, RunnerTimings
 from serve_app.submissions import MAX_PREFER_WAIT_S
 from serve_app.webhooks import WebhookSender
 from upscaler.budget import MemoryBudget
+from upscaler.decode_worker import DecodeWorkers
 from upscaler.idempotency import IdempotencyKeys
 from upscaler.job_store import JobStore
 from upscaler.jobs import JobRecord, JobState
@@ -68,7 +69,8 @@ def build_services(settings: Settings, esrgan: Any, flux: Any, flux_coordinator:
                     IdempotencyKeys(store.storage, idempotency_accepting_s(settings)),
                     webhooks,
                     RetentionSweeper(store, settings.orphan_grace_s,
-                                     settings.retention_sweep_batch))
+                                     settings.retention_sweep_batch),
+                    decoder=DecodeWorkers(settings.decode_workers))
 
 
 async def result_bytes(store: JobStore, job: JobRecord) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from serve_app.errors import public_message
 from serve_app.schema_examples import JOB_ID
 from serve_app.schemas import ErrorResponse
 
@@ -38,17 +39,18 @@ ERRORS: dict[int, tuple[str, str, str]] = {
     429: ("A quota of the key: requests per minute, open jobs, output megapixels per day; "
           "`Retry-After` says when to retry", "too_many_open_jobs",
           "this key has 2 jobs open, its limit; retry when one has finished"),
-    502: ("Vertex AI refused the call (credentials, permission, project)", "upstream_error",
-          "Vertex AI refused the credentials: give the service account roles/aiplatform.user"),
+    502: ("Vertex AI refused the call (credentials, permission, project)",
+          "vertex_permission", public_message(502, "vertex_permission")),
     503: ("Not now: the engine's queue is full, too many uploads at once, the engine is not "
           "installed or not up, job storage unreachable; `Retry-After` when waiting helps",
-          "engine_busy",
-          "the esrgan engine has 64 jobs open, its limit; retry shortly"),
+          "engine_busy", public_message(503, "engine_busy")),
     507: ("Job storage is full", "insufficient_storage",
-          "job storage is full; free space or raise its quota"),
-    504: ("Vertex AI did not answer in time", "upstream_timeout",
-          "Vertex AI did not answer within 120 s"),
+          public_message(507, "insufficient_storage")),
+    504: ("Vertex AI did not answer in time", "vertex_timeout",
+          public_message(504, "vertex_timeout")),
 }
+# 5xx answers carry the id the log has their details under (serve_app/errors.py).
+ERROR_ID = "3f2a9c1b7d4e"
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying",
                                "schema": {"type": "integer"}}}
 
@@ -60,6 +62,7 @@ def error_responses(*codes: int, **examples: dict[str, str]) -> dict[int | str, 
     for code in codes:
         description, error, message = ERRORS[code]
         example = {"error": error, "message": message, "detail": message, "jobId": None,
+                   **({"error_id": ERROR_ID} if code >= 500 else {}),
                    **examples.get(f"e{code}", {})}
         out[code] = {"model": ErrorResponse, "description": description,
                      "content": {"application/json": {"example": example}}}

@@ -12,19 +12,26 @@ from __future__ import annotations
 
 from starlette.middleware import Middleware
 
+from serve_app.headers import HideServeRoutes, ResponseHeaders
 from serve_app.limits import RequestLimits
 from upscaler.settings import Settings
 
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK = "serve_app.proxy:proxy_middlewares"
 # What the proxies must know, copied into their environment by `upscaler serve`.
-PROXY_SETTINGS = ("max_upload_mb", "upload_idle_timeout_s", "upload_timeout_s")
+PROXY_SETTINGS = ("max_upload_mb", "upload_idle_timeout_s", "upload_timeout_s",
+                  "hsts_max_age_s")
 
 
 def proxy_middlewares() -> list[Middleware]:
+    """Innermost first (Serve wraps them in this order): the limits, Serve's route table
+    hidden, then the headers of every answer, the proxy's own (404, 503) included."""
     settings = Settings()
     return [Middleware(RequestLimits, max_bytes=settings.max_upload_bytes,
-                       idle_s=settings.upload_idle_timeout_s, total_s=settings.upload_timeout_s)]
+                       idle_s=settings.upload_idle_timeout_s, total_s=settings.upload_timeout_s),
+            Middleware(HideServeRoutes),
+            # HTTPS is known from the request: the proxy is what serves TLS.
+            Middleware(ResponseHeaders, hsts_max_age_s=settings.hsts_max_age_s)]
 
 
 def proxy_environment(settings: Settings) -> dict[str, str]:

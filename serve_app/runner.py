@@ -22,6 +22,7 @@ import uuid
 
 from deployments import metrics
 from deployments.ray_compat import unwrap, worker_died
+from serve_app.errors import public_error
 from serve_app.leases import DEFAULT_TIMINGS, LeaseKeeping, RunnerTimings, adopt
 from serve_app.runner_contract import INLINE_UPLOAD_BYTES, JobEnded, JobWebhooks, RunEngine
 from upscaler.errors import Conflict, NotFound, Superseded, UpscalerError
@@ -244,8 +245,8 @@ class JobRunner(LeaseKeeping):
             raise
         except Exception as exc:  # noqa: BLE001 - every failure must end in a failed job
             cause = unwrap(exc)
-            if isinstance(cause, UpscalerError):
-                job.mark_failed_by(cause)
+            if isinstance(cause, UpscalerError):  # a 5xx's details to the log, not the record
+                job.mark_failed_by(public_error(cause, job.job_id))
             elif worker_died(exc):
                 job.mark_failed(f"the replica running this job died {job.attempts} time(s) "
                                 "before it finished; submit the image again",

@@ -349,3 +349,6 @@ class ErrorResponse(BaseModel):
     message: str = Field(description="What went wrong and what to fix.")
     detail: Any = None
     jobId: str | None = None
+    error_id: str | None = Field(
+        default=None, description="On a 5xx: the id the service's log has this failure's "
+        "details under (quote it to the operator).")

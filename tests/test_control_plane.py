@@ -94,6 +94,9 @@ def test_token_auth_on_by_default_and_the_api_over_tls(shipped):
                    upscale_factor=2)
         assert r.status_code == 200 and r.json()["outputSize"] == {"width": 64,
                                                                    "height": 48}
+        # HSTS on every answer under TLS: the app's, and the proxy's own (/-/healthz).
+        for answer in (r, client.get("/-/healthz"), client.get(r.json()["outputUrl"])):
+            assert answer.headers["strict-transport-security"] == "max-age=31536000"
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(f"{svc.url}/api/health")  # the system's CAs do not vouch for it
     with pytest.raises(httpx.TransportError):  # no plain HTTP beside it

@@ -37,6 +37,21 @@ def test_serve_configs_validate_against_rays_schema(name):
     assert config.http_options.request_timeout_s >= 300  # large uploads, long sync waits
 
 
+def test_production_configs_close_the_docs_and_make_run_keeps_them():
+    """/docs, /openapi.json and Swagger UI's files: off where the service faces the world
+    (the cluster config, KubeRay's copy of it, the image), on for `make run` (`upscaler serve`
+    with the built-in graph or the CPU config, and the settings' default)."""
+    from upscaler.settings import load_settings
+
+    for manifest in (load("serve_config.yaml"),
+                     yaml.safe_load(load("k8s/rayservice.yaml")["spec"]["serveConfigV2"])):
+        assert load_settings(manifest["applications"][0]["args"]).docs is False
+    assert re.search(r"^\s+UPSCALER_DOCS=false\b", (REPO / "docker" / "Dockerfile").read_text(),
+                     re.M)
+    assert "docs" not in load("serve_config.cpu.yaml")["applications"][0]["args"]
+    assert load_settings({}).docs is True
+
+
 def test_a_misspelt_arg_stops_the_deploy():
     """Serve validates a config's args with the builder's typed model: a key that is not a
     setting is an error naming it, not a setting silently ignored."""

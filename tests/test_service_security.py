@@ -134,6 +134,16 @@ def test_a_flood_of_decompression_bombs_stays_in_bounded_memory(service, client)
     assert healthy(client)
 
 
+def test_serves_route_table_is_hidden_and_answers_are_never_stored(service, client):
+    """Behind Serve's real proxy: its route table (every application and deployment, to
+    anyone) answers 404, its health check stays; JSON is never stored and varies by key."""
+    assert httpx.get(f"{service.url}/-/routes").status_code == 404
+    assert httpx.get(f"{service.url}/-/healthz").status_code == 200
+    r = client.get("/api/health")
+    assert r.headers["cache-control"] == "no-store"
+    assert "X-API-Key" in r.headers["vary"] and "strict-transport-security" not in r.headers
+
+
 def test_logs_hold_no_key_credential_or_image(service, client, vertex):
     """Runs after the other end-to-end tests: an upload carrying a marker, then every log
     line the service and Ray wrote is searched for the key, the service account's private

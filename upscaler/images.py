@@ -135,8 +135,8 @@ def probe_image(data: bytes, max_pixels: int) -> ImageProbe:
 
 def check_decodes(data: bytes, max_pixels: int) -> None:
     """Decode the whole image once and drop it: a corrupt or truncated upload is refused
-    here, before it is stored or any engine time is spent (about
-    ``upscaler.memory.DECODE_BYTES_PER_PIXEL`` bytes per pixel while it runs)."""
+    here, before it is stored or any engine time is spent (``upscaler.memory.decode_bytes``
+    at its peak; the Ingress runs it in a worker process, ``upscaler.decode_worker``)."""
     decode_image(data, max_pixels)
 
 

@@ -2,10 +2,41 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from upscaler.dimensions import OutputPlan
 
-# Decoding an upload to check it: its native pixels and the float32 planes engines use.
-DECODE_BYTES_PER_PIXEL = 24
+if TYPE_CHECKING:
+    from upscaler.images import ImageProbe
+
+# The check decode of an upload (``upscaler.images.check_decodes``: Pillow's or the 16-bit
+# codec's pixels, then the float32 planes engines use), by what its header says: (Pillow mode,
+# bit depth, alpha) -> bytes per pixel at its peak. bench/bench_decode_memory.py measured the
+# peak RSS rise of a fresh process at 2000x2000 (in brackets: the most of any format of the
+# kind); each figure has ~20% room for the allocator and the image's own overheads.
+DECODE_BYTES_PER_PIXEL: dict[tuple[str, int, bool], int] = {
+    ("L", 8, False): 22,  # [18] 8-bit gray: PNG, JPEG
+    ("I;16", 16, False): 28,  # [22] 16-bit gray PNG
+    ("P", 8, False): 38,  # [31] palette: PNG, GIF
+    ("RGB", 8, False): 40,  # [34] PNG, JPEG, WebP, TIFF, BMP
+    ("RGB", 16, False): 40,  # [34] 16-bit PNG, TIFF
+    ("CMYK", 8, False): 46,  # [38] CMYK JPEG, converted to RGB
+    ("RGBA", 8, True): 52,  # [44] PNG, WebP, TIFF
+    ("P", 8, True): 52,  # [36] palette with a transparent entry, decoded as RGBA
+    ("RGBA", 16, True): 52,  # [44] 16-bit PNG, TIFF
+}
+# Any other kind (LA, 32-bit gray, ...): the most any kind above takes.
+DECODE_BYTES_PER_PIXEL_OTHER = max(DECODE_BYTES_PER_PIXEL.values())
+
+
+def decode_bytes_per_pixel(probe: ImageProbe) -> int:
+    return DECODE_BYTES_PER_PIXEL.get((probe.mode, probe.bit_depth, probe.has_alpha),
+                                      DECODE_BYTES_PER_PIXEL_OTHER)
+
+
+def decode_bytes(probe: ImageProbe) -> int:
+    """Memory the check decode of this upload takes at its peak (the decode budget's unit)."""
+    return probe.width * probe.height * decode_bytes_per_pixel(probe)
 
 # One FLUX job's image in the coordinator, per output pixel, float32 throughout: the pre-pass
 # (RGB + alpha, 16 B), the canvas's source, sums, weights and base (40 B), and the blended
@@ -38,5 +69,20 @@ def return_big_buffers() -> bool:
     try:
         libc = ctypes.CDLL(name)
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, BIG_BUFFER_BYTES))
+    except (OSError, AttributeError):
+        return False
+
+
+def trim_heap() -> bool:
+    """Give freed heap pages back to the system now (glibc's malloc_trim): after a check
+    decode, so an idle decode worker holds little. Returns whether it applied."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0))
     except (OSError, AttributeError):
         return False

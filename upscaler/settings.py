@@ -140,6 +140,11 @@ class Settings(BaseSettings):
         default=1024, ge=64,
         description="Memory an Ingress replica may spend decoding uploads at once (each "
         "upload is decoded once to check it); uploads beyond it wait their turn.")
+    decode_timeout_s: float = Field(
+        default=30, gt=0, description="An upload whose check decode takes longer is refused "
+        "(422 decode_too_slow); the decode runs in a worker process, stopped at the limit.")
+    decode_workers: int = Field(default=2, ge=1, description="Decode worker processes per "
+                                "Ingress replica (started on first use); more uploads wait.")
     upload_idle_timeout_s: float = Field(
         default=30, gt=0, description="An upload that sends nothing for this long gets 408.")
     upload_timeout_s: float = Field(
@@ -178,7 +183,8 @@ class Settings(BaseSettings):
         default=[],
         description="Google Cloud projects a request's gcp_project_id may name besides the "
         "server's own (UPSCALER_GCP_PROJECT_ID); keys can allow more.")
-    docs: bool = Field(default=True, description="Serve /docs and /openapi.json.")
+    docs: bool = Field(default=True, description="Serve /docs, /openapi.json and Swagger UI's "
+                       "files (on for `make run`; the production configs turn it off).")
     web_page: bool = Field(default=True, description="Serve the web page at `/` (else `/` "
                            "leads to /docs).")
 
@@ -299,6 +305,9 @@ class Settings(BaseSettings):
         "Needs tls_keyfile; both must be readable on every node that runs a proxy.")
     tls_keyfile: Path | None = Field(
         default=None, description="PEM private key of tls_certfile (unencrypted).")
+    hsts_max_age_s: int = Field(
+        default=31_536_000, ge=0, description="Strict-Transport-Security max-age on every "
+        "answer sent over HTTPS (TLS on); 0 sends none.")
 
     @field_validator("data_dir", "models_dir", "cache_dir", "tls_certfile", "tls_keyfile")
     @classmethod

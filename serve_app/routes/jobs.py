@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from email.utils import formatdate, parsedate_to_datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import StreamingResponse
 
 from serve_app.access import CallerDep, check_owner, rate_limit, result_gone
@@ -80,11 +81,13 @@ async def cancel(services: ServicesDep, who: CallerDep, job_id: JobId) -> JobSta
 @router.get("/results/{filename}", summary="Download a result",
             responses={200: {"description": "The image, with its DPI (and ICC profile)",
                              "content": {"image/png": {}, "image/tiff": {}}},
+                       304: {"description": "Unchanged (`If-None-Match` holds its ETag); "
+                             "sent `Cache-Control: private, no-cache`: revalidated each use"},
                        **error_responses(400, 401, 403, 404, 410, 429, 503, e400={
                            "error": "invalid_filename", "message": "result names look like "
                            "<32 hex digits>.png or .tiff, as given in outputUrl"})})
-async def result(services: ServicesDep, who: CallerDep, filename: ResultName
-                 ) -> StreamingResponse:
+async def result(services: ServicesDep, who: CallerDep, filename: ResultName,
+                 request: Request) -> Response:
     if not RESULT_NAME_RE.fullmatch(filename):
         raise BadRequest("result names look like <32 hex digits>.png or .tiff, as given in "
                          "outputUrl", code="invalid_filename")
@@ -103,6 +106,10 @@ async def result(services: ServicesDep, who: CallerDep, filename: ResultName
         size = await asyncio.to_thread(storage.size, key)
     except FileNotFoundError:
         raise NotFound(f"no result named {filename}") from None
+    # Revalidated on every use (an owner check, a 410 once deleted), then 304 while unchanged.
+    validators = result_validators(job, filename, size)
+    if not_modified(request, validators):
+        return Response(status_code=304, headers=validators)
 
     async def body() -> AsyncIterator[bytes]:
         f = await asyncio.to_thread(storage.open, key)
@@ -116,6 +123,29 @@ async def result(services: ServicesDep, who: CallerDep, filename: ResultName
         body(), media_type=MEDIA_TYPES[filename.rsplit(".", 1)[1]],
         headers={"Content-Length": str(size),
                  "Content-Disposition": f'inline; filename="{filename}"',
-                 # Someone's image: no shared cache keeps it, no browser guesses its type.
-                 "Cache-Control": "private, max-age=3600",
-                 "X-Content-Type-Options": "nosniff"})
+                 "X-Content-Type-Options": "nosniff", **validators})
+
+
+def result_validators(job: JobRecord | None, filename: str, size: int) -> dict[str, str]:
+    """Someone's image: no shared cache keeps it, and a browser asks again before each use
+    (so a DELETE is seen at once), with an ETag for a cheap 304. A result is written once per
+    run of its job: its end time and size name its version."""
+    headers = {"Cache-Control": "private, no-cache"}
+    finished = job.finished_at if job is not None else None
+    headers["ETag"] = f'"{filename.split(".")[0]}-{int((finished or 0) * 1000)}-{size}"'
+    if finished:
+        headers["Last-Modified"] = formatdate(finished, usegmt=True)
+    return headers
+
+
+def not_modified(request: Request, validators: dict[str, str]) -> bool:
+    if (tags := request.headers.get("if-none-match")) is not None:
+        return tags.strip() == "*" or validators["ETag"] in (t.strip().removeprefix("W/")
+                                                              for t in tags.split(","))
+    since, modified = request.headers.get("if-modified-since"), validators.get("Last-Modified")
+    if since is None or modified is None:
+        return False
+    try:
+        return parsedate_to_datetime(modified) <= parsedate_to_datetime(since)
+    except (TypeError, ValueError):
+        return False

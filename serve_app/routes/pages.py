@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import Router
 
 from upscaler.settings import Settings
 
@@ -24,6 +25,8 @@ PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
 def install_pages(app: FastAPI, settings: Settings) -> None:
     """`/`, `/docs` (when on) and the static files they load."""
     router = APIRouter(include_in_schema=False)
+    if not settings.docs:  # Swagger UI's files go with /docs: an empty mount, found first
+        app.mount(SWAGGER, Router(), name="swagger")
     app.mount(STATIC_URL, StaticFiles(directory=STATIC_DIR), name="static")
 
     @router.get("/")
