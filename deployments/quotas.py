@@ -74,8 +74,9 @@ class QuotaKeeper:
     async def admit(self, bucket: str, job_id: str, engine: str, work: JobWork,
                     quota: KeyQuota, max_open_per_engine: int, metered: bool) -> None:
         self.book.admit(bucket, job_id, engine, work, quota, max_open_per_engine, metered)
-        usage = json.dumps(self.book.usage()).encode()
-        await asyncio.to_thread(self.store.storage.write_bytes, USAGE_KEY, usage)
+        if metered:  # keys off: nothing is charged, so nothing to keep
+            usage = json.dumps(self.book.usage()).encode()
+            await asyncio.to_thread(self.store.storage.write_bytes, USAGE_KEY, usage)
 
     async def release(self, bucket: str, job_id: str, engine: str) -> None:
         self.book.release(bucket, job_id, engine)

@@ -90,6 +90,8 @@ async def admit(services: Services, who: Caller, job: JobRecord) -> None:
 async def result_gone(services: Services, job: JobRecord) -> None:
     """A job's result was deleted: its bytes are no longer its key's. Best effort: were the
     keeper not to answer, the retention sweep tells it again when the record expires."""
+    if job.api_key_id is None:
+        return  # keys off: its bytes were never counted
     try:
         await services.quotas.unstored(quota_bucket(job.api_key_id), job.job_id)
     except Exception:  # noqa: BLE001 - the deletion stands either way

@@ -54,7 +54,8 @@ def build_services(settings: Settings, esrgan: Any, flux: Any, flux_coordinator:
         await quotas.release(bucket, job.job_id, job.engine.value)
         if job.state == JobState.completed:
             estimator.learn(job)
-            if job.result_key and not job.result_deleted:  # its bytes are the key's now
+            # Its bytes are the key's now (keys off: no one's, nothing metered or written).
+            if job.api_key_id and job.result_key and not job.result_deleted:
                 await quotas.stored(bucket, job.job_id, await result_bytes(store, job))
 
     keys = KeyStore(settings.resolved_keys_file)
