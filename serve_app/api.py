@@ -12,7 +12,8 @@ from fastapi import FastAPI, Request
 from serve_app.access import rate_limit_headers
 from serve_app.deps import Services
 from serve_app.errors import install_error_handlers
-from serve_app.limits import RequestLimits
+from serve_app.gate import AccessGate
+from serve_app.limits import RequestLimits, request_limits
 from serve_app.openapi_docs import install_openapi
 from serve_app.routes import events, jobs, system, upscale
 from serve_app.routes.pages import install_pages
@@ -56,7 +57,8 @@ def create_app(services: Services) -> FastAPI:
         response.headers.update(rate_limit_headers(request))
         return response
 
+    # Before the app: the key, the rate limit and the slots, from the headers alone.
+    app.add_middleware(AccessGate, services=services)
     # Outermost: counts and times the body before anything reads it.
-    app.add_middleware(RequestLimits, max_bytes=settings.max_upload_bytes,
-                       idle_s=settings.upload_idle_timeout_s, total_s=settings.upload_timeout_s)
+    app.add_middleware(RequestLimits, **request_limits(settings))
     return app
