@@ -29,15 +29,16 @@ def presented_key(headers: Headers) -> str | None:
     return headers.get("x-api-key")
 
 
-def optional_caller(request: Request) -> Caller | None:
+# Both async: FastAPI runs a plain `def` dependency in a thread, a hop per request for a read.
+async def optional_caller(request: Request) -> Caller | None:
     """The caller, or None when keys are on and no valid key came (health's liveness)."""
     return request.scope.get("state", {}).get(CALLER_STATE)
 
 
-def caller(request: Request) -> Caller:
+async def caller(request: Request) -> Caller:
     """The caller the gate found: it lets a request reach a route that depends on this only
     with a valid key (401 without one, 403 with a revoked one), or with keys off."""
-    who = optional_caller(request)
+    who = await optional_caller(request)
     assert who is not None, f"the gate let {request.url.path} through without a caller"
     return who
 

@@ -1,9 +1,10 @@
 """Who may send a body, decided from the headers alone: a pure ASGI middleware in front of the
 app. FastAPI parses a multipart form before it runs any dependency, so a key checked there
-comes after the whole upload; here a request without a valid key (401, 403), over its key's
-rate limit or past the upload slots (429, 503) is answered at once, its connection closed, and
-no byte of its body read. Uploads hold their slot from their headers to their answer, and
-requests without a key their own capped slots, so neither can take health's and status's.
+comes after the whole upload; here a request without a valid key (401, 403; its connection
+closed), over its key's rate limit or past the upload slots (429, 503) is answered at once,
+before the app reads a byte of its body. Uploads hold their slot from their headers to their
+answer, and requests without a key capped slots of their own, so neither can take health's
+and status's.
 
 With keys off (loopback `make run`) the Host header must name loopback (or an
 ``allowed_hosts`` name) and a browser's ``Origin`` this host: no DNS rebinding, no
@@ -71,7 +72,9 @@ class AccessGate:
             try:
                 await self._admit(scope, held)
             except UpscalerError as error:
-                await send_error(send, error)
+                # A key's over-limit answer keeps its connection (the client gets the answer
+                # while it still sends); anyone else's is closed, the body never read.
+                await send_error(send, error, close=CALLER_STATE not in scope.get("state", {}))
                 return
             await self.app(scope, receive, send)
 

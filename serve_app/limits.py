@@ -137,10 +137,13 @@ class _BodyState:
     answered: bool = False  # a response has started (ours, or the app's)
 
 
-async def send_error(send: Send, error: UpscalerError) -> None:
-    """Answer ``error`` and close the connection: what the client still sends is not read."""
+async def send_error(send: Send, error: UpscalerError, close: bool = True) -> None:
+    """Answer ``error``; ``close``: close the connection too, so what the client still sends
+    is not read (else the server reads and drops the rest of the body, and the connection
+    stays open: a client still sending its body may miss an answer whose close races it)."""
     response = upscaler_error_response(error)
-    response.headers["Connection"] = "close"  # the rest of the body is not read
+    if close:
+        response.headers["Connection"] = "close"
     response.headers["X-Content-Type-Options"] = "nosniff"
     await send({"type": "http.response.start", "status": response.status_code,
                 "headers": response.raw_headers})
