@@ -1,10 +1,12 @@
 """Load with API keys: 200 upscale requests from 20 clients at once, some keys with small
-quotas, against a real `upscaler serve` on 127.0.0.1. Checks that every accepted job
-completes, every refused request got 429 or 503 with Retry-After, none was lost (accepted +
-refused = sent, results in storage = completed jobs), and measures /api/health while the
-replicas are busy.
+quotas, against a real `upscaler serve` on 127.0.0.1, while 400 connections without a key
+send upload bodies a byte every 3 s (and come back when answered). Checks that every accepted
+job completes, every refused request got 429 or 503 with Retry-After, none was lost (accepted
++ refused = sent, results in storage = completed jobs), and measures a keyed /api/health
+while the replicas are busy (every probe must answer 200).
 
     .venv/bin/python bench/bench_load.py [--clients 20] [--requests 200] [--small-keys 5]
+                                         [--slow-bodies 400]
 
 Prints one table. Everything runs on 127.0.0.1 and stops by itself.
 """
@@ -18,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 import httpx
@@ -27,6 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import create_key, photo, png_bytes, start_service, stop_service  # noqa: E402
 from model_factory import write_compact  # noqa: E402
+from slow_bodies import SlowBodies  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -63,14 +67,20 @@ async def client_run(url: str, key: str, count: int, image: bytes, log: list[dic
                 await asyncio.sleep(0.3)
 
 
-async def probe_health(url: str, key: str, stop: asyncio.Event, times: list[float]) -> None:
+async def probe_health(url: str, key: str, stop: asyncio.Event, times: list[float],
+                       failed: list[str]) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=30,
                                  headers={"Authorization": f"Bearer {key}"}) as http:
         while not stop.is_set():
             start = time.perf_counter()
-            r = await http.get("/api/health")
-            if r.status_code == 200:
-                times.append(time.perf_counter() - start)
+            try:
+                r = await http.get("/api/health")
+            except httpx.HTTPError as exc:
+                failed.append(type(exc).__name__)
+                continue
+            times.append(time.perf_counter() - start)
+            if r.status_code != 200:
+                failed.append(str(r.status_code))
             await asyncio.sleep(0.2)
 
 
@@ -78,14 +88,15 @@ async def run_load(url: str, keys: list[str], per_client: int, probe_key: str) -
     image = png_bytes(photo("coffee", (64, 48)))
     log: list[dict] = []
     health: list[float] = []
+    health_failed: list[str] = []
     stop = asyncio.Event()
-    prober = asyncio.create_task(probe_health(url, probe_key, stop, health))
+    prober = asyncio.create_task(probe_health(url, probe_key, stop, health, health_failed))
     start = time.perf_counter()
     await asyncio.gather(*(client_run(url, k, per_client, image, log) for k in keys))
     elapsed = time.perf_counter() - start
     stop.set()
     await prober
-    return {"log": log, "health": health, "seconds": elapsed}
+    return {"log": log, "health": health, "health_failed": health_failed, "seconds": elapsed}
 
 
 def main() -> int:
@@ -94,6 +105,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--small-keys", type=int, default=5,
                         help="keys with a 3-job, 20-requests-per-minute quota")
+    parser.add_argument("--slow-bodies", type=int, default=400,
+                        help="keyless connections sending a body a byte every 3 s during the "
+                        "load (0: none)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="upscaler-load-"))
     models = work / "models" / "upscale_models"
@@ -107,9 +121,12 @@ def main() -> int:
     env = {"UPSCALER_AUTH": "keys", "UPSCALER_MAX_OPEN_JOBS": "40",
            "UPSCALER_ESRGAN_MAX_REPLICAS": "2", "UPSCALER_SYNC_WAIT_S": "0"}
     service = start_service(data, work / "models", work / "service.log", env, timeout=300)
+    flood = SlowBodies(service.url, args.slow_bodies, byte_every_s=3.0) \
+        if args.slow_bodies else None
     try:
-        result = asyncio.run(run_load(service.url, keys,
-                                      args.requests // args.clients, probe_key))
+        with flood or nullcontext():
+            result = asyncio.run(run_load(service.url, keys,
+                                          args.requests // args.clients, probe_key))
     finally:
         stop_service(service)
     log, health = result["log"], result["health"]
@@ -128,7 +145,10 @@ def main() -> int:
         ("lost (sent - accepted - refused)", len(log) - len(accepted) - len(refused)),
         ("results in storage", results_stored),
         ("wall time (s)", round(result["seconds"], 1)),
+        ("slow keyless bodies: opened / answers", f"{flood.opened} / {dict(flood.answers)}"
+         if flood else "none"),
         ("health probes while busy", len(health)),
+        ("health probes not 200", dict(Counter(result["health_failed"]))),
         ("health p50 / p99 (ms)",
          f"{1000 * statistics.median(health):.0f} / {1000 * percentile(health, 99):.0f}"),
     ]
@@ -137,7 +157,7 @@ def main() -> int:
         print(f"{name:<{width}}  {value}")
     ok = (len(log) == args.requests and not without_retry
           and finals.get("completed", 0) == len(accepted) == results_stored
-          and all(e["status"] in (429, 503) for e in refused))
+          and all(e["status"] in (429, 503) for e in refused) and not result["health_failed"])
     print("OK" if ok else "FAILED")
     return 0 if ok else 1
 

@@ -1,62 +1,65 @@
 """Who may call, and how much: API keys (when ``auth`` is ``keys``), the per-key rate limit
-and quotas, job ownership. Shared by the routes as FastAPI dependencies."""
+and quotas, job ownership. Shared by the routes as FastAPI dependencies; the key itself is
+checked from the headers, before any body is read, by serve_app/gate.py."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from starlette.datastructures import Headers
 
 from serve_app.deps import Services, ServicesDep
 from upscaler.errors import Forbidden, NotFound
 from upscaler.jobs import JobRecord
-from upscaler.keys import ANONYMOUS, Caller, quota_bucket
+from upscaler.keys import Caller, quota_bucket
 from upscaler.quotas import KeyQuota
 
 BEARER = "bearer "
 logger = logging.getLogger("ray.serve")
+# What serve_app/gate.py decided from a request's headers, in ``scope["state"]`` (read as
+# ``request.state``): the caller, and the RateLimit headers of a request it charged already.
+CALLER_STATE = "caller"
+RATE_LIMIT_STATE = "rate_limit_headers"
 
 
-def presented_key(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
+def presented_key(headers: Headers) -> str | None:
+    header = headers.get("authorization", "")
     if header[:len(BEARER)].lower() == BEARER:
         return header[len(BEARER):].strip()
-    return request.headers.get("x-api-key")
+    return headers.get("x-api-key")
 
 
-async def optional_caller(request: Request, services: ServicesDep) -> Caller | None:
+# Both async: FastAPI runs a plain `def` dependency in a thread, a hop per request for a read.
+async def optional_caller(request: Request) -> Caller | None:
     """The caller, or None when keys are on and no valid key came (health's liveness)."""
-    if services.settings.auth == "none":
-        return ANONYMOUS
-    key = presented_key(request)
-    if not key:
-        return None
-    try:
-        return await caller(request, services)
-    except Exception:  # noqa: BLE001 - a wrong key just does not get the detail
-        return None
+    return request.scope.get("state", {}).get(CALLER_STATE)
 
 
-async def caller(request: Request, services: ServicesDep) -> Caller:
-    """The caller; 401 without a valid key, 403 with a revoked one (keys on)."""
-    if services.settings.auth == "none":
-        return ANONYMOUS
-    return await asyncio.to_thread(services.keys.authenticate, presented_key(request))
+async def caller(request: Request) -> Caller:
+    """The caller the gate found: it lets a request reach a route that depends on this only
+    with a valid key (401 without one, 403 with a revoked one), or with keys off."""
+    who = await optional_caller(request)
+    assert who is not None, f"the gate let {request.url.path} through without a caller"
+    return who
 
 
 CallerDep = Annotated[Caller, Depends(caller)]
 
 
-async def rate_limit(request: Request, services: ServicesDep, who: CallerDep) -> None:
-    """One token of the caller's bucket per request (keys on); the RateLimit headers of the
-    answer say what is left."""
-    if who.key_id is None:
-        return
+async def charge_rate_limit(services: Services, who: Caller) -> dict[str, str]:
+    """One token of the caller's bucket (RateLimited past it); the RateLimit headers."""
     per_minute = who.limits.rate_limit_per_minute or services.settings.rate_limit_per_minute
-    state = await services.quotas.hit(who.bucket, per_minute)
-    request.state.rate_limit_headers = state.headers()
+    return (await services.quotas.hit(who.bucket, per_minute)).headers()
+
+
+async def rate_limit(request: Request, services: ServicesDep, who: CallerDep) -> None:
+    """One token of the caller's bucket per request (keys on), unless the gate took it
+    already (uploads); the RateLimit headers of the answer say what is left."""
+    if who.key_id is None or RATE_LIMIT_STATE in request.scope.get("state", {}):
+        return
+    request.state.rate_limit_headers = await charge_rate_limit(services, who)
 
 
 def key_quota(services: Services, who: Caller) -> KeyQuota:
@@ -121,4 +124,4 @@ def check_project(services: Services, who: Caller, asked: str | None,
 
 
 def rate_limit_headers(request: Request) -> dict[str, Any]:
-    return getattr(request.state, "rate_limit_headers", None) or {}
+    return request.scope.get("state", {}).get(RATE_LIMIT_STATE) or {}

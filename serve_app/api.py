@@ -12,8 +12,9 @@ from fastapi import FastAPI, Request
 from serve_app.access import rate_limit_headers
 from serve_app.deps import Services
 from serve_app.errors import install_error_handlers
+from serve_app.gate import AccessGate
 from serve_app.headers import ResponseHeaders
-from serve_app.limits import RequestLimits
+from serve_app.limits import RequestLimits, request_limits
 from serve_app.openapi_docs import install_openapi
 from serve_app.routes import events, jobs, system, upscale, usage
 from serve_app.routes.pages import install_pages
@@ -60,10 +61,12 @@ def create_app(services: Services) -> FastAPI:
         response.headers.update(rate_limit_headers(request))
         return response
 
-    # Outermost: counts and times the body before anything reads it.
-    app.add_middleware(RequestLimits, max_bytes=settings.max_upload_bytes,
-                       idle_s=settings.upload_idle_timeout_s, total_s=settings.upload_timeout_s)
-    # Outermost of all: every answer, the limits' own included, gets the cache/HSTS headers.
+    # Before the app: the key, the rate limit and the slots, from the headers alone.
+    app.add_middleware(AccessGate, services=services)
+    # Outside it: counts and times the body before anything reads it.
+    app.add_middleware(RequestLimits, **request_limits(settings))
+    # Outermost of all: every answer, the limits' and the gate's own included, gets the
+    # cache/HSTS headers.
     app.add_middleware(ResponseHeaders, hsts_max_age_s=settings.hsts_max_age_s,
                        tls=settings.tls_certfile is not None)
     return app

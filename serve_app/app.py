@@ -132,9 +132,10 @@ def build_graph(settings: Settings) -> Application:
     return Ingress.options(
         # Any number: job records are written conditionally, drivers hold leases.
         num_replicas=settings.ingress_replicas,
-        # I/O-bound; uploads wait for handles, not for CPU. Upscale requests take at most
-        # max_concurrent_uploads of these, so health and status always find a slot.
-        max_ongoing_requests=200,
+        # I/O-bound; uploads wait for handles, not for CPU. Uploads, event streams and
+        # requests without a key are capped below this (Settings._slots_for_health_and_status),
+        # so health and status always find a slot.
+        max_ongoing_requests=settings.ingress_max_ongoing_requests,
         max_queued_requests=100,
         ray_actor_options={"num_cpus": 0.25},
         # Requests in flight drain first, then the runner lets the jobs in flight finish.

@@ -61,7 +61,8 @@ def exposure_refusal(settings: Settings, insecure: bool) -> str | None:
     return (f"refusing to listen on {settings.host} without API keys: anyone who reaches the "
             "port could use the service. Turn keys on (UPSCALER_AUTH=keys, then `upscaler "
             "keys create NAME`), listen on 127.0.0.1, or pass --insecure if something in "
-            "front of the service already authenticates every request")
+            "front of the service already authenticates every request (then name the hosts "
+            "it forwards in UPSCALER_ALLOWED_HOSTS: with keys off only loopback is answered)")
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:

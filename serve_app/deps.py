@@ -97,10 +97,9 @@ def intake(form_class: type[FormT]):
         if unknown:
             raise InvalidRequest(f"unknown field(s) {', '.join(unknown)}; this endpoint takes "
                                  f"{', '.join(sorted(allowed))}", code="unknown_field")
-        # Reading and checking the upload is what a flood of requests would pile up here.
-        async with services.uploads.take():
-            data = await _read_upload(file or image, services.settings.max_upload_bytes)
-            return await _checked(services, form, data)
+        # The request holds its upload slot already (serve_app/gate.py, before the body).
+        data = await _read_upload(file or image, services.settings.max_upload_bytes)
+        return await _checked(services, form, data)
 
     return dependency
 

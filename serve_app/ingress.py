@@ -65,7 +65,8 @@ def build_services(settings: Settings, esrgan: Any, flux: Any, flux_coordinator:
                        webhooks=webhooks)
     webhooks.live = runner.live
     return Services(settings, store, runner, engines, estimator, keys, quotas,
-                    UploadSlots(settings.max_concurrent_uploads),
+                    UploadSlots(settings.max_concurrent_uploads,
+                                settings.max_concurrent_uploads_per_key),
                     MemoryBudget(settings.decode_budget_bytes),
                     IdempotencyKeys(store.storage, idempotency_accepting_s(settings)),
                     webhooks,

@@ -4,8 +4,8 @@ A proxy reads a request's body as fast as the client sends it and queues it for 
 only the proxy itself can stop an oversized or endless upload before it is read. Serve calls
 ``proxy_middlewares`` in each proxy when ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` names it
 (`upscaler serve` and the image set it). The limits come from the proxy's environment
-(``UPSCALER_MAX_UPLOAD_MB`` and the upload timeouts); the Ingress applies the deployed ones
-exactly, behind it.
+(``UPSCALER_MAX_UPLOAD_MB``, the upload timeouts and minimum rate); the Ingress applies the
+deployed ones exactly, behind it.
 """
 
 from __future__ import annotations
@@ -13,22 +13,21 @@ from __future__ import annotations
 from starlette.middleware import Middleware
 
 from serve_app.headers import HideServeRoutes, ResponseHeaders
-from serve_app.limits import RequestLimits
+from serve_app.limits import RequestLimits, request_limits
 from upscaler.settings import Settings
 
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK = "serve_app.proxy:proxy_middlewares"
 # What the proxies must know, copied into their environment by `upscaler serve`.
 PROXY_SETTINGS = ("max_upload_mb", "upload_idle_timeout_s", "upload_timeout_s",
-                  "hsts_max_age_s")
+                  "upload_min_bytes_per_s", "upload_min_rate_after_s", "hsts_max_age_s")
 
 
 def proxy_middlewares() -> list[Middleware]:
     """Innermost first (Serve wraps them in this order): the limits, Serve's route table
     hidden, then the headers of every answer, the proxy's own (404, 503) included."""
     settings = Settings()
-    return [Middleware(RequestLimits, max_bytes=settings.max_upload_bytes,
-                       idle_s=settings.upload_idle_timeout_s, total_s=settings.upload_timeout_s),
+    return [Middleware(RequestLimits, **request_limits(settings)),
             Middleware(HideServeRoutes),
             # HTTPS is known from the request: the proxy is what serves TLS.
             Middleware(ResponseHeaders, hsts_max_age_s=settings.hsts_max_age_s)]

@@ -324,6 +324,8 @@ def service(tmp_path_factory, full_models_root, vertex) -> Iterator[Service]:
     env = {"UPSCALER_MAX_UPLOAD_MB": TEST_LIMITS["UPSCALER_MAX_UPLOAD_MB"], **FLUX_ENV,
            **vertex_env(vertex), **FAST_STALE, "UPSCALER_AUTH": "keys",
            "UPSCALER_UPLOAD_IDLE_TIMEOUT_S": "2",
+           # The bomb flood sends 16 uploads at once with one key.
+           "UPSCALER_MAX_CONCURRENT_UPLOADS_PER_KEY": "16",
            "UPSCALER_WEBHOOK_SECRET": WEBHOOK_SECRET, "UPSCALER_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
            "UPSCALER_WEBHOOK_BACKOFF_S": "0.2", "UPSCALER_WEBHOOK_TIMEOUT_S": "5",
            "UPSCALER_FLUX_MIN_REPLICAS": "2", "UPSCALER_FLUX_MAX_REPLICAS": "2",

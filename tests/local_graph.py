@@ -69,6 +69,8 @@ def local_client(settings: Settings) -> Iterator[TestClient]:
     """A client of the whole graph in this process (``client.graph``); leaving it stops the
     job runner as a replica's shutdown does."""
     graph = LocalGraph(settings)
-    with TestClient(create_app(graph.services), raise_server_exceptions=False) as client:
+    # A loopback name: with keys off the app answers no other Host (DNS rebinding).
+    with TestClient(create_app(graph.services), raise_server_exceptions=False,
+                    base_url="http://localhost") as client:
         client.graph = graph  # type: ignore[attr-defined]
         yield client

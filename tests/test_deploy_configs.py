@@ -100,6 +100,14 @@ def test_flux_replicas_take_one_tile_at_a_time_as_the_builder_does():
     assert flux["request_router_config"] == FLUX_ROUTER
 
 
+def test_no_config_overrides_the_ingress_request_slots():
+    """The builder's max_ongoing_requests is the one Settings checks against the upload,
+    stream and keyless caps: a config's own number would skip that check."""
+    for name in ("serve_config.yaml", "serve_config.cpu.yaml"):
+        ingress = deployments(load(name)["applications"][0]).get("Ingress", {})
+        assert "max_ongoing_requests" not in ingress, name
+
+
 def test_stops_leave_time_for_the_ingress_drain():
     from serve_app.app import ingress_shutdown_s
     from upscaler.settings import load_settings

@@ -18,7 +18,7 @@ async def app_reading_everything(scope, receive, send):
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def run(messages, max_bytes=1000, idle_s=0.2, total_s=5.0, headers=()):
+def run(messages, max_bytes=1000, idle_s=0.2, total_s=5.0, headers=(), **rate):
     """Feed ``messages`` (a message, or a number of seconds to stall) to the middleware;
     returns the status it answered and how many body messages the client got to send."""
     sent = []
@@ -40,7 +40,7 @@ def run(messages, max_bytes=1000, idle_s=0.2, total_s=5.0, headers=()):
         sent.append(message)
 
     scope = {"type": "http", "headers": list(headers)}
-    middleware = RequestLimits(app_reading_everything, max_bytes, idle_s, total_s)
+    middleware = RequestLimits(app_reading_everything, max_bytes, idle_s, total_s, **rate)
 
     async def main():
         with contextlib.suppress(asyncio.TimeoutError):
@@ -75,6 +75,19 @@ def test_a_declared_length_over_the_limit_is_refused_before_reading():
 
 def test_a_stalled_body_gets_408():
     assert run([body(10), 0.5, body(10, more=False)])[0] == 408
+
+
+def test_a_body_under_the_minimum_rate_gets_408_after_the_grace():
+    # 10 bytes every 0.1 s (~100 B/s) against a 1000 B/s floor from 0.3 s on: each message
+    # comes well within the idle limit, and the trickle is cut at the grace's end.
+    trickle = [item for _ in range(15) for item in (body(10), 0.1)]
+    rate = {"min_rate": 1000, "min_rate_after_s": 0.3}
+    status, fed = run(trickle, max_bytes=10**6, **rate)
+    assert status == 408 and fed <= 12  # ~4 messages, each followed by its pause
+    # The same pace within the grace, or a body over the floor, passes.
+    assert run([*trickle[:4], body(10, more=False)], **rate)[0] == 200
+    assert run([item for _ in range(8) for item in (body(200), 0.1)] + [body(1, more=False)],
+               max_bytes=10**6, **rate)[0] == 200
 
 
 def test_a_finished_upload_may_wait_for_its_answer():

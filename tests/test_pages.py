@@ -57,7 +57,7 @@ def test_pages_reference_no_other_host(bare_app, path):
     files = page_and_its_files(bare_app, path)
     assert len(files) >= 2, files.keys()  # the page and at least its script or style
     for url, text in files.items():
-        assert foreign_urls(text, "testserver") == [], url
+        assert foreign_urls(text, "localhost") == [], url
 
 
 def test_page_and_docs_are_served_from_the_package(bare_app):

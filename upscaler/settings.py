@@ -11,13 +11,18 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
     # The project's own data/ folder when run from a checkout (the README's commands).
     return Path("data").resolve()
+
+
+# Ingress request slots that uploads, event streams and keyless requests can never take (see
+# Settings._slots_for_health_and_status): keyed health, status and results answer in a flood.
+KEYED_REQUEST_SLOTS = 32
 
 
 class Settings(BaseSettings):
@@ -134,8 +139,20 @@ class Settings(BaseSettings):
         "job gets 503 with Retry-After and nothing is stored.")
     max_concurrent_uploads: int = Field(
         default=32, ge=1,
-        description="Upscale requests an Ingress replica reads and checks at once; past it 503 "
-        "with Retry-After, so health and status keep their slots.")
+        description="Upscale requests an Ingress replica holds at once, from their headers to "
+        "their answer (a synchronous wait included); past it 503 with Retry-After, before a "
+        "byte of the body is read.")
+    max_concurrent_uploads_per_key: int = Field(
+        default=8, ge=1, description="The same, per API key and Ingress replica; past it 429.")
+    max_unauthenticated_requests: int = Field(
+        default=32, ge=1,
+        description="Requests without a valid key (health's liveness, the page, the docs) an "
+        "Ingress replica holds at once (keys on); past it 503 at once.")
+    ingress_max_ongoing_requests: int = Field(
+        default=200, ge=1,
+        description="Requests an Ingress replica takes at once (Serve's max_ongoing_requests). "
+        "Must exceed uploads + event streams + unauthenticated requests by "
+        "KEYED_REQUEST_SLOTS: the slots health and status always find.")
     decode_budget_mb: int = Field(
         default=1024, ge=64,
         description="Memory an Ingress replica may spend decoding uploads at once (each "
@@ -149,6 +166,11 @@ class Settings(BaseSettings):
         default=30, gt=0, description="An upload that sends nothing for this long gets 408.")
     upload_timeout_s: float = Field(
         default=600, gt=0, description="An upload still arriving after this long gets 408.")
+    upload_min_bytes_per_s: int = Field(
+        default=32 * 1024, ge=0, description="A body arriving slower than this on average "
+        "(after upload_min_rate_after_s) gets 408: a trickle holds no slot for long.")
+    upload_min_rate_after_s: float = Field(
+        default=10, gt=0, description="The grace before upload_min_bytes_per_s applies.")
     flux_coordinator_memory_gb: float = Field(
         default=16, gt=0,
         description="Memory the FLUX coordinator may hold for the images of its jobs; a job "
@@ -294,6 +316,10 @@ class Settings(BaseSettings):
 
     # --- HTTP --------------------------------------------------------------------------
     host: str = "127.0.0.1"
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Names the service answers to in the Host header (any port; others get "
+        "400). Empty: loopback names only with auth none (no DNS rebinding), any with keys.")
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535,
         description="`upscaler serve`: Ray's Prometheus metrics endpoint port (this node).")
@@ -316,7 +342,7 @@ class Settings(BaseSettings):
         return value.expanduser().resolve() if value is not None else None
 
     @field_validator("default_models", "gcp_allowed_projects", "webhook_allowed_hosts",
-                     mode="before")
+                     "allowed_hosts", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.lstrip().startswith("["):
@@ -337,6 +363,19 @@ class Settings(BaseSettings):
             raise ValueError("webhook_secret must be a Standard Webhooks secret: whsec_ and the "
                              "base64 of 16-64 random bytes (24+ recommended)")
         return value
+
+    @model_validator(mode="after")
+    def _slots_for_health_and_status(self) -> Settings:
+        # Each of these holds a request slot for as long as its client likes; capped together
+        # below Serve's limit, they leave health and status slots no flood can take.
+        held = (self.max_concurrent_uploads + self.events_max_streams
+                + self.max_unauthenticated_requests)
+        if held + KEYED_REQUEST_SLOTS > self.ingress_max_ongoing_requests:
+            raise ValueError(
+                f"max_concurrent_uploads + events_max_streams + max_unauthenticated_requests "
+                f"({held}) must leave {KEYED_REQUEST_SLOTS} of ingress_max_ongoing_requests "
+                f"({self.ingress_max_ongoing_requests}) for health and status")
+        return self
 
     # --- derived -----------------------------------------------------------------------
     @property

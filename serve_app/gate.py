@@ -1,0 +1,132 @@
+"""Who may send a body, decided from the headers alone: a pure ASGI middleware in front of the
+app. FastAPI parses a multipart form before it runs any dependency, so a key checked there
+comes after the whole upload; here a request without a valid key (401, 403; its connection
+closed), over its key's rate limit or past the upload slots (429, 503) is answered at once,
+before the app reads a byte of its body. Uploads hold their slot from their headers to their
+answer, and requests without a key capped slots of their own, so neither can take health's
+and status's.
+
+With keys off (loopback `make run`) the Host header must name loopback (or an
+``allowed_hosts`` name) and a browser's ``Origin`` this host: no DNS rebinding, no
+cross-site POST from a page the operator has open.
+
+What it decided reaches the routes in ``scope["state"]`` (serve_app/access.py reads it)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from contextlib import ExitStack
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from deployments.ray_compat import unwrap
+from serve_app.access import CALLER_STATE, RATE_LIMIT_STATE, charge_rate_limit, presented_key
+from serve_app.deps import Services
+from serve_app.limits import KeylessSlots, send_error
+from upscaler.errors import BadRequest, Forbidden, UpscalerError
+from upscaler.keys import ANONYMOUS, Caller
+
+# Open to anyone, as before the gate: health's liveness, the web page, the docs and their
+# files. Every other path (unknown ones too) needs a key when keys are on.
+OPEN_PATHS = frozenset({"/", "/docs", "/openapi.json", "/api/health"})
+OPEN_PREFIX = "/static/"
+UPLOAD_PREFIX = "/api/upscale/"
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+T = TypeVar("T")
+
+
+def host_name(host: str) -> str | None:
+    """The name in a Host header, lowercased, without its port or IPv6 brackets."""
+    try:
+        return urlsplit(f"//{host}").hostname
+    except ValueError:
+        return None
+
+
+def route_path(scope: Scope) -> str:
+    path, root = scope["path"], scope.get("root_path", "")
+    return (path[len(root):] or "/") if root and path.startswith(root) else path
+
+
+class AccessGate:
+    """ASGI middleware: the Host check, the key, and for uploads the rate limit and the
+    upload slot, before the app runs; see the module's docstring."""
+
+    def __init__(self, app: ASGIApp, services: Services):
+        self.app, self.services = app, services
+        settings = services.settings
+        self.keys_on = settings.auth == "keys"
+        self.keyless = KeylessSlots(settings.max_unauthenticated_requests)
+        named = {host_name(h) or h for h in settings.allowed_hosts}
+        self.allowed_hosts = named | LOOPBACK_NAMES if not self.keys_on else named or None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with ExitStack() as held:  # the request's slots, held until the app has answered
+            try:
+                await self._admit(scope, held)
+            except UpscalerError as error:
+                # A key's over-limit answer keeps its connection (the client gets the answer
+                # while it still sends); anyone else's is closed, the body never read.
+                await send_error(send, error, close=CALLER_STATE not in scope.get("state", {}))
+                return
+            await self.app(scope, receive, send)
+
+    async def _admit(self, scope: Scope, held: ExitStack) -> None:
+        headers = Headers(scope=scope)
+        self._check_host(headers)
+        path = route_path(scope)
+        open_path = path in OPEN_PATHS or path.startswith(OPEN_PREFIX)
+        who = await self._caller(headers, optional=open_path)
+        if who is None:  # an open path, without a valid key
+            held.enter_context(self.keyless.take())
+            return
+        state = scope.setdefault("state", {})
+        state[CALLER_STATE] = who
+        if scope["method"] == "POST" and path.startswith(UPLOAD_PREFIX):
+            held.enter_context(self.services.uploads.take(who.key_id))
+            if who.key_id is not None:
+                state[RATE_LIMIT_STATE] = await _unwrapped(charge_rate_limit(self.services, who))
+
+    def _check_host(self, headers: Headers) -> None:
+        host = headers.get("host", "")
+        if self.allowed_hosts is not None and host_name(host) not in self.allowed_hosts:
+            raise BadRequest("this service does not answer to that Host; use a name in "
+                             "allowed_hosts (loopback when keys are off)", code="untrusted_host")
+        origin = headers.get("origin")
+        if not self.keys_on and origin is not None and (
+                urlsplit(origin).netloc.lower() != host.lower()):
+            raise Forbidden("a request from another site's page is refused while keys are "
+                            "off", code="cross_site_request")
+
+    async def _caller(self, headers: Headers, optional: bool) -> Caller | None:
+        """The caller (keys off: anyone); None for an open path without a valid key; raises
+        Unauthorized or Forbidden for any other path."""
+        if not self.keys_on:
+            return ANONYMOUS
+        key = presented_key(headers)
+        keys = self.services.keys
+        try:
+            # No key: refused without a thread, so a flood of keyless requests costs no more.
+            return await asyncio.to_thread(keys.authenticate, key) if key else \
+                keys.authenticate(key)
+        except UpscalerError:
+            if optional:
+                return None
+            raise
+
+
+async def _unwrapped(call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except Exception as exc:  # a quota keeper's error arrives wrapped by Ray
+        cause = unwrap(exc)
+        if isinstance(cause, UpscalerError):
+            raise cause from None
+        raise
