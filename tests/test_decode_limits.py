@@ -104,7 +104,8 @@ def app_with(bare_app, decoder: DecodeWorkers, budget: MemoryBudget | None = Non
     changed = dataclasses.replace(
         services, settings=services.settings.model_copy(update=settings), decoder=decoder,
         decode_budget=budget or MemoryBudget(services.settings.decode_budget_bytes))
-    return TestClient(create_app(changed), raise_server_exceptions=False)
+    return TestClient(create_app(changed), raise_server_exceptions=False,
+                      base_url="http://localhost")
 
 
 def test_an_upload_reserves_its_kinds_budget(bare_app):

@@ -63,7 +63,7 @@ def test_a_result_is_revalidated_on_each_use_and_gone_once_deleted(bare_app):
 
 def test_hsts_on_every_answer_over_https_only(bare_app):
     for path in ("/api/health", "/api/status/" + "0" * 32, "/static/app.js", "/"):
-        assert bare_app.get(f"https://testserver{path}").headers[
+        assert bare_app.get(f"https://localhost{path}").headers[
             "strict-transport-security"] == HSTS, path
         assert "strict-transport-security" not in bare_app.get(path).headers
 
@@ -74,7 +74,8 @@ def app_with(bare_app, **settings) -> TestClient:
     services = bare_app.graph.services
     changed = dataclasses.replace(services,
                                   settings=services.settings.model_copy(update=settings))
-    return TestClient(create_app(changed), raise_server_exceptions=False)
+    return TestClient(create_app(changed), raise_server_exceptions=False,
+                      base_url="http://localhost")
 
 
 def test_a_service_told_it_serves_tls_sends_hsts_even_behind_its_proxy(bare_app, tmp_path):

@@ -14,7 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bombs import png_bomb, rgba16_flat
-from conftest import TEST_LIMITS, photo, png_bytes, settings_from_env, vertex_env, wait_for_job
+from conftest import (
+    TEST_LIMITS,
+    eventually,
+    photo,
+    png_bytes,
+    settings_from_env,
+    vertex_env,
+    wait_for_job,
+)
 from local_graph import local_client
 from PIL import Image
 
@@ -249,6 +257,10 @@ def test_the_whole_services_health_is_for_an_admin_key_only(keyed, alices_job):
     """A tenant's key sees its own open jobs and each engine's readiness; every tenant's
     queue, the engines' detail and the Google Cloud project are an admin key's."""
     _, admin_key = KeyStore(str(keyed.data_dir / "keys.json")).create("ops", admin=True)
+    # The service re-reads the keys file every 2 s: until then the new key is unknown, and
+    # an unknown key on health gets the liveness answer alone.
+    eventually(lambda: "scope" in keyed.get(
+        "/api/health", headers={"Authorization": f"Bearer {admin_key}"}).json(), timeout=10)
     admin = keyed.get("/api/health", headers={"Authorization": f"Bearer {admin_key}"}).json()
     assert admin["scope"] == "service"
     assert admin["engines"]["imagen"]["project"]  # the project, for the operator
