@@ -201,7 +201,12 @@ class Service:
     metrics_port: int | None = None
     verify: ssl.SSLContext | bool = True  # HTTPS: trusts the service's own certificate
     api_key: str | None = None  # sent by client() when the service has keys on
+    admin_key: str | None = None  # an operator's key: the whole service's health detail
     ray_dir: Path | None = None  # its Ray session's files (logs), when the test chose it
+
+    def admin(self) -> dict[str, str]:
+        """Headers of the admin key, for the health detail every tenant's key is refused."""
+        return {"Authorization": f"Bearer {self.admin_key}"}
 
     def client(self, timeout: float = 120) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
@@ -316,6 +321,7 @@ def service(tmp_path_factory, full_models_root, vertex) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("service-data")
     metrics_port = free_port()
     api_key = create_key(data_dir, "e2e")
+    admin_key = create_key(data_dir, "ops", "--admin")
     # Ray's files (the logs the secrets test reads) in a short folder of this session's:
     # Ray's socket paths must fit 107 bytes.
     ray_dir = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
@@ -335,6 +341,7 @@ def service(tmp_path_factory, full_models_root, vertex) -> Iterator[Service]:
         with running_service(data_dir, full_models_root, data_dir / "service.log", env,
                              timeout=300) as svc:
             svc.metrics_port, svc.api_key, svc.ray_dir = metrics_port, api_key, ray_dir
+            svc.admin_key = admin_key
             yield svc
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)

@@ -66,11 +66,8 @@ def test_health_models_and_docs(client, service):
     assert health["models_loaded"] == ["esrgan", "flux", "imagen"]
     assert health["scope"] == "key"  # a tenant's key: its own figures
     # The engines' detail is an operator's: an admin key's.
-    _, admin_key = KeyStore(str(service.data_dir / "keys.json")).create(
-        f"ops-{os.getpid()}", admin=True)
-    admin = {"Authorization": f"Bearer {admin_key}"}
-    eventually(lambda: DAT in client.get("/api/health", headers=admin).json()["engines"][
-        "esrgan"]["models_loaded"])
+    eventually(lambda: DAT in client.get("/api/health", headers=service.admin()).json()[
+        "engines"]["esrgan"]["models_loaded"])
     models = client.get("/api/models").json()["esrgan"]
     assert {m["name"] for m in models["models"]} >= {DAT, "tiny-rrdb", "tiny-compact"}
     assert client.get("/docs").status_code == 200
@@ -111,14 +108,14 @@ def test_imagen_job_slower_than_the_wait(client, vertex):
                                                                          "height": 64}
 
 
-def test_cancel_frees_the_replica_and_the_ingress_stays_responsive(client):
+def test_cancel_frees_the_replica_and_the_ingress_stays_responsive(client, service):
     r = upload(client, png_bytes(photo("coffee", (192, 128))), tile_size=64, wait=0)
     job_id = r.json()["jobId"]
     wait_status(client, job_id, {"processing"})
     busy = []
     for _ in range(10):  # the engines' detail is at most a few seconds old
         start = time.monotonic()
-        health = client.get("/api/health").json()
+        health = client.get("/api/health", headers=service.admin()).json()
         assert time.monotonic() - start < 1
         assert health["status"] == "healthy" and health["queue_size"] == 1
         busy.append(health["engines"]["esrgan"]["busy_jobs"])
@@ -178,7 +175,8 @@ def test_killed_imagen_replica_job_runs_again_and_the_service_recovers(client, s
     status = wait_status(client, job_id, {"failed", "completed"}, timeout=180)
     assert status["status"] == "completed" and status["attempts"] == 2, status
     deadline = time.monotonic() + 120
-    while not client.get("/api/health").json()["engines"]["imagen"].get("credentials_found"):
+    while not client.get("/api/health", headers=service.admin()).json()["engines"]["imagen"].get(
+            "credentials_found"):
         assert time.monotonic() < deadline  # Serve has started a new Imagen replica
         time.sleep(1)
     r = upload(client, png_bytes(photo("rocket", (32, 32))), engine="imagen",
