@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
-from serve_app.access import rate_limit_headers
+from serve_app.access import rate_limit_headers, result_gone
 from serve_app.deps import Services
 from serve_app.errors import install_error_handlers
 from serve_app.gate import AccessGate
@@ -19,7 +19,6 @@ from serve_app.openapi_docs import install_openapi
 from serve_app.routes import events, jobs, system, upscale, usage
 from serve_app.routes.pages import install_pages
 from upscaler import __version__
-from upscaler.keys import quota_bucket
 from upscaler.retention import sweep_periodically
 
 DESCRIPTION = ("Image upscaling for print: ESRGAN-family models, FLUX (Ultimate SD Upscale) and "
@@ -34,8 +33,8 @@ def create_app(services: Services) -> FastAPI:
         services.runner.start()
         services.webhooks.start()
         sweeps = asyncio.get_running_loop().create_task(sweep_periodically(
-            services.retention, services.settings.retention_sweep_s, on_expired=lambda job:
-            services.quotas.unstored(quota_bucket(job.api_key_id), job.job_id)))
+            services.retention, services.settings.retention_sweep_s,
+            on_expired=lambda job: result_gone(services, job)))
         yield
         await services.runner.stop()
         sweeps.cancel()

@@ -11,12 +11,11 @@ from __future__ import annotations
 import math
 
 from upscaler.dimensions import OutputPlan
+from upscaler.engines.flux_files import FLUX_SIDE_MULTIPLE
 from upscaler.engines.usdu import plan_tiles
 from upscaler.jobs import EsrganParams, FluxParams, ImagenParams, JobParams, JobWork, Size
 from upscaler.passes import plan_passes
 from upscaler.settings import Settings
-
-FLUX_SIDE_MULTIPLE = 16  # FLUX pads each crop's sides up to this (engines/flux.py)
 
 
 def flux_steps_run(steps: int, denoise: float) -> int:

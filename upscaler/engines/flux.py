@@ -27,6 +27,7 @@ import torch
 from upscaler.device import resolve_device
 from upscaler.engines import MODEL_BUILD_LOCK
 from upscaler.engines.flux_files import (  # noqa: F401  (this module's public names too)
+    FLUX_SIDE_MULTIPLE,
     FluxFiles,
     FluxNotInstalled,
     PromptEmbeds,
@@ -145,7 +146,7 @@ class FluxTileEngine:
         FLUX needs sides that are multiples of 16: the crop is reflect-padded and cut back.
         """
         h, w = crop.shape[:2]
-        ph, pw = (-h) % 16, (-w) % 16
+        ph, pw = (-h) % FLUX_SIDE_MULTIPLE, (-w) % FLUX_SIDE_MULTIPLE
         x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
         if ph or pw:
             mode = "reflect" if ph < h and pw < w else "replicate"

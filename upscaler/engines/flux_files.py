@@ -10,6 +10,9 @@ import numpy as np
 
 from upscaler.errors import ServiceUnavailable
 
+# FLUX's transformer takes images whose sides are multiples of this: each crop is padded up.
+FLUX_SIDE_MULTIPLE = 16
+
 
 @dataclass(frozen=True)
 class FluxFiles:
