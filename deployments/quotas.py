@@ -21,7 +21,7 @@ from ray import serve
 
 from upscaler.job_store import JobStore
 from upscaler.jobs import JobWork
-from upscaler.quotas import KeyQuota, QuotaBook, RateState
+from upscaler.quotas import KeyQuota, QuotaBook, RateState, UsageFigures
 from upscaler.settings import Settings
 
 logger = logging.getLogger("ray.serve")
@@ -95,5 +95,5 @@ class QuotaKeeper:
         data = json.dumps(self.book.stored_of(bucket)).encode()
         await asyncio.to_thread(self.store.storage.write_bytes, stored_key(bucket), data)
 
-    async def figures(self, bucket: str, quota: KeyQuota) -> dict:
+    async def figures(self, bucket: str, quota: KeyQuota) -> UsageFigures:
         return self.book.figures(bucket, quota)

@@ -15,7 +15,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.ray_compat import serve_replica_counts, unwrap
 from upscaler.engines.models import ModelInfo
 from upscaler.jobs import Engine, JobEvent, JobSpec, JobWork
-from upscaler.quotas import KeyQuota, RateState
+from upscaler.quotas import KeyQuota, RateState, UsageFigures
 
 STATUS_TIMEOUT_S = 5.0
 REPLICAS_FRESH_S = 3.0  # Serve's replica counts, asked of its controller at most this often
@@ -182,5 +182,5 @@ class QuotaClient:
     async def unstored(self, bucket: str, job_id: str) -> None:
         await self.keeper.unstored.remote(bucket, job_id)
 
-    async def figures(self, bucket: str, quota: KeyQuota) -> dict[str, Any]:
+    async def figures(self, bucket: str, quota: KeyQuota) -> UsageFigures:
         return await self.keeper.figures.remote(bucket, quota)

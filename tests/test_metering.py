@@ -279,5 +279,5 @@ def test_the_keepers_counts_survive_its_restart(tmp_path):
     asyncio.run(keeper.unstored("a", "j2"))
     again = QuotaKeeper.func_or_class(settings)
     figures = asyncio.run(again.figures("a", quota))
-    assert figures["stored_bytes"]["used"] == 1234
-    assert figures["jobs"]["used"] == 1 and figures["output_mp"]["used"] == 2.5
+    assert figures.stored_bytes.used == 1234
+    assert figures.jobs.used == 1 and figures.megapixels.used == 2.5

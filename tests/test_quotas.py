@@ -7,7 +7,7 @@ import pytest
 
 from upscaler.errors import RateLimited, ServiceUnavailable
 from upscaler.jobs import JobWork
-from upscaler.quotas import DAY_S, KeyQuota, QuotaBook
+from upscaler.quotas import DAY_S, Allowance, KeyQuota, QuotaBook
 
 QUOTA = KeyQuota(per_minute=60, max_open_jobs=2, output_mp_per_day=100,
                  flux_mp_steps_per_day=1000, jobs_per_day=100, stored_bytes=10**6)
@@ -111,13 +111,13 @@ def test_jobs_and_flux_work_per_day_and_their_figures():
         book.admit("a", "j5", "esrgan", mp(1), quota, 10)
     assert err.value.retry_after == 50
     figures = book.figures("a", quota)
-    assert figures["jobs"] == {"used": 3, "limit": 3}
-    assert figures["flux_mp_steps"] == {"used": 40, "limit": 50}
-    assert figures["output_mp"] == {"used": 3, "limit": 100}
-    assert figures["open_jobs"] == {"used": 3, "limit": 100}
+    assert figures.jobs == Allowance(used=3, limit=3)
+    assert figures.flux_megapixel_steps == Allowance(used=40, limit=50)
+    assert figures.megapixels == Allowance(used=3, limit=100)
+    assert figures.open_jobs == Allowance(used=3, limit=100)
     again = QuotaBook(clock)  # the day's counts survive a restart of the keeper
     again.restore(book.usage())
-    assert again.figures("a", quota)["jobs"]["used"] == 3
+    assert again.figures("a", quota).jobs.used == 3
     clock.now += 50
     book.admit("a", "j6", "esrgan", mp(1), quota, 10)
 
@@ -135,4 +135,4 @@ def test_bytes_of_results_kept_until_deleted():
     assert err.value.code == "storage_quota_exhausted" and err.value.retry_after > 0
     assert book.unstored("a", "j2") and not book.unstored("a", "j2")  # idempotent
     book.admit("a", "j4", "esrgan", mp(1), quota, 10)
-    assert book.figures("a", quota)["stored_bytes"] == {"used": 600, "limit": 1000}
+    assert book.figures("a", quota).stored_bytes == Allowance(used=600, limit=1000)

@@ -27,6 +27,25 @@ DAY_COUNTERS = (MEGAPIXELS, FLUX_STEPS, JOBS)
 
 
 @dataclass(frozen=True)
+class Allowance:
+    used: float
+    limit: float
+
+
+@dataclass(frozen=True)
+class UsageFigures:
+    """A key's usage and limits now (GET /api/usage), as the Quotas replica answers them."""
+
+    megapixels: Allowance  # computed today (UTC)
+    flux_megapixel_steps: Allowance
+    jobs: Allowance
+    open_jobs: Allowance
+    stored_bytes: Allowance
+    requests_per_minute: int
+    resets_in_s: int  # until the day's counts start again
+
+
+@dataclass(frozen=True)
 class KeyQuota:
     per_minute: int
     max_open_jobs: int
@@ -182,16 +201,18 @@ class QuotaBook:
     def _seconds_to_midnight(self) -> int:
         return max(1, math.ceil((self._today() + 1) * DAY_S - self.clock()))
 
-    def figures(self, bucket: str, quota: KeyQuota) -> dict:
+    def figures(self, bucket: str, quota: KeyQuota) -> UsageFigures:
         """The key's usage and limits now (GET /api/usage)."""
-        day = {c: {"used": round(self._today_counts(c).get(bucket, 0), 3),
-                   "limit": quota.day_limit(c)} for c in DAY_COUNTERS}
-        return {**day, "open_jobs": {"used": len(self._open_by_key.get(bucket, ())),
-                                     "limit": quota.max_open_jobs},
-                "stored_bytes": {"used": self.stored_bytes(bucket),
-                                 "limit": quota.stored_bytes},
-                "requests_per_minute": quota.per_minute,
-                "resets_in_s": self._seconds_to_midnight()}
+        def today(counter: str) -> Allowance:
+            return Allowance(round(self._today_counts(counter).get(bucket, 0), 3),
+                             quota.day_limit(counter))
+
+        return UsageFigures(
+            megapixels=today(MEGAPIXELS), flux_megapixel_steps=today(FLUX_STEPS),
+            jobs=today(JOBS),
+            open_jobs=Allowance(len(self._open_by_key.get(bucket, ())), quota.max_open_jobs),
+            stored_bytes=Allowance(self.stored_bytes(bucket), quota.stored_bytes),
+            requests_per_minute=quota.per_minute, resets_in_s=self._seconds_to_midnight())
 
     def usage(self) -> dict:
         self._today_counts(MEGAPIXELS)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from fastapi import APIRouter, Depends
 
 from serve_app.access import CallerDep, key_quota, rate_limit
 from serve_app.deps import ServicesDep
 from serve_app.openapi_docs import error_responses
-from serve_app.schemas import UsageResponse
-from upscaler.quotas import FLUX_STEPS, JOBS, MEGAPIXELS
+from serve_app.schemas import UsageFigure, UsageResponse
+from upscaler.quotas import Allowance
 
 router = APIRouter(prefix="/api", tags=["jobs"], dependencies=[Depends(rate_limit)])
 
@@ -19,10 +21,14 @@ router = APIRouter(prefix="/api", tags=["jobs"], dependencies=[Depends(rate_limi
             "are kept and deleted, by the one quota keeper every Ingress replica asks.")
 async def usage(services: ServicesDep, who: CallerDep) -> UsageResponse:
     figures = await services.quotas.figures(who.bucket, key_quota(services, who))
+
+    def shown(allowance: Allowance) -> UsageFigure:
+        return UsageFigure(**dataclasses.asdict(allowance))
+
     return UsageResponse(
         key_id=who.key_id, name=who.name, metered=who.key_id is not None,
-        megapixels_today=figures[MEGAPIXELS], flux_megapixel_steps_today=figures[FLUX_STEPS],
-        jobs_today=figures[JOBS], open_jobs=figures["open_jobs"],
-        stored_bytes=figures["stored_bytes"],
-        requests_per_minute=figures["requests_per_minute"],
-        resets_in_s=figures["resets_in_s"])
+        megapixels_today=shown(figures.megapixels),
+        flux_megapixel_steps_today=shown(figures.flux_megapixel_steps),
+        jobs_today=shown(figures.jobs), open_jobs=shown(figures.open_jobs),
+        stored_bytes=shown(figures.stored_bytes),
+        requests_per_minute=figures.requests_per_minute, resets_in_s=figures.resets_in_s)
