@@ -102,7 +102,7 @@ def _flux_file(name: str, repo: str, path: str, subfolder: str, desc: str) -> Ca
 
 
 CATALOG: dict[str, CatalogEntry] = {e.name: e for e in [
-    _hf("4x-UltraSharp", "ESRGAN 4x, general photos (the seed's default)"),
+    _hf("4x-UltraSharp", "ESRGAN 4x, general photos (the default model)"),
     _hf("4x_foolhardy_Remacri", "ESRGAN 4x, photos, softer detail"),
     _hf("4x-AnimeSharp", "ESRGAN 4x, anime and line art"),
     _dat(4), _dat(3), _dat(2),

@@ -57,7 +57,7 @@ def calculate_output_dimensions(
     """Plan the output size. Raises ValueError on impossible input (callers map it to 4xx).
 
     The target is a print size in inches at ``target_dpi``, or a size in pixels
-    (``target_width_px``/``target_height_px``, the seed's ``target_width``/``target_height``);
+    (``target_width_px``/``target_height_px``: the API's ``target_width``/``target_height``);
     both go through the same rule. Giving both kinds is refused.
     """
     if input_width < 1 or input_height < 1:

@@ -49,8 +49,9 @@ def _load_transformers_encoder(cls, config_dir: Path, weights: Path, dtype: torc
 
 def load_flux_pipeline(models_dir: Path, device: torch.device, dtype: torch.dtype,
                        memory_mode: MemoryMode = "resident"):
-    """Build FluxImg2ImgPipeline from the seed's single files. Raises FluxNotInstalled,
-    before diffusers and transformers are even imported (seconds of a replica's start)."""
+    """Build FluxImg2ImgPipeline from the models folder's single files. Raises
+    FluxNotInstalled before diffusers and transformers are even imported (seconds of a
+    replica's start)."""
     files = FluxFiles(Path(models_dir))
     if missing := files.missing():
         raise flux_not_installed(missing)
