@@ -1,6 +1,6 @@
 """The job runner: drives accepted jobs to their end and keeps their records true. The engine
-call is injected (``serve_app.runner_contract``), so it runs and is tested without Ray.
-Design: docs/design/leases.md
+call is injected (``serve_app.runner_contract``): a streaming DeploymentHandle call in the
+service, a fake engine's generator in tests. Design: docs/design/leases.md
 """
 
 from __future__ import annotations
