@@ -1,25 +1,6 @@
-"""Fencing: an engine run belongs to one attempt of its job (``JobSpec.attempt``), and stops
-when the job's record has moved on without it.
-
-A driver that dies (its Ingress replica killed, cut off from storage) may leave its engine call
-running while another Ingress claims the job and runs attempt n+1. Without a fence both would
-compute the job for as long as the old call runs, and the old one could write its result after
-the new one's. So:
-
-* while a run works, ``AttemptFence.watch`` reads the record about once a second, beside the
-  work (a thread off the event loop: never on the compute thread, never per tile; a run
-  shorter than that never reads it), and sets the run's stop flag when the record's attempt
-  is newer, or the job has ended (cancelled elsewhere) or is gone: the engine stops at its
-  next tile and the call ends with ``Superseded``;
-* ``write_result`` reads the record right before writing the result (a job's one read when it
-  is short), so a superseded run does not write one (the store's lease check does the same
-  for the record itself). The window left, a takeover between that read and the write (one
-  PUT), needs the old driver's lease to run out within it.
-
-A record that cannot be read says nothing: the run goes on (storage may be back by its end),
-and writing its result waits for storage, tried again with backoff, checking the fence each
-time, for up to a lease's length; then the job's driver (or a sweep, when its lease runs out)
-decides what happens to the job.
+"""Fencing: an engine run belongs to one attempt of its job (``JobSpec.attempt``) and stops
+with ``Superseded`` once the job's record has moved on without it (taken over, ended, gone).
+Design: docs/design/fencing.md
 """
 
 from __future__ import annotations

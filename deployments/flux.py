@@ -1,15 +1,5 @@
 """FLUX deployments: GPU replicas that redraw tiles, and the coordinator that runs one image's
-Ultimate SD Upscale over all of them.
-
-* ``FluxDeployment`` (``num_gpus`` per replica, autoscaled): holds the pipeline, answers
-  ``encode_prompt`` and ``redraw`` (one tile; cancelling the call stops it at the next step).
-* ``FluxCoordinator`` (CPU): ESRGAN pre-pass through the ESRGAN deployment (the prompt is
-  encoded meanwhile), then the USDU tiles, each sent through the handle as soon as the tiles its
-  crop needs are drawn (``usdu.TileSchedule``: the chess order's second wave does not wait for
-  the whole first), so Serve spreads them over every FLUX replica; each finished tile is written
-  to job storage before any tile that needs it starts, so a resumed job only computes the tiles
-  it lacks, from the same pixels. Canvas work (crops, colour fix, the final blend) runs off the
-  event loop. It streams ``started`` / ``progress`` / ``completed`` like ESRGAN.
+Ultimate SD Upscale over all of them. Design: docs/design/engines.md
 """
 
 from __future__ import annotations

@@ -1,13 +1,5 @@
-"""The service's Prometheus metrics, through Ray's metrics API: every replica's values are
-exported on the Ray metrics endpoint of its node (names get Ray's ``ray_`` prefix) next to
-Serve's own request and replica metrics, so one Prometheus scrape config covers both.
-
-Created lazily: outside a Ray worker (plain-Python engine tests) they are no-ops.
-
-Ray's metrics agent drops a gauge value that its process has not re-reported for two export
-intervals (``metrics_report_interval_ms``, 10 s by default), so a gauge set once (a queue that
-stays empty, a model loaded at start) would vanish from the endpoint. Every gauge set here is
-therefore re-sent to Ray twice per export interval by one daemon thread per process.
+"""The service's Prometheus metrics, through Ray's metrics API (no-ops outside a Ray worker);
+gauges are re-sent so Ray's agent does not drop them. Design: docs/design/operations.md
 """
 
 from __future__ import annotations

@@ -1,14 +1,5 @@
-"""The quota keeper: one replica that holds every key's counters, so rate limits and quotas
-hold across any number of Ingress replicas.
-
-Why a replica and not the job store: every request asks it (a token per request), and a Serve
-replica answers in about a millisecond, one call at a time, so no decision is made on a stale
-count. Counting in the store would be a conditional write per request on a bucket (tens of ms,
-retries under contention). What must outlive the replica is kept in the store: the day's
-counts per key (megapixels computed, FLUX megapixel-steps, jobs) are written there as they
-change, and so is each key's list of results kept with their bytes (one object per key:
-written when a result is kept or goes); open jobs are counted again from the open job records
-when the replica starts.
+"""The quota keeper: one replica that holds every key's counters, so rate limits and quotas hold
+across any number of Ingress replicas. Design: docs/design/access.md
 """
 
 from __future__ import annotations

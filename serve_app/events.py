@@ -1,15 +1,5 @@
-"""A job's life as server-sent events (``GET /api/jobs/{id}/events``), and the live status
-body both that stream and ``GET /api/status/{id}`` answer.
-
-Events are derived from the job's record: the live one in memory when this replica's runner
-drives the job (woken by the runner on each change), else the one in job storage, read every
-``events_storage_poll_s`` (the job may be driven by another Ingress replica).
-Each event's ``id`` is a function of the job's state, so it grows over the job's life whoever
-serves the stream, and a reconnect with ``Last-Event-ID`` skips what was already sent:
-
-* ``queued``: 99 - jobs ahead (1-99, growing as the queue moves);
-* ``processing``: 100 + progress (100-199);
-* ``completed`` / ``failed`` / ``cancelled``: 200, the last event.
+"""A job's life as server-sent events (``GET /api/jobs/{id}/events``), and the live status body
+both that stream and ``GET /api/status/{id}`` answer. Design: docs/design/operations.md
 """
 
 from __future__ import annotations

@@ -1,16 +1,7 @@
-"""Who may send a body, decided from the headers alone: a pure ASGI middleware in front of the
-app. FastAPI parses a multipart form before it runs any dependency, so a key checked there
-comes after the whole upload; here a request without a valid key (401, 403; its connection
-closed), over its key's rate limit or past the upload slots (429, 503) is answered at once,
-before the app reads a byte of its body. Uploads hold their slot from their headers to their
-answer, and requests without a key capped slots of their own, so neither can take health's
-and status's.
-
-With keys off (loopback `make run`) the Host header must name loopback (or an
-``allowed_hosts`` name) and a browser's ``Origin`` this host: no DNS rebinding, no
-cross-site POST from a page the operator has open.
-
-What it decided reaches the routes in ``scope["state"]`` (serve_app/access.py reads it)."""
+"""Who may send a body, decided from the headers alone: a pure ASGI middleware that answers a
+request without a valid key, over its limit or past the upload slots before a byte of its
+body is read. Design: docs/design/access.md
+"""
 
 from __future__ import annotations
 

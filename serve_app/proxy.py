@@ -1,11 +1,5 @@
-"""The request limits, applied in Ray Serve's HTTP proxies as well as in the Ingress.
-
-A proxy reads a request's body as fast as the client sends it and queues it for the replica;
-only the proxy itself can stop an oversized or endless upload before it is read. Serve calls
-``proxy_middlewares`` in each proxy when ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` names it
-(`upscaler serve` and the image set it). The limits come from the proxy's environment
-(``UPSCALER_MAX_UPLOAD_MB``, the upload timeouts and minimum rate); the Ingress applies the
-deployed ones exactly, behind it.
+"""The request limits, applied in Ray Serve's HTTP proxies as well as in the Ingress: only the
+proxy can stop an oversized or endless upload before it is read. Design: docs/design/access.md
 """
 
 from __future__ import annotations

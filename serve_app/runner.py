@@ -1,15 +1,6 @@
-"""The job runner: drives accepted jobs to their end and keeps their records true.
-
-It submits (stores the upload and the record, starts the engine call), records the engine's
-events, heart-beats its open jobs (renewing its lease on each, see upscaler/job_store.py),
-cancels, re-runs a job whose engine replica died (FLUX resumes from its tiles), claims jobs
-whose driver's lease ran out (the periodic sweep, on every Ingress replica: the conditional
-claim lets one win; heartbeats, sweep and lease-checked saves are in serve_app/leases.py), and
-hands over or drains its jobs when its replica stops. An engine call that sees its job move on
-without it (fenced: deployments/fencing.py) ends with ``Superseded``: as a refused save, the
-driver then stops and writes nothing. The engine call is injected (``run_engine``), so all
-of this runs, and is tested, without Ray; in the service it is a streaming DeploymentHandle
-call. What it is given (the engine call, hooks) is in ``serve_app.runner_contract``.
+"""The job runner: drives accepted jobs to their end and keeps their records true. The engine
+call is injected (``serve_app.runner_contract``): a streaming DeploymentHandle call in the
+service, a fake engine's generator in tests. Design: docs/design/leases.md
 """
 
 from __future__ import annotations

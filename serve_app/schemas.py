@@ -1,5 +1,5 @@
-"""API request and response models. Field names and defaults follow the seed plan (section 2.2);
-fields beyond it are additions, never renames."""
+"""API request and response models. Field names and defaults are the API contract clients
+depend on (README "Endpoints"): new fields are additions, never renames."""
 
 from __future__ import annotations
 
@@ -39,15 +39,15 @@ class CommonUpscaleForm(BaseModel):
     target_height_inches: float | None = Field(None, gt=0, le=1000, examples=[16],
                                                description="Print height in inches.")
     target_width: int | None = Field(
-        None, ge=1, le=100_000, description="Target width in pixels (the seed's test client), "
+        None, ge=1, le=100_000, description="Target width in pixels, "
         "instead of a print size in inches: the same rule (fill, crop guidance, "
         "crop_to_target). Not together with target_width_inches/target_height_inches.")
     target_height: int | None = Field(None, ge=1, le=100_000,
                                       description="Target height in pixels; see target_width.")
     output_format: Literal["png", "tiff"] = Field("png", description="png or tiff")
     crop_to_target: bool = Field(
-        False, description="When the print size has another aspect ratio: false (default, as "
-        "the seed) returns the filled size plus crop guidance; true crops centred to exactly "
+        False, description="When the print size has another aspect ratio: false (default) "
+        "returns the filled size plus crop guidance; true crops centred to exactly "
         "the print size.")
     wait: float | None = Field(
         None, ge=0, le=600,
@@ -210,7 +210,7 @@ class UpscaleResponse(BaseModel):
                                                               ex.UPSCALE_QUEUED]})
 
     jobId: str
-    task_id: str = Field(description="Same as jobId (the seed's status endpoint calls it so).")
+    task_id: str = Field(description="Same as jobId, for clients that read task_id.")
     status: Literal["queued", "processing", "completed", "failed", "cancelled"]
     outputUrl: str | None = None
     processingTime: float | None = None

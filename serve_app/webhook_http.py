@@ -1,13 +1,6 @@
-"""One webhook attempt over HTTP: the Standard Webhooks signature (``standardwebhooks``), the
-POST to the addresses the SSRF guard checked, and what the answer means for the delivery.
-
-The request goes to a checked address itself, with the original host in ``Host`` and TLS's SNI
-and certificate check, so DNS cannot hand the connection to another address between the check
-and the connect. Redirects are not followed; no proxies from the environment.
-
-A receiver is not trusted with the sender's memory or time: one deadline covers the whole
-attempt (connect, send, answer), the answer is asked for unencoded (``Accept-Encoding:
-identity``; never decoded) and at most ``MAX_ANSWER_BYTES`` of it are read.
+"""One webhook attempt over HTTP: the Standard Webhooks signature, the POST to an address the
+SSRF guard checked (never resolved again), one deadline, and what the answer means.
+Design: docs/design/webhooks.md
 """
 
 from __future__ import annotations

@@ -1,22 +1,6 @@
-"""Webhook deliveries from the Ingress (Standard Webhooks): each event a job's request asked
-for is signed (``serve_app.webhook_http``) with the secret of the API key that submitted the job
-(keys on) or the server's ``UPSCALER_WEBHOOK_SECRET``, and POSTed by a bounded pool of workers
-over a bounded queue. A failed attempt is retried with exponential backoff (or the receiver's
-``Retry-After``, within the backoff's bounds) for ``webhook_retry_for_s``; a 410 answer
-disables the job's webhook. A receiver holds a sender for one attempt's deadline at most
-(``serve_app.webhook_http``), one key's deliveries hold at most ``webhook_concurrency_per_key``
-senders, a key has at most ``webhook_max_pending_per_key`` deliveries pending here, and a
-revoked key's deliveries are dropped (``serve_app.webhook_guard``).
-
-Deliveries are durable: each is kept in the job record (event, ``webhook-id``, body, attempts,
-next attempt, state) and claimed by the sender sending it until a time (``owner``,
-``claimed_until``). While a job runs, its driver's lease covers its deliveries and the runner's
-saves store them; once it ended, each attempt is claimed first by a conditional write of the
-record, so two replicas never send the same attempt. When an Ingress dies, the runner that
-takes over its open jobs goes on with their deliveries, and the sweep here (on every replica)
-goes on with those of ended jobs whose sender's claim ran out, with the same ``webhook-id``
-(receivers dedupe by it). Jobs with a webhook are marked in storage, so the sweep lists only
-those. A job without a webhook costs nothing here.
+"""Webhook deliveries from the Ingress (Standard Webhooks): signed, sent by a bounded worker
+pool, retried with backoff, and durable: each delivery lives in its job record, claimed by one
+sender at a time, and any replica's sweep goes on with it. Design: docs/design/webhooks.md
 """
 
 from __future__ import annotations

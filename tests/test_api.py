@@ -1,5 +1,5 @@
-"""The HTTP API over the whole graph in this process (tests/local_graph.py): the seed's field
-names and answers, the print-size rule with a pixel target, clear 4xx for bad input."""
+"""The HTTP API over the whole graph in this process (tests/local_graph.py): the API contract's
+field names and answers, the print-size rule with a pixel target, clear 4xx for bad input."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_async_answer_then_status(app):
 
 
 def test_crop_applied_and_seed_field_names(app):
-    """`upscale_model` alias, `image` field name (the seed's test script), crop_to_target."""
+    """`upscale_model` alias, `image` field name (the upload's alias), crop_to_target."""
     r = upload(app, png_bytes(photo("rocket", (40, 40))), field="image",
                upscale_model="tiny-compact", target_width_inches=4, target_height_inches=3,
                target_dpi=30, crop_to_target="true")
@@ -70,7 +70,7 @@ def test_crop_applied_and_seed_field_names(app):
 
 
 def test_the_seed_test_clients_request(app):
-    """The seed's test-api.sh: `image`, `target_width=2000`, `target_height=1000` (pixels),
+    """A client sending `image`, `target_width=2000`, `target_height=1000` (pixels),
     `model`: a pixel target through the print-size rule (fill the width, crop advised)."""
     r = upload(app, png_bytes(photo("astronaut", (540, 360))), field="image",
                target_width=2000, target_height=1000, model="tiny-compact")

@@ -12,7 +12,7 @@ from upscaler.dimensions import CropInfo, OutputPlan, calculate_output_dimension
 
 PLAN = TypeAdapter(OutputPlan)
 
-# --- seed cases ------------------------------------------------------------------------------
+# --- the print-size rule's basic cases -------------------------------------------------------
 
 
 def test_no_print_size_multiplies_by_factor():
@@ -100,7 +100,7 @@ def test_float_error_in_inches_times_dpi(inches, dpi, expected):
 
 
 def test_float_error_width_only_at_100_dpi():
-    assert int(8.2 * 100) == 819  # the trap the seed's int() fell into
+    assert int(8.2 * 100) == 819  # the trap a plain int() falls into
     plan = calculate_output_dimensions(1000, 500, target_dpi=100, target_width_inches=8.2)
     assert (plan.output_width, plan.output_height) == (820, 410)
 
@@ -332,10 +332,10 @@ def test_stored_shape():
     assert data["dpi"] == 300
 
 
-# --- a target in pixels (the seed's test client: target_width / target_height) ----------------
+# --- a target in pixels (target_width / target_height) ----------------------------------------
 
 def test_pixel_target_fills_and_advises_the_crop():
-    """The seed's test-api.sh asks 2000x1000 px of a 3:2 photo: fill the width, overhang the
+    """A client asking 2000x1000 px of a 3:2 photo: fill the width, overhang the
     height, the centred crop advised (or applied)."""
     plan = calculate_output_dimensions(1200, 800, target_width_px=2000, target_height_px=1000)
     assert (plan.output_width, plan.output_height) == (2000, 1333)

@@ -199,7 +199,7 @@ def test_storage_down_answers_503_and_the_service_recovers(s3, tmp_path, models_
 @pytest.mark.parametrize("outage_s,lease_s", [(3, 15), (5, 2)], ids=["short", "past-a-lease"])
 def test_jobs_survive_the_object_store_stopping_mid_job(s3, tmp_path, models_root, outage_s,
                                                         lease_s):
-    """The issue's proof: the object store stops with jobs running and queued, and starts
+    """The object store stops with jobs running and queued, and starts
     again on its port seconds later. moto's buckets live in this process's backends, not in
     the server, so it comes back with what it held, as a real store does after an outage;
     while it is down its port refuses connections, as an unreachable endpoint does. The

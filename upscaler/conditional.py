@@ -1,23 +1,6 @@
 """Conditional (compare-and-swap) writes per storage backend: ``write_if`` replaces an object
-only if it is still the version the writer read (``expected`` token), or creates it only if it
-does not exist (``expected`` None). Job records are updated this way, so no write is ever lost
-to a concurrent one, across threads, processes and machines.
-
-Tokens are opaque strings: the object's ETag on S3 (``If-Match`` / ``If-None-Match: *``), its
-generation on GCS (``ifGenerationMatch``), and the SHA-256 of
-its bytes elsewhere (a record's ``version`` field grows on every write, so its bytes never
-repeat and a content token has no ABA problem).
-
-Local files: a writer writes (and syncs) a uniquely named temp file beside the record, takes an
-exclusive ``flock`` on ``<folder>/.write.lock``, reads and compares the current file,
-``os.replace``-s the temp file over it, then unlocks. Why it is safe: readers never lock and
-only ever see a whole old or whole new file (rename is atomic); writers are serialised by the
-kernel lock, so the compare and the replace cannot interleave with another writer's; and the
-kernel drops a lock when its holder dies, so a crashed writer never leaves a stale lock to
-break (the weak point of ``O_EXCL`` lock files). The lock file itself is never deleted
-(deleting a lock file someone waits on would let two writers in). The temp file is removed in
-``finally`` if the replace did not happen. ``flock`` holds across processes of one machine
-(and on NFSv4, where Linux maps it to byte-range locks).
+only if it is still the version the writer read, or creates it only if absent, so no write of a
+job record is lost to a concurrent one. Design: docs/design/leases.md
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
-"""Check decodes in worker processes, each stopped at a time limit.
-
-A decode in a thread cannot be stopped: a slow one (a crafted progressive JPEG, a TIFF in an
-odd codec) would hold its memory and a CPU for as long as it likes, and a decoder that crashes
-would take the whole replica down. So the check decode (``upscaler.images.check_decodes``)
-runs in a small pool of long-lived worker processes (``python -m upscaler.decode_worker``):
-the upload's bytes go down a pipe, the outcome comes back, and a worker that overruns the
-limit is killed (its memory is given back at once) and replaced on the next upload.
-
-Plain pipes and ``subprocess`` rather than ``multiprocessing``: a spawned child would import
-the parent's main module, which in a Ray replica is Ray's worker script. Workers get a minimal
-environment (no service secrets) and exit when their parent does (their stdin closes).
+"""Check decodes in worker processes, each stopped at a time limit (a decode in a thread could
+not be stopped, and a crashing decoder would take the replica down).
+Design: docs/design/engines.md
 """
 
 from __future__ import annotations

@@ -1,18 +1,5 @@
 """The print-size rule: how big the output is. Every engine sizes its output through here.
-
-Semantics (the seed plan's ``calculate_output_dimensions``, kept, with three deliberate fixes):
-
-* No print size: output = input x ``upscale_factor``.
-* Print size ``W x H`` inches at ``target_dpi``: the scale that *fills* ``W*dpi x H*dpi``.
-  A target in pixels (``target_width``/``target_height``, the seed's test client) is the same
-  rule with the pixels given directly.
-  If the aspect ratios match within 1 %, the output is exactly the target. Otherwise the image is
-  scaled so its shorter side (relative to the target) fills the target and the other side
-  overhangs; ``crop`` says how much overhangs and where. With ``crop_to_target`` the overhang is
-  cut off (centred) and the output is exactly the target; without it the crop is only advised.
-* Fixes over the seed: pixel counts use floor with a tiny tolerance (the seed's ``int()`` turned
-  8.2 in x 100 dpi into 819 px); a print size with only one side fills that side and keeps the
-  aspect ratio (the seed silently ignored it); the crop offset is given, not only the amount.
+Rule: docs/design/engines.md ("Sizing") and the README's "The print-size rule".
 """
 
 from __future__ import annotations
@@ -70,7 +57,7 @@ def calculate_output_dimensions(
     """Plan the output size. Raises ValueError on impossible input (callers map it to 4xx).
 
     The target is a print size in inches at ``target_dpi``, or a size in pixels
-    (``target_width_px``/``target_height_px``, the seed's ``target_width``/``target_height``);
+    (``target_width_px``/``target_height_px``: the API's ``target_width``/``target_height``);
     both go through the same rule. Giving both kinds is refused.
     """
     if input_width < 1 or input_height < 1:

@@ -1,13 +1,6 @@
-"""The one error hierarchy: every failure a client should hear about is an ``UpscalerError``.
-
-Raised anywhere (engines, deployments, the HTTP app), it crosses Ray handles intact (it pickles
-to its class and fields) and is turned into an HTTP answer in one place
-(``serve_app.errors.error_response``): ``http_status``, a machine-readable ``code``, a
-``message`` that says what to fix, ``retry_after`` seconds where waiting helps, and any other
-response headers the case calls for.
-
-Each subclass is one HTTP status; ``code`` names the case and may be given per raise
-(``PayloadTooLarge("...", code="image_too_large")``).
+"""The one error hierarchy: every failure a client should hear about is an ``UpscalerError``; it
+pickles across Ray handles and is mapped to HTTP in one place (``serve_app.errors``).
+Design: docs/design/operations.md
 """
 
 from __future__ import annotations

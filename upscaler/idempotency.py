@@ -1,11 +1,5 @@
-"""Idempotency keys (the IETF draft "The Idempotency-Key HTTP Header Field"): a POST sent again
-with the same key and the same request answers the job the first one made, without running it
-twice; the same key with another request is refused (422); a key whose first request is still
-being accepted answers 409.
-
-A key is kept in job storage (every Ingress replica, and the next process, sees it) under a
-hash of its owner (the API key's id) and the key itself, created with a create-if-absent write
-so two replicas racing on one key cannot both take it. It expires with the job's retention.
+"""Idempotency keys: a POST sent again with the same Idempotency-Key and request answers the
+first one's job; kept in job storage with a create-if-absent write. Design: docs/design/access.md
 """
 
 from __future__ import annotations

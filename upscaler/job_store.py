@@ -1,12 +1,5 @@
-"""Job records in job storage, and the storage layout of a job's files.
-
-Every write of a record is conditional (``Storage.write_if``): it applies only to the version
-it was computed from, so two writers never lose each other's update; a writer that loses the
-race reads again and re-decides (``update``). Driving a job is a lease (``lease_owner``,
-``lease_expires_at``) that the driver renews with each save; when it runs out (the driver died
-or was cut off from storage) any runner may claim the job, by a conditional write that only one
-claimant can win. A record that has ended (completed, failed, cancelled) is never overwritten by
-a driver's save, so a late heartbeat cannot turn a finished job back into a running one.
+"""Job records in job storage (every write conditional; a driver's lease in each open record),
+and the storage layout of a job's files. Design: docs/design/leases.md
 """
 
 from __future__ import annotations

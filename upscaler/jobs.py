@@ -63,7 +63,7 @@ class OutputOptions(BaseModel):
     target_dpi: int = 150
     target_width_inches: float | None = None
     target_height_inches: float | None = None
-    target_width: int | None = None  # a pixel target (the seed's test client), instead of inches
+    target_width: int | None = None  # a pixel target (target_width/height), not inches
     target_height: int | None = None
     crop_to_target: bool = False
 

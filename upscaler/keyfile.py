@@ -1,12 +1,6 @@
-"""The keys file at rest: it holds every key's webhook signing secret in clear, so a local one
-is owner-only (0600 in a 0700 folder), and every change is a read-modify-write that no
-concurrent `upscaler keys` command can undo.
-
-Local files: the whole read-modify-write runs under an exclusive ``flock`` on ``<file>.lock``
-beside it (the kernel drops the lock when its holder dies: no stale lock to break), and the
-new file is written owner-only and synced, then renamed over the old one (readers, which
-never lock, see a whole old or a whole new file). Object storage: a conditional write of the
-version read (``upscaler.conditional``), read and applied again when another writer won.
+"""The keys file at rest: owner-only, and every change a read-modify-write that no concurrent
+`upscaler keys` command can undo (flock locally, a conditional write on object storage).
+Design: docs/design/access.md
 """
 
 from __future__ import annotations

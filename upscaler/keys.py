@@ -1,15 +1,5 @@
-"""API keys: created once and shown once, kept only as SHA-256 hashes in one JSON file (a path
-or an fsspec URL every Ingress replica reaches), re-read while the service runs, so
-`upscaler keys create|revoke` takes effect without a restart. The file is owner-only and
-every change is atomic against concurrent ones (``upscaler.keyfile``).
-
-A key looks like ``upk_<id>_<secret>``: the id finds the record, the secret (32 random bytes)
-is checked against its hash in constant time. Keys are random, not chosen by people, so a fast
-hash is the right one (a slow password hash would add nothing but latency per request).
-
-Each key also has its own Standard Webhooks signing secret (``whsec_...``), shown once with
-the key and rotatable: the webhooks of its jobs are signed with it, so one receiver's secret
-cannot forge another's deliveries.
+"""API keys: shown once, kept only as SHA-256 hashes in one JSON file every Ingress replica
+re-reads, each with its own webhook signing secret. Design: docs/design/access.md
 """
 
 from __future__ import annotations

@@ -9,11 +9,8 @@ from upscaler.dimensions import OutputPlan
 if TYPE_CHECKING:
     from upscaler.images import ImageProbe
 
-# The check decode of an upload (``upscaler.images.check_decodes``: Pillow's or the 16-bit
-# codec's pixels, then the float32 planes engines use), by what its header says: (Pillow mode,
-# bit depth, alpha) -> bytes per pixel at its peak. bench/bench_decode_memory.py measured the
-# peak RSS rise of a fresh process at 2000x2000 (in brackets: the most of any format of the
-# kind); each figure has ~20% room for the allocator and the image's own overheads.
+# Peak bytes per pixel of an upload's check decode, by (Pillow mode, bit depth, alpha): the
+# [bracketed] peak RSS rise bench/bench_decode_memory.py measured at 2000x2000, plus ~20% room.
 DECODE_BYTES_PER_PIXEL: dict[tuple[str, int, bool], int] = {
     ("L", 8, False): 22,  # [18] 8-bit gray: PNG, JPEG
     ("I;16", 16, False): 28,  # [22] 16-bit gray PNG

@@ -1,11 +1,6 @@
-"""The pass plan: which images an ESRGAN-family model makes for one job, decided once. The
-engine runs it; the Ingress charges it at submit (``upscaler.metering``), so a key pays for
-the pixels computed, not the pixels delivered.
-
-Every pass, the first included, stays within ``max_pixels`` (the output cap): when the model's
-scale would overshoot it (a 40 MP upload asked for x1.01 through a x4 model would be a 640 MP
-first pass), the input is first shrunk to ``max_pixels / scale**2`` with the service's
-resampler, and the pass's output is resampled to the planned size as usual. Torch-free.
+"""The pass plan: which images an ESRGAN-family model makes for one job, decided once, each pass
+within the output cap; the engine runs it, the Ingress charges it. Torch-free.
+Design: docs/design/engines.md
 """
 
 from __future__ import annotations

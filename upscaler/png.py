@@ -1,16 +1,5 @@
-"""PNG writing helpers below ``upscaler.images``: the fast writers and the metadata chunks.
-
-Encoding a big result is on a job's critical path: for a 4096x3072 photo Pillow's zlib at level
-1 takes ~0.7 s where a GPU upscales it in 0.1-0.3 s. ``bench/bench_encode.py`` measures every
-lossless writer installed here; the fastest, used when ``png_encoder`` is "fast":
-
-* 8-bit RGB and RGBA: fpng (a single-pass, special-purpose deflate), 5-6x faster than Pillow
-  at level 1 for ~5-10 % larger files;
-* 16-bit RGB(A) and gray+alpha: libpng through imagecodecs with zlib's RLE strategy and the
-  Sub filter (imagecodecs' own advice for speed), ~2.5x faster than level 1's defaults for
-  about the same size. fpng writes 8 bits only.
-
-Gray stays with Pillow at ``png_compress_level`` either way.
+"""PNG writing helpers below ``upscaler.images``: the fast writers (fpng, imagecodecs) and the
+metadata chunks. Design: docs/design/engines.md ("Writing PNGs fast")
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
-"""Retention: what job storage keeps, and for how long.
-
-A finished job's record and result are kept ``retention_s`` (the ``result_ttl_s`` setting, or
-its API key's) after it ended; then a periodic sweep deletes them and leaves a small tombstone
-for as long again, so the job answers 410 Gone rather than 404. The same sweep deletes uploads
-whose record was never written (a request that died between the two writes), results whose
-record is gone, expired Idempotency-Keys and tombstones, and ``*.tmp`` files a failed write left,
-each only once older than ``orphan_grace_s``.
-
-A sweep is cheap on a large bucket: it looks at ``batch`` entries per folder and goes on where
-it stopped next time. Every deletion is idempotent, so sweeps on several Ingress replicas may
-overlap; a failing storage only makes a sweep log and try again next period.
+"""Retention: what job storage keeps, and for how long (a finished job's record and result, then
+a tombstone answering 410); one idempotent, batched sweep on every Ingress replica.
+Design: docs/design/operations.md
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
-"""Webhooks, the parts without HTTP: what a job's subscription and its deliveries look like in
-the job record, which events a request may ask for, and the SSRF guard every webhook URL
-passes, at submit and again before each delivery (``serve_app.webhooks`` sends them).
-
-The guard: http or https only, no credentials in the URL, and every address the host resolves
-to must be a public one: loopback, private, link-local, shared, multicast, reserved and
-unspecified addresses are refused (IPv4, IPv6, and IPv4 inside IPv6 too), unless the operator's
-allow-list (``webhook_allowed_hosts``: host names or CIDRs) names the host or the address. The
-sender then connects to an address checked here, never resolving the name again, so a DNS
-answer that changes in between (rebinding) cannot steer it elsewhere.
+"""Webhooks, the parts without HTTP: the subscription and deliveries in the job record, the
+events a request may ask for, and the SSRF guard every webhook URL passes (at submit and before
+each delivery). Design: docs/design/webhooks.md
 """
 
 from __future__ import annotations

@@ -1,14 +1,5 @@
 """ESRGAN-family upscaling: any spandrel model, tiled, to the exact size the print-size rule asks.
-
-Plain Python (torch + numpy); the Ray deployment in ``deployments/esrgan.py`` wraps it.
-
-Steps for one image:
-1. load the model (LRU cache) in the precision the architecture supports;
-2. run it tile by tile (``engines.tiling``), once or more, as ``upscaler.passes`` plans (the
-   input shrunk first where one pass would make more pixels than the output cap);
-3. resample to the planned output size (bicubic with antialiasing); an applied crop is cut
-   where the result is written (``deployments.common.finish_job``), as for every engine;
-4. alpha is resampled the same way (cheap, no halo on masks); gray stays gray.
+Plain Python (torch + numpy); ``deployments/esrgan.py`` wraps it. Design: docs/design/engines.md
 """
 
 from __future__ import annotations

@@ -1,16 +1,5 @@
-"""FLUX.1-dev img2img from the seed's single files, fully offline, for Ultimate SD Upscale tiles.
-
-Files (the seed's layout, under the models folder):
-    unet/flux1-dev-Q8_0.gguf                  transformer, community GGUF (city96), stays Q8_0
-    vae/ae.sft                                the FLUX autoencoder (BFL single file)
-    clip/clip_l.safetensors                   CLIP-L text encoder (transformers key layout)
-    clip/t5xxl_fp8_e4m3fn.safetensors         T5-XXL encoder, fp8 e4m3 weights
-    flux/                                     configs and tokenizers (`upscaler models pull flux`)
-
-Loading never touches a hub: every config comes from ``flux/``. T5's fp8 weights are upcast to
-the compute dtype once, at load (4.7 B params: 9.5 GB in bf16 instead of 4.8 GB in fp8, but no
-per-layer cast on every forward; on 16 GB cards the memory mode ``offload`` keeps it on the CPU
-until it is needed).
+"""FLUX.1-dev img2img from single files under the models folder, fully offline (every config
+from ``flux/``), for Ultimate SD Upscale tiles. Files: docs/design/engines.md
 """
 
 from __future__ import annotations
@@ -60,8 +49,9 @@ def _load_transformers_encoder(cls, config_dir: Path, weights: Path, dtype: torc
 
 def load_flux_pipeline(models_dir: Path, device: torch.device, dtype: torch.dtype,
                        memory_mode: MemoryMode = "resident"):
-    """Build FluxImg2ImgPipeline from the seed's single files. Raises FluxNotInstalled,
-    before diffusers and transformers are even imported (seconds of a replica's start)."""
+    """Build FluxImg2ImgPipeline from the models folder's single files. Raises
+    FluxNotInstalled before diffusers and transformers are even imported (seconds of a
+    replica's start)."""
     files = FluxFiles(Path(models_dir))
     if missing := files.missing():
         raise flux_not_installed(missing)

@@ -1,18 +1,6 @@
-"""Imagen upscaling on Vertex AI through google-cloud-aiplatform's PredictionServiceClient.
-
-Models and their documented limits (Google Cloud docs, "Upscale an image" and the Imagen model
-reference; checked 2026-11):
-
-* ``imagen-4.0-upscale-preview`` (default): factors x2, x3, x4; input at most 10 MB; output at
-  most 17 MP; ``outputOptions.mimeType`` png/jpeg; ``addWatermark`` (default true);
-  quota about 50 requests/minute per region.
-* ``imagegeneration@002`` (legacy): factors x2, x4; same byte limit.
-
-Requests carry ``instances[{prompt, image: {bytesBase64Encoded}}]`` and
-``parameters{sampleCount: 1, mode: "upscale", upscaleConfig: {upscaleFactor}, outputOptions}``;
-answers ``predictions[{bytesBase64Encoded, mimeType}]`` (or ``raiFilteredReason`` when the safety
-filter blocked the image). Limits are checked here before any call; errors are mapped to
-:mod:`upscaler.errors` classes with the HTTP status the API answers with.
+"""Imagen upscaling on Vertex AI through google-cloud-aiplatform's PredictionServiceClient; the
+models' documented limits are checked before any call, errors mapped to ``upscaler.errors``.
+Design: docs/design/engines.md
 """
 
 from __future__ import annotations

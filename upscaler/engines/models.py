@@ -1,11 +1,6 @@
-"""Super-resolution models: a folder of weight files behind spandrel's one loader.
-
-Any ``.safetensors`` / ``.pth`` / ``.ckpt`` file in ``upscale_models/`` that spandrel
-recognises is a model, named by its file stem (``4x-UltraSharp.pth`` -> ``4x-UltraSharp``).
-Weights only: ``.pth`` / ``.ckpt`` go through torch's ``weights_only`` unpickler (tensors and
-plain containers, no code), and a TorchScript ``.pt`` (a program, which ``torch.jit.load``
-would run) is listed as not loadable, saying which formats are.
-Loaded models are kept per process in a small LRU cache; eviction frees accelerator memory.
+"""Super-resolution models: a folder of weight files behind spandrel's one loader, weights only
+(no pickled code, no TorchScript), in a small per-process LRU cache.
+Design: docs/design/engines.md
 """
 
 from __future__ import annotations

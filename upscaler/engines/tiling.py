@@ -1,15 +1,5 @@
-"""Tiled inference that gives the untiled output.
-
-An output pixel of a super-resolution model depends only on the input pixels within its
-receptive field. Each tile (``tile`` px, its core) is run with ``context`` input pixels around it,
-and only the core's output is kept: where the context covers the receptive field that
-matters, a tile's core is what one untiled pass gives there (>= 60 dB for convolutional models
-at the contexts of ``CONTEXT_PX``, exact where the receptive field is smaller). Cores partition
-the image, so nothing is blended.
-
-Along each axis the windows (core and context) all have the same size, so several of them
-make one batch, one forward pass; windows at the image's edges are moved inwards rather than
-cut, which gives them more context than they need.
+"""Tiled inference that gives the untiled output: each tile's core is run with enough context
+to cover the model's receptive field, and only the core is kept. Design: docs/design/engines.md
 """
 
 from __future__ import annotations

@@ -1,24 +1,6 @@
 """Ultimate SD Upscale's tiling, made parallel: split, redraw tiles independently, blend back.
-
-USDU (ComfyUI / A1111) redraws tiles one after another, each on the image as already redrawn.
-Here the tiles of a wave are independent, so a wave can run on every GPU at once:
-
-* grid: ``rows = ceil(H / tile)``, ``cols = ceil(W / tile)`` (as USDU); each tile is redrawn
-  with ``padding`` pixels of context around it (the crop is shifted inside the image so it keeps
-  its full size at the borders, USDU's "force uniform tiles" without resampling);
-* blend: each redrawn tile is pasted through its rectangle mask blurred by ``mask_blur``, and
-  overlapping masks are normalised, so an identity redraw reproduces the input exactly;
-* order: ``parallel`` (one wave) or ``chess`` (USDU's chess mode as two waves: the second half
-  of the tiles sees the first half already redrawn in its context). A tile only sees the
-  earlier-wave tiles whose crops reach its own, so it may start as soon as those are drawn
-  (``TileSchedule``), its crop cut from a replay of just that window (``render_crop``): the
-  chess order's pixels without a barrier between the waves;
-* colour: each redrawn tile's low frequencies are replaced by the source's (wavelet colour fix,
-  as StableSR) or its mean/std matched (AdaIN): the per-tile tint USDU users complain about;
-* seams: optional band pass over the inner tile borders after the main waves.
-
 Plain numpy/torch: the redraw function is passed in (FLUX img2img in production, identity in
-tests).
+tests). Design: docs/design/engines.md
 """
 
 from __future__ import annotations
