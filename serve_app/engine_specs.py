@@ -54,6 +54,8 @@ class DeploymentSpec:
 
 @dataclass(frozen=True)
 class EngineSpec:
+    """One engine: what its route takes and builds, and the deployments that run it."""
+
     engine: Engine
     form: type[CommonUpscaleForm]
     params: type[Any]  # the JobParams member its jobs carry
