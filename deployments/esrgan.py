@@ -1,8 +1,8 @@
 """ESRGAN deployment: a thin Ray Serve wrapper around ``upscaler.engines.esrgan.EsrganEngine``.
 
 It adds what the engine should not know about: resources (GPU reservation, autoscaling, set in
-``serve_app.app``), reading the upload from and writing the result to job storage, one GPU job
-at a time per replica, and progress streamed back to the caller.
+``serve_app.deploy_options``), reading the upload from and writing the result to job storage,
+one GPU job at a time per replica, and progress streamed back to the caller.
 """
 
 from __future__ import annotations

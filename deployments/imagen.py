@@ -1,7 +1,8 @@
 """Imagen deployment: CPU only; its cost is a network call to Vertex AI and a quota.
 
-``max_ongoing_requests`` bounds the calls in flight per replica (see ``serve_app.app``); each
-call runs in a worker thread with its own retry budget and overall deadline.
+``max_ongoing_requests`` bounds the calls in flight per replica (see
+``serve_app.deploy_options``); each call runs in a worker thread with its own retry budget and
+overall deadline.
 """
 
 from __future__ import annotations

@@ -10,11 +10,13 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.datastructures import Headers
 
-from serve_app.deps import Services, ServicesDep
+from serve_app.deps import QuotasDep, SettingsDep
+from serve_app.gateway import QuotaClient
 from upscaler.errors import Forbidden, NotFound
 from upscaler.jobs import JobRecord
 from upscaler.keys import Caller, quota_bucket
 from upscaler.quotas import KeyQuota
+from upscaler.settings import Settings
 
 BEARER = "bearer "
 logger = logging.getLogger("ray.serve")
@@ -48,22 +50,24 @@ async def caller(request: Request) -> Caller:
 CallerDep = Annotated[Caller, Depends(caller)]
 
 
-async def charge_rate_limit(services: Services, who: Caller) -> dict[str, str]:
+async def charge_rate_limit(settings: Settings, quotas: QuotaClient,
+                            who: Caller) -> dict[str, str]:
     """One token of the caller's bucket (RateLimited past it); the RateLimit headers."""
-    per_minute = who.limits.rate_limit_per_minute or services.settings.rate_limit_per_minute
-    return (await services.quotas.hit(who.bucket, per_minute)).headers()
+    per_minute = who.limits.rate_limit_per_minute or settings.rate_limit_per_minute
+    return (await quotas.hit(who.bucket, per_minute)).headers()
 
 
-async def rate_limit(request: Request, services: ServicesDep, who: CallerDep) -> None:
+async def rate_limit(request: Request, settings: SettingsDep, quotas: QuotasDep,
+                     who: CallerDep) -> None:
     """One token of the caller's bucket per request (keys on), unless the gate took it
     already (uploads); the RateLimit headers of the answer say what is left."""
     if who.key_id is None or RATE_LIMIT_STATE in request.scope.get("state", {}):
         return
-    request.state.rate_limit_headers = await charge_rate_limit(services, who)
+    request.state.rate_limit_headers = await charge_rate_limit(settings, quotas, who)
 
 
-def key_quota(services: Services, who: Caller) -> KeyQuota:
-    s, limits = services.settings, who.limits
+def key_quota(settings: Settings, who: Caller) -> KeyQuota:
+    s, limits = settings, who.limits
     stored_mb = limits.max_stored_mb or s.max_stored_mb_per_key
     return KeyQuota(per_minute=limits.rate_limit_per_minute or s.rate_limit_per_minute,
                     max_open_jobs=limits.max_open_jobs or s.max_open_jobs_per_key,
@@ -74,50 +78,49 @@ def key_quota(services: Services, who: Caller) -> KeyQuota:
                     stored_bytes=int(stored_mb * 2**20))
 
 
-def retention_s(services: Services, who: Caller) -> float:
+def retention_s(settings: Settings, who: Caller) -> float:
     """How long the caller's finished jobs are kept (the key's setting, else the server's)."""
-    return who.limits.result_ttl_s or services.settings.result_ttl_s
+    return who.limits.result_ttl_s or settings.result_ttl_s
 
 
-async def admit(services: Services, who: Caller, job: JobRecord) -> None:
+async def admit(settings: Settings, quotas: QuotaClient, who: Caller, job: JobRecord) -> None:
     """Count the job against its engine's cap and the caller's quotas before anything is
     stored: what it will compute (``job.work``, from the engines' own plans), and one job;
     raises 503 (engine full) or 429 (a quota), with Retry-After."""
     job.api_key_id = who.key_id
     assert job.work is not None, "a job is admitted with its work planned"
-    await services.quotas.admit(who.bucket, job.job_id, job.engine.value, job.work,
-                                key_quota(services, who), services.settings.max_open_jobs,
-                                who.key_id is not None)
+    await quotas.admit(who.bucket, job.job_id, job.engine.value, job.work,
+                       key_quota(settings, who), settings.max_open_jobs, who.key_id is not None)
 
 
-async def result_gone(services: Services, job: JobRecord) -> None:
+async def result_gone(quotas: QuotaClient, job: JobRecord) -> None:
     """A job's result was deleted: its bytes are no longer its key's. Best effort: were the
     keeper not to answer, the retention sweep tells it again when the record expires."""
     if job.api_key_id is None:
         return  # keys off: its bytes were never counted
     try:
-        await services.quotas.unstored(quota_bucket(job.api_key_id), job.job_id)
+        await quotas.unstored(quota_bucket(job.api_key_id), job.job_id)
     except Exception:  # noqa: BLE001 - the deletion stands either way
         logger.exception("job %s: its result's bytes not released", job.job_id)
 
 
-def check_owner(services: Services, who: Caller, job: JobRecord) -> JobRecord:
+def check_owner(settings: Settings, who: Caller, job: JobRecord) -> JobRecord:
     """With keys on, a job and its result belong to the key that made it: to any other key
     they do not exist (404, the same answer as an unknown id)."""
-    if services.settings.auth == "keys" and job.api_key_id != who.key_id:
+    if settings.auth == "keys" and job.api_key_id != who.key_id:
         raise NotFound(f"no job with id {job.job_id}")
     return job
 
 
-def allowed_projects(services: Services, who: Caller, server_project: str | None) -> set[str]:
-    return {p for p in (server_project, *services.settings.gcp_allowed_projects,
+def allowed_projects(settings: Settings, who: Caller, server_project: str | None) -> set[str]:
+    return {p for p in (server_project, *settings.gcp_allowed_projects,
                         *who.limits.gcp_projects) if p}
 
 
-def check_project(services: Services, who: Caller, asked: str | None,
+def check_project(settings: Settings, who: Caller, asked: str | None,
                   server_project: str | None) -> None:
     """A request may name only the server's Google Cloud project or one allowed to it."""
-    if asked and asked not in allowed_projects(services, who, server_project):
+    if asked and asked not in allowed_projects(settings, who, server_project):
         raise Forbidden(f"gcp_project_id {asked!r} is not allowed here; ask the operator to "
                         "allow it (UPSCALER_GCP_ALLOWED_PROJECTS or the key's projects)",
                         code="project_not_allowed")

@@ -34,7 +34,7 @@ def create_app(services: Services) -> FastAPI:
         services.webhooks.start()
         sweeps = asyncio.get_running_loop().create_task(sweep_periodically(
             services.retention, services.settings.retention_sweep_s,
-            on_expired=lambda job: result_gone(services, job)))
+            on_expired=lambda job: result_gone(services.quotas, job)))
         yield
         await services.runner.stop()
         sweeps.cancel()
@@ -61,7 +61,8 @@ def create_app(services: Services) -> FastAPI:
         return response
 
     # Before the app: the key, the rate limit and the slots, from the headers alone.
-    app.add_middleware(AccessGate, services=services)
+    app.add_middleware(AccessGate, settings=settings, keys=services.keys,
+                       quotas=services.quotas, uploads=services.uploads)
     # Outside it: counts and times the body before anything reads it.
     app.add_middleware(RequestLimits, **request_limits(settings))
     # Outermost of all: every answer, the limits' and the gate's own included, gets the

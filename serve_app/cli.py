@@ -170,7 +170,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from deployments import ray_compat
-    from serve_app.app import gpus_available, ingress_shutdown_s
+    from serve_app.deploy_options import gpus_available, ingress_shutdown_s
 
     stop = threading.Event()
 

@@ -1,5 +1,6 @@
-"""What every route shares, written once as FastAPI dependencies: the replica's services, and
-the intake of an upscale request (upload -> probe -> output plan)."""
+"""What the routes share, written once as FastAPI dependencies: each of the replica's services
+on its own (a route asks for the ones it uses), and the intake of an upscale request
+(upload -> probe -> output plan)."""
 
 import asyncio
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from fastapi import Depends, File, Form, Header, Request, UploadFile
 from serve_app.estimates import Estimator
 from serve_app.gateway import EngineGateway, QuotaClient
 from serve_app.limits import StreamSlots, UploadSlots
+from serve_app.outlook import Outlook
 from serve_app.runner import JobRunner
 from serve_app.schemas import CommonUpscaleForm
 from serve_app.webhooks import WebhookSender
@@ -33,7 +35,8 @@ FormT = TypeVar("FormT", bound=CommonUpscaleForm)
 
 @dataclass
 class Services:
-    """One Ingress replica's state, shared by its routes (``app.state.services``)."""
+    """One Ingress replica's state (``app.state.services``): what its app starts and stops.
+    Routes and the functions they call take the single services they use (below)."""
 
     settings: Settings
     store: JobStore
@@ -50,12 +53,76 @@ class Services:
     streams: StreamSlots = field(default_factory=StreamSlots)
     decoder: DecodeWorkers = field(default_factory=DecodeWorkers)
 
+    @property
+    def outlook(self) -> Outlook:
+        return Outlook(self.estimator, self.runner, self.engines)
 
-def get_services(request: Request) -> Services:
+
+def services_of(request: Request) -> Services:
     return request.app.state.services
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
+# Each async: FastAPI runs a plain `def` dependency in a thread, a hop per request for a read.
+async def _settings(request: Request) -> Settings:
+    return services_of(request).settings
+
+
+async def _store(request: Request) -> JobStore:
+    return services_of(request).store
+
+
+async def _runner(request: Request) -> JobRunner:
+    return services_of(request).runner
+
+
+async def _engines(request: Request) -> EngineGateway:
+    return services_of(request).engines
+
+
+async def _outlook(request: Request) -> Outlook:
+    return services_of(request).outlook
+
+
+async def _keys(request: Request) -> KeyStore:
+    return services_of(request).keys
+
+
+async def _quotas(request: Request) -> QuotaClient:
+    return services_of(request).quotas
+
+
+async def _idempotency(request: Request) -> IdempotencyKeys:
+    return services_of(request).idempotency
+
+
+async def _webhooks(request: Request) -> WebhookSender:
+    return services_of(request).webhooks
+
+
+async def _streams(request: Request) -> StreamSlots:
+    return services_of(request).streams
+
+
+async def _decode_budget(request: Request) -> MemoryBudget:
+    return services_of(request).decode_budget
+
+
+async def _decoder(request: Request) -> DecodeWorkers:
+    return services_of(request).decoder
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+StoreDep = Annotated[JobStore, Depends(_store)]
+RunnerDep = Annotated[JobRunner, Depends(_runner)]
+EnginesDep = Annotated[EngineGateway, Depends(_engines)]
+OutlookDep = Annotated[Outlook, Depends(_outlook)]
+KeysDep = Annotated[KeyStore, Depends(_keys)]
+QuotasDep = Annotated[QuotaClient, Depends(_quotas)]
+IdempotencyDep = Annotated[IdempotencyKeys, Depends(_idempotency)]
+WebhooksDep = Annotated[WebhookSender, Depends(_webhooks)]
+StreamsDep = Annotated[StreamSlots, Depends(_streams)]
+DecodeBudgetDep = Annotated[MemoryBudget, Depends(_decode_budget)]
+DecoderDep = Annotated[DecodeWorkers, Depends(_decoder)]
 PreferHeader = Annotated[str | None, Header(description="`respond-async`, or `wait=N` "
                                             "seconds (RFC 7240)", examples=["respond-async"])]
 
@@ -87,7 +154,9 @@ def intake(form_class: type[FormT]):
 
     async def dependency(
         request: Request,
-        services: ServicesDep,
+        settings: SettingsDep,
+        budget: DecodeBudgetDep,
+        decoder: DecoderDep,
         form: Annotated[form_class, Form()],  # type: ignore[valid-type]
         file: Annotated[UploadFile | None, File(description="The image (PNG, JPEG, WebP, "
                                                 "TIFF, BMP, GIF)")] = None,
@@ -98,21 +167,21 @@ def intake(form_class: type[FormT]):
             raise InvalidRequest(f"unknown field(s) {', '.join(unknown)}; this endpoint takes "
                                  f"{', '.join(sorted(allowed))}", code="unknown_field")
         # The request holds its upload slot already (serve_app/gate.py, before the body).
-        data = await _read_upload(file or image, services.settings.max_upload_bytes)
-        return await _checked(services, form, data)
+        data = await _read_upload(file or image, settings.max_upload_bytes)
+        return await _checked(settings, budget, decoder, form, data)
 
     return dependency
 
 
-async def _checked(services: Services, form: FormT, data: bytes) -> Intake[FormT]:
+async def _checked(settings: Settings, budget: MemoryBudget, decoder: DecodeWorkers,
+                   form: FormT, data: bytes) -> Intake[FormT]:
     """Header, output plan and its limit first (nothing decoded yet), then one full decode
     within the replica's decode budget (what its kind takes, upscaler/memory.py) and the
     decode time limit (in a worker process, stopped at the limit)."""
-    settings = services.settings
     probe = await asyncio.to_thread(probe_image, data, settings.max_input_pixels)
     plan = output_plan(settings, probe.width, probe.height, form)
-    async with services.decode_budget.reserve(decode_bytes(probe)):
-        await services.decoder.check(data, settings.max_input_pixels, settings.decode_timeout_s)
+    async with budget.reserve(decode_bytes(probe)):
+        await decoder.check(data, settings.max_input_pixels, settings.decode_timeout_s)
     return Intake(form, data, probe, plan)
 
 

@@ -20,26 +20,14 @@ class InitialRate:
     per_job: float
 
 
-def _every_engine(table: Mapping[Engine, InitialRate]) -> Mapping[Engine, InitialRate]:
-    # An engine without a rate is a mistake in this file, found when it is imported, not a
-    # KeyError in a request for that engine.
-    if missing := set(Engine) - set(table):
-        raise TypeError(f"no initial rate for engine(s) {sorted(e.value for e in missing)}")
-    return table
-
-
-INITIAL_SECONDS_PER_MP: Mapping[Engine, InitialRate] = _every_engine({
-    Engine.esrgan: InitialRate(cpu=8.0, cuda=0.3, per_job=0.2),
-    Engine.flux: InitialRate(cpu=600.0, cuda=8.0, per_job=2.0),
-    # A cloud call: the device is Google's; seconds of round trip and queueing at Vertex.
-    Engine.imagen: InitialRate(cpu=1.0, cuda=1.0, per_job=8.0),
-})
 LEARNING_WEIGHT = 0.3  # of each new measurement in the running average
 MEASURED_FROM = 0.1  # progress after which a running job's own pace predicts its end
 
 
 class Estimator:
-    def __init__(self) -> None:
+    def __init__(self, initial: Mapping[Engine, InitialRate]) -> None:
+        """``initial``: each engine's rates before any was measured (its EngineSpec's)."""
+        self._initial = dict(initial)
         self._seconds_per_mp: dict[Engine, float] = {}
 
     def estimate(self, job: JobRecord, jobs_ahead: int, device: str | None) -> float:
@@ -50,7 +38,7 @@ class Estimator:
                         device: str | None) -> float:
         """Seconds for a job of ``engine`` making ``output_mp`` megapixels (before it exists:
         the page's plan)."""
-        initial = INITIAL_SECONDS_PER_MP[engine]
+        initial = self._initial[engine]
         rate = self._seconds_per_mp.get(
             engine, initial.cuda if (device or "").startswith("cuda") else initial.cpu)
         one_job = initial.per_job + output_mp * rate
@@ -74,7 +62,7 @@ class Estimator:
         """A completed job's measured rate, folded into the running average."""
         mp = _megapixels(job)
         if job.processing_time and mp > 0:
-            new = max(0.0, job.processing_time - INITIAL_SECONDS_PER_MP[job.engine].per_job) / mp
+            new = max(0.0, job.processing_time - self._initial[job.engine].per_job) / mp
             old = self._seconds_per_mp.get(job.engine, new)
             self._seconds_per_mp[job.engine] = (1 - LEARNING_WEIGHT) * old + LEARNING_WEIGHT * new
 

@@ -5,29 +5,27 @@ both that stream and ``GET /api/status/{id}`` answer. Design: docs/design/operat
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 from sse_starlette import ServerSentEvent
 
 from serve_app.access import check_owner
-from serve_app.deps import Services
+from serve_app.outlook import Outlook
 from serve_app.presenters import job_status
 from serve_app.schemas import JobStatusResponse
 from upscaler.jobs import JobRecord
 from upscaler.keys import Caller
+from upscaler.settings import Settings
 
 TERMINAL_EVENT_ID = 200
 RETRY_MS = 2000  # how soon a browser's EventSource reconnects after a cut
 
 
-def live_status(services: Services, job: JobRecord) -> JobStatusResponse:
+def live_status(outlook: Outlook, job: JobRecord) -> JobStatusResponse:
     """The status body with what this replica knows beyond the record: the queue ahead (when
     it drives the job) and the time left."""
-    ahead = services.runner.jobs_ahead(job)
-    left = services.estimator.time_left(job, ahead, services.engines.device(job.engine),
-                                        time.time())
-    return job_status(job, queue_position=ahead, estimated_time=left)
+    ahead = outlook.jobs_ahead(job)
+    return job_status(job, queue_position=ahead, estimated_time=outlook.time_left(job, ahead))
 
 
 def event_id(status: JobStatusResponse) -> int:
@@ -53,23 +51,23 @@ def as_event(status: JobStatusResponse, first: bool) -> ServerSentEvent:
                            id=str(event_id(status)), retry=RETRY_MS if first else None)
 
 
-async def job_events(services: Services, who: Caller, job_id: str,
+async def job_events(settings: Settings, outlook: Outlook, who: Caller, job_id: str,
                      last_id: int) -> AsyncIterator[ServerSentEvent]:
     """Events of one job from after ``last_id`` until its end. Cancelled (and its caller's
     slot freed) when the client goes away."""
-    settings = services.settings
+    runner = outlook.runner
     sent, first = last_id, True
     while True:
-        job = check_owner(services, who, await services.runner.get(job_id))
-        status = live_status(services, job)
+        job = check_owner(settings, who, await runner.get(job_id))
+        status = live_status(outlook, job)
         if event_id(status) > sent:
             yield as_event(status, first)
             sent, first = event_id(status), False
         if job.state.is_terminal:
             return
-        if services.runner.drives(job_id):
+        if runner.drives(job_id):
             # Woken by the runner when the job changes; the timeout covers a change made
             # between reading the record and waiting.
-            await services.runner.changed(job_id, settings.events_poll_s)
+            await runner.changed(job_id, settings.events_poll_s)
         else:  # another replica drives it: its record in job storage
             await asyncio.sleep(settings.events_storage_poll_s)

@@ -16,10 +16,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deployments.ray_compat import unwrap
 from serve_app.access import CALLER_STATE, RATE_LIMIT_STATE, charge_rate_limit, presented_key
-from serve_app.deps import Services
-from serve_app.limits import KeylessSlots, send_error
+from serve_app.gateway import QuotaClient
+from serve_app.limits import KeylessSlots, UploadSlots, send_error
 from upscaler.errors import BadRequest, Forbidden, UpscalerError
-from upscaler.keys import ANONYMOUS, Caller
+from upscaler.keys import ANONYMOUS, Caller, KeyStore
+from upscaler.settings import Settings
 
 # Open to anyone, as before the gate: health's liveness, the web page, the docs and their
 # files. Every other path (unknown ones too) needs a key when keys are on.
@@ -47,9 +48,10 @@ class AccessGate:
     """ASGI middleware: the Host check, the key, and for uploads the rate limit and the
     upload slot, before the app runs; see the module's docstring."""
 
-    def __init__(self, app: ASGIApp, services: Services):
-        self.app, self.services = app, services
-        settings = services.settings
+    def __init__(self, app: ASGIApp, settings: Settings, keys: KeyStore, quotas: QuotaClient,
+                 uploads: UploadSlots):
+        self.app, self.settings, self.keys, self.quotas = app, settings, keys, quotas
+        self.uploads = uploads
         self.keys_on = settings.auth == "keys"
         self.keyless = KeylessSlots(settings.max_unauthenticated_requests)
         named = {host_name(h) or h for h in settings.allowed_hosts}
@@ -81,9 +83,10 @@ class AccessGate:
         state = scope.setdefault("state", {})
         state[CALLER_STATE] = who
         if scope["method"] == "POST" and path.startswith(UPLOAD_PREFIX):
-            held.enter_context(self.services.uploads.take(who.key_id))
+            held.enter_context(self.uploads.take(who.key_id))
             if who.key_id is not None:
-                state[RATE_LIMIT_STATE] = await _unwrapped(charge_rate_limit(self.services, who))
+                state[RATE_LIMIT_STATE] = await _unwrapped(
+                    charge_rate_limit(self.settings, self.quotas, who))
 
     def _check_host(self, headers: Headers) -> None:
         host = headers.get("host", "")
@@ -102,7 +105,7 @@ class AccessGate:
         if not self.keys_on:
             return ANONYMOUS
         key = presented_key(headers)
-        keys = self.services.keys
+        keys = self.keys
         try:
             # No key: refused without a thread, so a flood of keyless requests costs no more.
             return await asyncio.to_thread(keys.authenticate, key) if key else \

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,15 +36,16 @@ class EngineGateway:
     old: a replica whose every slot holds image work then never makes a request (health, an
     upload's model check) wait for it."""
 
-    def __init__(self, esrgan: DeploymentHandle, flux: DeploymentHandle,
-                 flux_coordinator: DeploymentHandle, imagen: DeploymentHandle):
+    def __init__(self, esrgan: DeploymentHandle, runs: Mapping[Engine, DeploymentHandle],
+                 status_calls: Mapping[Engine, Any],
+                 scales_to_zero: Mapping[Engine, str] | None = None):
+        """``esrgan`` answers the model questions; each engine's jobs stream from its ``runs``
+        handle and its status from its ``status_calls`` method (serve_app/engine_specs.py);
+        ``scales_to_zero``: the deployment an idle engine may have no replica of."""
         self.esrgan = esrgan
-        # Each engine's job stream: FLUX jobs are run by the coordinator over FLUX replicas.
-        self._runs = {Engine.esrgan: esrgan.options(stream=True),
-                      Engine.flux: flux_coordinator.options(stream=True),
-                      Engine.imagen: imagen.options(stream=True)}
-        self._status_calls = {Engine.esrgan: esrgan.health, Engine.flux: flux.status,
-                              Engine.imagen: imagen.status}
+        self._runs = {engine: handle.options(stream=True) for engine, handle in runs.items()}
+        self._status_calls = dict(status_calls)
+        self._scales_to_zero = dict(scales_to_zero or {})
         self._status: dict[Engine, _Cached] = {}
         self._models: _Cached | None = None
         self._replicas: _Cached | None = None
@@ -111,7 +112,8 @@ class EngineGateway:
 
     async def scaled_to_zero(self, engine: Engine) -> bool:
         """No replica runs this engine now (autoscaled to zero): the next job starts one."""
-        return engine is Engine.flux and await self.running_replicas("FLUX") == 0
+        deployment = self._scales_to_zero.get(engine)
+        return deployment is not None and await self.running_replicas(deployment) == 0
 
     async def status(self, engine: Engine) -> dict[str, Any]:
         """An engine's status: the last answer when recent, else asked again (in the

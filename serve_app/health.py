@@ -8,8 +8,10 @@ key sees its own open jobs and whether each engine is ready, nothing about other
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 
-from serve_app.deps import Services
+from serve_app.gateway import EngineGateway
+from serve_app.runner import JobRunner
 from serve_app.schemas import HealthResponse
 from upscaler.jobs import Engine
 from upscaler.keys import Caller
@@ -19,22 +21,24 @@ def sees_the_whole_service(who: Caller) -> bool:
     return who.admin or who.key_id is None  # an admin key, or keys off (loopback, no tenants)
 
 
-async def collect_health(services: Services, who: Caller) -> HealthResponse:
-    statuses = await asyncio.gather(*(services.engines.status(e) for e in Engine))
+async def collect_health(gateway: EngineGateway, runner: JobRunner, who: Caller,
+                         critical: Collection[Engine]) -> HealthResponse:
+    """Healthy while every engine in ``critical`` answers."""
+    statuses = await asyncio.gather(*(gateway.status(e) for e in Engine))
     engines = {engine.value: status for engine, status in zip(Engine, statuses, strict=True)}
     up = [name for name, info in engines.items()
           if "error" not in info and info.get("installed", True)
           and info.get("configured", True)]
     gpu = next((i for i in engines.values() if i.get("gpu_available")), {})
-    healthy = all("error" not in engines[e.value] for e in (Engine.esrgan, Engine.flux))
+    healthy = all("error" not in engines[e.value] for e in critical)
     if not sees_the_whole_service(who):
         return HealthResponse(
             status="healthy" if healthy else "degraded", scope="key",
             gpu_available=bool(gpu.get("gpu_available", False)), models_loaded=up,
-            queue_size=services.runner.open_count(key_id=who.key_id),
+            queue_size=runner.open_count(key_id=who.key_id),
             engines={name: {"ready": name in up} for name in engines})
     return HealthResponse(scope="service",
         status="healthy" if healthy else "degraded",
         gpu_available=bool(gpu.get("gpu_available", False)), gpu_name=gpu.get("gpu_name"),
         gpu_memory_free=gpu.get("gpu_memory_free"), models_loaded=up,
-        queue_size=services.runner.open_count(), engines=engines)
+        queue_size=runner.open_count(), engines=engines)

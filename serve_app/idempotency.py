@@ -12,10 +12,11 @@ from typing import Annotated
 from fastapi import Header
 from fastapi.responses import JSONResponse
 
-from serve_app.deps import Intake, Services
+from serve_app.deps import Intake
+from serve_app.outlook import Outlook
 from serve_app.presenters import upscale_response
 from upscaler.errors import Gone, NotFound
-from upscaler.idempotency import check_key, fingerprint
+from upscaler.idempotency import IdempotencyKeys, check_key, fingerprint
 from upscaler.job_store import JobStore
 from upscaler.jobs import JobRecord
 from upscaler.keys import Caller
@@ -28,46 +29,46 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 
 @dataclass
 class Claim:
+    keys: IdempotencyKeys
+    store: JobStore
     owner: str
     key: str
     fingerprint: str
-    created_at: float = 0.0
+    ttl_s: float
 
-    async def accepted(self, services: Services, job: JobRecord, status_code: int) -> None:
-        expires = job.expires_at or (job.created_at + services.settings.result_ttl_s)
-        await asyncio.to_thread(services.idempotency.accepted, self.owner, self.key, job.job_id,
+    async def accepted(self, job: JobRecord, status_code: int) -> None:
+        expires = job.expires_at or (job.created_at + self.ttl_s)
+        await asyncio.to_thread(self.keys.accepted, self.owner, self.key, job.job_id,
                                 self.fingerprint, status_code, job.created_at, expires)
 
-    async def failed(self, services: Services, job: JobRecord) -> None:
+    async def failed(self, job: JobRecord) -> None:
         """The first request ended in an exception: if its job was stored it runs (the key
         answers it, as 202), else the key is free again."""
-        stored = await asyncio.to_thread(services.store.storage.exists,
+        stored = await asyncio.to_thread(self.store.storage.exists,
                                          JobStore.record_key(job.job_id))
         if stored:
-            await self.accepted(services, job, 202)
+            await self.accepted(job, 202)
         else:
-            await asyncio.to_thread(services.idempotency.release, self.owner, self.key)
+            await asyncio.to_thread(self.keys.release, self.owner, self.key)
 
 
-async def claim(services: Services, who: Caller, key: str, route: str, request: Intake,
-                job: JobRecord, ttl_s: float) -> Claim | JSONResponse:
+async def claim(keys: IdempotencyKeys, store: JobStore, outlook: Outlook, who: Caller, key: str,
+                route: str, request: Intake, job: JobRecord,
+                ttl_s: float) -> Claim | JSONResponse:
     """Claim the key for ``job`` (a Claim), or the answer to a repeated request."""
     key = check_key(key)
     fields = request.form.model_dump(mode="json", exclude={"wait"})
     owner = who.key_id or "anonymous"
     print_ = fingerprint(route, fields, request.data or b"")
-    found = await asyncio.to_thread(services.idempotency.claim, owner, key, print_, job.job_id,
-                                    ttl_s)
+    found = await asyncio.to_thread(keys.claim, owner, key, print_, job.job_id, ttl_s)
     if found is None:
-        return Claim(owner, key, print_)
+        return Claim(keys, store, owner, key, print_, ttl_s)
     try:
-        first = await services.runner.get(found.job_id)
+        first = await outlook.runner.get(found.job_id)
     except NotFound:
         raise Gone(f"the job this Idempotency-Key made ({found.job_id}) is no longer kept",
                    code="job_expired") from None
-    ahead = services.runner.open_count(first.engine)
-    estimate = services.estimator.estimate(first, ahead, services.engines.device(first.engine))
-    response = upscale_response(first, estimate)
+    response = upscale_response(first, outlook.estimate(first, outlook.open_count(first.engine)))
     with contextlib.suppress(TypeError):
         if found.status_code in (200, 202) and response.status_code in (200, 202):
             response.status_code = found.status_code  # as the first request was answered

@@ -9,6 +9,7 @@ requests already go to the replacement, and the jobs in flight are handed over o
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -17,6 +18,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.api import create_app
 from serve_app.deps import Services
+from serve_app.engine_specs import ENGINES, QUOTAS, initial_rates
 from serve_app.estimates import Estimator
 from serve_app.gateway import EngineGateway, QuotaClient
 from serve_app.limits import UploadSlots
@@ -39,15 +41,22 @@ def runner_timings(settings: Settings) -> RunnerTimings:
                          max_attempts=settings.job_max_attempts)
 
 
-def build_services(settings: Settings, esrgan: Any, flux: Any, flux_coordinator: Any,
-                   imagen: Any, quota_keeper: Any) -> Services:
-    """The services of an Ingress around handles to the deployments (in tests, local
+def engine_gateway(handles: Mapping[str, Any]) -> EngineGateway:
+    """The engines as ENGINES describes them, over handles to the graph's deployments."""
+    return EngineGateway(
+        handles["ESRGAN"], {spec.engine: handles[spec.runs_jobs] for spec in ENGINES},
+        {spec.engine: getattr(handles[spec.status[0]], spec.status[1]) for spec in ENGINES},
+        {spec.engine: spec.scales_to_zero for spec in ENGINES if spec.scales_to_zero})
+
+
+def build_services(settings: Settings, handles: Mapping[str, Any]) -> Services:
+    """The services of an Ingress around handles to the deployments, by name (in tests, local
     stand-ins with the same ``.method.remote()`` calls)."""
     store = JobStore.from_settings(settings)
     store.storage.check_usable()
-    engines = EngineGateway(esrgan, flux, flux_coordinator, imagen)
-    estimator = Estimator()
-    quotas = QuotaClient(quota_keeper)
+    engines = engine_gateway(handles)
+    estimator = Estimator(initial_rates())
+    quotas = QuotaClient(handles[QUOTAS.name])
 
     async def job_ended(job: JobRecord) -> None:
         bucket = quota_bucket(job.api_key_id)
@@ -93,11 +102,8 @@ def idempotency_accepting_s(settings: Settings) -> float:
 @serve.deployment(name="Ingress")
 @serve.ingress()
 class Ingress:
-    def __init__(self, esrgan: DeploymentHandle, flux: DeploymentHandle,
-                 flux_coordinator: DeploymentHandle, imagen: DeploymentHandle,
-                 quota_keeper: DeploymentHandle, settings: Settings):
-        self.services = build_services(settings, esrgan, flux, flux_coordinator, imagen,
-                                       quota_keeper)
+    def __init__(self, handles: dict[str, DeploymentHandle], settings: Settings):
+        self.services = build_services(settings, handles)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self.services)

@@ -14,12 +14,9 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from deployments.esrgan import EsrganDeployment
-from deployments.flux import FluxCoordinator, FluxDeployment
-from deployments.imagen import ImagenDeployment
-from deployments.quotas import QuotaKeeper
 from serve_app.api import create_app
 from serve_app.deps import Services
+from serve_app.engine_specs import graph_deployments
 from serve_app.ingress import build_services
 from upscaler.settings import Settings
 
@@ -50,18 +47,18 @@ class _LocalMethod:
 
 
 class LocalGraph:
-    """The graph `serve_app.app.build_graph` binds, built in this process."""
+    """The graph `serve_app.app.build_graph` binds, built in this process from the same table:
+    ``deployments`` by name (``ESRGAN``, ``FluxCoordinator``, ...)."""
 
     def __init__(self, settings: Settings):
-        self.esrgan = EsrganDeployment.func_or_class(settings)
-        self.flux = FluxDeployment.func_or_class(settings)
-        self.coordinator = FluxCoordinator.func_or_class(settings, LocalHandle(self.esrgan),
-                                                         LocalHandle(self.flux))
-        self.imagen = ImagenDeployment.func_or_class(settings)
-        self.quotas = QuotaKeeper.func_or_class(settings)
-        self.services: Services = build_services(
-            settings, LocalHandle(self.esrgan), LocalHandle(self.flux),
-            LocalHandle(self.coordinator), LocalHandle(self.imagen), LocalHandle(self.quotas))
+        self.deployments: dict[str, Any] = {}
+        handles: dict[str, LocalHandle] = {}
+        for spec in graph_deployments():
+            assert spec.deployment is not None
+            self.deployments[spec.name] = spec.deployment.func_or_class(
+                settings, *(handles[name] for name in spec.calls))
+            handles[spec.name] = LocalHandle(self.deployments[spec.name])
+        self.services: Services = build_services(settings, handles)
 
 
 @contextmanager

@@ -11,7 +11,6 @@ import yaml
 from serve_app.app import build_app
 
 REPO = Path(__file__).resolve().parent.parent
-GRAPH = {"Ingress", "ESRGAN", "FLUX", "FluxCoordinator", "Imagen", "Quotas"}
 
 
 def load(name: str) -> dict:
@@ -31,7 +30,6 @@ def test_serve_configs_validate_against_rays_schema(name):
     config = ServeDeploySchema.model_validate(load(name))
     [app] = config.applications
     assert app.import_path == "serve_app.app:build_app"
-    assert {d.name for d in app.deployments} <= GRAPH
     build_app(app.args)  # the builder's typed args accept them
     assert set(app.args) <= set(Settings.model_fields)
     assert config.http_options.request_timeout_s >= 300  # large uploads, long sync waits
@@ -75,60 +73,78 @@ def test_cpu_config_is_package_data():
     assert (REPO / "serve_config.cpu.yaml").resolve() == CPU_SERVE_CONFIG.resolve()
 
 
-def test_gpu_config_names_the_whole_graph():
-    assert set(deployments(load("serve_config.yaml")["applications"][0])) == GRAPH
+def _table() -> dict:
+    from serve_app.engine_specs import INGRESS, graph_deployments
+
+    return {spec.name: spec for spec in (*graph_deployments(), INGRESS)}
 
 
-def test_gpu_config_reserves_gpus_as_planned():
-    deps = deployments(load("serve_config.yaml")["applications"][0])
-    assert 0 < deps["ESRGAN"]["ray_actor_options"]["num_gpus"] < 1  # replicas share a card
-    assert deps["FLUX"]["ray_actor_options"]["num_gpus"] == 1
-    for cpu_only in ("Imagen", "Ingress", "FluxCoordinator", "Quotas"):
-        assert deps[cpu_only]["ray_actor_options"].get("num_gpus", 0) == 0
-    for name in ("ESRGAN", "FLUX"):
-        auto = deps[name]["autoscaling_config"]
-        assert auto["min_replicas"] <= auto["max_replicas"] and auto["max_replicas"] > 1
-        assert deps[name]["health_check_timeout_s"] >= 60
+def _serve_configs() -> dict[str, dict]:
+    """The checked-in Serve configs: the GPU one, KubeRay's copy of it, the CPU one."""
+    return {"serve_config.yaml": load("serve_config.yaml"),
+            "k8s/rayservice.yaml": yaml.safe_load(load("k8s/rayservice.yaml")["spec"][
+                "serveConfigV2"]),
+            "serve_config.cpu.yaml": load("serve_config.cpu.yaml")}
 
 
-def test_flux_replicas_take_one_tile_at_a_time_as_the_builder_does():
-    """A tile waits in the router, not behind another on a replica (see serve_app.app)."""
-    from serve_app.app import FLUX_ROUTER
-
-    flux = deployments(load("serve_config.yaml")["applications"][0])["FLUX"]
-    assert flux["max_ongoing_requests"] == 1
-    assert flux["request_router_config"] == FLUX_ROUTER
-
-
-def test_no_config_overrides_the_ingress_request_slots():
-    """The builder's max_ongoing_requests is the one Settings checks against the upload,
-    stream and keyless caps: a config's own number would skip that check."""
-    for name in ("serve_config.yaml", "serve_config.cpu.yaml"):
-        ingress = deployments(load(name)["applications"][0]).get("Ingress", {})
-        assert "max_ongoing_requests" not in ingress, name
-
-
-def test_stops_leave_time_for_the_ingress_drain():
-    from serve_app.app import ingress_shutdown_s
+@pytest.mark.parametrize("name", list(_serve_configs()))
+def test_checked_in_configs_agree_with_the_engine_table(name):
+    """The configs stay hand-written YAML; the table (serve_app/engine_specs.py) is what the
+    builder deploys. A config names the table's deployments only (the GPU one all of them),
+    overrides only options the builder sets, keeps the table's fixed options and leaves its
+    builder-only ones alone; where it gives GPUs, it gives them to the GPU engines only; the
+    Ingress stops after its drain."""
+    from serve_app.deploy_options import ingress_shutdown_s
     from upscaler.settings import load_settings
 
-    [app] = load("serve_config.yaml")["applications"]
+    table, config = _table(), _serve_configs()[name]
+    [app] = config["applications"]
     settings = load_settings(app["args"])
-    assert deployments(app)["Ingress"]["graceful_shutdown_timeout_s"] >= ingress_shutdown_s(
-        settings)
+    overrides = deployments(app)
+    if name == "serve_config.cpu.yaml":  # the builder's options as they are: no GPU
+        assert not overrides and app["args"]["device"] == "cpu"
+        assert all(spec.options(settings)["ray_actor_options"].get("num_gpus", 0) == 0
+                   for spec in table.values())
+        return
+    assert config == load("serve_config.yaml")  # KubeRay's copy is the same config
+    assert set(overrides) == set(table)
+    for deployment, given in overrides.items():
+        spec, built = table[deployment], table[deployment].options(settings)
+        assert set(given) - {"name"} <= set(built), deployment
+        for option in set(given) & {"autoscaling_config", "ray_actor_options"}:
+            assert set(given[option]) <= set(built[option]) | {"num_gpus"}, deployment
+        assert all(given[o] == built[o] for o in spec.fixed if o in given), deployment
+        assert not set(spec.builder_only) & set(given), deployment
+        gpus = given["ray_actor_options"].get("num_gpus", 0)
+        assert gpus > 0 if spec.gpu else gpus == 0, deployment
+        if "health_check_timeout_s" in given:  # models load no faster in a cluster
+            assert given["health_check_timeout_s"] >= built["health_check_timeout_s"]
+        if auto := given.get("autoscaling_config"):
+            assert auto["min_replicas"] <= auto["max_replicas"]
+    assert overrides["Ingress"]["graceful_shutdown_timeout_s"] >= ingress_shutdown_s(settings)
+
+
+def test_every_engine_is_in_the_table_once():
+    """One entry per engine, whose params are that engine's and whose deployments the graph
+    binds under names no other entry uses."""
+    from serve_app.engine_specs import ENGINES, INGRESS, graph_deployments
+    from upscaler.jobs import Engine
+
+    assert sorted(spec.engine for spec in ENGINES) == sorted(Engine)
+    for spec in ENGINES:
+        assert spec.params.model_fields["engine"].default is spec.engine
+        names = {d.name for d in spec.deployments}
+        assert {spec.runs_jobs, spec.status[0]} <= names
+    bound = [d.name for d in graph_deployments()]
+    assert len(set(bound)) == len(bound) and INGRESS.name not in bound
+
+
+def test_compose_stops_after_the_ingress_drain():
+    from serve_app.deploy_options import ingress_shutdown_s
+    from upscaler.settings import load_settings
+
     grace = load("docker/compose.yaml")["services"]["upscaler"]["stop_grace_period"]
     assert float(grace.rstrip("s")) > ingress_shutdown_s(load_settings({}))
-
-
-def test_cpu_config_reserves_no_gpu():
-    from serve_app.app import esrgan_gpus, flux_gpus
-    from upscaler.settings import load_settings
-
-    [app] = load("serve_config.cpu.yaml")["applications"]
-    # Deployment options come from the builder, which reserves no GPU with device=cpu.
-    assert "deployments" not in app and app["args"]["device"] == "cpu"
-    settings = load_settings(app["args"])
-    assert esrgan_gpus(settings) == 0 and flux_gpus(settings) == 0
 
 
 def test_upscaler_serve_takes_flags_then_environment_then_the_file(tmp_path, monkeypatch):
@@ -180,7 +196,6 @@ def test_kuberay_service_embeds_a_valid_serve_config():
     raw = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     embedded = ServeDeploySchema.model_validate(raw)
     assert embedded.applications[0].import_path == "serve_app.app:build_app"
-    assert raw == load("serve_config.yaml")  # the same config, embedded
     worker = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     limits = worker["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1"

@@ -102,7 +102,7 @@ def test_resume_computes_only_missing_tiles_and_gives_the_same_image(app):
 
     async def run_to(stop_after: int | None) -> list:
         events = []
-        async for event in graph.coordinator.run(job.spec()):
+        async for event in graph.deployments["FluxCoordinator"].run(job.spec()):
             events.append(event)
             if stop_after is not None and len(list(store.storage.list(
                     JobStore.tiles_prefix(job.job_id)))) >= stop_after:
@@ -159,7 +159,7 @@ def test_a_superseded_flux_run_stops_and_writes_no_result(app):
     async def run() -> list:
         tiles = []
         with pytest.raises(Superseded):
-            async for event in graph.coordinator.run(job.spec()):
+            async for event in graph.deployments["FluxCoordinator"].run(job.spec()):
                 if isinstance(event, Progress) and event.stage is None:
                     tiles.append(event.tile)
                     if len(tiles) == 1:  # at once: not queued behind the tiles' threads

@@ -47,6 +47,12 @@ def keyed(tmp_path_factory, models_root) -> Keyed:
     return Keyed(LocalGraph(settings), keys)
 
 
+def gate_around(app, services) -> AccessGate:
+    """The gate as create_app installs it, around another app."""
+    return AccessGate(app, settings=services.settings, keys=services.keys,
+                      quotas=services.quotas, uploads=services.uploads)
+
+
 @dataclass
 class Exchange:
     """One request driven by hand: what the app was handed of its body, what it answered."""
@@ -184,7 +190,7 @@ def test_requests_without_a_key_have_capped_slots_of_their_own(keyed):
             await gate_open.wait()
             await answer_ok(scope_, receive, send)
 
-        gate = AccessGate(slow_app, keyed.graph.services)
+        gate = gate_around(slow_app, keyed.graph.services)
         open_ones = [Exchange() for _ in range(2)]
         tasks = [asyncio.create_task(drive(gate, scope("GET", "/api/health"), ex))
                  for ex in open_ones]
@@ -229,12 +235,12 @@ def test_with_keys_off_another_sites_page_cannot_post(bare_app):
 def test_with_keys_on_any_host_unless_allowed_hosts_names_them(keyed):
     services = keyed.graph.services
     key = keyed.keys["alice"]
-    assert answered(AccessGate(answer_ok, services),
+    assert answered(gate_around(answer_ok, services),
                     scope("GET", "/api/models", key, host="upscaler.example.com")).status == 200
     named = replace(services, settings=services.settings.model_copy(
         update={"allowed_hosts": ["upscaler.example.com"]}))
     for host, status in [("upscaler.example.com:443", 200), ("other.example", 400)]:
-        assert answered(AccessGate(answer_ok, named),
+        assert answered(gate_around(answer_ok, named),
                         scope("GET", "/api/models", key, host=host)).status == status, host
 
 

@@ -218,7 +218,7 @@ def test_jobs_survive_the_object_store_stopping_mid_job(s3, tmp_path, models_roo
                                  stale_after_s=lease_s, default_models=["tiny-rrdb"])
     host, port = s3.server.get_host_and_port()
     with local_client(settings) as client:
-        esrgan = client.graph.esrgan  # type: ignore[attr-defined]
+        esrgan = client.graph.deployments["ESRGAN"]  # type: ignore[attr-defined]
         before = esrgan.health()
         # The first (six tiles: seconds) still runs when the store has stopped, which takes
         # its server up to half a second; the others wait behind it.

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from serve_app.engine_specs import initial_rates
 from serve_app.estimates import Estimator
 from serve_app.runner import JobRunner, RunnerTimings
 from upscaler.dimensions import calculate_output_dimensions
@@ -283,7 +284,7 @@ def test_sweep_takes_over_jobs_whose_driver_died(store):
 @pytest.mark.parametrize("engine", list(Engine))
 def test_every_engine_has_an_estimate(engine):
     """An open Imagen job's estimate raised KeyError once: POST and status answered 500."""
-    estimator = Estimator()
+    estimator = Estimator(initial_rates())
     job = new_job(engine)
     job.output_size = Size(width=1000, height=1000)
     assert estimator.estimate(job, jobs_ahead=0, device=None) > 0

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from serve_app.access import CallerDep, check_owner, rate_limit
-from serve_app.deps import ServicesDep
+from serve_app.deps import OutlookDep, RunnerDep, SettingsDep, StreamsDep
 from serve_app.events import TERMINAL_EVENT_ID, job_events, parse_last_event_id
 from serve_app.openapi_docs import error_responses
 from serve_app.routes.jobs import JobId
@@ -17,11 +17,11 @@ from serve_app.routes.jobs import JobId
 router = APIRouter(prefix="/api", tags=["jobs"], dependencies=[Depends(rate_limit)])
 
 
-def stream_slot(services: ServicesDep, who: CallerDep) -> Iterator[None]:
+def stream_slot(settings: SettingsDep, streams: StreamsDep, who: CallerDep) -> Iterator[None]:
     """One of the replica's event-stream slots, held until the response has ended (the job
     ended, or the client went away)."""
-    s = services.settings
-    with services.streams.take(who.bucket, s.events_max_streams, s.events_max_streams_per_key):
+    s = settings
+    with streams.take(who.bucket, s.events_max_streams, s.events_max_streams_per_key):
         yield
 
 
@@ -35,13 +35,14 @@ def stream_slot(services: ServicesDep, who: CallerDep) -> Iterator[None]:
                204: {"description": "The job ended and `Last-Event-ID` says its last event "
                      "was seen: nothing more to send (EventSource stops reconnecting)."},
                **error_responses(401, 403, 404, 429, 503)})
-async def events(services: ServicesDep, who: CallerDep, job_id: JobId,
+async def events(settings: SettingsDep, runner: RunnerDep, outlook: OutlookDep, who: CallerDep,
+                 job_id: JobId,
                  _slot: Annotated[None, Depends(stream_slot)],
                  last_event_id: Annotated[str | None, Header()] = None) -> Response:
-    job = check_owner(services, who, await services.runner.get(job_id))
+    job = check_owner(settings, who, await runner.get(job_id))
     last = parse_last_event_id(last_event_id)
     if job.state.is_terminal and last >= TERMINAL_EVENT_ID:
         return Response(status_code=204)
     return EventSourceResponse(
-        job_events(services, who, job_id, last), ping=services.settings.events_keepalive_s,
+        job_events(settings, outlook, who, job_id, last), ping=settings.events_keepalive_s,
         ping_message_factory=lambda: ServerSentEvent(comment="keepalive"))

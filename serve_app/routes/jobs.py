@@ -12,10 +12,11 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import StreamingResponse
 
 from serve_app.access import CallerDep, check_owner, rate_limit, result_gone
-from serve_app.deps import Services, ServicesDep
+from serve_app.deps import OutlookDep, QuotasDep, RunnerDep, SettingsDep, StoreDep
 from serve_app.events import live_status
 from serve_app.openapi_docs import error_responses
 from serve_app.presenters import job_status
+from serve_app.runner import JobRunner
 from serve_app.schema_examples import JOB_ID, STATUS_CANCELLED
 from serve_app.schemas import JobStatusResponse
 from upscaler.errors import BadRequest, Gone, NotFound
@@ -24,6 +25,7 @@ from upscaler.job_store import JobStore
 from upscaler.jobs import JobRecord
 from upscaler.keys import Caller
 from upscaler.retention import delete_result, was_expired
+from upscaler.settings import Settings
 
 router = APIRouter(prefix="/api", tags=["jobs"], dependencies=[Depends(rate_limit)])
 RESULT_NAME_RE = re.compile(r"[0-9a-f]{32}\.(png|tiff)")
@@ -33,15 +35,16 @@ ResultName = Annotated[str, Path(description="As in `outputUrl`: <jobId>.png or 
                                  examples=[f"{JOB_ID}.tiff"])]
 
 
-async def kept_job(services: Services, who: Caller, job_id: str) -> JobRecord:
+async def kept_job(settings: Settings, runner: JobRunner, store: JobStore, who: Caller,
+                   job_id: str) -> JobRecord:
     """The caller's job; 410 once its retention ran out (swept or not yet), 404 if unknown."""
     try:
-        job = await services.runner.get(job_id)
+        job = await runner.get(job_id)
     except NotFound:
-        if await asyncio.to_thread(was_expired, services.store, job_id):
+        if await asyncio.to_thread(was_expired, store, job_id):
             raise _expired(job_id) from None
         raise
-    check_owner(services, who, job)
+    check_owner(settings, who, job)
     if job.is_expired():
         raise _expired(job_id)
     return job
@@ -55,8 +58,9 @@ def _expired(job_id: str) -> Gone:
 @router.get("/status/{job_id}", response_model=JobStatusResponse,
             responses=error_responses(401, 403, 404, 410, 429, 503),
             summary="Job status and progress")
-async def status(services: ServicesDep, who: CallerDep, job_id: JobId) -> JobStatusResponse:
-    return live_status(services, await kept_job(services, who, job_id))
+async def status(settings: SettingsDep, runner: RunnerDep, store: StoreDep, outlook: OutlookDep,
+                 who: CallerDep, job_id: JobId) -> JobStatusResponse:
+    return live_status(outlook, await kept_job(settings, runner, store, who, job_id))
 
 
 @router.delete("/jobs/{job_id}", response_model=JobStatusResponse,
@@ -69,13 +73,14 @@ async def status(services: ServicesDep, who: CallerDep, job_id: JobId) -> JobSta
                summary="Cancel a queued or running job; delete a finished job's result",
                description="A finished job's result is deleted and its final status answered "
                "with `result_deleted: true`; deleting again answers the same.")
-async def cancel(services: ServicesDep, who: CallerDep, job_id: JobId) -> JobStatusResponse:
-    job = await kept_job(services, who, job_id)
+async def cancel(settings: SettingsDep, runner: RunnerDep, store: StoreDep, quotas: QuotasDep,
+                 who: CallerDep, job_id: JobId) -> JobStatusResponse:
+    job = await kept_job(settings, runner, store, who, job_id)
     if job.state.is_terminal:
-        job = await asyncio.to_thread(delete_result, services.store, job)
-        await result_gone(services, job)
+        job = await asyncio.to_thread(delete_result, store, job)
+        await result_gone(quotas, job)
         return job_status(job)
-    return job_status(await services.runner.cancel(job_id))
+    return job_status(await runner.cancel(job_id))
 
 
 @router.get("/results/{filename}", summary="Download a result",
@@ -86,21 +91,22 @@ async def cancel(services: ServicesDep, who: CallerDep, job_id: JobId) -> JobSta
                        **error_responses(400, 401, 403, 404, 410, 429, 503, e400={
                            "error": "invalid_filename", "message": "result names look like "
                            "<32 hex digits>.png or .tiff, as given in outputUrl"})})
-async def result(services: ServicesDep, who: CallerDep, filename: ResultName,
-                 request: Request) -> Response:
+async def result(settings: SettingsDep, runner: RunnerDep, store: StoreDep, who: CallerDep,
+                 filename: ResultName, request: Request) -> Response:
     if not RESULT_NAME_RE.fullmatch(filename):
         raise BadRequest("result names look like <32 hex digits>.png or .tiff, as given in "
                          "outputUrl", code="invalid_filename")
     try:  # a result is its job's: the same owner (keys on), the same retention
-        job: JobRecord | None = await kept_job(services, who, filename.split(".")[0])
+        job: JobRecord | None = await kept_job(settings, runner, store, who,
+                                                      filename.split(".")[0])
     except NotFound:
-        if services.settings.auth == "keys":
+        if settings.auth == "keys":
             raise NotFound(f"no result named {filename}") from None
         job = None
     if job is not None and job.result_deleted:
         raise Gone(f"the result {filename} was deleted (DELETE /api/jobs/{job.job_id})",
                    code="result_deleted")
-    storage = services.store.storage
+    storage = store.storage
     key = JobStore.result_key(filename)
     try:
         size = await asyncio.to_thread(storage.size, key)

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from serve_app.access import optional_caller, rate_limit
-from serve_app.deps import ServicesDep
+from serve_app.deps import EnginesDep, OutlookDep, RunnerDep, SettingsDep
+from serve_app.engine_specs import ENGINE_SPECS, ENGINES
 from serve_app.health import collect_health
 from serve_app.openapi_docs import error_responses
 from serve_app.schema_examples import HEALTH, MODELS, PLAN
@@ -19,6 +20,7 @@ from upscaler.jobs import Engine
 from upscaler.keys import ANONYMOUS, Caller
 
 router = APIRouter()
+CRITICAL = tuple(spec.engine for spec in ENGINES if spec.critical)
 
 
 @router.get("/api/health", response_model=HealthResponse | LivenessResponse,
@@ -33,9 +35,9 @@ router = APIRouter()
                              "content": {"application/json": {"example": {
                                  **HEALTH, "status": "degraded", "models_loaded": ["esrgan"]}}}
                              }})
-async def health(services: ServicesDep,
+async def health(engines: EnginesDep, runner: RunnerDep,
                  who: Annotated[Caller | None, Depends(optional_caller)]) -> JSONResponse:
-    body = await collect_health(services, who or ANONYMOUS)
+    body = await collect_health(engines, runner, who or ANONYMOUS, CRITICAL)
     # 503 until the engines answer: container and load-balancer health checks wait for it.
     status_code = 200 if body.status == "healthy" else 503
     if who is None:  # keys on, none given: alive or not, and nothing about the inside
@@ -54,17 +56,18 @@ async def health(services: ServicesDep,
             responses={200: {"description": "The plan",
                              "content": {"application/json": {"example": PLAN}}},
                        **error_responses(401, 422, 429)})
-async def plan(services: ServicesDep, request: Request,
+async def plan(settings: SettingsDep, engines: EnginesDep, outlook: OutlookDep, request: Request,
                width: Annotated[int, Query(ge=1, le=1_000_000)],
                height: Annotated[int, Query(ge=1, le=1_000_000)],
                engine: Engine = Engine.esrgan) -> PlanResponse:
-    scale = None
-    if engine is not Engine.imagen:
+    spec, scale = ENGINE_SPECS[engine], None
+    if spec.model_passes:
         try:  # the default model's scale: what the pixels computed follow
-            scale = (await services.engines.model_info(None)).scale
+            scale = (await engines.model_info(None)).scale
         except UpscalerError:
             scale = None  # no model installed: the plan without them
-    return plan_upload(services, width, height, engine, request.query_params, scale)
+    return plan_upload(settings, outlook, width, height, engine, spec.form, request.query_params,
+                       scale)
 
 
 @router.get("/api/models", summary="Installed super-resolution models",
@@ -72,5 +75,5 @@ async def plan(services: ServicesDep, request: Request,
             responses={200: {"description": "The ESRGAN engine's models and its default",
                              "content": {"application/json": {"example": MODELS}}},
                        **error_responses(401, 403, 429)})
-async def models(services: ServicesDep) -> dict[str, Any]:
-    return {"esrgan": await services.engines.list_models()}
+async def models(engines: EnginesDep) -> dict[str, Any]:
+    return {"esrgan": await engines.list_models()}

@@ -1,27 +1,22 @@
-"""POST /api/upscale/{esrgan,flux,imagen}: validate, create the job, answer (200 when it
-finished within the wait, 202 with its status URL while it runs)."""
+"""POST /api/upscale/{engine}: one route per EngineSpec (serve_app/engine_specs.py), made by one
+factory: validate, build the engine's job, take it in (serve_app/acceptance.py), answer 200
+when it finished within the wait, 202 with its status URL while it runs."""
 
+import inspect
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from serve_app.access import CallerDep, admit, rate_limit, retention_s
-from serve_app.deps import Intake, PreferHeader, Services, ServicesDep, intake
-from serve_app.idempotency import Claim, IdempotencyKeyHeader, claim
+from serve_app.acceptance import Acceptance
+from serve_app.access import CallerDep, rate_limit
+from serve_app.deps import EnginesDep, Intake, PreferHeader, SettingsDep, intake
+from serve_app.engine_specs import ENGINES, EngineSpec
+from serve_app.idempotency import IdempotencyKeyHeader
 from serve_app.openapi_docs import error_responses
-from serve_app.presenters import upscale_response
 from serve_app.schema_examples import UPSCALE_COMPLETED, UPSCALE_QUEUED
-from serve_app.schemas import (
-    EsrganUpscaleForm,
-    FluxUpscaleForm,
-    ImagenUpscaleForm,
-    UpscaleResponse,
-)
-from serve_app.submissions import esrgan_job, flux_job, imagen_job, require_flux, wait_seconds
-from serve_app.webhook_submit import subscription
-from upscaler.jobs import JobRecord
-from upscaler.keys import Caller, quota_bucket
+from serve_app.schemas import UpscaleResponse
+from serve_app.submissions import wait_seconds
 
 router = APIRouter(prefix="/api/upscale", tags=["upscale"], dependencies=[Depends(rate_limit)])
 _errors = error_responses(400, 401, 403, 408, 409, 413, 415, 422, 429, 503, 507, e409={
@@ -34,85 +29,36 @@ _queued = {"model": UpscaleResponse, "description": "Accepted and still running:
            "content": {"application/json": {"example": UPSCALE_QUEUED}}}
 
 
-async def _submit(services: Services, who: Caller, job: JobRecord, request: Intake,
-                  wait: float, idempotency_key: str | None) -> JSONResponse:
-    job.retention_s = retention_s(services, who)
-    first: Claim | None = None
-    if idempotency_key is not None:  # a repeat is answered from the first request's job
-        found = await claim(services, who, idempotency_key, job.engine.value, request, job,
-                            job.retention_s)
-        if isinstance(found, JSONResponse):
-            return found
-        first = found
-    try:
-        job.webhooks = await subscription(services.settings, request.form, services.webhooks,
-                                          services.keys, who)
-        await admit(services, who, job)  # before anything is stored
-        # Asked before the job starts one: an engine at zero replicas adds its start.
-        cold_start = services.settings.flux_cold_start_s \
-            if await services.engines.scaled_to_zero(job.engine) else 0.0
-        try:
-            job = await services.runner.submit(job, request.take_data(), wait)
-        except BaseException:
-            await services.quotas.release(quota_bucket(who.key_id), job.job_id,
-                                          job.engine.value)
-            raise
-    except BaseException:
-        if first is not None:
-            await first.failed(services, job)
-        raise
-    ahead = services.runner.open_count(job.engine) - 1
-    estimate = services.estimator.estimate(job, ahead, services.engines.device(job.engine))
-    response = upscale_response(job, estimate + cold_start)
-    if first is not None:
-        await first.accepted(services, job, response.status_code)
-    return response
+def add_upscale_route(spec: EngineSpec) -> None:
+    """POST /api/upscale/<engine>: its form, its job builder, and (synchronous engines) the
+    wait a request may ask for."""
+    Upload = Annotated[Intake[spec.form], Depends(intake(spec.form))]  # type: ignore[name-defined]
+
+    async def upscale(
+        accept: Annotated[Acceptance, Depends()],
+        settings: SettingsDep,
+        engines: EnginesDep,
+        who: CallerDep,
+        request: Upload,  # type: ignore[valid-type]
+        prefer: PreferHeader = None,
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> JSONResponse:
+        job = await spec.build_job(settings, engines, who, request)
+        wait = wait_seconds(request.form.wait, prefer, settings.sync_wait_s) \
+            if spec.synchronous else 0.0
+        return await accept(who, job, request, wait, idempotency_key)
+
+    if not spec.synchronous:  # answered at once: no wait to ask for
+        signature = inspect.signature(upscale)
+        upscale.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[p for p in signature.parameters.values() if p.name != "prefer"])
+    answers = {200: _done, 202: _queued} if spec.synchronous else {202: _queued}
+    router.add_api_route(
+        f"/{spec.engine.value}", upscale, methods=["POST"], name=f"upscale_{spec.engine.value}",
+        response_model=UpscaleResponse, status_code=200 if spec.synchronous else 202,
+        responses={**answers, **_errors, **error_responses(*spec.extra_errors)},
+        dependencies=[Depends(check) for check in spec.prechecks], summary=spec.summary)
 
 
-@router.post("/esrgan", response_model=UpscaleResponse, status_code=200,
-             responses={200: _done, 202: _queued, **_errors},
-             summary="Upscale with an ESRGAN-family model (seconds)")
-async def upscale_esrgan(
-    services: ServicesDep,
-    who: CallerDep,
-    request: Annotated[Intake[EsrganUpscaleForm], Depends(intake(EsrganUpscaleForm))],
-    prefer: PreferHeader = None,
-    idempotency_key: IdempotencyKeyHeader = None,
-) -> JSONResponse:
-    job = await esrgan_job(services, request)
-    wait = wait_seconds(request.form.wait, prefer, services.settings.sync_wait_s)
-    return await _submit(services, who, job, request, wait, idempotency_key)
-
-
-async def _flux_installed(services: ServicesDep) -> None:
-    await require_flux(services)
-
-
-@router.post("/flux", response_model=UpscaleResponse, status_code=202,
-             responses={202: _queued, **_errors},
-             summary="Ultimate SD Upscale with FLUX.1-dev (minutes; always asynchronous)")
-async def upscale_flux(
-    services: ServicesDep,
-    who: CallerDep,
-    _installed: Annotated[None, Depends(_flux_installed)],
-    request: Annotated[Intake[FluxUpscaleForm], Depends(intake(FluxUpscaleForm))],
-    idempotency_key: IdempotencyKeyHeader = None,
-) -> JSONResponse:
-    job = await flux_job(services, request)
-    return await _submit(services, who, job, request, 0.0, idempotency_key)
-
-
-@router.post("/imagen", response_model=UpscaleResponse, status_code=200,
-             responses={200: _done, 202: _queued, **_errors,
-                        **error_responses(502, 504)},
-             summary="Upscale with Imagen on Vertex AI (a cloud call)")
-async def upscale_imagen(
-    services: ServicesDep,
-    who: CallerDep,
-    request: Annotated[Intake[ImagenUpscaleForm], Depends(intake(ImagenUpscaleForm))],
-    prefer: PreferHeader = None,
-    idempotency_key: IdempotencyKeyHeader = None,
-) -> JSONResponse:
-    job = await imagen_job(services, who, request)
-    wait = wait_seconds(request.form.wait, prefer, services.settings.sync_wait_s)
-    return await _submit(services, who, job, request, wait, idempotency_key)
+for _spec in ENGINES:
+    add_upscale_route(_spec)

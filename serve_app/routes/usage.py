@@ -7,7 +7,7 @@ import dataclasses
 from fastapi import APIRouter, Depends
 
 from serve_app.access import CallerDep, key_quota, rate_limit
-from serve_app.deps import ServicesDep
+from serve_app.deps import QuotasDep, SettingsDep
 from serve_app.openapi_docs import error_responses
 from serve_app.schemas import UsageFigure, UsageResponse
 from upscaler.quotas import Allowance
@@ -19,8 +19,8 @@ router = APIRouter(prefix="/api", tags=["jobs"], dependencies=[Depends(rate_limi
             summary="This key's usage today and its limits",
             description="Counted as jobs are submitted (what each will compute) and as results "
             "are kept and deleted, by the one quota keeper every Ingress replica asks.")
-async def usage(services: ServicesDep, who: CallerDep) -> UsageResponse:
-    figures = await services.quotas.figures(who.bucket, key_quota(services, who))
+async def usage(settings: SettingsDep, quotas: QuotasDep, who: CallerDep) -> UsageResponse:
+    figures = await quotas.figures(who.bucket, key_quota(settings, who))
 
     def shown(allowance: Allowance) -> UsageFigure:
         return UsageFigure(**dataclasses.asdict(allowance))
