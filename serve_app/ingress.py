@@ -15,6 +15,9 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments import ray_compat
+from deployments.common import open_job_store
+from deployments.metrics import RunnerMetrics
 from serve_app.api import create_app
 from serve_app.deps import Services
 from serve_app.estimates import Estimator
@@ -43,7 +46,7 @@ def build_services(settings: Settings, esrgan: Any, flux: Any, flux_coordinator:
                    imagen: Any, quota_keeper: Any) -> Services:
     """The services of an Ingress around handles to the deployments (in tests, local
     stand-ins with the same ``.method.remote()`` calls)."""
-    store = JobStore.from_settings(settings)
+    store = open_job_store(settings)
     store.storage.check_usable()
     engines = EngineGateway(esrgan, flux, flux_coordinator, imagen)
     estimator = Estimator()
@@ -62,7 +65,8 @@ def build_services(settings: Settings, esrgan: Any, flux: Any, flux_coordinator:
     keys.tighten()  # a local keys file made owner-only, whoever made it
     webhooks = WebhookSender(settings, store, keys)
     runner = JobRunner(store, engines.run, runner_timings(settings), on_ended=job_ended,
-                       webhooks=webhooks)
+                       webhooks=webhooks, worker_lost=ray_compat.worker_died,
+                       metrics=RunnerMetrics())
     webhooks.live = runner.live
     return Services(settings, store, runner, engines, estimator, keys, quotas,
                     UploadSlots(settings.max_concurrent_uploads,

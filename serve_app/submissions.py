@@ -105,7 +105,7 @@ def new_job(services: Services, intake: Intake, params: JobParams,
     which its key is charged."""
     probe, plan = intake.probe, intake.plan
     input_size = Size(width=probe.width, height=probe.height)
-    return JobRecord(engine=params.engine, owner=services.runner.owner, params=params,
+    return JobRecord(engine=params.engine, params=params,
                      input_format=probe.format, plan=plan, input_size=input_size,
                      output_size=Size(width=plan.final_width, height=plan.final_height),
                      work=job_work(services.settings, params, input_size, plan, model_scale))
