@@ -19,11 +19,18 @@ from upscaler.images import DecodedImage, decode_image
 from upscaler.job_store import JobStore
 from upscaler.jobs import Completed, JobEvent, JobSpec
 from upscaler.settings import Settings
+from upscaler.storage import Storage
 
 if TYPE_CHECKING:
     import torch
 
 Emit = Callable[[JobEvent], None]
+
+
+def open_job_store(settings: Settings) -> JobStore:
+    """The job store at the configured location (leases as long as ``stale_after_s``)."""
+    return JobStore(Storage(settings.resolved_storage_url, settings.storage_options),
+                    settings.stale_after_s)
 
 
 def replica_tag() -> str:

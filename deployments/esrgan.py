@@ -21,6 +21,7 @@ from deployments.common import (
     engine_device,
     finish_job,
     gpu_snapshot,
+    open_job_store,
     read_input,
     replica_tag,
     stream_from_thread,
@@ -29,7 +30,6 @@ from deployments.fencing import AttemptFence
 from upscaler.engines.models import ModelInfo, ModelRegistry
 from upscaler.errors import ServiceUnavailable, Superseded, UnsupportedModel
 from upscaler.images import DecodedImage
-from upscaler.job_store import JobStore
 from upscaler.jobs import Completed, EsrganParams, FluxParams, JobEvent, JobSpec, Progress, Started
 from upscaler.memory import return_big_buffers
 from upscaler.settings import Settings
@@ -69,7 +69,7 @@ class EsrganDeployment:
         self.settings = settings
         self.registry = ModelRegistry(settings.upscale_models_dir)
         self.engine = esrgan_engine(settings, self.registry)
-        self.store = JobStore.from_settings(settings)
+        self.store = open_job_store(settings)
         self._gpu_lock = threading.Lock()  # one image at a time on this replica's device
         self._busy_jobs = 0
         self._completed = 0

@@ -18,7 +18,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments import metrics
-from deployments.common import engine_device, finish_job, replica_tag
+from deployments.common import engine_device, finish_job, open_job_store, replica_tag
 from deployments.fencing import AttemptFence
 from upscaler.budget import MemoryBudget
 from upscaler.engines.flux_files import (
@@ -148,7 +148,7 @@ class FluxCoordinator:
         self.settings = settings
         self.esrgan = esrgan
         self.flux = flux
-        self.store = JobStore.from_settings(settings)
+        self.store = open_job_store(settings)
         # Each job's image lives here while its tiles are drawn: jobs run as they fit.
         self.memory = MemoryBudget(settings.flux_coordinator_memory_bytes)
 

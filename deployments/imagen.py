@@ -15,12 +15,18 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.common import Emit, finish_job, read_input, stream_from_thread
-from upscaler.engines.imagen import ImagenClient, credentials_status, request_image_bytes
+from deployments.common import (
+    Emit,
+    finish_job,
+    open_job_store,
+    read_input,
+    stream_from_thread,
+)
+from deployments.vertex import VertexClient
+from upscaler.engines.imagen import credentials_status, request_image_bytes
 from upscaler.engines.imagen import model_spec as imagen_model
 from upscaler.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType, UpstreamError
 from upscaler.images import decode_image
-from upscaler.job_store import JobStore
 from upscaler.jobs import Completed, ImagenParams, JobEvent, JobSpec, Started
 from upscaler.resample import resample_plane
 from upscaler.settings import Settings
@@ -30,10 +36,10 @@ from upscaler.settings import Settings
 class ImagenDeployment:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.client = ImagenClient(settings.gcp_credentials_file, settings.vertex_api_endpoint,
+        self.client = VertexClient(settings.gcp_credentials_file, settings.vertex_api_endpoint,
                                    settings.gcp_project_id, settings.imagen_deadline_s,
                                    settings.imagen_call_timeout_s)
-        self.store = JobStore.from_settings(settings)
+        self.store = open_job_store(settings)
         self.calls = 0
 
     def status(self) -> dict[str, Any]:

@@ -118,3 +118,19 @@ def _apply(metric, method: str, value: float, tags: dict[str, str]) -> None:
             getattr(metric(), method)(value, tags=tags)
     except Exception:  # noqa: BLE001
         pass
+
+
+class RunnerMetrics:
+    """The job runner's figures (``serve_app.runner_contract.JobMetrics``) as the metrics
+    above."""
+
+    def submitted(self, engine: str) -> None:
+        count(jobs_submitted, engine=engine)
+
+    def ended(self, engine: str, state: str, seconds: float | None) -> None:
+        count(jobs_total, engine=engine, status=state)
+        if seconds is not None:
+            observe(job_seconds, seconds, engine=engine)
+
+    def open_jobs(self, engine: str, count: int) -> None:
+        set_gauge(queue_size, count, engine=engine)

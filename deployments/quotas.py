@@ -10,7 +10,7 @@ import logging
 
 from ray import serve
 
-from upscaler.job_store import JobStore
+from deployments.common import open_job_store
 from upscaler.jobs import JobWork
 from upscaler.quotas import KeyQuota, QuotaBook, RateState, UsageFigures
 from upscaler.settings import Settings
@@ -28,7 +28,7 @@ def stored_key(bucket: str) -> str:
 class QuotaKeeper:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.store = JobStore.from_settings(settings)
+        self.store = open_job_store(settings)
         self.book = QuotaBook()
         self._recount()
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from upscaler.errors import unwrap
+
+__all__ = ["unwrap"]  # Ray-free, so the runner and the HTTP errors read causes without Ray
+
 
 def serve_start(http_options: dict[str, Any], grpc_options: dict[str, Any],
                 proxy_location: Any) -> Any:
@@ -31,13 +35,6 @@ def metrics_report_interval_s() -> float:
     import ray
 
     return max(ray._config.metrics_report_interval_ms(), 1000) / 1000
-
-
-def unwrap(exc: BaseException) -> BaseException:
-    """The exception a replica raised: Ray hands callers a ``RayTaskError`` subclass whose
-    ``cause`` is the original (with its own fields; the wrapper's class-level ones differ)."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc
 
 
 def worker_died(exc: BaseException) -> bool:

@@ -17,9 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.ray_compat import unwrap
 from serve_app.schemas import ErrorResponse
-from upscaler.errors import UpscalerError
+from upscaler.errors import UpscalerError, unwrap
 from upscaler.storage_faults import storage_fault
 
 logger = logging.getLogger("ray.serve")

@@ -16,6 +16,9 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments import ray_compat
+from deployments.common import open_job_store
+from deployments.metrics import RunnerMetrics
 from serve_app.api import create_app
 from serve_app.deps import Services
 from serve_app.engine_specs import ENGINES, QUOTAS, initial_rates
@@ -52,7 +55,7 @@ def engine_gateway(handles: Mapping[str, Any]) -> EngineGateway:
 def build_services(settings: Settings, handles: Mapping[str, Any]) -> Services:
     """The services of an Ingress around handles to the deployments, by name (in tests, local
     stand-ins with the same ``.method.remote()`` calls)."""
-    store = JobStore.from_settings(settings)
+    store = open_job_store(settings)
     store.storage.check_usable()
     engines = engine_gateway(handles)
     estimator = Estimator(initial_rates())
@@ -71,7 +74,8 @@ def build_services(settings: Settings, handles: Mapping[str, Any]) -> Services:
     keys.tighten()  # a local keys file made owner-only, whoever made it
     webhooks = WebhookSender(settings, store, keys)
     runner = JobRunner(store, engines.run, runner_timings(settings), on_ended=job_ended,
-                       webhooks=webhooks)
+                       webhooks=webhooks, worker_lost=ray_compat.worker_died,
+                       metrics=RunnerMetrics())
     webhooks.live = runner.live
     return Services(settings, store, runner, engines, estimator, keys, quotas,
                     UploadSlots(settings.max_concurrent_uploads,

@@ -1,5 +1,6 @@
-"""The lease side of the job runner: heartbeats, the sweep that claims jobs whose driver's lease
-ran out, and the driver's lease-checked saves. Design: docs/design/leases.md
+"""The leases of a job runner's open jobs: heartbeats, lease-checked saves, and the sweep that
+takes over jobs whose driver is gone. ``JobRunner`` owns one ``LeaseKeeper``.
+Design: docs/design/leases.md
 """
 
 from __future__ import annotations
@@ -8,8 +9,8 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
-from deployments import metrics
 from upscaler.job_store import JobStore, LeaseLost
 from upscaler.jobs import JobRecord
 
@@ -29,60 +30,61 @@ class RunnerTimings:
 DEFAULT_TIMINGS = RunnerTimings()
 
 
-class LeaseKeeping:
-    """Heart-beats, the sweep, and the driver's lease-checked saves. The runner's state it
-    works on is declared here; ``JobRunner`` provides it and the two hooks below."""
+class LeasedJobs(Protocol):
+    """What the keeper asks of the runner whose jobs it keeps (``JobRunner``)."""
 
-    store: JobStore
-    timings: RunnerTimings
-    owner: str
-    _open: dict[str, JobRecord]
-    _tasks: dict[str, asyncio.Task]
-    _lost: dict[str, JobRecord]
-    _stopping: bool
+    def open_jobs(self) -> list[JobRecord]: ...
 
-    def _start(self, job: JobRecord, data: bytes | None = None) -> asyncio.Task:
-        raise NotImplementedError
+    def drives(self, job_id: str) -> bool: ...
 
-    async def _ended(self, job: JobRecord) -> None:
-        raise NotImplementedError
+    def lose(self, job: JobRecord, stored: JobRecord) -> None:
+        """Stop driving ``job`` without writing: ``stored`` (ended, or claimed) is the truth."""
 
-    def _emit(self, job: JobRecord, event: str | None, send: bool = True) -> None:
-        raise NotImplementedError
+    def take_over(self, job: JobRecord) -> None:
+        """Drive ``job``, claimed by the sweep from a driver that is gone."""
 
-    # --- background ----------------------------------------------------------------------
-    async def _heartbeat_loop(self) -> None:
+    async def give_up(self, job: JobRecord) -> None:
+        """``job``, claimed with its attempts spent, failed and stored so: its end's work."""
+
+
+class LeaseKeeper:
+    """Heart-beats, the sweep, and the lease-checked saves of one runner's (``owner``) jobs."""
+
+    def __init__(self, store: JobStore, timings: RunnerTimings, owner: str, jobs: LeasedJobs):
+        self.store = store
+        self.timings = timings
+        self.owner = owner
+        self._jobs = jobs
+        self._claiming = True
+
+    def stop_claiming(self) -> None:
+        """The runner is stopping: it takes no job over (heartbeats go on while it drains)."""
+        self._claiming = False
+
+    async def keep(self) -> None:
+        """Heart-beat the open jobs and sweep, until cancelled."""
         last_sweep = 0.0
         while True:
             if time.monotonic() - last_sweep >= self.timings.stale_after_s / 2:
                 last_sweep = time.monotonic()
                 await self.sweep()
             await asyncio.sleep(self.timings.heartbeat_s)
-            for job in list(self._open.values()):
-                if job.job_id not in self._open or job.state.is_terminal:  # ending: saved so
+            for job in self._jobs.open_jobs():
+                # An ending job's final save is under way; a heartbeat could only race it.
+                if not self._jobs.drives(job.job_id) or job.state.is_terminal:
                     continue
                 try:
-                    await self._save(job)
+                    await self.save(job)
                 except LeaseLost as lost:
-                    self._lose(job, lost.record)
+                    self._jobs.lose(job, lost.record)
                 except Exception:  # noqa: BLE001 - storage down: the next beat tries again
                     logger.exception("heartbeat for %s failed", job.job_id)
-
-    def _lose(self, job: JobRecord, stored: JobRecord) -> None:
-        """The job ended elsewhere (cancelled through another replica) or another runner
-        claimed it (this one was cut off for a lease's length): stop driving it, write
-        nothing."""
-        logger.warning("job %s is %s elsewhere; stopping here", job.job_id,
-                       stored.state.value if stored.state.is_terminal else "driven")
-        if task := self._tasks.get(job.job_id):  # else it has just finished here
-            self._lost[job.job_id] = stored
-            task.cancel()
 
     async def sweep(self) -> None:
         """Claim jobs whose driver's lease ran out: re-run them (from their tiles: FLUX), or
         fail them with the reason when their attempts are spent. Each claim is a conditional
         write, so of several runners sweeping at once one takes a job, once."""
-        if self._stopping:  # a stopping replica takes nothing over
+        if not self._claiming:  # a stopping replica takes nothing over
             return
         try:
             expired = await asyncio.to_thread(self.store.expired_jobs)
@@ -90,7 +92,7 @@ class LeaseKeeping:
             logger.exception("sweep failed")
             return
         for found in expired:
-            if found.job_id in self._open or self._stopping:
+            if self._jobs.drives(found.job_id) or not self._claiming:
                 continue
             try:
                 job = await asyncio.to_thread(self.store.claim, found.job_id, self.owner,
@@ -102,24 +104,31 @@ class LeaseKeeping:
                 continue
             if job.state.is_terminal:
                 logger.warning("job %s: attempts spent; failed", job.job_id)
-                metrics.count(metrics.jobs_total, engine=job.engine.value, status=job.state.value)
-                await asyncio.to_thread(self.store.delete_work_files, job.job_id, job.resumable)
-                await self._ended(job)
+                await self._jobs.give_up(job)
             else:
                 logger.warning("job %s: its driver stopped; %s (attempt %d)", job.job_id,
                                "resuming from its tiles" if job.resumable
                                else "running it again from its stored input", job.attempts)
-                self._start(job)
-                self._emit(job, None)  # the webhook deliveries its driver left pending
+                self._jobs.take_over(job)
 
-    async def _save_final(self, job: JobRecord) -> bool:
+    # --- the driver's saves --------------------------------------------------------------
+    def renew(self, job: JobRecord) -> None:
+        job.heartbeat_at = time.time()
+        job.lease_expires_at = job.heartbeat_at + self.timings.stale_after_s
+
+    async def save(self, job: JobRecord) -> None:
+        """Save with the lease renewed; ``LeaseLost`` when the job is not this driver's."""
+        self.renew(job)
+        await asyncio.to_thread(self.store.save, job)
+
+    async def save_final(self, job: JobRecord) -> bool:
         """Save a job's end, retrying while storage is down for up to a lease's length (then
         the lease runs out and a sweep runs the job again). False: it ended elsewhere."""
         deadline = time.monotonic() + self.timings.stale_after_s
         delay = 0.05
         while True:
             try:
-                await self._save(job)
+                await self.save(job)
                 return True
             except LeaseLost as lost:
                 adopt(job, lost.record)
@@ -131,7 +140,18 @@ class LeaseKeeping:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _release(self, job: JobRecord) -> None:
+    async def save_progress(self, job: JobRecord) -> None:
+        """A save the job does not depend on: when storage is down it waits for the next
+        progress or heartbeat (a refused one still stops the driver)."""
+        try:
+            await self.save(job)
+        except LeaseLost:
+            raise
+        except Exception:  # noqa: BLE001
+            logger.warning("job %s: saving its progress failed; the next save tries again",
+                           job.job_id)
+
+    async def release(self, job: JobRecord) -> None:
         """Hand an open job to the sweep (any runner's, this one's too): its lease ends now,
         so it is claimed at the next sweep rather than a lease later. When storage cannot
         take that, the lease runs out by itself."""
@@ -144,24 +164,6 @@ class LeaseKeeping:
             logger.warning("job %s: its lease could not be released; it runs out",
                            job.job_id)
 
-    async def _save_progress(self, job: JobRecord) -> None:
-        """A save the job does not depend on: when storage is down it waits for the next
-        progress or heartbeat (a refused one still stops the driver)."""
-        try:
-            await self._save(job)
-        except LeaseLost:
-            raise
-        except Exception:  # noqa: BLE001
-            logger.warning("job %s: saving its progress failed; the next save tries again",
-                           job.job_id)
-
-    def _renew(self, job: JobRecord) -> None:
-        job.heartbeat_at = time.time()
-        job.lease_expires_at = job.heartbeat_at + self.timings.stale_after_s
-
-    async def _save(self, job: JobRecord) -> None:
-        self._renew(job)
-        await asyncio.to_thread(self.store.save, job)
 
 def adopt(job: JobRecord, stored: JobRecord) -> None:
     """Make the driver's copy the stored truth (what waiters on it then see)."""

@@ -1,6 +1,6 @@
 """The job runner: drives accepted jobs to their end and keeps their records true. The engine
-call is injected (``serve_app.runner_contract``): a streaming DeploymentHandle call in the
-service, a fake engine's generator in tests. Design: docs/design/leases.md
+call, how to tell a dead worker and the metrics are injected (``serve_app.runner_contract``), so
+it runs, and is tested, without Ray. Design: docs/design/leases.md
 """
 
 from __future__ import annotations
@@ -11,12 +11,19 @@ import logging
 import time
 import uuid
 
-from deployments import metrics
-from deployments.ray_compat import unwrap, worker_died
 from serve_app.errors import public_error
-from serve_app.leases import DEFAULT_TIMINGS, LeaseKeeping, RunnerTimings, adopt
-from serve_app.runner_contract import INLINE_UPLOAD_BYTES, JobEnded, JobWebhooks, RunEngine
-from upscaler.errors import Conflict, NotFound, Superseded, UpscalerError
+from serve_app.leases import DEFAULT_TIMINGS, LeaseKeeper, RunnerTimings, adopt
+from serve_app.runner_contract import (
+    INLINE_UPLOAD_BYTES,
+    JobEnded,
+    JobMetrics,
+    JobWebhooks,
+    NoMetrics,
+    RunEngine,
+    WorkerLost,
+    no_worker_lost,
+)
+from upscaler.errors import Conflict, NotFound, Superseded, UpscalerError, unwrap
 from upscaler.job_store import JobNotFound, JobStore, LeaseLost
 from upscaler.jobs import (
     Completed,
@@ -31,23 +38,27 @@ from upscaler.storage import StorageError
 logger = logging.getLogger("ray.serve")
 
 
-class JobRunner(LeaseKeeping):
+class JobRunner:
     def __init__(self, store: JobStore, run_engine: RunEngine,
                  timings: RunnerTimings = DEFAULT_TIMINGS, on_ended: JobEnded | None = None,
-                 webhooks: JobWebhooks | None = None):
+                 webhooks: JobWebhooks | None = None,
+                 worker_lost: WorkerLost = no_worker_lost,
+                 metrics: JobMetrics | None = None):
         self.store = store
         self.webhooks = webhooks
         self.run_engine = run_engine
         self.timings = timings
         self.on_ended = on_ended  # every job that reaches an end here, once
+        self.worker_lost = worker_lost
+        self.metrics = metrics or NoMetrics()
         self.owner = uuid.uuid4().hex
+        self._leases = LeaseKeeper(store, timings, self.owner, self)
         self._open: dict[str, JobRecord] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancel_requested: set[str] = set()
         self._changes: dict[str, asyncio.Event] = {}  # woken when that job's record changes
         self._lost: dict[str, JobRecord] = {}  # ended or claimed elsewhere: the stored record
         self._handed_over: list[JobRecord] = []  # left open by a stopping runner
-        self._stopping = False
         self._background: asyncio.Task | None = None
 
     # --- life cycle ----------------------------------------------------------------------
@@ -55,14 +66,14 @@ class JobRunner(LeaseKeeping):
         """Start heart-beating and sweeping (on the running event loop)."""
         for engine in Engine:  # an empty queue is a value too, exported from the start
             self._queue_gauge(engine)
-        self._background = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+        self._background = asyncio.get_running_loop().create_task(self._leases.keep())
 
     async def stop(self) -> None:
         """The replica is stopping (a rollout, a shutdown); new requests already go to its
         replacement. Resumable jobs are handed over at once; the others get ``drain_s`` to
         finish, then are handed over too: their leases released, so another runner's sweep
         claims them without waiting for the leases to run out."""
-        self._stopping = True
+        self._leases.stop_claiming()
         tasks = [t for job in self._open.values()
                  if job.resumable and (t := self._tasks.get(job.job_id))]
         for task in tasks:
@@ -78,16 +89,16 @@ class JobRunner(LeaseKeeping):
         if self._background:
             self._background.cancel()
         for job in self._handed_over:
-            await self._release(job)
+            await self._leases.release(job)
 
     # --- requests ------------------------------------------------------------------------
     async def submit(self, job: JobRecord, data: bytes, wait: float) -> JobRecord:
         """Store the upload and the record, start the job, and wait up to ``wait`` seconds
         for it to end (the job goes on when the wait is over)."""
-        job.owner = job.lease_owner = self.owner
-        self._renew(job)
+        job.lease_owner = self.owner
+        self._leases.renew(job)
         await asyncio.to_thread(self._store_new, job, data)
-        metrics.count(metrics.jobs_submitted, engine=job.engine.value)
+        self.metrics.submitted(job.engine.value)
         task = self._start(job, data if len(data) <= INLINE_UPLOAD_BYTES else None)
         del data  # the engine call has what it needs; a long wait need not hold the upload
         if wait > 0:
@@ -172,7 +183,7 @@ class JobRunner(LeaseKeeping):
 
     # --- driving one job -----------------------------------------------------------------
     def _start(self, job: JobRecord, data: bytes | None = None) -> asyncio.Task:
-        job.owner = job.lease_owner = self.owner
+        job.lease_owner = self.owner
         self._open[job.job_id] = job
         self._queue_gauge(job.engine)
         task = asyncio.get_running_loop().create_task(self._drive(job, data))
@@ -209,13 +220,13 @@ class JobRunner(LeaseKeeping):
                         raise
                     if job.resumable and job.resumes < self.timings.max_resumes:
                         job.resumes += 1
-                    elif worker_died(exc) and job.attempts < self.timings.max_attempts:
+                    elif self.worker_lost(exc) and job.attempts < self.timings.max_attempts:
                         job.attempts += 1
                     else:
                         raise
                     logger.warning("job %s: %s; running it again (resumes %d, attempt %d)",
                                    job.job_id, type(cause).__name__, job.resumes, job.attempts)
-                    await self._save(job)
+                    await self._leases.save(job)
         except LeaseLost as lost:
             self._lost[job.job_id] = lost.record
             left_open = True  # not this runner's job any more: nothing to write
@@ -224,7 +235,7 @@ class JobRunner(LeaseKeeping):
                            "it does", job.job_id)
             left_open = True
             self._open.pop(job.job_id, None)  # no heartbeat may renew what is released
-            await self._release(job)
+            await self._leases.release(job)
         except asyncio.CancelledError:
             if job.job_id in self._lost:
                 left_open = True
@@ -238,7 +249,7 @@ class JobRunner(LeaseKeeping):
             cause = unwrap(exc)
             if isinstance(cause, UpscalerError):  # a 5xx's details to the log, not the record
                 job.mark_failed_by(public_error(cause, job.job_id))
-            elif worker_died(exc):
+            elif self.worker_lost(exc):
                 job.mark_failed(f"the replica running this job died {job.attempts} time(s) "
                                 "before it finished; submit the image again",
                                 code="worker_lost")
@@ -281,7 +292,7 @@ class JobRunner(LeaseKeeping):
                     self._emit(job, "progress")
                     if time.monotonic() - last_save > self.timings.progress_save_s:
                         last_save = time.monotonic()
-                        await self._save_progress(job)
+                        await self._leases.save_progress(job)
                 elif isinstance(event, Completed):
                     job.mark_completed(event)
                 self._notify(job.job_id)
@@ -294,12 +305,9 @@ class JobRunner(LeaseKeeping):
             raise
 
     async def _finish(self, job: JobRecord) -> None:
-        engine = job.engine.value
-        metrics.count(metrics.jobs_total, engine=engine, status=job.state.value)
-        if job.state == JobState.completed and job.processing_time is not None:
-            metrics.observe(metrics.job_seconds, job.processing_time, engine=engine)
+        self._count_end(job)
         self._emit(job, job.state.value, send=False)  # stored with its end, then sent
-        saved = await self._save_final(job)
+        saved = await self._leases.save_final(job)
         self._notify(job.job_id)  # its end (or the stored one), for every reader
         if not saved:  # ended elsewhere: the stored record (adopted) has its own deliveries
             return
@@ -330,8 +338,35 @@ class JobRunner(LeaseKeeping):
             except Exception:  # noqa: BLE001 - a webhook must not undo the job
                 logger.exception("event %s of job %s", event, job.job_id)
 
+    def _count_end(self, job: JobRecord) -> None:
+        seconds = job.processing_time if job.state == JobState.completed else None
+        self.metrics.ended(job.engine.value, job.state.value, seconds)
+
     def _queue_gauge(self, engine: Engine) -> None:
-        metrics.set_gauge(metrics.queue_size, self.open_count(engine), engine=engine.value)
+        self.metrics.open_jobs(engine.value, self.open_count(engine))
+
+    # --- the lease keeper's calls (serve_app.leases.LeasedJobs) ---------------------------
+    def open_jobs(self) -> list[JobRecord]:
+        return list(self._open.values())
+
+    def lose(self, job: JobRecord, stored: JobRecord) -> None:
+        """The job ended elsewhere (cancelled through another replica) or another runner
+        claimed it (this one was cut off for a lease's length): stop driving it, write
+        nothing."""
+        logger.warning("job %s is %s elsewhere; stopping here", job.job_id,
+                       stored.state.value if stored.state.is_terminal else "driven")
+        if task := self._tasks.get(job.job_id):  # else it has just finished here
+            self._lost[job.job_id] = stored
+            task.cancel()
+
+    def take_over(self, job: JobRecord) -> None:
+        self._start(job)
+        self._emit(job, None)  # the webhook deliveries its driver left pending
+
+    async def give_up(self, job: JobRecord) -> None:
+        self._count_end(job)
+        await asyncio.to_thread(self.store.delete_work_files, job.job_id, job.resumable)
+        await self._ended(job)
 
 
 class _StorageOutage(Exception):

@@ -1,5 +1,7 @@
-"""What the job runner (``serve_app.runner``) is given: the engine call and the hooks told of
-its jobs' events (webhooks) and ends (bookkeeping). Its timings are in ``serve_app.leases``."""
+"""What the job runner (``serve_app.runner``) is given: the engine call, how to read its
+failures, where its metrics go, and the hooks told of its jobs' events (webhooks) and ends
+(bookkeeping). Its timings are in ``serve_app.leases``. Nothing here knows Ray: the Ingress
+passes Ray's in (``deployments.ray_compat.worker_died``, ``deployments.metrics``)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,35 @@ from upscaler.jobs import JobEvent, JobRecord, JobSpec
 RunEngine = Callable[[JobSpec, bytes | None], AsyncIterator[JobEvent]]
 INLINE_UPLOAD_BYTES = 4 * 1024 * 1024
 JobEnded = Callable[[JobRecord], Awaitable[None]]
+
+
+# Whether a failed engine call's process died (a replica, its node) rather than failing on
+# the job: such a job is worth running again elsewhere.
+WorkerLost = Callable[[BaseException], bool]
+
+
+def no_worker_lost(exc: BaseException) -> bool:
+    """Where no engine call runs in another process (tests, in-process engines)."""
+    return False
+
+
+class JobMetrics(Protocol):
+    """Where the runner's figures go (by engine name): jobs accepted, jobs ended (by final
+    state, with the processing time of a completed one), open jobs."""
+
+    def submitted(self, engine: str) -> None: ...
+
+    def ended(self, engine: str, state: str, seconds: float | None) -> None: ...
+
+    def open_jobs(self, engine: str, count: int) -> None: ...
+
+
+class NoMetrics:
+    def submitted(self, engine: str) -> None: ...
+
+    def ended(self, engine: str, state: str, seconds: float | None) -> None: ...
+
+    def open_jobs(self, engine: str, count: int) -> None: ...
 
 
 class JobWebhooks(Protocol):

@@ -13,7 +13,13 @@ import pytest
 from conftest import VERTEX_DEADLINE_S, photo, png_bytes, upload, wait_for_job
 from PIL import Image
 
-from upscaler.engines.imagen import ImagenModel, choose_factor, request_image_bytes
+from upscaler.engines.imagen import (
+    ImagenModel,
+    choose_factor,
+    image_from_predictions,
+    predict_request,
+    request_image_bytes,
+)
 from upscaler.errors import UpscalerError
 
 
@@ -120,6 +126,22 @@ def test_factor_and_byte_limits():
         request_image_bytes(png_bytes(photo("coffee", (64, 64))), "PNG", model)
     assert err.value.http_status == 413 and "at most" in err.value.message
 
+
+
+def test_request_and_answer_are_read_without_a_client():
+    """What is sent and read back needs neither google-cloud nor the network."""
+    request = predict_request(b"png", 4, "m", "p", "europe-west4", add_watermark=False)
+    assert request.endpoint == "projects/p/locations/europe-west4/publishers/google/models/m"
+    assert base64.b64decode(request.instance["image"]["bytesBase64Encoded"]) == b"png"
+    assert request.parameters["upscaleConfig"] == {"upscaleFactor": "x4"}
+    assert request.parameters["addWatermark"] is False
+    answer = base64.b64encode(b"image").decode()
+    assert image_from_predictions([{"bytesBase64Encoded": answer}]) == b"image"
+    for predictions, code in (([], "no_image"), ([{"raiFilteredReason": "x"}], "safety_filtered"),
+                              ([{"bytesBase64Encoded": "!"}], "vertex_bad_response")):
+        with pytest.raises(UpscalerError) as err:
+            image_from_predictions(predictions)
+        assert err.value.code == code
 
 def test_an_answer_slower_than_the_wait_is_a_job_to_poll(app, vertex):
     """Imagen with `Prefer: respond-async` (or Vertex retries outlasting the wait): 202 with an

@@ -182,7 +182,8 @@ def test_a_failed_local_write_leaves_no_temp_file(tmp_path):
 
 
 def test_records_round_trip_typed_and_older_records_still_load(storage):
-    """Params are typed per engine; a record written before that (no params.engine) loads."""
+    """Params are typed per engine; a record written before that (no params.engine, an
+    ``owner`` field since dropped) loads."""
     store = JobStore(storage, stale_after_s=30)
     job = _job(Engine.flux)
     store.save(job)
@@ -190,6 +191,7 @@ def test_records_round_trip_typed_and_older_records_still_load(storage):
     assert back == job and isinstance(back.params, FluxParams) and back.resumable
     old = job.model_dump(mode="json")
     del old["params"]["engine"]
+    old["owner"] = "a-runner"
     storage.write_bytes(JobStore.record_key(job.job_id), json.dumps(old).encode())
     assert store.load(job.job_id).params == job.params
     assert store.load(job.job_id).spec().result_filename == f"{job.job_id}.png"

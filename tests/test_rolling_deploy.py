@@ -127,7 +127,7 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
             assert r.status_code == 200 and r.json()["status"] == "completed"
             # A new Ingress took the new job; the old one had finished the first (drained).
             jobs = tmp_path / "data" / "storage" / "jobs"
-            owners = [json.loads((jobs / f"{i}.json").read_text())["owner"]
+            owners = [json.loads((jobs / f"{i}.json").read_text())["lease_owner"]
                       for i in (job_id, r.json()["jobId"])]
             assert owners[0] != owners[1]
     finally:

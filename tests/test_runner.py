@@ -107,7 +107,7 @@ def test_submit_waits_records_and_cleans_up(store):
         assert job.processing_time is not None
         await until(lambda: ended == [job])  # bookkeeping runs after the answer
         saved = store.load(job.job_id)
-        assert saved.state == JobState.completed and saved.owner == runner.owner
+        assert saved.state == JobState.completed and saved.lease_owner == runner.owner
         assert not store.storage.exists(JobStore.input_key(job.job_id))  # upload deleted
         assert runner.open_count() == 0
         await runner.stop()
@@ -258,7 +258,7 @@ def test_sweep_takes_over_jobs_whose_driver_died(store):
     async def main():
         dead = {engine: new_job(engine) for engine in (Engine.esrgan, Engine.flux)}
         for job in dead.values():  # written by a runner that died: heartbeat long ago
-            job.owner, job.heartbeat_at = "dead-runner", time.time() - 60
+            job.lease_owner, job.heartbeat_at = "dead-runner", time.time() - 60
             job.mark_processing()
             store.storage.write_bytes(JobStore.input_key(job.job_id), b"upload")
             store.save(job)
@@ -331,14 +331,20 @@ def test_a_late_heartbeat_never_overwrites_the_end(tmp_path):
     run(main())
 
 
+class WorkerGone(Exception):
+    """An engine call whose process died (Ray's RayActorError, in the service)."""
+
+
 def test_a_job_whose_replica_died_runs_again_up_to_max_attempts(store):
-    from ray.exceptions import RayActorError
+    def gone(exc: BaseException) -> bool:
+        return isinstance(exc, WorkerGone)
 
     async def main():
-        runner = started(store, FakeEngine(fail=[RayActorError()]))
+        runner = started(store, FakeEngine(fail=[WorkerGone()]), worker_lost=gone)
         job = await runner.submit(new_job(Engine.imagen), b"upload", wait=5)
         assert job.state == JobState.completed and job.attempts == 2
-        runner2 = started(store, FakeEngine(fail=[RayActorError()] * FAST.max_attempts))
+        runner2 = started(store, FakeEngine(fail=[WorkerGone()] * FAST.max_attempts),
+                          worker_lost=gone)
         job = await runner2.submit(new_job(Engine.esrgan), b"upload", wait=5)
         assert job.state == JobState.failed and job.error_code == "worker_lost"
         assert store.load(job.job_id).attempts == FAST.max_attempts

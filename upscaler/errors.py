@@ -133,6 +133,12 @@ class ServiceUnavailable(UpscalerError):
     http_status, default_code = 503, "unavailable"
 
 
+class StorageError(ServiceUnavailable):
+    """Job storage cannot be used (wrong location, no credentials, unreachable)."""
+
+    default_code = "storage_unavailable"
+
+
 class InsufficientStorage(UpscalerError):
     """Job storage is full (ENOSPC): nothing more can be stored until space is freed."""
 
@@ -141,6 +147,13 @@ class InsufficientStorage(UpscalerError):
 
 class UpstreamTimeout(UpscalerError):
     http_status, default_code = 504, "upstream_timeout"
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The exception a remote call raised: a transport may wrap it, with the original as
+    ``cause`` (Ray's ``RayTaskError``, whose class-level fields differ from the original's)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
 
 
 def all_error_classes() -> list[type[UpscalerError]]:

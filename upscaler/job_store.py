@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 
 from upscaler.jobs import TERMINAL_STATES, JobRecord
-from upscaler.settings import Settings
 from upscaler.storage import Storage, StorageError, WriteConflict
 
 JOB_ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -39,11 +38,6 @@ class JobStore:
         # open job: its driver's next save goes on top of it without reading it back first
         # (a conflict means another writer came between; the read-and-decide path runs).
         self._written: dict[str, tuple[int, str, str | None]] = {}
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> JobStore:
-        return cls(Storage(settings.resolved_storage_url, settings.storage_options),
-                   settings.stale_after_s)
 
     # --- layout ----------------------------------------------------------------------------
     @staticmethod
@@ -198,7 +192,7 @@ class JobStore:
             at = now or time.time()
             if not stored.is_stale(self.stale_after_s, at):
                 return None
-            stored.owner = stored.lease_owner = owner
+            stored.lease_owner = owner
             stored.lease_expires_at = at + self.stale_after_s
             stored.heartbeat_at = at
             if stored.attempts >= max_attempts:

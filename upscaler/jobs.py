@@ -171,6 +171,8 @@ class JobWork(BaseModel):
 # --- the stored record -----------------------------------------------------------------------
 
 class JobRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # older records' dropped fields (owner) load
+
     job_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     engine: Engine
     state: JobState = JobState.queued
@@ -189,7 +191,6 @@ class JobRecord(BaseModel):
     error_status: int | None = None  # the HTTP status a failed job's error maps to
     retry_after: int | None = None
     stats: dict[str, Any] = Field(default_factory=dict)
-    owner: str | None = None  # the Ingress runner driving it
     api_key_id: str | None = None  # the key that made it (keys on): its only reader
     resumes: int = 0
     # Durability (upscaler/job_store.py): the stored version, grown by every conditional write;

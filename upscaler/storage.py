@@ -17,16 +17,10 @@ import fsspec
 
 from upscaler import conditional
 from upscaler.conditional import WriteConflict
-from upscaler.errors import ServiceUnavailable
+from upscaler.errors import StorageError
 from upscaler.storage_faults import storage_fault
 
 __all__ = ["Storage", "StorageError", "WriteConflict"]
-
-
-class StorageError(ServiceUnavailable):
-    """Job storage cannot be used (wrong location, no credentials, unreachable)."""
-
-    default_code = "storage_unavailable"
 
 
 # Where the SDKs' transport errors come from (an endpoint down, a timeout, a 5xx after retries).

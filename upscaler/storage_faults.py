@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 
-from upscaler.errors import InsufficientStorage, UpscalerError
+from upscaler.errors import InsufficientStorage, StorageError, UpscalerError
 
 # OSErrors that mean "storage is not there right now" rather than "this key is wrong".
 UNREACHABLE_ERRNOS = frozenset({errno.EIO, errno.ENOTCONN, errno.ECONNREFUSED, errno.ECONNRESET,
@@ -25,8 +25,6 @@ CLIENT_CONNECTION_ERRORS = frozenset({"EndpointConnectionError", "ConnectTimeout
 
 def storage_fault(exc: BaseException) -> UpscalerError | None:
     """The client-facing error a storage exception stands for, or None when it is not one."""
-    from upscaler.storage import StorageError  # storage imports this module
-
     if isinstance(exc, UpscalerError):
         return exc
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
