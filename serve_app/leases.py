@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from deployments import metrics
 from upscaler.job_store import JobStore, LeaseLost
 from upscaler.jobs import JobRecord
+from upscaler.webhooks import WebhookEvent
 
 logger = logging.getLogger("ray.serve")
 
@@ -54,7 +55,7 @@ class LeaseKeeping:
     async def _ended(self, job: JobRecord) -> None:
         raise NotImplementedError
 
-    def _emit(self, job: JobRecord, event: str | None, send: bool = True) -> None:
+    def _emit(self, job: JobRecord, event: WebhookEvent | None, send: bool = True) -> None:
         raise NotImplementedError
 
     # --- background ----------------------------------------------------------------------

@@ -28,6 +28,7 @@ from serve_app.runner_contract import INLINE_UPLOAD_BYTES, JobEnded, JobWebhooks
 from upscaler.errors import Conflict, NotFound, Superseded, UpscalerError
 from upscaler.job_store import JobNotFound, JobStore, LeaseLost
 from upscaler.jobs import (
+    END_EVENTS,
     Completed,
     Engine,
     JobRecord,
@@ -36,6 +37,7 @@ from upscaler.jobs import (
     Started,
 )
 from upscaler.storage import StorageError
+from upscaler.webhooks import WebhookEvent
 
 logger = logging.getLogger("ray.serve")
 
@@ -307,7 +309,7 @@ class JobRunner(LeaseKeeping):
         metrics.count(metrics.jobs_total, engine=engine, status=job.state.value)
         if job.state == JobState.completed and job.processing_time is not None:
             metrics.observe(metrics.job_seconds, job.processing_time, engine=engine)
-        self._emit(job, job.state.value, send=False)  # stored with its end, then sent
+        self._emit(job, END_EVENTS[job.state], send=False)  # stored with its end, then sent
         saved = await self._save_final(job)
         self._notify(job.job_id)  # its end (or the stored one), for every reader
         if not saved:  # ended elsewhere: the stored record (adopted) has its own deliveries
@@ -327,7 +329,7 @@ class JobRunner(LeaseKeeping):
             except Exception:  # noqa: BLE001 - bookkeeping must not undo the job's end
                 logger.exception("after job %s ended", job.job_id)
 
-    def _emit(self, job: JobRecord, event: str | None, send: bool = True) -> None:
+    def _emit(self, job: JobRecord, event: WebhookEvent | None, send: bool = True) -> None:
         """Record an event's webhook delivery (None: none) and, with ``send``, send the
         job's pending ones."""
         if self.webhooks:

@@ -73,4 +73,4 @@ async def plan(services: ServicesDep, request: Request,
                              "content": {"application/json": {"example": MODELS}}},
                        **error_responses(401, 403, 429)})
 async def models(services: ServicesDep) -> dict[str, Any]:
-    return {"esrgan": await services.engines.list_models()}
+    return {"esrgan": (await services.engines.list_models()).as_json()}
