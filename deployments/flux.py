@@ -107,11 +107,10 @@ class FluxDeployment:
             raise self.missing or FluxNotInstalled("FLUX is not installed")
         return self.engine
 
-    async def encode_prompt(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
-        embeds = await asyncio.to_thread(self._require().encode_prompt, prompt)
-        return embeds.prompt_embeds, embeds.pooled
+    async def encode_prompt(self, prompt: str) -> PromptEmbeds:
+        return await asyncio.to_thread(self._require().encode_prompt, prompt)
 
-    async def redraw(self, crop: np.ndarray, embeds: tuple[np.ndarray, np.ndarray],
+    async def redraw(self, crop: np.ndarray, embeds: PromptEmbeds,
                      params: FluxParams, seed: int) -> TileResult:
         engine = self._require()
         cancelled = threading.Event()
@@ -128,7 +127,7 @@ class FluxDeployment:
                 if cancelled.is_set():
                     raise TileCancelled()
                 start, started_at = time.perf_counter(), time.time()
-                return engine.redraw(crop.astype(np.float32), PromptEmbeds(*embeds),
+                return engine.redraw(crop.astype(np.float32), embeds,
                                      params.denoise, params.steps, params.guidance, seed,
                                      on_step), start, started_at
 
@@ -282,7 +281,7 @@ class FluxCoordinator:
                                                 seconds=round(time.perf_counter() - start, 3)),
                                       fence)
 
-    async def _draw(self, tile: Tile, crop: np.ndarray, embeds: tuple[np.ndarray, np.ndarray],
+    async def _draw(self, tile: Tile, crop: np.ndarray, embeds: PromptEmbeds,
                     params: FluxParams) -> tuple[np.ndarray, TileResult, float, float]:
         """One tile on whichever FLUX replica Serve picks, colour-fixed off the event loop;
         the replica's answer, when it was sent and when it came back."""

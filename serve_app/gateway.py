@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
@@ -18,6 +18,7 @@ from upscaler.engines.models import ModelInfo
 from upscaler.jobs import Engine, JobEvent, JobSpec, JobWork
 from upscaler.quotas import KeyQuota, RateState, UsageFigures
 
+T = TypeVar("T")
 STATUS_TIMEOUT_S = 5.0
 REPLICAS_FRESH_S = 3.0  # Serve's replica counts, asked of its controller at most this often
 STATUS_FRESH_S = 2.0  # an engine's status this recent is answered without asking again
@@ -25,8 +26,8 @@ MODELS_FRESH_S = 10.0  # the ESRGAN model list, likewise (model files change rar
 
 
 @dataclass
-class _Cached:
-    value: Any
+class _Cached(Generic[T]):
+    value: T
     at: float
     refreshing: asyncio.Task | None = None
 
@@ -46,9 +47,9 @@ class EngineGateway:
                       Engine.imagen: imagen.options(stream=True)}
         self._status_calls = {Engine.esrgan: esrgan.status, Engine.flux: flux.status,
                               Engine.imagen: imagen.status}
-        self._status: dict[Engine, _Cached] = {}
-        self._models: _Cached | None = None
-        self._replicas: _Cached | None = None
+        self._status: dict[Engine, _Cached[EngineStatus]] = {}
+        self._models: _Cached[ModelList] | None = None
+        self._replicas: _Cached[dict[str, int] | None] | None = None
 
     def run(self, spec: JobSpec, data: bytes | None = None) -> AsyncIterator[JobEvent]:
         return self._runs[spec.engine].run.remote(spec, data)

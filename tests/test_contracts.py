@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from upscaler.contracts import EngineStatus, ModelList, TileResult
+from upscaler.engines.flux_files import PromptEmbeds
 from upscaler.engines.models import ModelInfo
 from upscaler.job_stats import EsrganStats, FluxStats, ImagenStats, TileLogEntry
 from upscaler.jobs import END_EVENTS, Completed, JobState
@@ -76,8 +77,11 @@ def test_model_list_pickles_and_finds_models():
                               "not a model"}, "default": "tiny-rrdb"}
 
 
-def test_tile_result_pickles_with_its_pixels():
+def test_tile_result_and_prompt_pickle_with_their_arrays():
     pixels = np.random.default_rng(0).random((8, 8, 3)).astype(np.float16)
+    embeds = round_trip(PromptEmbeds(pixels[None, :, :, 0], pixels[None, 0, :, 1]))
+    assert np.array_equal(embeds.prompt_embeds, pixels[None, :, :, 0])
+    assert np.array_equal(embeds.pooled, pixels[None, 0, :, 1])
     back = round_trip(TileResult(pixels, "r1", 0.5, 1.0, 1.5))
     assert back.image.dtype == np.float16 and np.array_equal(back.image, pixels)
     assert (back.replica, back.seconds, back.started_at, back.finished_at) == ("r1", 0.5, 1.0,
