@@ -16,6 +16,7 @@ from deployments.fencing import AttemptFence, write_result
 from upscaler.device import resolve_device, use_cpu_threads
 from upscaler.encode import encode_image
 from upscaler.images import DecodedImage, decode_image
+from upscaler.job_stats import JobStats
 from upscaler.job_store import JobStore
 from upscaler.jobs import Completed, JobEvent, JobSpec
 from upscaler.settings import Settings
@@ -46,6 +47,7 @@ def engine_device(settings: Settings) -> torch.device:
 
 
 def gpu_snapshot() -> dict[str, Any]:
+    """The device's fields of an ``EngineStatus``."""
     import torch
 
     if not torch.cuda.is_available():
@@ -66,7 +68,7 @@ def read_input(store: JobStore, spec: JobSpec, max_pixels: int,
 
 
 def finish_job(store: JobStore, spec: JobSpec, image: DecodedImage, settings: Settings,
-               stats: dict[str, Any], fence: AttemptFence | None = None) -> Completed:
+               stats: JobStats, fence: AttemptFence | None = None) -> Completed:
     """The engine's output at the planned size: cropped when the crop is applied, encoded with
     the DPI, written to job storage; the event that reports it."""
     started = time.perf_counter()
@@ -77,9 +79,8 @@ def finish_job(store: JobStore, spec: JobSpec, image: DecodedImage, settings: Se
     # Fenced (written only while this run is the job's current attempt) and tried again
     # while storage is down, for up to a lease: a finished image is not thrown away lightly.
     key = write_result(store, spec, encoded, settings.stale_after_s, fence)
-    return Completed(key, spec.result_filename, {
-        **stats, "encode_seconds": round(time.perf_counter() - started, 3),
-        "output_bytes": len(encoded)})
+    return Completed(key, spec.result_filename, stats.with_output(
+        round(time.perf_counter() - started, 3), len(encoded)))
 
 
 async def stream_from_thread(work: Callable[[Emit, threading.Event], Completed],

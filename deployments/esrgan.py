@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ray import serve
 
@@ -27,9 +27,11 @@ from deployments.common import (
     stream_from_thread,
 )
 from deployments.fencing import AttemptFence
+from upscaler.contracts import EngineStatus, ModelList
 from upscaler.engines.models import ModelInfo, ModelRegistry
 from upscaler.errors import ServiceUnavailable, Superseded, UnsupportedModel
 from upscaler.images import DecodedImage
+from upscaler.job_stats import EsrganStats
 from upscaler.jobs import Completed, EsrganParams, FluxParams, JobEvent, JobSpec, Progress, Started
 from upscaler.memory import return_big_buffers
 from upscaler.settings import Settings
@@ -104,16 +106,15 @@ class EsrganDeployment:
                 "DAT_light_x4`", code="no_models")
         return self.registry.info(name)
 
-    def list_models(self) -> dict[str, Any]:
+    def list_models(self) -> ModelList:
         infos, errors = self.registry.list_info()
-        return {"models": [i.as_dict() for i in infos], "unloadable": errors,
-                "default": self.default_model()}
+        return ModelList(tuple(infos), errors, self.default_model())
 
-    def health(self) -> dict[str, Any]:
-        return {**gpu_snapshot(), "device": str(self.engine.device),
-                "models_loaded": self.engine.cache.loaded_names(), "busy_jobs": self._busy_jobs,
-                "completed_jobs": self._completed, "superseded_jobs": self._superseded,
-                "replica": self.replica_id}
+    def status(self) -> EngineStatus:
+        return EngineStatus(**gpu_snapshot(), device=str(self.engine.device),
+                            models_loaded=self.engine.cache.loaded_names(),
+                            busy_jobs=self._busy_jobs, completed_jobs=self._completed,
+                            superseded_jobs=self._superseded, replica=self.replica_id)
 
     def check_health(self) -> None:
         if self.engine.device.type == "cuda":
@@ -143,7 +144,7 @@ class EsrganDeployment:
         image, stats = self._upscale(spec, params.model, params.tile_size, params.use_fp16,
                                      emit, cancelled, data)
         return finish_job(self.store, spec, image, self.settings,
-                          {**stats, "replica": self.replica_id}, fence)
+                          EsrganStats(**stats, replica=self.replica_id), fence)
 
     async def prepass(self, spec: JobSpec) -> DecodedImage:
         """FLUX's first step: the pre-pass model to the exact output size (uncropped)."""

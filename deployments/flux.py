@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from ray import serve
@@ -21,6 +21,7 @@ from deployments import metrics
 from deployments.common import engine_device, finish_job, open_job_store, replica_tag
 from deployments.fencing import AttemptFence
 from upscaler.budget import MemoryBudget
+from upscaler.contracts import EngineStatus, TileResult
 from upscaler.engines.flux_files import (
     FluxFiles,
     FluxNotInstalled,
@@ -37,6 +38,7 @@ from upscaler.engines.usdu import (
     replay,
 )
 from upscaler.images import DecodedImage
+from upscaler.job_stats import FluxStats, TileLogEntry
 from upscaler.job_store import JobStore
 from upscaler.jobs import FluxParams, JobEvent, JobSpec, Progress, Started
 from upscaler.memory import coordinator_bytes
@@ -76,11 +78,11 @@ class FluxDeployment:
         except FluxNotInstalled as exc:
             self.missing = exc  # the service runs; FLUX requests get a 503 saying this
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> EngineStatus:
         base = {"installed": self.engine is not None, "replica": self.replica_id,
                 "tiles_done": self.tiles_done}
         if self.engine is None:
-            return {**base, "message": self.missing and self.missing.message}
+            return EngineStatus(**base, message=self.missing and self.missing.message)
         gpu = {}
         import torch  # loaded with the engine already
 
@@ -88,19 +90,18 @@ class FluxDeployment:
             free, total = torch.cuda.mem_get_info()
             gpu = {"gpu_name": torch.cuda.get_device_name(),
                    "gpu_memory_free": round(free / 1024**3, 2)}
-        return {**base, **self.engine.info(), **gpu}
+        return EngineStatus(**base, **self.engine.info(), **gpu)
 
     def _require(self) -> FluxTileEngine:
         if self.engine is None:
             raise self.missing or FluxNotInstalled("FLUX is not installed")
         return self.engine
 
-    async def encode_prompt(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
-        embeds = await asyncio.to_thread(self._require().encode_prompt, prompt)
-        return embeds.prompt_embeds, embeds.pooled
+    async def encode_prompt(self, prompt: str) -> PromptEmbeds:
+        return await asyncio.to_thread(self._require().encode_prompt, prompt)
 
-    async def redraw(self, crop: np.ndarray, embeds: tuple[np.ndarray, np.ndarray],
-                     params: FluxParams, seed: int) -> dict[str, Any]:
+    async def redraw(self, crop: np.ndarray, embeds: PromptEmbeds,
+                     params: FluxParams, seed: int) -> TileResult:
         engine = self._require()
         cancelled = threading.Event()
 
@@ -116,7 +117,7 @@ class FluxDeployment:
                 if cancelled.is_set():
                     raise TileCancelled()
                 start, started_at = time.perf_counter(), time.time()
-                return engine.redraw(crop.astype(np.float32), PromptEmbeds(*embeds),
+                return engine.redraw(crop.astype(np.float32), embeds,
                                      params.denoise, params.steps, params.guidance, seed,
                                      on_step), start, started_at
 
@@ -127,9 +128,8 @@ class FluxDeployment:
             raise
         self.tiles_done += 1
         metrics.observe(metrics.tile_seconds, time.perf_counter() - start, engine="flux")
-        return {"image": out.astype(np.float16), "replica": self.replica_id,
-                "seconds": round(time.perf_counter() - start, 3),
-                "started_at": started_at, "finished_at": time.time()}
+        return TileResult(out.astype(np.float16), self.replica_id,
+                          round(time.perf_counter() - start, 3), started_at, time.time())
 
 
 def _npy(arr: np.ndarray) -> bytes:
@@ -216,7 +216,7 @@ class FluxCoordinator:
         outputs = await asyncio.to_thread(self._load_done, job_id)
         resumed = len(outputs)
         schedule = TileSchedule(tiles, outputs)
-        tile_log: list[dict[str, Any]] = []
+        tile_log: list[TileLogEntry] = []
         running: dict[asyncio.Future, Tile] = {}
 
         async def send_ready() -> None:
@@ -238,7 +238,7 @@ class FluxCoordinator:
                 finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in sorted(finished, key=lambda f: running[f].index):
                     tile = running.pop(task)
-                    out, entry = task.result()
+                    out, drawn, sent, returned = task.result()
                     # Stored before any tile that needs it starts: a resumed job's crops are
                     # cut from the very pixels this run's were.
                     await asyncio.to_thread(
@@ -246,10 +246,13 @@ class FluxCoordinator:
                         f"{JobStore.tiles_prefix(job_id)}/{tile.index}.npy", _npy(out))
                     outputs[tile.index] = out
                     schedule.finish(tile.index)
-                    tile_log.append(entry | {"stored": time.time()})
+                    tile_log.append(TileLogEntry(
+                        replica=drawn.replica, seconds=drawn.seconds,
+                        started_at=drawn.started_at, finished_at=drawn.finished_at,
+                        tile=tile.index, sent=sent, returned=returned, stored=time.time()))
                     await send_ready()
                     yield Progress(len(schedule.done), len(tiles), tile=tile.index,
-                                   replica=entry["replica"])
+                                   replica=drawn.replica)
         finally:
             for task in running:  # cancelled job or failure: stop the tiles still running
                 task.cancel()
@@ -260,19 +263,22 @@ class FluxCoordinator:
             lambda: replay(TiledCanvas(prepass.rgb, params.mask_blur), tiles, outputs).image())
         timeline["image"] = time.time()
         image = prepass.with_pixels(rgb, prepass.alpha)
-        replicas = sorted({t["replica"] for t in tile_log})
-        yield await asyncio.to_thread(finish_job, self.store, spec, image, self.settings, {
-            "tiles": len(tiles), "tiles_computed": len(tile_log), "tiles_resumed": resumed,
-            "replicas": replicas, "tile_log": tile_log, "timeline": timeline,
-            "seconds": round(time.perf_counter() - start, 3)}, fence)
+        replicas = sorted({t.replica for t in tile_log})
+        yield await asyncio.to_thread(finish_job, self.store, spec, image, self.settings,
+                                      FluxStats(tiles=len(tiles), tiles_computed=len(tile_log),
+                                                tiles_resumed=resumed, replicas=replicas,
+                                                tile_log=tile_log, timeline=timeline,
+                                                seconds=round(time.perf_counter() - start, 3)),
+                                      fence)
 
-    async def _draw(self, tile: Tile, crop: np.ndarray, embeds: tuple[np.ndarray, np.ndarray],
-                    params: FluxParams) -> tuple[np.ndarray, dict[str, Any]]:
-        """One tile on whichever FLUX replica Serve picks, colour-fixed off the event loop."""
+    async def _draw(self, tile: Tile, crop: np.ndarray, embeds: PromptEmbeds,
+                    params: FluxParams) -> tuple[np.ndarray, TileResult, float, float]:
+        """One tile on whichever FLUX replica Serve picks, colour-fixed off the event loop;
+        the replica's answer, when it was sent and when it came back."""
         sent = time.time()
         response = self.flux.redraw.remote(crop, embeds, params, params.seed + tile.index)
         try:
-            result = await response
+            result: TileResult = await response
         except asyncio.CancelledError:
             # Stop the replica's work too, not only this wait for it.
             if (cancel := getattr(response, "cancel", None)) is not None:
@@ -280,10 +286,9 @@ class FluxCoordinator:
             raise
         returned = time.time()
         out = await asyncio.to_thread(
-            lambda: color_fix(result["image"].astype(np.float32), crop,
+            lambda: color_fix(result.image.astype(np.float32), crop,
                               params.color_fix).astype(np.float16))
-        entry = {k: result[k] for k in ("replica", "seconds", "started_at", "finished_at")}
-        return out, entry | {"tile": tile.index, "sent": sent, "returned": returned}
+        return out, result, sent, returned
 
 
 def _image_to_npz(image: DecodedImage) -> bytes:

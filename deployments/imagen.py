@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import numpy as np
 from ray import serve
@@ -23,10 +22,12 @@ from deployments.common import (
     stream_from_thread,
 )
 from deployments.vertex import VertexClient
+from upscaler.contracts import EngineStatus
 from upscaler.engines.imagen import credentials_status, request_image_bytes
 from upscaler.engines.imagen import model_spec as imagen_model
 from upscaler.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType, UpstreamError
 from upscaler.images import decode_image
+from upscaler.job_stats import ImagenStats
 from upscaler.jobs import Completed, ImagenParams, JobEvent, JobSpec, Started
 from upscaler.resample import resample_plane
 from upscaler.settings import Settings
@@ -42,12 +43,13 @@ class ImagenDeployment:
         self.store = open_job_store(settings)
         self.calls = 0
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> EngineStatus:
         s = self.settings
-        return {**credentials_status(s.gcp_credentials_file, s.gcp_project_id),
-                "model": s.imagen_model, "region": s.gcp_region,
-                "api_endpoint": s.vertex_api_endpoint or f"{s.gcp_region}-aiplatform.googleapis"
-                ".com", "calls": self.calls}
+        return EngineStatus(
+            **credentials_status(s.gcp_credentials_file, s.gcp_project_id),
+            model=s.imagen_model, region=s.gcp_region,
+            api_endpoint=s.vertex_api_endpoint or f"{s.gcp_region}-aiplatform.googleapis.com",
+            calls=self.calls)
 
     def _process(self, spec: JobSpec, data: bytes | None, emit: Emit,
                  _cancelled: threading.Event) -> Completed:
@@ -76,10 +78,11 @@ class ImagenDeployment:
             source.alpha, plan.output_height, plan.output_width)
         if source.color == "gray":
             rgb = np.repeat(rgb.mean(axis=2, keepdims=True), 3, axis=2)
-        return finish_job(self.store, spec, source.with_pixels(rgb, alpha), self.settings, {
-            "model": model.name, "vertex_factor": params.factor,
-            "vertex_output": [result.width, result.height],
-            "vertex_seconds": round(call_seconds, 3), "device": "vertex-ai"})
+        return finish_job(self.store, spec, source.with_pixels(rgb, alpha), self.settings,
+                          ImagenStats(model=model.name, vertex_factor=params.factor,
+                                      vertex_output=[result.width, result.height],
+                                      vertex_seconds=round(call_seconds, 3),
+                                      device="vertex-ai"))
 
     async def run(self, spec: JobSpec, data: bytes | None = None) -> AsyncIterator[JobEvent]:
         # One Vertex call cannot stop midway; the fence keeps a superseded run's result out.

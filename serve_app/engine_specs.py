@@ -62,7 +62,7 @@ class EngineSpec:
     build_job: JobBuilder
     deployments: tuple[DeploymentSpec, ...]
     runs_jobs: str  # the deployment whose `run` streams its jobs' events
-    status: tuple[str, str]  # the deployment and method that answer its status
+    status: str  # the deployment whose `status()` answers for it
     initial_rate: InitialRate  # seconds per megapixel before any was measured
     summary: str  # its route's one line in the docs
     # Answers within the request's wait (200) or always 202 at once, polled.
@@ -83,7 +83,7 @@ FLUX = DeploymentSpec("FLUX", FluxDeployment, opt.flux_options, gpu=True,
 ENGINES: tuple[EngineSpec, ...] = (
     EngineSpec(
         Engine.esrgan, EsrganUpscaleForm, EsrganParams, esrgan_job, (ESRGAN,),
-        runs_jobs="ESRGAN", status=("ESRGAN", "health"),
+        runs_jobs="ESRGAN", status="ESRGAN",
         initial_rate=InitialRate(cpu=8.0, cuda=0.3, per_job=0.2),
         summary="Upscale with an ESRGAN-family model (seconds)", model_passes=True),
     EngineSpec(
@@ -92,7 +92,7 @@ ENGINES: tuple[EngineSpec, ...] = (
             # Runs each job: tiles to the FLUX replicas, the ESRGAN pre-upscale to ESRGAN.
             DeploymentSpec("FluxCoordinator", FluxCoordinator, opt.flux_coordinator_options,
                            calls=("ESRGAN", "FLUX"))),
-        runs_jobs="FluxCoordinator", status=("FLUX", "status"),
+        runs_jobs="FluxCoordinator", status="FLUX",
         initial_rate=InitialRate(cpu=600.0, cuda=8.0, per_job=2.0),
         summary="Ultimate SD Upscale with FLUX.1-dev (minutes; always asynchronous)",
         synchronous=False, prechecks=(require_flux,), model_passes=True,
@@ -100,7 +100,7 @@ ENGINES: tuple[EngineSpec, ...] = (
     EngineSpec(
         Engine.imagen, ImagenUpscaleForm, ImagenParams, imagen_job, (
             DeploymentSpec("Imagen", ImagenDeployment, opt.imagen_options),),
-        runs_jobs="Imagen", status=("Imagen", "status"),
+        runs_jobs="Imagen", status="Imagen",
         # A cloud call: the device is Google's; seconds of round trip and queueing at Vertex.
         initial_rate=InitialRate(cpu=1.0, cuda=1.0, per_job=8.0),
         summary="Upscale with Imagen on Vertex AI (a cloud call)",

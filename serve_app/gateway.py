@@ -7,16 +7,18 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.ray_compat import serve_replica_counts, unwrap
+from upscaler.contracts import EngineStatus, ModelList
 from upscaler.engines.models import ModelInfo
 from upscaler.jobs import Engine, JobEvent, JobSpec, JobWork
 from upscaler.quotas import KeyQuota, RateState, UsageFigures
 
+T = TypeVar("T")
 STATUS_TIMEOUT_S = 5.0
 REPLICAS_FRESH_S = 3.0  # Serve's replica counts, asked of its controller at most this often
 STATUS_FRESH_S = 2.0  # an engine's status this recent is answered without asking again
@@ -24,8 +26,8 @@ MODELS_FRESH_S = 10.0  # the ESRGAN model list, likewise (model files change rar
 
 
 @dataclass
-class _Cached:
-    value: Any
+class _Cached(Generic[T]):
+    value: T
     at: float
     refreshing: asyncio.Task | None = None
 
@@ -46,15 +48,15 @@ class EngineGateway:
         self._runs = {engine: handle.options(stream=True) for engine, handle in runs.items()}
         self._status_calls = dict(status_calls)
         self._scales_to_zero = dict(scales_to_zero or {})
-        self._status: dict[Engine, _Cached] = {}
-        self._models: _Cached | None = None
-        self._replicas: _Cached | None = None
+        self._status: dict[Engine, _Cached[EngineStatus]] = {}
+        self._models: _Cached[ModelList] | None = None
+        self._replicas: _Cached[dict[str, int] | None] | None = None
 
     def run(self, spec: JobSpec, data: bytes | None = None) -> AsyncIterator[JobEvent]:
         return self._runs[spec.engine].run.remote(spec, data)
 
     # --- models --------------------------------------------------------------------------
-    async def list_models(self) -> dict[str, Any]:
+    async def list_models(self) -> ModelList:
         if self._models is None:
             self._models = _Cached(await self.esrgan.list_models.remote(), time.monotonic())
         elif time.monotonic() - self._models.at > MODELS_FRESH_S:
@@ -76,11 +78,8 @@ class EngineGateway:
         """The ESRGAN model ``name`` (None: the default). A name the list does not hold (new,
         unknown, unloadable, or no model installed) is asked of a replica, which raises
         UnknownModel, UnsupportedModel or ServiceUnavailable."""
-        listing = await self.list_models()
-        wanted = name or listing.get("default")
-        for info in listing["models"]:
-            if info["name"] == wanted:
-                return ModelInfo(**info)
+        if (listed := (await self.list_models()).find(name)) is not None:
+            return listed
         info = await self.esrgan.model_info.remote(name)
         self._refresh_models()  # it exists after all: the list is behind
         return info
@@ -115,7 +114,7 @@ class EngineGateway:
         deployment = self._scales_to_zero.get(engine)
         return deployment is not None and await self.running_replicas(deployment) == 0
 
-    async def status(self, engine: Engine) -> dict[str, Any]:
+    async def status(self, engine: Engine) -> EngineStatus:
         """An engine's status: the last answer when recent, else asked again (in the
         background when there is an answer to give meanwhile). An engine scaled to zero is
         not asked: a question would start a replica (and hold a GPU) for nothing."""
@@ -123,10 +122,10 @@ class EngineGateway:
             # Installed as a replica last said (files rarely go); a replica started for a job
             # without them fails it with the command to run.
             last = self._status.get(engine)
-            installed = True if last is None else last.value.get("installed", True)
-            return {"installed": installed, "replicas": 0, "state": "scaled_to_zero",
-                    "message": f"no {engine.value} replica is running (scaled to zero when "
-                    "idle); the next job starts one"}
+            installed = last is None or last.value.installed is not False
+            return EngineStatus(installed=installed, replicas=0, state="scaled_to_zero",
+                                message=f"no {engine.value} replica is running (scaled to "
+                                "zero when idle); the next job starts one")
         cached = self._status.get(engine)
         if cached is None:
             return await self._ask_status(engine)
@@ -135,30 +134,31 @@ class EngineGateway:
                 self._ask_status(engine))
         return cached.value
 
-    async def _ask_status(self, engine: Engine) -> dict[str, Any]:
+    async def _ask_status(self, engine: Engine) -> EngineStatus:
         """Ask the deployment. No answer in time from a live replica means every slot holds
         image work: its last answer, marked busy. A dead replica is an error until Serve has
         replaced it."""
         last = self._status.get(engine)
         try:
-            status = await asyncio.wait_for(self._status_calls[engine].remote(),
-                                            STATUS_TIMEOUT_S)
+            status: EngineStatus = await asyncio.wait_for(
+                self._status_calls[engine].remote(), STATUS_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - busy or down: report it, never fail health
             cause = unwrap(exc)
-            if last is not None and "error" not in last.value and not isinstance(
+            if last is not None and last.value.answered and not isinstance(
                     cause, RayActorError):
-                status = {**last.value, "state": "busy"}
+                status = last.value.model_copy(update={"state": "busy"})
             else:
-                status = {"installed": False, "error": f"no answer: {type(cause).__name__}",
-                          "message": f"the {engine.value} deployment is not answering yet; "
-                          "retry shortly"}
+                status = EngineStatus(installed=False,
+                                      error=f"no answer: {type(cause).__name__}",
+                                      message=f"the {engine.value} deployment is not "
+                                      "answering yet; retry shortly")
         self._status[engine] = _Cached(status, time.monotonic())
         return status
 
     def device(self, engine: Engine) -> str | None:
         """The device an engine last said it runs on (None before it answered)."""
         cached = self._status.get(engine)
-        return None if cached is None else cached.value.get("device")
+        return None if cached is None else cached.value.device
 
 
 class QuotaClient:

@@ -13,6 +13,7 @@ from collections.abc import Collection
 from serve_app.gateway import EngineGateway
 from serve_app.runner import JobRunner
 from serve_app.schemas import HealthResponse
+from upscaler.contracts import EngineStatus
 from upscaler.jobs import Engine
 from upscaler.keys import Caller
 
@@ -26,19 +27,18 @@ async def collect_health(gateway: EngineGateway, runner: JobRunner, who: Caller,
     """Healthy while every engine in ``critical`` answers."""
     statuses = await asyncio.gather(*(gateway.status(e) for e in Engine))
     engines = {engine.value: status for engine, status in zip(Engine, statuses, strict=True)}
-    up = [name for name, info in engines.items()
-          if "error" not in info and info.get("installed", True)
-          and info.get("configured", True)]
-    gpu = next((i for i in engines.values() if i.get("gpu_available")), {})
-    healthy = all("error" not in engines[e.value] for e in critical)
+    up = [name for name, status in engines.items() if status.ready]
+    gpu = next((s for s in engines.values() if s.gpu_available), EngineStatus())
+    healthy = all(engines[e.value].answered for e in critical)
     if not sees_the_whole_service(who):
         return HealthResponse(
             status="healthy" if healthy else "degraded", scope="key",
-            gpu_available=bool(gpu.get("gpu_available", False)), models_loaded=up,
+            gpu_available=bool(gpu.gpu_available), models_loaded=up,
             queue_size=runner.open_count(key_id=who.key_id),
             engines={name: {"ready": name in up} for name in engines})
     return HealthResponse(scope="service",
         status="healthy" if healthy else "degraded",
-        gpu_available=bool(gpu.get("gpu_available", False)), gpu_name=gpu.get("gpu_name"),
-        gpu_memory_free=gpu.get("gpu_memory_free"), models_loaded=up,
-        queue_size=runner.open_count(), engines=engines)
+        gpu_available=bool(gpu.gpu_available), gpu_name=gpu.gpu_name,
+        gpu_memory_free=gpu.gpu_memory_free, models_loaded=up,
+        queue_size=runner.open_count(),
+        engines={name: status.as_json() for name, status in engines.items()})

@@ -26,6 +26,7 @@ from serve_app.runner_contract import (
 from upscaler.errors import Conflict, NotFound, Superseded, UpscalerError, unwrap
 from upscaler.job_store import JobNotFound, JobStore, LeaseLost
 from upscaler.jobs import (
+    END_EVENTS,
     Completed,
     Engine,
     JobRecord,
@@ -34,6 +35,7 @@ from upscaler.jobs import (
     Started,
 )
 from upscaler.storage import StorageError
+from upscaler.webhooks import WebhookEvent
 
 logger = logging.getLogger("ray.serve")
 
@@ -306,7 +308,7 @@ class JobRunner:
 
     async def _finish(self, job: JobRecord) -> None:
         self._count_end(job)
-        self._emit(job, job.state.value, send=False)  # stored with its end, then sent
+        self._emit(job, END_EVENTS[job.state], send=False)  # stored with its end, then sent
         saved = await self._leases.save_final(job)
         self._notify(job.job_id)  # its end (or the stored one), for every reader
         if not saved:  # ended elsewhere: the stored record (adopted) has its own deliveries
@@ -326,7 +328,7 @@ class JobRunner:
             except Exception:  # noqa: BLE001 - bookkeeping must not undo the job's end
                 logger.exception("after job %s ended", job.job_id)
 
-    def _emit(self, job: JobRecord, event: str | None, send: bool = True) -> None:
+    def _emit(self, job: JobRecord, event: WebhookEvent | None, send: bool = True) -> None:
         """Record an event's webhook delivery (None: none) and, with ``send``, send the
         job's pending ones."""
         if self.webhooks:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from serve_app import schema_examples as ex
 from upscaler.images import OUTPUT_FORMATS
 from upscaler.jobs import JobWork, OutputOptions, Size
-from upscaler.webhooks import WebhookStatus
+from upscaler.webhooks import DEFAULT_EVENTS, EVENTS, WebhookStatus
 
 
 def _strip_x(value: Any) -> Any:
@@ -60,8 +60,8 @@ class CommonUpscaleForm(BaseModel):
         "server's (see the README). Must resolve to a "
         "public address unless the server allows the host.")
     webhook_events: str | None = Field(
-        None, max_length=200, description="Comma-separated subset of started, progress, "
-        "completed, failed, cancelled; default completed,failed,cancelled.")
+        None, max_length=200, description=f"Comma-separated subset of {', '.join(EVENTS)}; "
+        f"default {','.join(DEFAULT_EVENTS)}.")
 
     @property
     def plan_factor(self) -> float:

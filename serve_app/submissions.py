@@ -123,8 +123,8 @@ async def require_flux(engines: EnginesDep) -> None:
     """FLUX answers 503 with the command to run when its files are not installed (a
     dependency of its route, before the upload is read)."""
     status = await engines.status(Engine.flux)
-    if not status.get("installed"):
-        raise ServiceUnavailable(status.get("message") or "FLUX is not available; run "
+    if not status.installed:
+        raise ServiceUnavailable(status.message or "FLUX is not available; run "
                                  "`upscaler models pull flux`", code="flux_not_installed")
 
 
@@ -151,13 +151,13 @@ async def imagen_job(settings: Settings, engines: EngineGateway, who: Caller,
                      intake: Intake[ImagenUpscaleForm]) -> JobRecord:
     form, probe, plan = intake.form, intake.probe, intake.plan
     status = await engines.status(Engine.imagen)
-    if not status.get("credentials_found"):
+    if not status.credentials_found:
         raise UpstreamError("Imagen is not configured: no Google Cloud credentials. Set "
                             "UPSCALER_GCP_CREDENTIALS_FILE (or GOOGLE_APPLICATION_CREDENTIALS) "
                             "to a service-account key with roles/aiplatform.user",
                             code="credentials_missing")
-    check_project(settings, who, form.gcp_project_id, status.get("project"))
-    project = form.gcp_project_id or status.get("project")
+    check_project(settings, who, form.gcp_project_id, status.project)
+    project = form.gcp_project_id or status.project
     if not project:
         raise UpstreamError("no Google Cloud project: send gcp_project_id or set "
                             "UPSCALER_GCP_PROJECT_ID", code="project_missing")

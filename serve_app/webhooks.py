@@ -26,7 +26,7 @@ from upscaler.job_store import JobNotFound, JobStore
 from upscaler.jobs import JobRecord
 from upscaler.keys import KeyStore
 from upscaler.settings import Settings
-from upscaler.webhooks import WebhookDelivery, WebhookEvent, WebhookState
+from upscaler.webhooks import JOB_END_EVENTS, WebhookDelivery, WebhookEvent, WebhookState
 
 logger = logging.getLogger("ray.serve")
 
@@ -83,12 +83,12 @@ class WebhookSender:
         return self._slots.pending(key_id)
 
     # --- events (the runner's hooks) -----------------------------------------------------
-    def record(self, job: JobRecord, event: str) -> None:
+    def record(self, job: JobRecord, event: WebhookEvent) -> None:
         """Add a pending delivery of an event to the job's record, if its webhook wants it
         (progress: at most one per ``webhook_progress_interval_s``). Nothing is sent until
         ``send_pending``: a job's end is sent once its record (with the delivery) is saved."""
         hook = job.webhooks
-        if hook is None or not hook.wants(event):  # type: ignore[arg-type]
+        if hook is None or not hook.wants(event):
             return
         now = time.monotonic()
         if event == "progress":
@@ -96,10 +96,10 @@ class WebhookSender:
             if last is not None and now - last < self.settings.webhook_progress_interval_s:
                 return
             self._last_progress[job.job_id] = now
-        elif event in ("completed", "failed", "cancelled"):
+        elif event in JOB_END_EVENTS:
             self._last_progress.pop(job.job_id, None)
         at = time.time()
-        hook.add(WebhookDelivery(id=f"msg_{uuid.uuid4().hex}", event=event,  # type: ignore[arg-type]
+        hook.add(WebhookDelivery(id=f"msg_{uuid.uuid4().hex}", event=event,
                                  created_at=at, payload=_body(job, event),
                                  owner=self.owner, claimed_until=at + self.claim_s))
 
@@ -339,7 +339,7 @@ class WebhookSender:
                                    max(0.0, (delivery.next_attempt_at or now) - now))
 
 
-def _body(job: JobRecord, event: str) -> str:
+def _body(job: JobRecord, event: WebhookEvent) -> str:
     """An event's message: the job's status now (without its webhooks)."""
     status = job_status(job).model_dump(mode="json", exclude={"webhooks"})
     return json.dumps({"type": f"job.{event}", "timestamp": _iso_now(), "data": status})

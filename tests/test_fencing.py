@@ -89,10 +89,10 @@ def test_a_running_engine_call_stops_when_its_job_moves_on(esrgan, move_on):
         assert err.value.http_status == 409 and err.value.code == "job_superseded"
         return time.monotonic() - moved_at
 
-    before = esrgan.health()["superseded_jobs"]
+    before = esrgan.status().superseded_jobs
     took = asyncio.run(asyncio.wait_for(main(), 120))
     assert took < stop_bound(progress), (took, progress)
-    assert esrgan.health()["superseded_jobs"] == before + 1 and esrgan.health()["busy_jobs"] == 0
+    assert esrgan.status().superseded_jobs == before + 1 and esrgan.status().busy_jobs == 0
     assert not store.storage.exists(JobStore.result_key(job.spec().result_filename))
 
 
@@ -149,11 +149,11 @@ def test_a_takeover_stops_the_dead_drivers_engine_call_and_the_job_runs_once(esr
         await until(lambda: store.load(job.job_id).state == JobState.completed, 120)
         await runner.stop()
 
-    before = esrgan.health()
+    before = esrgan.status()
     asyncio.run(asyncio.wait_for(main(), 120))
-    after, done = esrgan.health(), store.load(job.job_id)
-    assert after["superseded_jobs"] == before["superseded_jobs"] + 1
-    assert after["completed_jobs"] == before["completed_jobs"] + 1  # computed to its end once
+    after, done = esrgan.status(), store.load(job.job_id)
+    assert after.superseded_jobs == before.superseded_jobs + 1
+    assert after.completed_jobs == before.completed_jobs + 1  # computed to its end once
     assert done.attempts == 2 and done.lease_owner != "driver-1"
     assert list(store.storage.list("results")).count(done.result_key) == 1
 

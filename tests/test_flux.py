@@ -113,7 +113,7 @@ def test_resume_computes_only_missing_tiles_and_gives_the_same_image(app):
     assert len(list(store.storage.list(JobStore.tiles_prefix(job.job_id)))) == 4
     done = asyncio.run(run_to(None))[-1]
     assert isinstance(done, Completed)
-    assert done.stats["tiles_resumed"] == 4 and done.stats["tiles_computed"] == 2
+    assert done.stats.tiles_resumed == 4 and done.stats.tiles_computed == 2
     resumed = Image.open(io.BytesIO(store.storage.read_bytes(done.result_key)))
     assert np.array_equal(np.asarray(resumed), reference)
 

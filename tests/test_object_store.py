@@ -219,7 +219,7 @@ def test_jobs_survive_the_object_store_stopping_mid_job(s3, tmp_path, models_roo
     host, port = s3.server.get_host_and_port()
     with local_client(settings) as client:
         esrgan = client.graph.deployments["ESRGAN"]  # type: ignore[attr-defined]
-        before = esrgan.health()
+        before = esrgan.status()
         # The first (six tiles: seconds) still runs when the store has stopped, which takes
         # its server up to half a second; the others wait behind it.
         sizes = [(192, 128), (96, 64), (96, 64), (96, 64)]
@@ -245,14 +245,14 @@ def test_jobs_survive_the_object_store_stopping_mid_job(s3, tmp_path, models_roo
         assert "completed" not in open_then[1:], open_then  # the outage was mid-work
         ended = [wait_for_job(client, i, timeout=60) for i in ids]
         assert [s["status"] for s in ended] == ["completed"] * len(ids), ended
-        after = esrgan.health()
+        after = esrgan.status()
         if outage_s < lease_s:
             assert all(s["attempts"] == 1 for s in ended), ended
             # Each computed to its end once, nothing stopped by the fence.
-            assert after["completed_jobs"] - before["completed_jobs"] == len(ids)
+            assert after.completed_jobs - before.completed_jobs == len(ids)
         else:  # at most once more, and never two runs of a job at once (one runner)
             assert all(s["attempts"] <= 2 for s in ended), ended
-        assert after["superseded_jobs"] == before["superseded_jobs"]
+        assert after.superseded_jobs == before.superseded_jobs
         for status, (width, height) in zip(ended, sizes, strict=True):
             assert download(client, status["output_url"]).size == (4 * width, 4 * height)
     storage = s3.storage(bucket)

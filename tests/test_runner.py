@@ -14,6 +14,7 @@ from serve_app.estimates import Estimator
 from serve_app.runner import JobRunner, RunnerTimings
 from upscaler.dimensions import calculate_output_dimensions
 from upscaler.errors import Conflict, NotFound, RateLimited
+from upscaler.job_stats import ImagenStats
 from upscaler.job_store import JobStore
 from upscaler.jobs import (
     Completed,
@@ -43,6 +44,10 @@ def new_job(engine: Engine = Engine.esrgan) -> JobRecord:
                      output_size=Size(width=32, height=32))
 
 
+FAKE_STATS = ImagenStats(model="fake", vertex_factor=2, vertex_output=[8, 8],
+                         vertex_seconds=0.0, device="fake")
+
+
 class FakeEngine:
     """Engine calls as the deployments stream them; each job's script says what happens."""
 
@@ -65,7 +70,7 @@ class FakeEngine:
                     raise self.fail.pop(0)
                 yield Progress(done, self.steps)
             yield Completed(JobStore.result_key(spec.result_filename), spec.result_filename,
-                            {"steps": self.steps})
+                            FAKE_STATS)
         except (asyncio.CancelledError, GeneratorExit):  # the call cancelled, or its stream
             self.cancelled.append(spec.job_id)
             raise
@@ -103,7 +108,7 @@ def test_submit_waits_records_and_cleans_up(store):
         runner = started(store, FakeEngine(), on_ended=on_ended)
         job = await runner.submit(new_job(), b"upload", wait=5)
         assert job.state == JobState.completed and job.progress == 100
-        assert job.stats == {"steps": 3} and job.result_filename == f"{job.job_id}.png"
+        assert job.stats == FAKE_STATS.as_json() and job.result_filename == f"{job.job_id}.png"
         assert job.processing_time is not None
         await until(lambda: ended == [job])  # bookkeeping runs after the answer
         saved = store.load(job.job_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from upscaler.dimensions import OutputPlan
 from upscaler.errors import UpscalerError
-from upscaler.webhooks import WebhookState
+from upscaler.job_stats import JobStats
+from upscaler.webhooks import JOB_END_EVENTS, WebhookEvent, WebhookState
 
 
 class Engine(str, Enum):
@@ -46,6 +47,8 @@ class JobState(str, Enum):
 
 
 TERMINAL_STATES = frozenset({JobState.completed, JobState.failed, JobState.cancelled})
+# A job's end is sent to its webhook as the event of the same name.
+END_EVENTS: dict[JobState, WebhookEvent] = {JobState(e): e for e in JOB_END_EVENTS}
 OutputFormat = Literal["png", "tiff"]
 
 
@@ -153,7 +156,7 @@ class Progress:
 class Completed:
     result_key: str
     filename: str
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: JobStats | None = None
 
 
 JobEvent = Started | Progress | Completed
@@ -268,7 +271,7 @@ class JobRecord(BaseModel):
             self.tiles_done = self.tiles_total
         self.result_key = event.result_key
         self.result_filename = event.filename
-        self.stats = event.stats
+        self.stats = {} if event.stats is None else event.stats.as_json()
         self.finished_at = time.time()
         self.started_at = self.started_at or self.finished_at
 

@@ -76,4 +76,4 @@ async def plan(settings: SettingsDep, engines: EnginesDep, outlook: OutlookDep, 
                              "content": {"application/json": {"example": MODELS}}},
                        **error_responses(401, 403, 429)})
 async def models(engines: EnginesDep) -> dict[str, Any]:
-    return {"esrgan": await engines.list_models()}
+    return {"esrgan": (await engines.list_models()).as_json()}

@@ -59,7 +59,7 @@ def flux_not_installed(missing: list[Path]) -> FluxNotInstalled:
                             "`upscaler models pull flux` (about 17 GB)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PromptEmbeds:
     prompt_embeds: np.ndarray  # (1, seq, joint_dim)
     pooled: np.ndarray  # (1, pooled_dim)
