@@ -120,11 +120,14 @@ async def esrgan_job(services: Services, intake: Intake[EsrganUpscaleForm]) -> J
 
 
 async def require_flux(services: Services) -> None:
-    """FLUX answers 503 with the command to run when its files are not installed."""
+    """FLUX answers 503 with the command to run when its files are not installed (the
+    missing files and the models folder go to the log, under the answer's error id)."""
     status = await services.engines.status(Engine.flux)
     if not status.get("installed"):
-        raise ServiceUnavailable(status.get("message") or "FLUX is not available; run "
-                                 "`upscaler models pull flux`", code="flux_not_installed")
+        missing = status.get("message") or "FLUX is not available"
+        raise ServiceUnavailable(f"{missing} (models folder "
+                                 f"{services.settings.resolved_models_dir})",
+                                 code="flux_not_installed")
 
 
 async def flux_job(services: Services, intake: Intake[FluxUpscaleForm]) -> JobRecord:

@@ -64,7 +64,7 @@ def load_flux_pipeline(models_dir: Path, device: torch.device, dtype: torch.dtyp
     before diffusers and transformers are even imported (seconds of a replica's start)."""
     files = FluxFiles(Path(models_dir))
     if missing := files.missing():
-        raise flux_not_installed(missing)
+        raise flux_not_installed(missing, files.root)
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
