@@ -35,6 +35,9 @@ def _settings_bounds(form: str, properties: dict[str, Any], settings: Settings) 
     if form == FluxUpscaleForm.__name__:  # the server's smallest FLUX tile
         properties["tile_size"] = {**properties["tile_size"],
                                    "minimum": settings.flux_min_tile_size}
+    if settings.webhook_https_only and "webhook_url" in properties:
+        url = properties["webhook_url"]
+        properties["webhook_url"] = {**url, "pattern": url["pattern"].replace("[Ss]?", "[Ss]")}
 
 
 def _upload_form(spec: dict[str, Any], body: dict[str, Any],

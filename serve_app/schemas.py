@@ -162,7 +162,8 @@ class FluxUpscaleForm(CommonUpscaleForm):
     # Checked in serve_app/submissions.py against the server's minimum, which the schema
     # states (serve_app/openapi_forms.py).
     tile_size: int = Field(512, description="Tile edge in output pixels; a multiple of 16 "
-                           "between the server's minimum (256) and 2048.",
+                           "between the server's minimum (256 by default; this schema says "
+                           "this server's) and 2048.",
                            json_schema_extra={"multipleOf": 16, "minimum": 256,
                                               "maximum": 2048})
     upscale_model: str | None = Field(None, max_length=200, description="ESRGAN model of the "

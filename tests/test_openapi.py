@@ -4,6 +4,7 @@ operation with an example and the error answers it can really give, each an Erro
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -124,6 +125,22 @@ def test_every_operation_has_examples_and_its_error_answers(spec):
                     "headers", {}):
                 problems.append(f"{where}: {code} without its Retry-After header")
     assert not problems, "\n".join(problems)
+
+
+def test_forms_and_headers_offer_no_null_and_uploads_take_their_fields(spec):
+    """A form field or a header cannot be null (absent is its default); an upload takes its
+    own fields and an image, nothing else (the routes refuse unknown fields)."""
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            for parameter in op.get("parameters", []):
+                assert '"null"' not in json.dumps(parameter), (method, path, parameter)
+            body = op.get("requestBody", {}).get("content", {}).get("multipart/form-data")
+            if body is None:
+                continue
+            form = _resolve(spec, body["schema"])
+            assert '"null"' not in json.dumps(form), (method, path)
+            assert form["additionalProperties"] is False and form["properties"]["file"]
+            assert form["anyOf"] == [{"required": ["file"]}, {"required": ["image"]}]
 
 
 def test_no_validation_error_shape_the_service_never_sends(spec):
