@@ -1,18 +1,26 @@
-# The two commands a newcomer needs: `make run` (install, fetch the default model, serve) and
-# `make test` (install with test extras, lint, run the whole suite). CI runs `make test`.
+# The two commands a newcomer needs: `make run` (install the service, fetch the default model,
+# serve) and `make test` (install with the test extras and the browser, lint, run the whole
+# suite). CI runs `make test`.
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= dev  # the image: `make install EXTRAS=cloud` (no test tools; s3fs/gcsfs)
+EXTRAS ?=  # the service's extras only; the image: `make install EXTRAS=cloud` (s3fs/gcsfs)
 BIN := $(VENV)/bin
 
-.PHONY: install browser run test test-fast lint bench clean
+.PHONY: install install-test browser run test test-fast lint bench clean
 
-$(BIN)/upscaler: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '$(if $(strip $(EXTRAS)),.[$(strip $(EXTRAS))],.)'
+# One stamp per set of extras installed: `make run` after `make test` installs nothing more, and
+# `make test` after `make run` adds the test tools to the same venv.
+$(VENV)/.installed-%: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q \
+		-e '.$(if $(filter-out service,$*),[$*])'
 	touch $@
 
-install: $(BIN)/upscaler $(if $(findstring dev,$(EXTRAS)),browser)
+# The service and its own dependencies: no test tools, no browser.
+install: $(VENV)/.installed-$(or $(strip $(EXTRAS)),service)
+
+# The test tools (pytest, ruff, moto, playwright...: the `test` extra) and the browser.
+install-test: $(VENV)/.installed-test browser
 
 # The browser test (tests/test_browser.py) drives Debian's chromium through Playwright, which
 # cannot download a browser of its own here. Installed when missing and apt-get is usable.
@@ -29,7 +37,7 @@ run: install
 	$(BIN)/upscaler models pull default
 	$(BIN)/upscaler serve
 
-lint: install
+lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
@@ -41,11 +49,11 @@ test: lint test-fast
 
 # The inner loop: everything but the tests that start Ray (marked slow), on two workers with
 # one torch thread each: 52-83 s here.
-test-fast: install
+test-fast: install-test
 	$(BIN)/python -m pytest -n 2 -m "not slow"
 
 # Every bench, then one table of every figure beside its goal (bench/run_all.py; ~15 min).
-bench: install
+bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run_all.py
 
 clean:

@@ -67,7 +67,7 @@ class FluxDeployment:
             if missing := FluxFiles(settings.resolved_models_dir).missing():
                 # Said before torch and diffusers are imported: seconds of start and a GB
                 # of memory on every replica of a service that has no FLUX files.
-                raise flux_not_installed(missing)
+                raise flux_not_installed(missing, settings.resolved_models_dir)
             from upscaler.engines.flux import FluxTileEngine  # noqa: F811  (torch: here)
 
             t0 = time.perf_counter()

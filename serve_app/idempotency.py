@@ -23,7 +23,10 @@ from upscaler.keys import Caller
 
 IdempotencyKeyHeader = Annotated[str | None, Header(
     alias="Idempotency-Key", description="Any unique string (a UUID): the same request sent "
-    "again with the same key answers the same job instead of making another.")]
+    "again with the same key answers the same job instead of making another. 1-255 printable "
+    "ASCII characters (also accepted quoted, as a structured-field string).",
+    # upscaler.idempotency.check_key's rule, without the edge spaces HTTP strips.
+    json_schema_extra={"pattern": "^[!-~]([ -~]{0,253}[!-~])?$"})]
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from serve_app.errors import public_message
+from serve_app.openapi_forms import as_sent
 from serve_app.schema_examples import JOB_ID
 from serve_app.schemas import ErrorResponse
 
@@ -85,6 +86,7 @@ def install_openapi(app: FastAPI) -> None:
                     answer = op.get("responses", {}).get("422", {})
                     if "HTTPValidationError" in str(answer):
                         del op["responses"]["422"]
+            as_sent(spec, app.state.services.settings)
             schemas = spec.get("components", {}).get("schemas", {})
             if "HTTPValidationError" not in str(spec.get("paths")):
                 schemas.pop("HTTPValidationError", None)

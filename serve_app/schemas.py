@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve_app import schema_examples as ex
+from upscaler.engines.imagen import MODELS as IMAGEN_MODELS
+from upscaler.errors import InvalidRequest
 from upscaler.images import OUTPUT_FORMATS
 from upscaler.jobs import JobWork, OutputOptions, Size
 from upscaler.webhooks import DEFAULT_EVENTS, EVENTS, WebhookStatus
@@ -18,6 +20,26 @@ def _strip_x(value: Any) -> Any:
     if isinstance(value, str):
         return value.strip().lower().strip("x") or value
     return value
+
+
+# What the code checks beyond one field's type, stated in the schema too (a form cannot send
+# null: serve_app/openapi_forms.py drops the null branches of optional fields). Stated, not
+# enforced by pydantic: the code's own check answers with its own error code.
+# Printable ASCII: a host without credentials (no @), then a path, query or fragment.
+WEBHOOK_URL_PATTERN = r'^[Hh][Tt][Tt][Pp][Ss]?://[!"$-.0->A-~]+([/?#][!-~]*)?$'
+_EVENT = f"({'|'.join(EVENTS)})"
+WEBHOOK_EVENTS_PATTERN = rf"^[ \t]*{_EVENT}?[ \t]*(,[ \t]*{_EVENT}?[ \t]*)*$"
+
+
+# A print size in inches or a pixel target, not both (upscaler.dimensions refuses the mix).
+SIZE_PAIRS = [(a, b) for a in ("target_width_inches", "target_height_inches")
+              for b in ("target_width", "target_height")]
+
+
+def form_schema(examples: list[dict[str, Any]], *pairs: tuple[str, str]) -> dict[str, Any]:
+    """A form's schema extras: its examples, and the fields it takes one of at most."""
+    return {"examples": examples, "dependentRequired": {"webhook_events": ["webhook_url"]},
+            "not": {"anyOf": [{"required": list(p)} for p in [*SIZE_PAIRS, *pairs]]}}
 
 
 def one_model_name(model: str | None, upscale_model: str | None) -> str | None:
@@ -55,13 +77,15 @@ class CommonUpscaleForm(BaseModel):
         "Default from the server (30 s); 0 answers at once. The header `Prefer: respond-async` "
         "(or `Prefer: wait=N`) does the same.")
     webhook_url: str | None = Field(
-        None, max_length=2000, description="http(s) URL to POST the job's events to, signed "
+        None, max_length=2000, json_schema_extra={"pattern": WEBHOOK_URL_PATTERN},
+        description="http(s) URL to POST the job's events to, signed "
         "per Standard Webhooks with the API key's webhook secret (keys on), else the "
         "server's (see the README). Must resolve to a "
         "public address unless the server allows the host.")
     webhook_events: str | None = Field(
         None, max_length=200, description=f"Comma-separated subset of {', '.join(EVENTS)}; "
-        f"default {','.join(DEFAULT_EVENTS)}.")
+        f"default {','.join(DEFAULT_EVENTS)}. Only with webhook_url.",
+        json_schema_extra={"pattern": WEBHOOK_EVENTS_PATTERN})
 
     @property
     def plan_factor(self) -> float:
@@ -90,7 +114,8 @@ class CommonUpscaleForm(BaseModel):
 
 
 class EsrganUpscaleForm(CommonUpscaleForm):
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": ex.FORM_ESRGAN})
+    model_config = ConfigDict(extra="ignore", json_schema_extra=form_schema(
+        ex.FORM_ESRGAN, ("model", "upscale_model")))
 
     upscale_factor: float = Field(4, gt=0, le=16, description="Scale multiplier (2, 4, 2.5 ...)"
                                   " used when no print size is given.")
@@ -101,7 +126,8 @@ class EsrganUpscaleForm(CommonUpscaleForm):
                            "each tile keeps, px; the model also sees its context around it). "
                            "0 = automatic: the largest that fits the device's memory, the whole "
                            "image when it fits. Tiles give the untiled output either way "
-                           "(for convolutional models), so this only trades memory for speed.")
+                           "(for convolutional models), so this only trades memory for speed.",
+                           json_schema_extra={"anyOf": [{"const": 0}, {"minimum": 64}]})
     use_fp16: bool = Field(True, description="Half precision on GPU (fp16, or bf16 for "
                            "architectures that need it); always fp32 on CPU.")
 
@@ -127,13 +153,19 @@ class EsrganUpscaleForm(CommonUpscaleForm):
 class FluxUpscaleForm(CommonUpscaleForm):
     """Ultimate SD Upscale with FLUX.1-dev: ESRGAN pre-pass, then tiles redrawn at low denoise."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": ex.FORM_FLUX})
+    model_config = ConfigDict(extra="ignore", json_schema_extra=form_schema(
+        ex.FORM_FLUX, ("model", "upscale_model")))
 
     upscale_factor: float = Field(4, gt=0, le=16, description="Used when no print size is given.")
     denoise: float = Field(0.2, ge=0, le=1, description="img2img strength per tile.")
     steps: int = Field(20, ge=1, le=100, description="Diffusion steps (at strength 1).")
+    # Checked in serve_app/submissions.py against the server's minimum, which the schema
+    # states (serve_app/openapi_forms.py).
     tile_size: int = Field(512, description="Tile edge in output pixels; a multiple of 16 "
-                           "between the server's minimum (256) and 2048.")
+                           "between the server's minimum (256 by default; this schema says "
+                           "this server's) and 2048.",
+                           json_schema_extra={"multipleOf": 16, "minimum": 256,
+                                              "maximum": 2048})
     upscale_model: str | None = Field(None, max_length=200, description="ESRGAN model of the "
                                       "pre-pass; default: the server's default model.")
     model: str | None = Field(None, max_length=200, description="Alias of `upscale_model`.")
@@ -141,7 +173,9 @@ class FluxUpscaleForm(CommonUpscaleForm):
     guidance: float = Field(3.5, ge=0, le=30, description="FLUX-dev distilled guidance.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Same inputs and seed, same output.")
     mask_blur: int = Field(8, ge=0, le=64)
-    tile_padding: int = Field(32, ge=0, le=256, description="Context pixels around each tile.")
+    tile_padding: int = Field(32, ge=0, le=256, description="Context pixels around each "
+                              "tile; at least mask_blur (refused as tile_padding_below_mask_blur)"
+                              ".")
     color_fix: Literal["wavelet", "adain", "none"] = Field(
         "wavelet", description="Per-tile colour correction against the pre-pass.")
     tile_order: Literal["chess", "parallel"] = Field(
@@ -163,16 +197,18 @@ class FluxUpscaleForm(CommonUpscaleForm):
 
     @model_validator(mode="after")
     def _padding_vs_blur(self) -> FluxUpscaleForm:
+        # Two fields compared, which a schema cannot state: a code of its own (not a
+        # ValueError, which FastAPI would answer as a plain invalid_request).
         if self.mask_blur and self.tile_padding < self.mask_blur:
-            raise ValueError("tile_padding must be at least mask_blur (the blurred mask needs "
-                             "that much context)")
+            raise InvalidRequest("tile_padding must be at least mask_blur (the blurred mask "
+                                 "needs that much context)", code="tile_padding_below_mask_blur")
         return self
 
 
 class ImagenUpscaleForm(CommonUpscaleForm):
     """Imagen upscaling on Vertex AI (a cloud call; needs Google Cloud credentials)."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": ex.FORM_IMAGEN})
+    model_config = ConfigDict(extra="ignore", json_schema_extra=form_schema(ex.FORM_IMAGEN))
 
     upscale_factor: Literal["x2", "x3", "x4"] = Field(
         "x4", description="Vertex's factor; with a print size the smallest factor that reaches "
@@ -181,7 +217,10 @@ class ImagenUpscaleForm(CommonUpscaleForm):
                                        description="Default: the server's project.")
     gcp_region: str = Field("us-central1", pattern=r"^[a-z]+-[a-z]+[0-9]+$")
     model: str | None = Field(None, description="Vertex model id; default "
-                              "imagen-4.0-upscale-preview (server setting).")
+                              "imagen-4.0-upscale-preview (server setting). Each model offers "
+                              "its factors (imagegeneration@002: x2, x4; else "
+                              "factor_not_offered).",
+                              json_schema_extra={"enum": list(IMAGEN_MODELS)})
     add_watermark: bool | None = Field(None, description="Google's invisible watermark; "
                                        "default from the server (true).")
 

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from serve_app.access import check_project
-from serve_app.deps import EnginesDep, Intake, output_plan
+from serve_app.deps import EnginesDep, Intake, SettingsDep, output_plan
 from serve_app.gateway import EngineGateway
 from serve_app.outlook import Outlook
 from serve_app.schemas import (
@@ -119,13 +119,14 @@ async def esrgan_job(settings: Settings, engines: EngineGateway, who: Caller,
         use_fp16=form.use_fp16, upscale_factor=form.upscale_factor), model.scale)
 
 
-async def require_flux(engines: EnginesDep) -> None:
-    """FLUX answers 503 with the command to run when its files are not installed (a
-    dependency of its route, before the upload is read)."""
+async def require_flux(engines: EnginesDep, settings: SettingsDep) -> None:
+    """FLUX answers 503 with the command to run when its files are not installed (the
+    missing files and the models folder go to the log, under the answer's error id)."""
     status = await engines.status(Engine.flux)
     if not status.installed:
-        raise ServiceUnavailable(status.message or "FLUX is not available; run "
-                                 "`upscaler models pull flux`", code="flux_not_installed")
+        missing = status.message or "FLUX is not available"
+        raise ServiceUnavailable(f"{missing} (models folder {settings.resolved_models_dir})",
+                                 code="flux_not_installed")
 
 
 async def flux_job(settings: Settings, engines: EngineGateway, who: Caller,

@@ -35,7 +35,7 @@ def browser() -> Iterator:
     sync_api = pytest.importorskip("playwright.sync_api")
     executable = chromium_path()
     if executable is None:
-        pytest.skip("no chromium: `make install` installs it (apt-get install chromium)")
+        pytest.skip("no chromium: `make test` installs it (apt-get install chromium)")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
         # As root, Chromium runs only without its sandbox (containers, CI).

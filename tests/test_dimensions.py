@@ -379,3 +379,11 @@ def test_pixels_and_inches_together_are_refused(kwargs):
 def test_pixel_target_must_be_positive(bad):
     with pytest.raises(ValueError, match="positive number of pixels"):
         calculate_output_dimensions(100, 100, target_width_px=bad)
+
+
+def test_a_vanishing_side_is_planned_not_divided_by():
+    """A side of 5e-324 inches (the schema allows it): the print's aspect ratio underflowed
+    to 0 and the comparison divided by it (a 500)."""
+    plan = calculate_output_dimensions(8, 6, target_width_inches=5e-324,
+                                       target_height_inches=1e3, target_dpi=1)
+    assert plan.output_height == 1000 and plan.output_width >= 1

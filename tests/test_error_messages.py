@@ -57,6 +57,14 @@ def test_flux_not_installed_names_no_model_path(bare_app, models_root, service_l
     assert "upscaler models pull flux" in r.json()["message"]  # what to run, for a local user
 
 
+def test_health_names_the_missing_flux_files_without_their_folder(bare_app, models_root):
+    """The engines' status in GET /api/health (keys off: the whole service's)."""
+    flux = bare_app.get("/api/health").json()["engines"]["flux"]
+    assert not flux["installed"] and "unet/flux1-dev-Q8_0.gguf" in flux["message"]
+    assert str(models_root) not in flux["message"]
+    assert not PATH_OR_URL.search(flux["message"]), flux["message"]
+
+
 def test_storage_unreachable_names_no_storage_url(bare_app, monkeypatch, service_log):
     """Job storage refusing writes (a bucket's policy changed, a volume gone read-only)."""
     storage = bare_app.graph.services.store.storage

@@ -59,7 +59,7 @@ def test_flux_job_exact_size_dpi_and_repeatable(app):
     ({"denoise": "1.5"}, "invalid_request"), ({"steps": "0"}, "invalid_request"),
     ({"steps": "101"}, "invalid_request"), ({"tile_size": "72"}, "invalid_request"),
     ({"tile_size": "4096"}, "invalid_request"), ({"upscale_model": "4x-Nope"}, "unknown_model"),
-    ({"mask_blur": "16", "tile_padding": "8"}, "invalid_request"),
+    ({"mask_blur": "16", "tile_padding": "8"}, "tile_padding_below_mask_blur"),
     ({"color_fix": "magic"}, "invalid_request"),
     ({"upscale_factor": "16", "tile_size": "64"}, "output_too_large"),
 ])

@@ -106,11 +106,11 @@ def calculate_output_dimensions(
         return plan(_px(input_width * scale), _px(target_hf), scale)
 
     target_w, target_h = _px(target_wf), _px(target_hf)
-    input_aspect = input_width / input_height
-    target_aspect = target_wf / target_hf
 
     # "within 1 %" is relative: an absolute 0.01 is 4 % on a 1:4 print and 0.25 % on a 4:1 one.
-    if abs(input_aspect / target_aspect - 1.0) < ASPECT_TOLERANCE:
+    # The ratio of the aspects, multiplied out: a tiny side (1e-300 inches) divides by no zero.
+    if abs(input_width * target_hf - input_height * target_wf) < (
+            ASPECT_TOLERANCE * input_height * target_wf):
         return plan(target_w, target_h, target_w / input_width)
 
     # Which side overhangs is decided on the whole-pixel target, the box the crop must fit:

@@ -21,18 +21,22 @@ from serve_app.schema_examples import JOB_ID, STATUS_CANCELLED
 from serve_app.schemas import JobStatusResponse
 from upscaler.errors import BadRequest, Gone, NotFound
 from upscaler.images import MEDIA_TYPES
-from upscaler.job_store import JobStore
+from upscaler.job_store import JOB_ID_RE, JobStore
 from upscaler.jobs import JobRecord
 from upscaler.keys import Caller
 from upscaler.retention import delete_result, was_expired
 from upscaler.settings import Settings
 
 router = APIRouter(prefix="/api", tags=["jobs"], dependencies=[Depends(rate_limit)])
-RESULT_NAME_RE = re.compile(r"[0-9a-f]{32}\.(png|tiff)")
+RESULT_NAME_RE = re.compile(rf"{JOB_ID_RE.pattern}\.(png|tiff)")
 CHUNK = 1024 * 1024
-JobId = Annotated[str, Path(description="The job's id (`jobId`)", examples=[JOB_ID])]
+# The patterns are stated, not enforced here: an id that is not one is no job (404), a name
+# that is not one a 400 invalid_filename, as before.
+JobId = Annotated[str, Path(description="The job's id (`jobId`)", examples=[JOB_ID],
+                            json_schema_extra={"pattern": f"^{JOB_ID_RE.pattern}$"})]
 ResultName = Annotated[str, Path(description="As in `outputUrl`: <jobId>.png or .tiff",
-                                 examples=[f"{JOB_ID}.tiff"])]
+                                 examples=[f"{JOB_ID}.tiff"],
+                                 json_schema_extra={"pattern": f"^{RESULT_NAME_RE.pattern}$"})]
 
 
 async def kept_job(settings: Settings, runner: JobRunner, store: JobStore, who: Caller,

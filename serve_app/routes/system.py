@@ -55,7 +55,7 @@ async def health(engines: EnginesDep, runner: RunnerDep,
             "limits and 4xx answers.",
             responses={200: {"description": "The plan",
                              "content": {"application/json": {"example": PLAN}}},
-                       **error_responses(401, 422, 429)})
+                       **error_responses(401, 403, 422, 429)})
 async def plan(settings: SettingsDep, engines: EnginesDep, outlook: OutlookDep, request: Request,
                width: Annotated[int, Query(ge=1, le=1_000_000)],
                height: Annotated[int, Query(ge=1, le=1_000_000)],

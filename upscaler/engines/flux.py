@@ -54,7 +54,7 @@ def load_flux_pipeline(models_dir: Path, device: torch.device, dtype: torch.dtyp
     replica's start)."""
     files = FluxFiles(Path(models_dir))
     if missing := files.missing():
-        raise flux_not_installed(missing)
+        raise flux_not_installed(missing, files.root)
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,

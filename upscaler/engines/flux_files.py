@@ -3,12 +3,15 @@ files missing says so without importing torch or diffusers (quick start, small m
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from upscaler.errors import ServiceUnavailable
+
+logger = logging.getLogger(__name__)
 
 # FLUX's transformer takes images whose sides are multiples of this: each crop is padded up.
 FLUX_SIDE_MULTIPLE = 16
@@ -53,9 +56,14 @@ class FluxNotInstalled(ServiceUnavailable):
     default_code = "flux_not_installed"
 
 
-def flux_not_installed(missing: list[Path]) -> FluxNotInstalled:
-    names = ", ".join(str(p) for p in missing[:4]) + (" ..." if len(missing) > 4 else "")
-    return FluxNotInstalled(f"FLUX model files are missing ({names}); run "
+def flux_not_installed(missing: list[Path], root: Path) -> FluxNotInstalled:
+    """The error names the missing files inside the models folder: it reaches clients (the
+    status a replica reports); the folder itself goes to the log only."""
+    names = [str(p.relative_to(root)) for p in missing]
+    logger.warning("FLUX is not installed: %d file(s) missing under %s: %s", len(names), root,
+                   ", ".join(names))
+    listed = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
+    return FluxNotInstalled(f"FLUX model files are missing ({listed}); run "
                             "`upscaler models pull flux` (about 17 GB)")
 
 

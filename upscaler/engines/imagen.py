@@ -55,7 +55,7 @@ def choose_factor(model: ImagenModel, width: int, height: int, out_w: int, out_h
         if requested not in model.factors:
             offered = ", ".join(f"x{f}" for f in model.factors)
             raise InvalidRequest(f"{model.name} upscales by {offered}; x{requested} is not "
-                                 "one of them")
+                                 "one of them", code="factor_not_offered")
         factor = requested
     else:
         needed = max(out_w / width, out_h / height)
