@@ -7,8 +7,10 @@ import time
 
 import numpy as np
 import pytest
-from bombs import png_bomb
-from conftest import DAT, download, eventually, photo, png_bytes, upload, wait_for_job
+from helpers.api import download, eventually, upload, wait_for_job
+from helpers.bombs import png_bomb
+from helpers.images import photo, png_bytes
+from helpers.model_factory import DAT
 from PIL import Image
 
 

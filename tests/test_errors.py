@@ -10,9 +10,9 @@ import tempfile
 
 import httpx
 import pytest
-from conftest import free_port
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from helpers.processes import free_port
 
 from serve_app.errors import install_error_handlers, public_message
 from upscaler import errors

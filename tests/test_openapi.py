@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from local_graph import LocalGraph
+from helpers.local_graph import LocalGraph
 from openapi_spec_validator import validate
 
 from serve_app.api import create_app
