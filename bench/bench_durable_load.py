@@ -25,9 +25,11 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import free_port, photo, png_bytes, start_service, stop_service  # noqa: E402
 from figures import report  # noqa: E402
-from model_factory import write_compact  # noqa: E402
+from helpers.images import photo, png_bytes  # noqa: E402
+from helpers.model_factory import write_compact  # noqa: E402
+from helpers.processes import free_port  # noqa: E402
+from helpers.service import start_service, stop_service  # noqa: E402
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
           "AWS_DEFAULT_REGION": "us-east-1", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",

@@ -18,9 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import photo, png_bytes, start_service, stop_service  # noqa: E402
 from figures import report, timed  # noqa: E402
-from model_factory import write_rrdb  # noqa: E402
+from helpers.images import photo, png_bytes  # noqa: E402
+from helpers.model_factory import write_rrdb  # noqa: E402
+from helpers.service import start_service, stop_service  # noqa: E402
 
 from serve_app.model_pull import pull  # noqa: E402
 from upscaler.dimensions import calculate_output_dimensions  # noqa: E402

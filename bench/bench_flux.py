@@ -33,10 +33,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from conftest import photo, png_bytes, start_service, stop_service, wait_for_job  # noqa: E402
 from figures import report  # noqa: E402
-from flux_factory import write_flux_models  # noqa: E402
-from model_factory import write_rrdb  # noqa: E402
+from helpers.api import wait_for_job  # noqa: E402
+from helpers.flux_factory import write_flux_models  # noqa: E402
+from helpers.images import photo, png_bytes  # noqa: E402
+from helpers.model_factory import write_rrdb  # noqa: E402
+from helpers.service import start_service, stop_service  # noqa: E402
 
 GOAL = 1.8
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from figures import report  # noqa: E402
-from flux_factory import write_transformer_gguf  # noqa: E402
+from helpers.flux_factory import write_transformer_gguf  # noqa: E402
 
 from upscaler.engines.flux import FLUX_DEV_CONFIGS, FluxTileEngine, PromptEmbeds, write_json  # noqa: E402
 from upscaler.engines.usdu import plan_tiles, redraw_tiles  # noqa: E402

@@ -23,9 +23,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import photo, png_bytes  # noqa: E402
 from figures import report  # noqa: E402
-from model_factory import write_rrdb  # noqa: E402
+from helpers.images import photo, png_bytes  # noqa: E402
+from helpers.model_factory import write_rrdb  # noqa: E402
 
 from upscaler.dimensions import calculate_output_dimensions  # noqa: E402
 from upscaler.encode import encode_image  # noqa: E402

@@ -28,9 +28,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import create_key, photo, png_bytes, start_service, stop_service  # noqa: E402
-from model_factory import write_compact  # noqa: E402
-from slow_bodies import SlowBodies  # noqa: E402
+from helpers.images import photo, png_bytes  # noqa: E402
+from helpers.model_factory import write_compact  # noqa: E402
+from helpers.service import create_key, start_service, stop_service  # noqa: E402
+from helpers.slow_bodies import SlowBodies  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -32,8 +32,8 @@ GOAL = 2.5
 
 def job(folder: Path, width: int, feat: int, convs: int) -> dict:
     """Runs in the child process: one job, and its peak RSS growth."""
-    from conftest import photo
-    from model_factory import write_compact
+    from helpers.images import photo
+    from helpers.model_factory import write_compact
 
     from deployments.esrgan import esrgan_engine
     from upscaler.dimensions import calculate_output_dimensions

@@ -24,9 +24,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
-from conftest import free_port  # noqa: E402
 from figures import report  # noqa: E402
-from model_factory import write_compact  # noqa: E402
+from helpers.model_factory import write_compact  # noqa: E402
+from helpers.processes import free_port  # noqa: E402
 
 GOAL = 1.5
 BARE_APP = '''

@@ -21,9 +21,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import DAT, photo, psnr  # noqa: E402
 from figures import report, timed  # noqa: E402
-from model_factory import write_compact, write_rrdb  # noqa: E402
+from helpers.images import photo, psnr  # noqa: E402
+from helpers.model_factory import REAL_DAT, write_compact, write_rrdb  # noqa: E402
 
 from serve_app.model_pull import pull  # noqa: E402
 from upscaler.dimensions import calculate_output_dimensions  # noqa: E402
@@ -41,7 +41,7 @@ COST_GOAL = 1.15
 def measure(repeat: int, size: tuple[int, int]) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix="upscaler-tiling-"))
     settings = Settings(data_dir=work / "data", models_dir=work / "models")
-    pull([DAT], settings, log=lambda *_: None)
+    pull([REAL_DAT], settings, log=lambda *_: None)
     folder = settings.upscale_models_dir
     write_rrdb(folder / "rrdb-6x32.pth", num_filters=32, num_blocks=6)
     write_compact(folder / "compact-32x16.pth", num_feat=32, num_conv=16)
@@ -51,7 +51,7 @@ def measure(repeat: int, size: tuple[int, int]) -> list[dict]:
     image = DecodedImage(rgb, None, "rgb", 8, None, "PNG")
     plan = calculate_output_dimensions(w, h, 4)
     rows = []
-    for name, convolutional in (("rrdb-6x32", True), ("compact-32x16", True), (DAT, False)):
+    for name, convolutional in (("rrdb-6x32", True), ("compact-32x16", True), (REAL_DAT, False)):
         def run(tile: int | None, name: str = name):
             return engine.upscale(image, name, plan, tile_size=tile, quantize=False)
 

@@ -5,7 +5,8 @@ a field (backends read them). The same file passes against the code before the c
 from __future__ import annotations
 
 import pytest
-from conftest import eventually, photo, png_bytes, upload, wait_for_job
+from helpers.api import eventually, upload, wait_for_job
+from helpers.images import photo, png_bytes
 
 GPU = {"gpu_available", "gpu_name", "gpu_memory_free", "gpu_memory_total"}
 ESRGAN_STATUS = GPU | {"device", "models_loaded", "busy_jobs", "completed_jobs",

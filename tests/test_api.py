@@ -1,5 +1,5 @@
-"""The HTTP API over the whole graph in this process (tests/local_graph.py): the API contract's
-field names and answers, the print-size rule with a pixel target, clear 4xx for bad input."""
+"""The HTTP API over the whole graph in this process (tests/helpers/local_graph.py): the API
+contract's field names and answers, the print-size rule with a pixel target, clear 4xx for bad input."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import time
 
 import numpy as np
 import pytest
-from bombs import png_bomb
-from conftest import DAT, download, eventually, photo, png_bytes, upload, wait_for_job
+from helpers.api import download, eventually, upload, wait_for_job
+from helpers.bombs import png_bomb
+from helpers.images import photo, png_bytes
+from helpers.model_factory import DAT
 from PIL import Image
 
 

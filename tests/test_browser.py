@@ -12,7 +12,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import DAT, REPO, photo, png_bytes, upload
+from helpers.api import upload
+from helpers.images import photo, png_bytes
+from helpers.model_factory import DAT
+from helpers.processes import REPO
 from PIL import Image
 
 pytestmark = pytest.mark.slow

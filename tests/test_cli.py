@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, eventually, free_port, photo
+from helpers.api import eventually
+from helpers.images import photo
+from helpers.processes import REPO, free_port
 from PIL import Image
 
 from serve_app.cli import main

@@ -12,7 +12,8 @@ import json
 
 import httpx
 import pytest
-from conftest import create_key, photo, png_bytes
+from helpers.images import photo, png_bytes
+from helpers.service import create_key
 from PIL import Image
 from standardwebhooks.webhooks import Webhook
 

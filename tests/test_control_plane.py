@@ -17,18 +17,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import (
-    FLUX_ENV,
-    Service,
-    download,
-    eventually,
-    free_port,
-    photo,
-    png_bytes,
-    running_service,
-    upload,
-    wait_for_job,
-)
+from helpers.api import download, eventually, upload, wait_for_job
+from helpers.config import FLUX_ENV
+from helpers.images import photo, png_bytes
+from helpers.processes import free_port
+from helpers.service import Service, running_service
 
 pytestmark = pytest.mark.slow
 COLD_START_S = 45

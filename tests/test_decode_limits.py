@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, photo, png_bytes, upload
 from fastapi.testclient import TestClient
+from helpers.api import upload
+from helpers.images import photo, png_bytes
+from helpers.processes import REPO
 from PIL import Image
 
 from serve_app.api import create_app

@@ -1,12 +1,13 @@
-"""ESRGAN engine without Ray: real weight files through the production loader, real photos."""
+"""ESRGAN engine without Ray: weight files in the real formats through the production loader,
+real photos; the pretrained DAT-light's quality in the slow tier (its weights are pulled)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from conftest import DAT, photo, psnr
-from model_factory import write_compact, write_rrdb
+from helpers.images import photo, psnr
+from helpers.model_factory import DAT, REAL_DAT, write_compact, write_rrdb
 from PIL import Image
 
 from upscaler.dimensions import calculate_output_dimensions
@@ -40,6 +41,13 @@ def engine(registry) -> EsrganEngine:
     return EsrganEngine(registry, device="cpu", context=16)
 
 
+@pytest.fixture(scope="module")
+def pretrained(real_models_root) -> EsrganEngine:
+    """The engine with the real DAT-light x4 (slow tier: pulled on a cold cache)."""
+    return EsrganEngine(ModelRegistry(real_models_root / "upscale_models"), device="cpu",
+                        context=16)
+
+
 # --- loading ---------------------------------------------------------------------------------
 
 def test_registry_detects_architectures(registry):
@@ -51,7 +59,7 @@ def test_registry_detects_architectures(registry):
 
 
 def test_unknown_and_broken_models(registry, upscale_models_dir, tmp_path):
-    with pytest.raises(UnknownModel, match="available models: .*DAT_light_x4"):
+    with pytest.raises(UnknownModel, match=f"available models: .*{DAT}"):
         registry.info("4x-Nope")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     broken = ModelRegistry(tmp_path)
@@ -64,7 +72,7 @@ def test_torchscript_files_are_never_loaded(tmp_path):
     """A TorchScript .pt is a program (torch.jit.load runs it); it is listed as not loadable,
     saying which formats are, while the same weights as a .pth state dict load."""
     import torch
-    from model_factory import write_rrdb
+    from helpers.model_factory import write_rrdb
 
     from upscaler.engines.models import load_descriptor
 
@@ -194,13 +202,14 @@ def test_tiles_of_64_px_match_one_pass_of_a_real_format_model(tmp_path, writer, 
     assert psnr(tiles.image.rgb, whole.image.rgb) >= 60.0
 
 
-def test_tiled_matches_untiled_on_real_model_and_photo(engine):
+@pytest.mark.slow  # the pretrained weights
+def test_tiled_matches_untiled_on_real_model_and_photo(pretrained):
     """DAT-light (pretrained): channel attention sees the whole input, so no tiling is exact;
     16 px of context keeps tiles within 45 dB of one untiled pass."""
     image = decoded(photo("astronaut", (128, 64)))  # 56 dB
     plan = calculate_output_dimensions(128, 64, 4)
-    whole = engine.upscale(image, DAT, plan, tile_size=1024, quantize=False)
-    tiled_result = engine.upscale(image, DAT, plan, tile_size=64, quantize=False)
+    whole = pretrained.upscale(image, REAL_DAT, plan, tile_size=1024, quantize=False)
+    tiled_result = pretrained.upscale(image, REAL_DAT, plan, tile_size=64, quantize=False)
     assert whole.stats["tiles"] == 1 and tiled_result.stats["tiles"] == 2
     assert tiled_result.image.rgb.shape == (256, 512, 3)
     assert psnr(tiled_result.image.rgb, whole.image.rgb) >= 45.0
@@ -222,12 +231,13 @@ def test_context_is_what_makes_tiles_agree(registry):
         psnr(without.image.rgb, whole.image.rgb) + 1
 
 
-def test_dat_beats_bicubic_on_a_real_photo(engine):
+@pytest.mark.slow  # the pretrained weights
+def test_dat_beats_bicubic_on_a_real_photo(pretrained):
     """The real pretrained model restores detail: better PSNR against the original than bicubic."""
     original = photo("chelsea", (256, 192))
     small = original.resize((64, 48), Image.BICUBIC)
     plan = calculate_output_dimensions(64, 48, 4)
-    out = engine.upscale(decoded(small), DAT, plan).image.rgb
+    out = pretrained.upscale(decoded(small), REAL_DAT, plan).image.rgb
     assert out.dtype == np.uint8  # as the file will hold it: the model's own 4x is the plan
     bicubic = np.asarray(small.resize((256, 192), Image.BICUBIC))
     reference = np.asarray(original)

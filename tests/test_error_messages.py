@@ -8,8 +8,10 @@ import logging
 import re
 
 import pytest
-from conftest import TEST_LIMITS, photo, png_bytes, settings_from_env, upload
-from local_graph import local_client
+from helpers.api import upload
+from helpers.config import TEST_LIMITS, settings_from_env
+from helpers.images import photo, png_bytes
+from helpers.local_graph import local_client
 
 # An absolute path (two levels or more) or a URL anywhere in an answer.
 PATH_OR_URL = re.compile(r"(?<![\w`.])/[\w.-]+/[\w.-]+|\w+://")

@@ -10,14 +10,16 @@ import tempfile
 
 import httpx
 import pytest
-from conftest import free_port
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from helpers.processes import free_port
 
 from serve_app.errors import install_error_handlers, public_message
-from upscaler import errors
-from upscaler.errors import UpscalerError, all_error_classes
+from upscaler.engines.flux_files import FluxNotInstalled
+from upscaler.errors import all_error_classes
+from upscaler.storage import StorageError
 
+# Imported above: the classes defined outside upscaler.errors are walked too.
 CLASSES = all_error_classes()
 
 
@@ -136,10 +138,11 @@ def test_errors_raised_in_a_replica_reach_the_client_intact(monkeypatch, tmp_pat
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def test_storage_and_flux_errors_belong_to_the_hierarchy():
-    from upscaler.engines.flux import FluxNotInstalled
-    from upscaler.storage import StorageError
-
-    assert issubclass(StorageError, errors.ServiceUnavailable)
-    assert issubclass(FluxNotInstalled, errors.ServiceUnavailable)
-    assert issubclass(errors.UnknownModel, UpscalerError)
+def test_storage_and_flux_errors_answer_503_with_retry_after():
+    """Raised outside upscaler.errors (the storage layer, the FLUX files check): the one
+    handler answers them as the service's passing trouble, with their own codes."""
+    with TestClient(_raising_app()) as client:
+        for cls in (StorageError, FluxNotInstalled):
+            r = client.get(f"/raise/{cls.__name__}")
+            assert (r.status_code, r.json()["error"]) == (503, cls.default_code), r.text
+            assert r.headers["retry-after"] == "3"

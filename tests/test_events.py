@@ -9,7 +9,10 @@ import time
 from contextlib import ExitStack
 
 import pytest
-from conftest import DAT, create_key, photo, png_bytes, upload, wait_for_job
+from helpers.api import upload, wait_for_job
+from helpers.images import photo, png_bytes
+from helpers.model_factory import DAT
+from helpers.service import create_key
 
 from serve_app.schemas import JobStatusResponse
 from upscaler.keys import quota_bucket

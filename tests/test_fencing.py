@@ -10,7 +10,8 @@ import asyncio
 import time
 
 import pytest
-from conftest import TEST_LIMITS, photo, png_bytes, settings_from_env
+from helpers.config import TEST_LIMITS, settings_from_env
+from helpers.images import photo, png_bytes
 from test_runner import FakeEngine, until
 
 from deployments.esrgan import EsrganDeployment

@@ -11,8 +11,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import photo, png_bytes, upload, wait_for_job
-from flux_factory import write_flux_models
+from helpers.api import upload, wait_for_job
+from helpers.flux_factory import write_flux_models
+from helpers.images import photo, png_bytes
 from PIL import Image
 
 from upscaler.job_store import JobStore

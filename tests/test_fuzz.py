@@ -9,9 +9,9 @@ import io
 
 import pytest
 import schemathesis
-from conftest import TEST_LIMITS, settings_from_env, vertex_env
+from helpers.config import TEST_LIMITS, settings_from_env, vertex_env
+from helpers.local_graph import local_client
 from hypothesis import HealthCheck, given, settings
-from local_graph import local_client
 from PIL import Image
 from schemathesis import GenerationMode
 

@@ -10,9 +10,10 @@ import contextlib
 from dataclasses import dataclass, field, replace
 
 import pytest
-from conftest import TEST_LIMITS, photo, png_bytes, settings_from_env
 from fastapi.testclient import TestClient
-from local_graph import LocalGraph
+from helpers.config import TEST_LIMITS, settings_from_env
+from helpers.images import photo, png_bytes
+from helpers.local_graph import LocalGraph
 from pydantic import ValidationError
 
 from serve_app.api import create_app

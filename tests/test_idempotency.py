@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DAT, TEST_LIMITS, photo, png_bytes, settings_from_env
-from local_graph import local_client
+from helpers.config import TEST_LIMITS, settings_from_env
+from helpers.images import photo, png_bytes
+from helpers.local_graph import local_client
+from helpers.model_factory import DAT
 
 from upscaler.keys import KeyStore
 

@@ -10,7 +10,9 @@ import json
 import time
 
 import pytest
-from conftest import VERTEX_DEADLINE_S, photo, png_bytes, upload, wait_for_job
+from helpers.api import upload, wait_for_job
+from helpers.config import VERTEX_DEADLINE_S
+from helpers.images import photo, png_bytes
 from PIL import Image
 
 from upscaler.engines.imagen import (

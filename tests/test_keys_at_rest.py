@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers.processes import REPO
 
 from serve_app.cli import main
 from upscaler.keys import KeyStore

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from helpers.processes import REPO
 
 # Peak RSS growth over the output's 8-bit RGB bytes at this small size (4.2 MP, where the
 # model's tile buffers weigh most): measured 5.1x (x4, quantized straight into the output) and
@@ -24,7 +24,7 @@ sys.path.insert(0, "tests")
 from pathlib import Path
 import numpy as np
 from deployments.esrgan import esrgan_engine
-from model_factory import write_compact
+from helpers.model_factory import write_compact
 from upscaler.dimensions import calculate_output_dimensions
 from upscaler.engines.models import ModelRegistry
 from upscaler.encode import encode_image

@@ -12,8 +12,10 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import eventually, photo, png_bytes, settings_from_env
-from local_graph import local_client
+from helpers.api import eventually
+from helpers.config import settings_from_env
+from helpers.images import photo, png_bytes
+from helpers.local_graph import local_client
 
 from deployments.quotas import QuotaKeeper
 from serve_app.cli import main as cli_main

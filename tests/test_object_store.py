@@ -14,17 +14,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import (
-    TEST_LIMITS,
-    download,
-    free_port,
-    photo,
-    png_bytes,
-    settings_from_env,
-    upload,
-    wait_for_job,
-)
-from local_graph import local_client
+from helpers.api import download, upload, wait_for_job
+from helpers.config import TEST_LIMITS, settings_from_env
+from helpers.images import photo, png_bytes
+from helpers.local_graph import local_client
+from helpers.processes import free_port
 from test_runner import FakeEngine, SlowHeartbeats, new_job
 
 from serve_app.runner import JobRunner, RunnerTimings

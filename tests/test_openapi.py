@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
-from local_graph import LocalGraph
+from helpers.local_graph import LocalGraph
 from openapi_spec_validator import validate
 
 from serve_app.access import caller, rate_limit

@@ -4,6 +4,12 @@ behave as the module relies on (the service tests use them for real)."""
 from __future__ import annotations
 
 import inspect
+import json
+import os
+import subprocess
+import sys
+
+from helpers.processes import REPO
 
 from deployments import ray_compat
 from upscaler.errors import RateLimited
@@ -20,8 +26,22 @@ def test_private_serve_calls_exist_with_the_arguments_we_pass():
     assert callable(ServeControllerClient.deploy_apps) and callable(_get_global_client)
 
 
-def test_metrics_interval_reads_rays_config():
-    assert ray_compat.metrics_report_interval_s() >= 1.0
+READ_RAY = ("import json; from deployments import ray_compat; "
+            "print(json.dumps([ray_compat.metrics_report_interval_s(), "
+            "ray_compat.token_auth_enabled()]))")
+
+
+def test_metrics_interval_and_token_auth_are_read_from_rays_config():
+    """Ray reads its config from RAY_* variables when it starts, so each case is a process:
+    the interval the service tests set (with Ray's 1 s floor), and the auth mode."""
+    cases = {("2500", "token"): [2.5, True], ("200", "disabled"): [1.0, False]}
+    procs = {case: subprocess.Popen(
+        [sys.executable, "-c", READ_RAY], cwd=REPO, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "RAY_metrics_report_interval_ms": case[0],
+             "RAY_AUTH_MODE": case[1]}) for case in cases}
+    for case, proc in procs.items():
+        out, _ = proc.communicate(timeout=120)
+        assert json.loads(out.strip().splitlines()[-1]) == cases[case], case
 
 
 def test_unwrap_gives_the_replicas_own_exception():
@@ -37,7 +57,3 @@ def test_unwrap_gives_the_replicas_own_exception():
 
 def test_no_replica_outside_serve():
     assert ray_compat.replica_id() is None
-
-
-def test_token_auth_mode_is_read_from_ray():
-    assert isinstance(ray_compat.token_auth_enabled(), bool)

@@ -7,7 +7,8 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import photo, png_bytes, upload
+from helpers.api import upload
+from helpers.images import photo, png_bytes
 
 from serve_app.runner import RunnerTimings
 from upscaler.storage import Storage

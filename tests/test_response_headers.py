@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from conftest import photo, png_bytes, upload
 from fastapi.testclient import TestClient
+from helpers.api import upload
+from helpers.images import photo, png_bytes
 
 from serve_app.api import create_app
 

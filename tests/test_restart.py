@@ -12,17 +12,11 @@ import time
 
 import httpx
 import pytest
-from conftest import (
-    FAST_STALE,
-    FLUX_ENV,
-    TEST_LIMITS,
-    free_port,
-    photo,
-    png_bytes,
-    replica_pids,
-    running_service,
-    wait_for_job,
-)
+from helpers.api import wait_for_job
+from helpers.config import FAST_STALE, FLUX_ENV, TEST_LIMITS
+from helpers.images import photo, png_bytes
+from helpers.processes import free_port, replica_pids
+from helpers.service import running_service
 
 pytestmark = pytest.mark.slow
 FLUX_JOB = {"upscale_factor": "2", "tile_size": "32", "tile_padding": "16", "mask_blur": "4",

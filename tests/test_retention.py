@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TEST_LIMITS, eventually, photo, png_bytes, settings_from_env
-from local_graph import local_client
+from helpers.api import eventually
+from helpers.config import TEST_LIMITS, settings_from_env
+from helpers.images import photo, png_bytes
+from helpers.local_graph import local_client
 
 from upscaler.errors import InsufficientStorage
 from upscaler.keys import KeyLimits, KeyStore
@@ -187,9 +189,9 @@ def test_an_object_store_away_is_503_until_it_returns(monkeypatch, tmp_path):
     pytest.importorskip("s3fs")
     pytest.importorskip("moto.server")
     import fsspec
-    from conftest import free_port
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
+    from helpers.processes import free_port
     from moto.server import ThreadedMotoServer
 
     from serve_app.errors import install_error_handlers

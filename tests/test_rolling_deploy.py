@@ -20,15 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import (
-    REPO,
-    create_key,
-    free_port,
-    photo,
-    png_bytes,
-    wait_for_job,
-    wait_http_ok,
-)
+from helpers.api import wait_for_job
+from helpers.images import photo, png_bytes
+from helpers.processes import REPO, free_port, wait_http_ok
+from helpers.service import create_key
 
 BIN = Path(sys.executable).parent
 

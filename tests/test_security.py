@@ -13,17 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bombs import png_bomb, rgba16_flat
-from conftest import (
-    TEST_LIMITS,
-    eventually,
-    photo,
-    png_bytes,
-    settings_from_env,
-    vertex_env,
-    wait_for_job,
-)
-from local_graph import local_client
+from helpers.api import eventually, wait_for_job
+from helpers.bombs import png_bomb, rgba16_flat
+from helpers.config import TEST_LIMITS, settings_from_env, vertex_env
+from helpers.images import photo, png_bytes
+from helpers.local_graph import local_client
+from helpers.model_factory import DAT
 from PIL import Image
 
 from upscaler.keys import KeyLimits, KeyStore
@@ -184,7 +179,7 @@ def test_quotas_open_jobs_and_daily_megapixels(keyed):
     slow = keyed.post("/api/upscale/esrgan", headers=headers,
                       files={"file": ("p.png", png_bytes(photo("coffee", (96, 64))),
                                       "image/png")},
-                      data={"model": "DAT_light_x4", "tile_size": "64", "wait": "0",
+                      data={"model": DAT, "tile_size": "64", "wait": "0",
                             "upscale_factor": "2"})
     assert slow.status_code == 202, slow.text
     before = stored(keyed)
@@ -213,7 +208,7 @@ def test_a_full_engine_answers_503_with_retry_after(keyed):
         r = keyed.post("/api/upscale/esrgan", headers=headers,
                        files={"file": ("p.png", png_bytes(photo("coffee", (96, 64))),
                                        "image/png")},
-                       data={"model": "DAT_light_x4", "tile_size": "64", "wait": "0"})
+                       data={"model": DAT, "tile_size": "64", "wait": "0"})
         assert r.status_code == 202, r.text
         jobs.append(r.json()["jobId"])
     before = stored(keyed)

@@ -10,8 +10,8 @@ import time
 
 import httpx
 import pytest
-from conftest import photo, png_bytes
-from slow_bodies import SlowBodies
+from helpers.images import photo, png_bytes
+from helpers.slow_bodies import SlowBodies
 
 pytestmark = pytest.mark.slow
 FLOOD = 400

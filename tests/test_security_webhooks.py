@@ -9,9 +9,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import eventually, photo, png_bytes, replica_pids, upload
-from hostile_receivers import HostileReceiver
-from webhook_receiver import WebhookReceiver
+from helpers.api import eventually, upload
+from helpers.hostile_receivers import HostileReceiver
+from helpers.images import photo, png_bytes
+from helpers.processes import replica_pids
+from helpers.webhook_receiver import WebhookReceiver
 
 from upscaler.keys import KeyStore
 

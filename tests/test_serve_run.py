@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import REPO, free_port, photo, png_bytes, wait_http_ok
+from helpers.images import photo, png_bytes
+from helpers.processes import REPO, free_port, wait_http_ok
 
 
 @pytest.mark.slow

@@ -11,20 +11,13 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import (
-    DAT,
-    METRICS_INTERVAL_MS,
-    download,
-    eventually,
-    photo,
-    png_bytes,
-    psnr,
-    replica_pids,
-    upload,
-    wait_for_job,
-)
+from helpers.api import download, eventually, upload, wait_for_job
+from helpers.config import METRICS_INTERVAL_MS
+from helpers.images import photo, png_bytes, psnr
+from helpers.model_factory import REAL_DAT
+from helpers.processes import replica_pids
+from helpers.webhook_receiver import WebhookReceiver
 from PIL import Image
-from webhook_receiver import WebhookReceiver
 
 from upscaler.jobs import Engine
 from upscaler.keys import KeyStore
@@ -66,10 +59,10 @@ def test_health_models_and_docs(client, service):
     assert health["models_loaded"] == ["esrgan", "flux", "imagen"]
     assert health["scope"] == "key"  # a tenant's key: its own figures
     # The engines' detail is an operator's: an admin key's.
-    eventually(lambda: DAT in client.get("/api/health", headers=service.admin()).json()[
+    eventually(lambda: REAL_DAT in client.get("/api/health", headers=service.admin()).json()[
         "engines"]["esrgan"]["models_loaded"])
     models = client.get("/api/models").json()["esrgan"]
-    assert {m["name"] for m in models["models"]} >= {DAT, "tiny-rrdb", "tiny-compact"}
+    assert {m["name"] for m in models["models"]} >= {REAL_DAT, "tiny-rrdb", "tiny-compact"}
     assert client.get("/docs").status_code == 200
 
 

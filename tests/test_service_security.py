@@ -14,8 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from bombs import png_bomb, rgba16_flat, with_text
-from conftest import create_key, photo, png_bytes, replica_pids
+from helpers.bombs import png_bomb, rgba16_flat, with_text
+from helpers.images import photo, png_bytes
+from helpers.processes import replica_pids
+from helpers.service import create_key
 from PIL import Image
 
 from upscaler.passes import plan_passes

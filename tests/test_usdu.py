@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import photo, psnr
+from helpers.images import photo, psnr
 
 from upscaler.engines.usdu import (
     TiledCanvas,

@@ -12,11 +12,13 @@ import threading
 import time
 
 import pytest
-from conftest import TEST_LIMITS, eventually, photo, png_bytes, settings_from_env, upload
-from hostile_receivers import HostileReceiver, peak_rss_mib, peak_rss_reset
-from local_graph import local_client
+from helpers.api import eventually, upload
+from helpers.config import TEST_LIMITS, settings_from_env
+from helpers.hostile_receivers import HostileReceiver, peak_rss_mib, peak_rss_reset
+from helpers.images import photo, png_bytes
+from helpers.local_graph import local_client
+from helpers.webhook_receiver import WebhookReceiver
 from test_runner import new_job
-from webhook_receiver import WebhookReceiver
 
 from serve_app.webhooks import WebhookSender
 from upscaler.errors import InvalidRequest

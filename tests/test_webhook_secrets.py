@@ -9,11 +9,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TEST_LIMITS, eventually, photo, png_bytes, settings_from_env, upload
-from local_graph import local_client
+from helpers.api import eventually, upload
+from helpers.config import TEST_LIMITS, settings_from_env
+from helpers.images import photo, png_bytes
+from helpers.local_graph import local_client
+from helpers.webhook_receiver import Received, WebhookReceiver
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
-from webhook_receiver import Received, WebhookReceiver
 
 from serve_app.cli import main
 from upscaler.keys import KeyStore

@@ -10,17 +10,11 @@ import os
 import socket
 
 import pytest
-from conftest import (
-    TEST_LIMITS,
-    WEBHOOK_SECRET,
-    eventually,
-    photo,
-    png_bytes,
-    settings_from_env,
-    upload,
-)
-from local_graph import local_client
-from webhook_receiver import WebhookReceiver
+from helpers.api import eventually, upload
+from helpers.config import TEST_LIMITS, WEBHOOK_SECRET, settings_from_env
+from helpers.images import photo, png_bytes
+from helpers.local_graph import local_client
+from helpers.webhook_receiver import WebhookReceiver
 
 from upscaler.errors import InvalidRequest
 from upscaler.settings import Settings

