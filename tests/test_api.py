@@ -1,5 +1,6 @@
 """The HTTP API over the whole graph in this process (tests/helpers/local_graph.py): the API
-contract's field names and answers, the print-size rule with a pixel target, clear 4xx for bad input."""
+contract's field names and answers, the print-size rule with a pixel target, clear 4xx for bad
+input."""
 
 from __future__ import annotations
 
