@@ -1,14 +1,16 @@
-"""Memory of the check decode every upload gets (``upscaler.images.check_decodes``), per format.
+"""Memory of the check decode every upload gets (``upscaler.compute.images.check_decodes``), per
+format.
 
     .venv/bin/python bench/bench_decode_memory.py [--side 2000] [--repeat 1]
 
 Each case is encoded first (a side x side picture), then decoded in a process of its own:
 the figure is how far the process's peak RSS rose over its RSS just before the decode, per
 pixel (Linux: ``/proc/self/clear_refs`` resets the peak, so imports and the encoded bytes are
-not counted), as in a decode worker (``upscaler.decode_worker``: glibc's own malloc settings).
-``upscaler/memory.py``'s DECODE_BYTES_PER_PIXEL is this table with some room; the bench fails
+not counted), as in a decode worker (``upscaler.compute.decode_worker``: glibc's own malloc
+settings). ``upscaler/compute/memory.py``'s DECODE_BYTES_PER_PIXEL is this table with some room;
+the bench fails
 (exit 1) if a measured case is over its budget. ``--pin-mmap`` maps every buffer of 1 MiB or
-more on its own (``upscaler.memory.return_big_buffers``, as the ESRGAN replicas do).
+more on its own (``upscaler.compute.memory.return_big_buffers``, as the ESRGAN replicas do).
 """
 
 from __future__ import annotations
@@ -94,8 +96,8 @@ def child(path: Path, pin: bool) -> dict:
     import imagecodecs  # noqa: F401 - imported by the 16-bit path: not the decode's memory
     import tifffile  # noqa: F401
 
-    from upscaler.images import check_decodes, probe_image
-    from upscaler.memory import return_big_buffers, trim_heap
+    from upscaler.compute.images import check_decodes, probe_image
+    from upscaler.compute.memory import return_big_buffers, trim_heap
 
     if pin:
         return_big_buffers()
@@ -127,8 +129,8 @@ def main() -> int:
         return 0
     import tempfile
 
-    from upscaler.images import ImageProbe
-    from upscaler.memory import decode_bytes_per_pixel
+    from upscaler.compute.images import ImageProbe
+    from upscaler.compute.memory import decode_bytes_per_pixel
 
     print(f"check decode of a {args.side}x{args.side} image: peak RSS rise per pixel\n"
           "| case | format | mode | bits | alpha | measured B/px | budget B/px | s |\n"

@@ -37,9 +37,9 @@ import imagecodecs  # noqa: E402
 from figures import report  # noqa: E402
 from PIL import Image, ImageCms  # noqa: E402
 
-from upscaler.encode import encode_image  # noqa: E402
-from upscaler.images import DecodedImage  # noqa: E402
-from upscaler.png import FAST_WIDE_ARGS  # noqa: E402
+from upscaler.compute.encode import encode_image  # noqa: E402
+from upscaler.compute.images import DecodedImage  # noqa: E402
+from upscaler.compute.png import FAST_WIDE_ARGS  # noqa: E402
 
 Writer = Callable[[np.ndarray], bytes]
 CASES = ("8-bit RGB", "8-bit RGBA", "16-bit RGB", "16-bit RGBA")
@@ -98,7 +98,7 @@ def pillow(level: int) -> Writer:
 
 def codecs_png(level: int, fast: bool = False) -> Writer:
     # imagecodecs' own advice for speed: RLE strategy and the SUB filter (OpenCV's settings),
-    # as upscaler.png passes them.
+    # as upscaler.compute.png passes them.
     extra = dict(FAST_WIDE_ARGS) if fast else {}
     return lambda arr: bytes(imagecodecs.png_encode(arr, level=level, **extra))
 
@@ -152,7 +152,7 @@ _IMAGES: dict[int, DecodedImage] = {}
 
 
 def project(arr: np.ndarray) -> bytes:
-    """upscaler.images.encode_image as a job calls it: integer planes as the ESRGAN engine
+    """upscaler.compute.images.encode_image as a job calls it: integer planes as the ESRGAN engine
     leaves them (RGB and alpha apart, split once, outside the timing), DPI and ICC written."""
     if (image := _IMAGES.get(id(arr))) is None:
         alpha = np.ascontiguousarray(arr[..., 3]) if arr.shape[2] == 4 else None
@@ -178,7 +178,7 @@ WRITERS: list[tuple[str, Writer, str | None, tuple[str, ...]]] = [
 ]
 
 
-# What upscaler.images.encode_image writes each case with (png_encoder "fast").
+# What upscaler.compute.images.encode_image writes each case with (png_encoder "fast").
 CHOSEN = {
     "8-bit RGB": "fpng 0.1.0 from_ndarray",
     "8-bit RGBA": "fpng 0.1.0 from_ndarray",

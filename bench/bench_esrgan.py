@@ -23,12 +23,12 @@ from helpers.images import photo, png_bytes  # noqa: E402
 from helpers.model_factory import write_rrdb  # noqa: E402
 from helpers.service import start_service, stop_service  # noqa: E402
 
-from serve_app.model_pull import pull  # noqa: E402
-from upscaler.dimensions import calculate_output_dimensions  # noqa: E402
-from upscaler.encode import encode_image  # noqa: E402
-from upscaler.engines.esrgan import EsrganEngine  # noqa: E402
-from upscaler.engines.models import ModelRegistry  # noqa: E402
-from upscaler.images import DecodedImage, decode_image  # noqa: E402
+from upscaler.commands.model_pull import pull  # noqa: E402
+from upscaler.compute.dimensions import calculate_output_dimensions  # noqa: E402
+from upscaler.compute.encode import encode_image  # noqa: E402
+from upscaler.compute.engines.esrgan import EsrganEngine  # noqa: E402
+from upscaler.compute.engines.models import ModelRegistry  # noqa: E402
+from upscaler.compute.images import DecodedImage, decode_image  # noqa: E402
 from upscaler.settings import Settings  # noqa: E402
 
 OVERHEAD_GOAL_MS = 50

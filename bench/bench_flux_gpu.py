@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from figures import report  # noqa: E402
 from helpers.flux_factory import write_transformer_gguf  # noqa: E402
 
-from upscaler.engines.flux import FLUX_DEV_CONFIGS, FluxTileEngine, PromptEmbeds, write_json  # noqa: E402
-from upscaler.engines.usdu import plan_tiles, redraw_tiles  # noqa: E402
+from upscaler.compute.engines.flux import FLUX_DEV_CONFIGS, FluxTileEngine, PromptEmbeds, write_json  # noqa: E402
+from upscaler.compute.engines.usdu import plan_tiles, redraw_tiles  # noqa: E402
 
 
 def build(precision: str, work: Path):

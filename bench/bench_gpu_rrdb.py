@@ -27,11 +27,11 @@ from figures import report  # noqa: E402
 from helpers.images import photo, png_bytes  # noqa: E402
 from helpers.model_factory import write_rrdb  # noqa: E402
 
-from upscaler.dimensions import calculate_output_dimensions  # noqa: E402
-from upscaler.encode import encode_image  # noqa: E402
-from upscaler.engines.esrgan import EsrganEngine  # noqa: E402
-from upscaler.engines.models import ModelRegistry  # noqa: E402
-from upscaler.images import decode_image  # noqa: E402
+from upscaler.compute.dimensions import calculate_output_dimensions  # noqa: E402
+from upscaler.compute.encode import encode_image  # noqa: E402
+from upscaler.compute.engines.esrgan import EsrganEngine  # noqa: E402
+from upscaler.compute.engines.models import ModelRegistry  # noqa: E402
+from upscaler.compute.images import decode_image  # noqa: E402
 
 
 def main() -> None:

@@ -36,10 +36,10 @@ def job(folder: Path, width: int, feat: int, convs: int) -> dict:
     from helpers.model_factory import write_compact
 
     from deployments.esrgan import esrgan_engine
-    from upscaler.dimensions import calculate_output_dimensions
-    from upscaler.encode import encode_image
-    from upscaler.engines.models import ModelRegistry
-    from upscaler.images import decode_image
+    from upscaler.compute.dimensions import calculate_output_dimensions
+    from upscaler.compute.encode import encode_image
+    from upscaler.compute.engines.models import ModelRegistry
+    from upscaler.compute.images import decode_image
     from upscaler.settings import Settings
 
     write_compact(folder / "compact.pth", num_feat=feat, num_conv=convs)

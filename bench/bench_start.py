@@ -104,7 +104,7 @@ def main() -> int:
                                      f"http://127.0.0.1:{port}/health", env, lambda r: True))
         port = free_port()
         ours.append(time_to_first_ok(
-            [sys.executable, "-m", "serve_app.cli", "serve", "--no-dashboard", "--port",
+            [sys.executable, "-m", "upscaler.commands.cli", "serve", "--no-dashboard", "--port",
              str(port), "--data-dir", str(work / "data"), "--models-dir", str(work / "models")],
             f"http://127.0.0.1:{port}/api/health", env,
             lambda r: r.json().get("status") == "healthy"))

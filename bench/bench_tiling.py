@@ -25,12 +25,12 @@ from figures import report, timed  # noqa: E402
 from helpers.images import photo, psnr  # noqa: E402
 from helpers.model_factory import REAL_DAT, write_compact, write_rrdb  # noqa: E402
 
-from serve_app.model_pull import pull  # noqa: E402
-from upscaler.dimensions import calculate_output_dimensions  # noqa: E402
-from upscaler.engines.esrgan import EsrganEngine  # noqa: E402
-from upscaler.engines.models import ModelRegistry  # noqa: E402
-from upscaler.engines.tiling import context_for, tiling_cost  # noqa: E402
-from upscaler.images import DecodedImage  # noqa: E402
+from upscaler.commands.model_pull import pull  # noqa: E402
+from upscaler.compute.dimensions import calculate_output_dimensions  # noqa: E402
+from upscaler.compute.engines.esrgan import EsrganEngine  # noqa: E402
+from upscaler.compute.engines.models import ModelRegistry  # noqa: E402
+from upscaler.compute.engines.tiling import context_for, tiling_cost  # noqa: E402
+from upscaler.compute.images import DecodedImage  # noqa: E402
 from upscaler.settings import Settings  # noqa: E402
 
 EXACT_GOAL_DB = 60.0

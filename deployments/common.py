@@ -11,16 +11,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from deployments import ray_compat
 from deployments.fencing import AttemptFence, write_result
-from upscaler.device import resolve_device, use_cpu_threads
-from upscaler.encode import encode_image
-from upscaler.images import DecodedImage, decode_image
-from upscaler.job_stats import JobStats
-from upscaler.job_store import JobStore
-from upscaler.jobs import Completed, JobEvent, JobSpec
+from upscaler import ray_support
+from upscaler.compute.device import resolve_device, use_cpu_threads
+from upscaler.compute.encode import encode_image
+from upscaler.compute.images import DecodedImage, decode_image
+from upscaler.domain.job_stats import JobStats
+from upscaler.domain.job_store import JobStore
+from upscaler.domain.jobs import Completed, JobEvent, JobSpec
+from upscaler.domain.storage import Storage
 from upscaler.settings import Settings
-from upscaler.storage import Storage
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +36,7 @@ def open_job_store(settings: Settings) -> JobStore:
 
 def replica_tag() -> str:
     """This Serve replica's id (a pid outside Serve), recorded with the work it does."""
-    return ray_compat.replica_id() or f"pid-{os.getpid()}"
+    return ray_support.replica_id() or f"pid-{os.getpid()}"
 
 
 def engine_device(settings: Settings) -> torch.device:

@@ -1,4 +1,5 @@
-"""ESRGAN deployment: a thin Ray Serve wrapper around ``upscaler.engines.esrgan.EsrganEngine``.
+"""ESRGAN deployment: a thin Ray Serve wrapper around
+``upscaler.compute.engines.esrgan.EsrganEngine``.
 
 It adds what the engine should not know about: resources (GPU reservation, autoscaling, set in
 ``serve_app.deploy_options``), reading the upload from and writing the result to job storage,
@@ -15,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from ray import serve
 
-from deployments import metrics
 from deployments.common import (
     Emit,
     engine_device,
@@ -27,17 +27,26 @@ from deployments.common import (
     stream_from_thread,
 )
 from deployments.fencing import AttemptFence
-from upscaler.contracts import EngineStatus, ModelList
-from upscaler.engines.models import ModelInfo, ModelRegistry
+from upscaler import ray_support
+from upscaler.compute.engines.models import ModelInfo, ModelRegistry
+from upscaler.compute.images import DecodedImage
+from upscaler.compute.memory import return_big_buffers
+from upscaler.domain.contracts import EngineStatus, ModelList
+from upscaler.domain.job_stats import EsrganStats
+from upscaler.domain.jobs import (
+    Completed,
+    EsrganParams,
+    FluxParams,
+    JobEvent,
+    JobSpec,
+    Progress,
+    Started,
+)
 from upscaler.errors import ServiceUnavailable, Superseded, UnsupportedModel
-from upscaler.images import DecodedImage
-from upscaler.job_stats import EsrganStats
-from upscaler.jobs import Completed, EsrganParams, FluxParams, JobEvent, JobSpec, Progress, Started
-from upscaler.memory import return_big_buffers
 from upscaler.settings import Settings
 
 if TYPE_CHECKING:
-    from upscaler.engines.esrgan import EsrganEngine
+    from upscaler.compute.engines.esrgan import EsrganEngine
 
 logger = logging.getLogger("ray.serve")
 
@@ -52,7 +61,7 @@ def default_model_name(settings: Settings, registry: ModelRegistry) -> str | Non
 
 def esrgan_engine(settings: Settings, registry: ModelRegistry) -> EsrganEngine:
     # Imported here: the application builder imports this module, and needs no torch.
-    from upscaler.engines.esrgan import EsrganEngine
+    from upscaler.compute.engines.esrgan import EsrganEngine
 
     return_big_buffers()  # host RSS follows the live tiles and images (bench_memory.py)
 
@@ -61,7 +70,7 @@ def esrgan_engine(settings: Settings, registry: ModelRegistry) -> EsrganEngine:
         cpu_tile_size=settings.cpu_tile_size, context=settings.tile_context,
         max_passes=settings.max_model_passes, compile_models=settings.esrgan_torch_compile,
         # No model pass, the first included, makes more pixels than an output may have:
-        # memory follows the output cap (upscaler/passes.py; tests/test_memory.py).
+        # memory follows the output cap (upscaler/compute/passes.py; tests/test_memory.py).
         max_intermediate_pixels=settings.max_output_pixels)
 
 
@@ -87,7 +96,7 @@ class EsrganDeployment:
         if default:
             try:
                 loaded = self.engine.load(default, use_fp16=True)
-                metrics.set_gauge(metrics.model_load_seconds, loaded.load_seconds,
+                ray_support.set_gauge(ray_support.model_load_seconds, loaded.load_seconds,
                                   engine="esrgan", model=default)
             except UnsupportedModel as exc:
                 logger.warning("default model %s not loadable: %s", default, exc)

@@ -13,10 +13,10 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
+from upscaler.domain.job_store import JobStore
+from upscaler.domain.jobs import JobSpec
+from upscaler.domain.storage import StorageError
 from upscaler.errors import Superseded
-from upscaler.job_store import JobStore
-from upscaler.jobs import JobSpec
-from upscaler.storage import StorageError
 
 logger = logging.getLogger("ray.serve")
 FENCE_EVERY_S = 1.0  # how stale a run may go on for, at one record read per interval

@@ -17,18 +17,17 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments import metrics
 from deployments.common import engine_device, finish_job, open_job_store, replica_tag
 from deployments.fencing import AttemptFence
-from upscaler.budget import MemoryBudget
-from upscaler.contracts import EngineStatus, TileResult
-from upscaler.engines.flux_files import (
+from upscaler import ray_support
+from upscaler.compute.budget import MemoryBudget
+from upscaler.compute.engines.flux_files import (
     FluxFiles,
     FluxNotInstalled,
     PromptEmbeds,
     flux_not_installed,
 )
-from upscaler.engines.usdu import (
+from upscaler.compute.engines.usdu import (
     Tile,
     TiledCanvas,
     TileSchedule,
@@ -37,15 +36,16 @@ from upscaler.engines.usdu import (
     render_crop,
     replay,
 )
-from upscaler.images import DecodedImage
-from upscaler.job_stats import FluxStats, TileLogEntry
-from upscaler.job_store import JobStore
-from upscaler.jobs import FluxParams, JobEvent, JobSpec, Progress, Started
-from upscaler.memory import coordinator_bytes
+from upscaler.compute.images import DecodedImage
+from upscaler.compute.memory import coordinator_bytes
+from upscaler.domain.contracts import EngineStatus, TileResult
+from upscaler.domain.job_stats import FluxStats, TileLogEntry
+from upscaler.domain.job_store import JobStore
+from upscaler.domain.jobs import FluxParams, JobEvent, JobSpec, Progress, Started
 from upscaler.settings import Settings
 
 if TYPE_CHECKING:
-    from upscaler.engines.flux import FluxTileEngine
+    from upscaler.compute.engines.flux import FluxTileEngine
 
 logger = logging.getLogger("ray.serve")
 
@@ -68,12 +68,12 @@ class FluxDeployment:
                 # Said before torch and diffusers are imported: seconds of start and a GB
                 # of memory on every replica of a service that has no FLUX files.
                 raise flux_not_installed(missing, settings.resolved_models_dir)
-            from upscaler.engines.flux import FluxTileEngine  # noqa: F811  (torch: here)
+            from upscaler.compute.engines.flux import FluxTileEngine  # noqa: F811  (torch: here)
 
             t0 = time.perf_counter()
             self.engine = FluxTileEngine(settings.resolved_models_dir, engine_device(settings),
                                          settings.flux_dtype, settings.flux_memory_mode)
-            metrics.set_gauge(metrics.model_load_seconds, time.perf_counter() - t0,
+            ray_support.set_gauge(ray_support.model_load_seconds, time.perf_counter() - t0,
                               engine="flux", model="flux1-dev-Q8_0")
         except FluxNotInstalled as exc:
             self.missing = exc  # the service runs; FLUX requests get a 503 saying this
@@ -127,7 +127,7 @@ class FluxDeployment:
             cancelled.set()  # the thread stops at its next step and frees the GPU
             raise
         self.tiles_done += 1
-        metrics.observe(metrics.tile_seconds, time.perf_counter() - start, engine="flux")
+        ray_support.observe(ray_support.tile_seconds, time.perf_counter() - start, engine="flux")
         return TileResult(out.astype(np.float16), self.replica_id,
                           round(time.perf_counter() - start, 3), started_at, time.time())
 

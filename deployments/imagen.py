@@ -22,14 +22,14 @@ from deployments.common import (
     stream_from_thread,
 )
 from deployments.vertex import VertexClient
-from upscaler.contracts import EngineStatus
-from upscaler.engines.imagen import credentials_status, request_image_bytes
-from upscaler.engines.imagen import model_spec as imagen_model
+from upscaler.compute.engines.imagen import credentials_status, request_image_bytes
+from upscaler.compute.engines.imagen import model_spec as imagen_model
+from upscaler.compute.images import decode_image
+from upscaler.compute.resample import resample_plane
+from upscaler.domain.contracts import EngineStatus
+from upscaler.domain.job_stats import ImagenStats
+from upscaler.domain.jobs import Completed, ImagenParams, JobEvent, JobSpec, Started
 from upscaler.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType, UpstreamError
-from upscaler.images import decode_image
-from upscaler.job_stats import ImagenStats
-from upscaler.jobs import Completed, ImagenParams, JobEvent, JobSpec, Started
-from upscaler.resample import resample_plane
 from upscaler.settings import Settings
 
 

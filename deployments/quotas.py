@@ -11,8 +11,8 @@ import logging
 from ray import serve
 
 from deployments.common import open_job_store
-from upscaler.jobs import JobWork
-from upscaler.quotas import KeyQuota, QuotaBook, RateState, UsageFigures
+from upscaler.domain.jobs import JobWork
+from upscaler.domain.quotas import KeyQuota, QuotaBook, RateState, UsageFigures
 from upscaler.settings import Settings
 
 logger = logging.getLogger("ray.serve")

@@ -1,13 +1,13 @@
 """The Imagen deployment's calls to Vertex AI: credentials and google-cloud-aiplatform's
 PredictionServiceClient (REST), with retries inside one deadline and Google's errors mapped to
 ``upscaler.errors`` classes with the HTTP status the API answers with. What is sent and read
-back is ``upscaler.engines.imagen``'s, which makes no network call."""
+back is ``upscaler.compute.engines.imagen``'s, which makes no network call."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from upscaler.engines.imagen import image_from_predictions, predict_request
+from upscaler.compute.engines.imagen import image_from_predictions, predict_request
 from upscaler.errors import (
     InvalidRequest,
     RateLimited,

@@ -21,8 +21,8 @@ from serve_app.deps import (
 from serve_app.idempotency import Claim, claim
 from serve_app.presenters import upscale_response
 from serve_app.webhook_submit import subscription
-from upscaler.jobs import JobRecord
-from upscaler.keys import Caller, quota_bucket
+from upscaler.domain.jobs import JobRecord
+from upscaler.domain.keys import Caller, quota_bucket
 
 
 class Acceptance:

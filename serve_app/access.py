@@ -12,10 +12,10 @@ from starlette.datastructures import Headers
 
 from serve_app.deps import QuotasDep, SettingsDep
 from serve_app.gateway import QuotaClient
+from upscaler.domain.jobs import JobRecord
+from upscaler.domain.keys import Caller, quota_bucket
+from upscaler.domain.quotas import KeyQuota
 from upscaler.errors import Forbidden, NotFound
-from upscaler.jobs import JobRecord
-from upscaler.keys import Caller, quota_bucket
-from upscaler.quotas import KeyQuota
 from upscaler.settings import Settings
 
 BEARER = "bearer "

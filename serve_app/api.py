@@ -19,7 +19,7 @@ from serve_app.openapi_docs import install_openapi
 from serve_app.routes import events, jobs, system, upscale, usage
 from serve_app.routes.pages import install_pages
 from upscaler import __version__
-from upscaler.retention import sweep_periodically
+from upscaler.domain.retention import sweep_periodically
 
 DESCRIPTION = ("Image upscaling for print: ESRGAN-family models, FLUX (Ultimate SD Upscale) and "
                "Imagen on Vertex AI, on Ray Serve. Upload an image, get a larger one sized for "

@@ -15,16 +15,16 @@ from serve_app.outlook import Outlook
 from serve_app.runner import JobRunner
 from serve_app.schemas import CommonUpscaleForm
 from serve_app.webhooks import WebhookSender
-from upscaler.budget import MemoryBudget
-from upscaler.decode_worker import DecodeWorkers
-from upscaler.dimensions import OutputPlan, calculate_output_dimensions
+from upscaler.compute.budget import MemoryBudget
+from upscaler.compute.decode_worker import DecodeWorkers
+from upscaler.compute.dimensions import OutputPlan, calculate_output_dimensions
+from upscaler.compute.images import ImageProbe, probe_image
+from upscaler.compute.memory import decode_bytes
+from upscaler.domain.idempotency import IdempotencyKeys
+from upscaler.domain.job_store import JobStore
+from upscaler.domain.keys import KeyStore
+from upscaler.domain.retention import RetentionSweeper
 from upscaler.errors import InvalidRequest, OutputTooLarge, PayloadTooLarge
-from upscaler.idempotency import IdempotencyKeys
-from upscaler.images import ImageProbe, probe_image
-from upscaler.job_store import JobStore
-from upscaler.keys import KeyStore
-from upscaler.memory import decode_bytes
-from upscaler.retention import RetentionSweeper
 from upscaler.settings import Settings
 
 # No `from __future__ import annotations` here: the dependency built by `intake()` needs its
@@ -176,7 +176,7 @@ def intake(form_class: type[FormT]):
 async def _checked(settings: Settings, budget: MemoryBudget, decoder: DecodeWorkers,
                    form: FormT, data: bytes) -> Intake[FormT]:
     """Header, output plan and its limit first (nothing decoded yet), then one full decode
-    within the replica's decode budget (what its kind takes, upscaler/memory.py) and the
+    within the replica's decode budget (what its kind takes, upscaler/compute/memory.py) and the
     decode time limit (in a worker process, stopped at the limit)."""
     probe = await asyncio.to_thread(probe_image, data, settings.max_input_pixels)
     plan = output_plan(settings, probe.width, probe.height, form)

@@ -3,7 +3,7 @@ adds to the graph with their options, its first estimate and its route's docs. T
 routes (routes/upscale.py), the graph (app.py), the Ingress's view of the engines (ingress.py)
 and tests/local_graph.py are all made from ``ENGINES``; tests/test_deploy_configs.py checks
 the checked-in Serve configs against it. A new engine: one entry, its engine module
-(upscaler/engines/), its deployment (deployments/)."""
+(upscaler/compute/engines/), its deployment (deployments/)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from serve_app.schemas import (
     ImagenUpscaleForm,
 )
 from serve_app.submissions import esrgan_job, flux_job, imagen_job, require_flux
-from upscaler.jobs import Engine, EsrganParams, FluxParams, ImagenParams, JobRecord
-from upscaler.keys import Caller
+from upscaler.domain.jobs import Engine, EsrganParams, FluxParams, ImagenParams, JobRecord
+from upscaler.domain.keys import Caller
 from upscaler.settings import Settings
 
 JobBuilder = Callable[[Settings, EngineGateway, Caller, Intake[Any]], Awaitable[JobRecord]]

@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.schemas import ErrorResponse
+from upscaler.domain.storage_faults import storage_fault
 from upscaler.errors import UpscalerError, unwrap
-from upscaler.storage_faults import storage_fault
 
 logger = logging.getLogger("ray.serve")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from upscaler.jobs import Engine, JobRecord, JobState
+from upscaler.domain.jobs import Engine, JobRecord, JobState
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Estimator:
 
 
 def _megapixels(job: JobRecord) -> float:
-    """What the job computes (its pass plan: ``upscaler.metering``); older records, its
+    """What the job computes (its pass plan: ``upscaler.domain.metering``); older records, its
     output."""
     if job.work is not None:
         return job.work.megapixels

@@ -13,8 +13,8 @@ from serve_app.access import check_owner
 from serve_app.outlook import Outlook
 from serve_app.presenters import job_status
 from serve_app.schemas import JobStatusResponse
-from upscaler.jobs import JobRecord
-from upscaler.keys import Caller
+from upscaler.domain.jobs import JobRecord
+from upscaler.domain.keys import Caller
 from upscaler.settings import Settings
 
 TERMINAL_EVENT_ID = 200

@@ -14,12 +14,12 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from deployments.ray_compat import unwrap
 from serve_app.access import CALLER_STATE, RATE_LIMIT_STATE, charge_rate_limit, presented_key
 from serve_app.gateway import QuotaClient
 from serve_app.limits import KeylessSlots, UploadSlots, send_error
+from upscaler.domain.keys import ANONYMOUS, Caller, KeyStore
 from upscaler.errors import BadRequest, Forbidden, UpscalerError
-from upscaler.keys import ANONYMOUS, Caller, KeyStore
+from upscaler.ray_support import unwrap
 from upscaler.settings import Settings
 
 # Open to anyone, as before the gate: health's liveness, the web page, the docs and their

@@ -12,11 +12,11 @@ from typing import Any, Generic, TypeVar
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from deployments.ray_compat import serve_replica_counts, unwrap
-from upscaler.contracts import EngineStatus, ModelList
-from upscaler.engines.models import ModelInfo
-from upscaler.jobs import Engine, JobEvent, JobSpec, JobWork
-from upscaler.quotas import KeyQuota, RateState, UsageFigures
+from upscaler.compute.engines.models import ModelInfo
+from upscaler.domain.contracts import EngineStatus, ModelList
+from upscaler.domain.jobs import Engine, JobEvent, JobSpec, JobWork
+from upscaler.domain.quotas import KeyQuota, RateState, UsageFigures
+from upscaler.ray_support import serve_replica_counts, unwrap
 
 T = TypeVar("T")
 STATUS_TIMEOUT_S = 5.0

@@ -13,9 +13,9 @@ from collections.abc import Collection
 from serve_app.gateway import EngineGateway
 from serve_app.runner import JobRunner
 from serve_app.schemas import HealthResponse
-from upscaler.contracts import EngineStatus
-from upscaler.jobs import Engine
-from upscaler.keys import Caller
+from upscaler.domain.contracts import EngineStatus
+from upscaler.domain.jobs import Engine
+from upscaler.domain.keys import Caller
 
 
 def sees_the_whole_service(who: Caller) -> bool:

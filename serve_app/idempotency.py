@@ -1,4 +1,4 @@
-"""The ``Idempotency-Key`` header on upscale POSTs (``upscaler.idempotency`` keeps the keys):
+"""The ``Idempotency-Key`` header on upscale POSTs (``upscaler.domain.idempotency`` keeps the keys):
 a first request claims its key before anything is admitted or stored, and records what it
 answered once its job is stored; a repeat is answered from the job the first one made."""
 
@@ -15,17 +15,17 @@ from fastapi.responses import JSONResponse
 from serve_app.deps import Intake
 from serve_app.outlook import Outlook
 from serve_app.presenters import upscale_response
+from upscaler.domain.idempotency import IdempotencyKeys, check_key, fingerprint
+from upscaler.domain.job_store import JobStore
+from upscaler.domain.jobs import JobRecord
+from upscaler.domain.keys import Caller
 from upscaler.errors import Gone, NotFound
-from upscaler.idempotency import IdempotencyKeys, check_key, fingerprint
-from upscaler.job_store import JobStore
-from upscaler.jobs import JobRecord
-from upscaler.keys import Caller
 
 IdempotencyKeyHeader = Annotated[str | None, Header(
     alias="Idempotency-Key", description="Any unique string (a UUID): the same request sent "
     "again with the same key answers the same job instead of making another. 1-255 printable "
     "ASCII characters (also accepted quoted, as a structured-field string).",
-    # upscaler.idempotency.check_key's rule, without the edge spaces HTTP strips.
+    # upscaler.domain.idempotency.check_key's rule, without the edge spaces HTTP strips.
     json_schema_extra={"pattern": "^[!-~]([ -~]{0,253}[!-~])?$"})]
 REPLAYED_HEADER = "Idempotent-Replayed"
 

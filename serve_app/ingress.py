@@ -16,9 +16,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments import ray_compat
 from deployments.common import open_job_store
-from deployments.metrics import RunnerMetrics
 from serve_app.api import create_app
 from serve_app.deps import Services
 from serve_app.engine_specs import ENGINES, QUOTAS, initial_rates
@@ -28,13 +26,15 @@ from serve_app.limits import UploadSlots
 from serve_app.runner import JobRunner, RunnerTimings
 from serve_app.submissions import MAX_PREFER_WAIT_S
 from serve_app.webhooks import WebhookSender
-from upscaler.budget import MemoryBudget
-from upscaler.decode_worker import DecodeWorkers
-from upscaler.idempotency import IdempotencyKeys
-from upscaler.job_store import JobStore
-from upscaler.jobs import JobRecord, JobState
-from upscaler.keys import KeyStore, quota_bucket
-from upscaler.retention import RetentionSweeper
+from upscaler import ray_support
+from upscaler.compute.budget import MemoryBudget
+from upscaler.compute.decode_worker import DecodeWorkers
+from upscaler.domain.idempotency import IdempotencyKeys
+from upscaler.domain.job_store import JobStore
+from upscaler.domain.jobs import JobRecord, JobState
+from upscaler.domain.keys import KeyStore, quota_bucket
+from upscaler.domain.retention import RetentionSweeper
+from upscaler.ray_support import RunnerMetrics
 from upscaler.settings import Settings
 
 
@@ -74,7 +74,7 @@ def build_services(settings: Settings, handles: Mapping[str, Any]) -> Services:
     keys.tighten()  # a local keys file made owner-only, whoever made it
     webhooks = WebhookSender(settings, store, keys)
     runner = JobRunner(store, engines.run, runner_timings(settings), on_ended=job_ended,
-                       webhooks=webhooks, worker_lost=ray_compat.worker_died,
+                       webhooks=webhooks, worker_lost=ray_support.worker_died,
                        metrics=RunnerMetrics())
     webhooks.live = runner.live
     return Services(settings, store, runner, engines, estimator, keys, quotas,

@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from upscaler.job_store import JobStore, LeaseLost
-from upscaler.jobs import JobRecord
+from upscaler.domain.job_store import JobStore, LeaseLost
+from upscaler.domain.jobs import JobRecord
 
 logger = logging.getLogger("ray.serve")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from serve_app.estimates import Estimator
 from serve_app.gateway import EngineGateway
 from serve_app.runner import JobRunner
-from upscaler.jobs import Engine, JobRecord
+from upscaler.domain.jobs import Engine, JobRecord
 
 
 @dataclass(frozen=True)

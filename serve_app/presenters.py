@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 
 from serve_app.schemas import CropGuidance, ErrorResponse, JobStatusResponse, UpscaleResponse
-from upscaler.jobs import JobRecord, JobState
+from upscaler.domain.jobs import JobRecord, JobState
 
 # Failures that are the service's, not the request's: a 500 when no status was recorded.
 SERVICE_FAILURES = (None, "processing_failed", "worker_lost")

@@ -23,9 +23,8 @@ from serve_app.runner_contract import (
     WorkerLost,
     no_worker_lost,
 )
-from upscaler.errors import Conflict, NotFound, Superseded, UpscalerError, unwrap
-from upscaler.job_store import JobNotFound, JobStore, LeaseLost
-from upscaler.jobs import (
+from upscaler.domain.job_store import JobNotFound, JobStore, LeaseLost
+from upscaler.domain.jobs import (
     END_EVENTS,
     Completed,
     Engine,
@@ -34,8 +33,9 @@ from upscaler.jobs import (
     Progress,
     Started,
 )
-from upscaler.storage import StorageError
-from upscaler.webhooks import WebhookEvent
+from upscaler.domain.storage import StorageError
+from upscaler.domain.webhooks import WebhookEvent
+from upscaler.errors import Conflict, NotFound, Superseded, UpscalerError, unwrap
 
 logger = logging.getLogger("ray.serve")
 

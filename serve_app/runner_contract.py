@@ -1,14 +1,14 @@
 """What the job runner (``serve_app.runner``) is given: the engine call, how to read its
 failures, where its metrics go, and the hooks told of its jobs' events (webhooks) and ends
 (bookkeeping). Its timings are in ``serve_app.leases``. Nothing here knows Ray: the Ingress
-passes Ray's in (``deployments.ray_compat.worker_died``, ``deployments.metrics``)."""
+passes Ray's in (``upscaler.ray_support.worker_died``, ``upscaler.ray_support``)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
-from upscaler.jobs import JobEvent, JobRecord, JobSpec
+from upscaler.domain.jobs import JobEvent, JobRecord, JobSpec
 
 # The engine call: the job, and its upload's bytes when they are at hand (a new job's, if
 # small) so the replica need not read back what was just stored.

@@ -8,11 +8,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve_app import schema_examples as ex
-from upscaler.engines.imagen import MODELS as IMAGEN_MODELS
+from upscaler.compute.engines.imagen import MODELS as IMAGEN_MODELS
+from upscaler.compute.images import OUTPUT_FORMATS
+from upscaler.domain.jobs import JobWork, OutputOptions, Size
+from upscaler.domain.webhooks import DEFAULT_EVENTS, EVENTS, WebhookStatus
 from upscaler.errors import InvalidRequest
-from upscaler.images import OUTPUT_FORMATS
-from upscaler.jobs import JobWork, OutputOptions, Size
-from upscaler.webhooks import DEFAULT_EVENTS, EVENTS, WebhookStatus
 
 
 def _strip_x(value: Any) -> Any:
@@ -31,7 +31,7 @@ _EVENT = f"({'|'.join(EVENTS)})"
 WEBHOOK_EVENTS_PATTERN = rf"^[ \t]*{_EVENT}?[ \t]*(,[ \t]*{_EVENT}?[ \t]*)*$"
 
 
-# A print size in inches or a pixel target, not both (upscaler.dimensions refuses the mix).
+# A print size in inches or a pixel target, not both (upscaler.compute.dimensions refuses the mix).
 SIZE_PAIRS = [(a, b) for a in ("target_width_inches", "target_height_inches")
               for b in ("target_width", "target_height")]
 

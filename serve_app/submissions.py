@@ -22,10 +22,11 @@ from serve_app.schemas import (
     ImagenUpscaleForm,
     PlanResponse,
 )
-from upscaler.engines.imagen import choose_factor, request_image_bytes
-from upscaler.engines.imagen import model_spec as imagen_model
-from upscaler.errors import InvalidRequest, OutputTooLarge, ServiceUnavailable, UpstreamError
-from upscaler.jobs import (
+from upscaler.compute.engines.imagen import choose_factor, request_image_bytes
+from upscaler.compute.engines.imagen import model_spec as imagen_model
+from upscaler.compute.memory import coordinator_bytes
+from upscaler.compute.passes import plan_passes
+from upscaler.domain.jobs import (
     Engine,
     EsrganParams,
     FluxParams,
@@ -34,10 +35,9 @@ from upscaler.jobs import (
     JobRecord,
     Size,
 )
-from upscaler.keys import Caller
-from upscaler.memory import coordinator_bytes
-from upscaler.metering import job_work
-from upscaler.passes import plan_passes
+from upscaler.domain.keys import Caller
+from upscaler.domain.metering import job_work
+from upscaler.errors import InvalidRequest, OutputTooLarge, ServiceUnavailable, UpstreamError
 from upscaler.settings import Settings
 
 PREFER_WAIT_RE = re.compile(r"wait=(\d+(?:\.\d+)?)")
@@ -66,7 +66,7 @@ def plan_upload(settings: Settings, outlook: Outlook, width: int, height: int, e
                 model_scale: int | None = None) -> PlanResponse:
     """An upload's plan before it is sent: the engine's own form checks the sizing fields,
     then the same rule and limit as the upload's (``deps.output_plan``); with the default
-    model's ``model_scale``, the pixels it would compute (``upscaler.passes``), which its
+    model's ``model_scale``, the pixels it would compute (``upscaler.compute.passes``), which its
     key would be charged and its estimate is made from."""
     unknown = sorted(set(query) - {"width", "height", "engine", *PLAN_FIELDS})
     if unknown:
@@ -99,7 +99,7 @@ def plan_upload(settings: Settings, outlook: Outlook, width: int, height: int, e
 
 def new_job(settings: Settings, intake: Intake, params: JobParams,
             model_scale: int | None = None) -> JobRecord:
-    """The job, with what it will compute (``upscaler.metering``: the engines' own plans),
+    """The job, with what it will compute (``upscaler.domain.metering``: the engines' own plans),
     which its key is charged. The runner that takes it in sets its owner."""
     probe, plan = intake.probe, intake.plan
     input_size = Size(width=probe.width, height=probe.height)

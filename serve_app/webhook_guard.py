@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
+from upscaler.domain.keys import KeyStore
+from upscaler.domain.webhooks import AllowList, WebhookTarget, resolve_target
 from upscaler.errors import InvalidRequest
-from upscaler.keys import KeyStore
 from upscaler.settings import Settings
-from upscaler.webhooks import AllowList, WebhookTarget, resolve_target
 
 
 class DeliveryDropped(Exception):
@@ -19,7 +19,7 @@ class DeliveryDropped(Exception):
 
 
 class WebhookResolver:
-    """The SSRF guard (``upscaler.webhooks.resolve_target``) on a pool of its own."""
+    """The SSRF guard (``upscaler.domain.webhooks.resolve_target``) on a pool of its own."""
 
     def __init__(self, settings: Settings):
         self.allowed = AllowList(settings.webhook_allowed_hosts)

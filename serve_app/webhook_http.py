@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import httpx
 from standardwebhooks import Webhook
 
-from upscaler.webhooks import WebhookDelivery, WebhookState, WebhookTarget
+from upscaler.domain.webhooks import WebhookDelivery, WebhookState, WebhookTarget
 
 # Of a receiver's answer, only the status and headers count; a small body is read so its
 # connection can be reused, anything longer is cut off unread.

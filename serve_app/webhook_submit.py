@@ -8,10 +8,10 @@ import asyncio
 
 from serve_app.schemas import CommonUpscaleForm
 from serve_app.webhooks import WebhookSender
+from upscaler.domain.keys import Caller, KeyStore
+from upscaler.domain.webhooks import WebhookState, parse_events
 from upscaler.errors import InvalidRequest, RateLimited
-from upscaler.keys import Caller, KeyStore
 from upscaler.settings import Settings
-from upscaler.webhooks import WebhookState, parse_events
 
 PENDING_RETRY_AFTER_S = 30  # a key past its pending deliveries: they end in seconds to minutes
 

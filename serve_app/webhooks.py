@@ -21,12 +21,12 @@ from serve_app.presenters import job_status
 from serve_app.webhook_guard import DeliveryDropped, WebhookResolver, revoked_key
 from serve_app.webhook_http import AttemptTimeout, judge, new_client, next_delay, post_signed
 from serve_app.webhook_slots import Item, KeyId, KeySlots
+from upscaler.domain.job_store import JobNotFound, JobStore
+from upscaler.domain.jobs import JobRecord
+from upscaler.domain.keys import KeyStore
+from upscaler.domain.webhooks import JOB_END_EVENTS, WebhookDelivery, WebhookEvent, WebhookState
 from upscaler.errors import InvalidRequest
-from upscaler.job_store import JobNotFound, JobStore
-from upscaler.jobs import JobRecord
-from upscaler.keys import KeyStore
 from upscaler.settings import Settings
-from upscaler.webhooks import JOB_END_EVENTS, WebhookDelivery, WebhookEvent, WebhookState
 
 logger = logging.getLogger("ray.serve")
 

@@ -90,7 +90,7 @@ def full_models_root(tmp_path_factory, models_root) -> Path:
 def real_models_root(tmp_path_factory, full_models_root) -> Path:
     """Slow tier only: the full set plus the real DAT-light x4, pulled through `upscaler
     models pull`'s code (the network on a cold cache; cached between runs)."""
-    from serve_app.model_pull import pull
+    from upscaler.commands.model_pull import pull
 
     root = tmp_path_factory.mktemp("real-models")
     for sub in full_models_root.iterdir():

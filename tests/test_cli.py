@@ -17,7 +17,7 @@ from helpers.images import photo
 from helpers.processes import REPO, free_port
 from PIL import Image
 
-from serve_app.cli import main
+from upscaler.commands.cli import main
 from upscaler_client import Client
 from upscaler_client.cli import API_REFUSED, JOB_FAILED, OK, UNAVAILABLE
 from upscaler_client.cli_files import plan_outputs
@@ -44,7 +44,7 @@ def run_cli(*args: str, service=None, timeout: float = 300) -> subprocess.Comple
     env = {**os.environ}
     if service is not None:
         env.update(UPSCALER_URL=service.url, UPSCALER_API_KEY=service.api_key)
-    return subprocess.run([sys.executable, "-m", "serve_app.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "upscaler.commands.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -163,7 +163,7 @@ def test_interrupt_cancels_the_running_job_and_exits_130(service, tmp_path):
     # the CLI starts with SIGINT as a terminal's Ctrl-C finds it.
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "serve_app.cli", "upscale", str(src),
+        proc = subprocess.Popen([sys.executable, "-m", "upscaler.commands.cli", "upscale", str(src),
                                  *LONG_FLUX], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
     finally:

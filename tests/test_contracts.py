@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from upscaler.contracts import EngineStatus, ModelList, TileResult
-from upscaler.engines.flux_files import PromptEmbeds
-from upscaler.engines.models import ModelInfo
-from upscaler.job_stats import EsrganStats, FluxStats, ImagenStats, TileLogEntry
-from upscaler.jobs import END_EVENTS, Completed, JobState
-from upscaler.quotas import Allowance, RateState, UsageFigures
-from upscaler.webhooks import DEFAULT_EVENTS, EVENTS, parse_events
+from upscaler.compute.engines.flux_files import PromptEmbeds
+from upscaler.compute.engines.models import ModelInfo
+from upscaler.domain.contracts import EngineStatus, ModelList, TileResult
+from upscaler.domain.job_stats import EsrganStats, FluxStats, ImagenStats, TileLogEntry
+from upscaler.domain.jobs import END_EVENTS, Completed, JobState
+from upscaler.domain.quotas import Allowance, RateState, UsageFigures
+from upscaler.domain.webhooks import DEFAULT_EVENTS, EVENTS, parse_events
 
 INFO = ModelInfo(name="tiny-rrdb", architecture="RRDB", scale=4, input_channels=3,
                  output_channels=3, supports_half=True, supports_bfloat16=False,

@@ -1,5 +1,5 @@
-"""The check decode of every upload: its memory budget is what upscaler/memory.py's table says
-for the upload's kind (measured by bench/bench_decode_memory.py), and it runs in a worker
+"""The check decode of every upload: its memory budget is what upscaler/compute/memory.py's table
+says for the upload's kind (measured by bench/bench_decode_memory.py), and it runs in a worker
 process that is stopped at the decode time limit, the service staying up."""
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from helpers.processes import REPO
 from PIL import Image
 
 from serve_app.api import create_app
-from upscaler.budget import MemoryBudget
-from upscaler.decode_worker import DecodeWorkers
-from upscaler.errors import InvalidImage
-from upscaler.images import probe_image
-from upscaler.memory import (
+from upscaler.compute.budget import MemoryBudget
+from upscaler.compute.decode_worker import DecodeWorkers
+from upscaler.compute.images import probe_image
+from upscaler.compute.memory import (
     DECODE_BYTES_PER_PIXEL,
     DECODE_BYTES_PER_PIXEL_OTHER,
     decode_bytes,
 )
+from upscaler.errors import InvalidImage
 
 GOOD = png_bytes(photo("rocket", (24, 24)))
 

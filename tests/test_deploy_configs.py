@@ -67,7 +67,7 @@ def test_a_misspelt_arg_stops_the_deploy():
 def test_cpu_config_is_package_data():
     """`upscaler serve` finds the CPU config beside the installed package, not the checkout;
     the root file is a link to it for `serve run serve_config.cpu.yaml`."""
-    from serve_app.cli import CPU_SERVE_CONFIG
+    from upscaler.commands.cli import CPU_SERVE_CONFIG
 
     assert CPU_SERVE_CONFIG.parent == Path(__import__("serve_app").__file__).parent
     assert (REPO / "serve_config.cpu.yaml").resolve() == CPU_SERVE_CONFIG.resolve()
@@ -128,7 +128,7 @@ def test_every_engine_is_in_the_table_once():
     """One entry per engine, whose params are that engine's and whose deployments the graph
     binds under names no other entry uses."""
     from serve_app.engine_specs import ENGINES, INGRESS, graph_deployments
-    from upscaler.jobs import Engine
+    from upscaler.domain.jobs import Engine
 
     assert sorted(spec.engine for spec in ENGINES) == sorted(Engine)
     for spec in ENGINES:
@@ -148,7 +148,7 @@ def test_compose_stops_after_the_ingress_drain():
 
 
 def test_upscaler_serve_takes_flags_then_environment_then_the_file(tmp_path, monkeypatch):
-    from serve_app.cli import CPU_SERVE_CONFIG, local_serve_config
+    from upscaler.commands.cli import CPU_SERVE_CONFIG, local_serve_config
 
     for var in [v for v in __import__("os").environ if v.startswith("UPSCALER_")]:
         monkeypatch.delenv(var)
@@ -179,7 +179,7 @@ def test_upscaler_serve_takes_flags_then_environment_then_the_file(tmp_path, mon
 
 
 def test_upscaler_serve_without_a_file_deploys_the_built_in_graph(monkeypatch, tmp_path):
-    from serve_app.cli import local_serve_config
+    from upscaler.commands.cli import local_serve_config
 
     monkeypatch.chdir(tmp_path)
     config, _ = local_serve_config(None, {"port": 8123})
@@ -243,13 +243,12 @@ def test_dockerfile_installs_like_the_readme():
 def test_grafana_dashboard_queries_our_metrics():
     import json
 
-    from deployments import metrics
-
+    from upscaler import ray_support
     dashboard = json.loads((REPO / "ops" / "grafana-dashboard.json").read_text())
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     # Each metric function is named after its metric; Ray exports it with a ray_ prefix.
-    for fn in (metrics.jobs_total, metrics.queue_size, metrics.job_seconds,
-               metrics.tile_seconds, metrics.model_load_seconds):
+    for fn in (ray_support.jobs_total, ray_support.queue_size, ray_support.job_seconds,
+               ray_support.tile_seconds, ray_support.model_load_seconds):
         assert f"ray_upscaler_{fn.__name__}" in exprs
 
 
@@ -264,7 +263,7 @@ def _clean_env(monkeypatch, tmp_path) -> None:
 def test_tls_settings_reach_the_proxies_http_options(tmp_path, monkeypatch):
     """Flags, then UPSCALER_TLS_*, then the file's own http_options; paths made absolute (the
     proxies run in other directories); the printed URLs switch to https."""
-    from serve_app.cli import CPU_SERVE_CONFIG, local_serve_config
+    from upscaler.commands.cli import CPU_SERVE_CONFIG, local_serve_config
 
     _clean_env(monkeypatch, tmp_path)
     for name in ("cert.pem", "key.pem", "env-cert.pem", "file-cert.pem", "file-key.pem"):
@@ -295,7 +294,7 @@ def test_tls_settings_reach_the_proxies_http_options(tmp_path, monkeypatch):
 
 
 def test_tls_needs_both_files_readable(tmp_path, monkeypatch):
-    from serve_app.cli import CPU_SERVE_CONFIG, ServeConfigError, local_serve_config
+    from upscaler.commands.cli import CPU_SERVE_CONFIG, ServeConfigError, local_serve_config
 
     _clean_env(monkeypatch, tmp_path)
     (tmp_path / "cert.pem").write_text("PEM")
@@ -311,7 +310,7 @@ def test_tls_needs_both_files_readable(tmp_path, monkeypatch):
 def test_upscaler_serve_refuses_half_a_tls_pair_before_starting_ray(tmp_path, monkeypatch,
                                                                      capsys):
     """Exit 2 with the reason, in well under a second: no cluster is started for nothing."""
-    from serve_app.cli import main
+    from upscaler.commands.cli import main
 
     _clean_env(monkeypatch, tmp_path)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # in case a Ray started after all
@@ -412,7 +411,7 @@ def test_no_shipped_config_opens_rays_client_server():
         assert ports is not None and 10001 not in ports, rule
     # The cluster's own traffic still flows: GCS, the dashboard, workers' ports.
     assert any({6379, 8265, 10002, 65535} <= (_ports(r) or set()) for r in rules)
-    cli = (REPO / "serve_app" / "cli.py").read_text()
+    cli = (REPO / "upscaler" / "commands" / "cli.py").read_text()
     assert "ray_client_server_port" not in cli and "ray-client-server-port" not in cli
     for name in ("cluster.yaml", "k8s/rayservice.yaml", "docker/compose.yaml"):
         text = (REPO / name).read_text()

@@ -1,4 +1,4 @@
-"""The print-size rule: upscaler.dimensions.calculate_output_dimensions and OutputPlan."""
+"""The print-size rule: upscaler.compute.dimensions.calculate_output_dimensions and OutputPlan."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 import pytest
 from pydantic import TypeAdapter
 
-from upscaler.dimensions import CropInfo, OutputPlan, calculate_output_dimensions
+from upscaler.compute.dimensions import CropInfo, OutputPlan, calculate_output_dimensions
 
 PLAN = TypeAdapter(OutputPlan)
 

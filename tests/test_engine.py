@@ -10,10 +10,10 @@ from helpers.images import photo, psnr
 from helpers.model_factory import DAT, REAL_DAT, write_compact, write_rrdb
 from PIL import Image
 
-from upscaler.dimensions import calculate_output_dimensions
-from upscaler.engines.esrgan import EsrganEngine, UpscaleCancelled, choose_dtype
-from upscaler.engines.models import ModelCache, ModelRegistry
-from upscaler.engines.tiling import (
+from upscaler.compute.dimensions import calculate_output_dimensions
+from upscaler.compute.engines.esrgan import EsrganEngine, UpscaleCancelled, choose_dtype
+from upscaler.compute.engines.models import ModelCache, ModelRegistry
+from upscaler.compute.engines.tiling import (
     QuantizedSink,
     TensorSink,
     axis_spans,
@@ -21,9 +21,9 @@ from upscaler.engines.tiling import (
     plan_windows,
     run_tiled,
 )
+from upscaler.compute.images import DecodedImage
+from upscaler.compute.passes import plan_passes
 from upscaler.errors import UnknownModel, UnsupportedModel
-from upscaler.images import DecodedImage
-from upscaler.passes import plan_passes
 
 
 def decoded(im) -> DecodedImage:
@@ -74,7 +74,7 @@ def test_torchscript_files_are_never_loaded(tmp_path):
     import torch
     from helpers.model_factory import write_rrdb
 
-    from upscaler.engines.models import load_descriptor
+    from upscaler.compute.engines.models import load_descriptor
 
     pth = write_rrdb(tmp_path / "weights.pth")
     desc = load_descriptor(pth)
@@ -171,7 +171,7 @@ def test_batches_of_windows_give_the_same_output():
 
 
 def test_quantized_cores_are_the_quantized_float_output():
-    from upscaler.encode import quantize_plane
+    from upscaler.compute.encode import quantize_plane
 
     image = torch.rand(1, 3, 40, 30)
     for bits, dtype in ((8, np.uint8), (16, np.uint16)):
@@ -329,7 +329,7 @@ def test_out_of_memory_halves_the_tile(registry, monkeypatch):
     # 128 -> 64 -> 32 would go below MIN_TILE (64): the error surfaces after one retry.
     with pytest.raises(torch.OutOfMemoryError):
         engine.upscale(image, "tiny-rrdb", plan, tile_size=128)
-    monkeypatch.setattr("upscaler.engines.esrgan.MIN_TILE", 16)
+    monkeypatch.setattr("upscaler.compute.engines.esrgan.MIN_TILE", 16)
     # Windows are the tile and 8 px of context on each side: 16 px tiles make 32 px ones.
     result = engine.upscale(image, "tiny-rrdb", plan, tile_size=128)
     assert result.stats["oom_retries"] == 3 and result.stats["tile_size"] == 16
@@ -340,7 +340,7 @@ def test_cpu_allocator_out_of_memory_halves_the_tile_too(registry, monkeypatch):
     """The CPU allocator's error is a RuntimeError of its own wording: handled like CUDA's."""
     engine = EsrganEngine(registry, context=8)
     real_fn = engine._model_fn
-    monkeypatch.setattr("upscaler.engines.esrgan.MIN_TILE", 16)
+    monkeypatch.setattr("upscaler.compute.engines.esrgan.MIN_TILE", 16)
 
     def limited(loaded):
         fn = real_fn(loaded)

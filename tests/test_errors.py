@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from helpers.processes import free_port
 
 from serve_app.errors import install_error_handlers, public_message
-from upscaler.engines.flux_files import FluxNotInstalled
+from upscaler.compute.engines.flux_files import FluxNotInstalled
+from upscaler.domain.storage import StorageError
 from upscaler.errors import all_error_classes
-from upscaler.storage import StorageError
 
 # Imported above: the classes defined outside upscaler.errors are walked too.
 CLASSES = all_error_classes()
@@ -27,8 +27,8 @@ def test_every_class_has_a_status_and_a_code():
     assert len(CLASSES) >= 15
     for cls in CLASSES:
         assert 400 <= cls.http_status <= 599 and cls.default_code
-        assert cls.__module__ in ("upscaler.errors", "upscaler.storage",
-                                  "upscaler.engines.flux_files"), cls
+        assert cls.__module__ in ("upscaler.errors", "upscaler.domain.storage",
+                                  "upscaler.compute.engines.flux_files"), cls
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
@@ -94,8 +94,8 @@ def test_errors_raised_in_a_replica_reach_the_client_intact(monkeypatch, tmp_pat
     @serve.deployment
     class Raiser:
         def raise_(self, name: str, code: str) -> None:
-            import upscaler.engines.flux  # noqa: F401 - the subclasses defined beside engines
-            import upscaler.storage  # noqa: F401
+            import upscaler.compute.engines.flux  # noqa: F401 - the subclasses defined beside engines
+            import upscaler.domain.storage  # noqa: F401
 
             cls = next(c for c in all_error_classes() if c.__name__ == name)
             raise cls(f"{name} in a replica", code=code, retry_after=5)

@@ -15,7 +15,7 @@ from helpers.model_factory import DAT
 from helpers.service import create_key
 
 from serve_app.schemas import JobStatusResponse
-from upscaler.keys import quota_bucket
+from upscaler.domain.keys import quota_bucket
 
 TERMINAL = {"completed", "failed", "cancelled"}
 

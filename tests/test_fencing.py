@@ -17,10 +17,18 @@ from test_runner import FakeEngine, until
 from deployments.esrgan import EsrganDeployment
 from deployments.fencing import FENCE_EVERY_S, AttemptFence, write_result
 from serve_app.runner import JobRunner, RunnerTimings
-from upscaler.dimensions import calculate_output_dimensions
+from upscaler.compute.dimensions import calculate_output_dimensions
+from upscaler.domain.job_store import JobStore
+from upscaler.domain.jobs import (
+    Completed,
+    Engine,
+    EsrganParams,
+    JobRecord,
+    JobState,
+    Progress,
+    Size,
+)
 from upscaler.errors import Superseded
-from upscaler.job_store import JobStore
-from upscaler.jobs import Completed, Engine, EsrganParams, JobRecord, JobState, Progress, Size
 
 SIZE = (160, 128)  # 20 tiles of 32: seconds of work, far more than the fence needs
 
@@ -163,7 +171,7 @@ def test_a_superseded_call_makes_its_driver_stop_and_write_nothing(tmp_path):
     """The driver hears ``Superseded`` from its engine call (it was cut off and the job was
     claimed meanwhile): it writes nothing and takes the stored record as the truth; the job
     is not failed."""
-    from upscaler.storage import Storage
+    from upscaler.domain.storage import Storage
 
     timings = RunnerTimings(heartbeat_s=30, stale_after_s=30, progress_save_s=60)
     store = JobStore(Storage(str(tmp_path / "storage")), timings.stale_after_s)

@@ -16,8 +16,8 @@ from helpers.flux_factory import write_flux_models
 from helpers.images import photo, png_bytes
 from PIL import Image
 
-from upscaler.job_store import JobStore
-from upscaler.jobs import Completed, JobRecord
+from upscaler.domain.job_store import JobStore
+from upscaler.domain.jobs import Completed, JobRecord
 
 # Small tiles and few steps keep a job to a second or so on 2 CPU cores.
 JOB = {"upscale_factor": "2", "tile_size": "64", "tile_padding": "16", "mask_blur": "4",
@@ -123,7 +123,7 @@ def test_resume_computes_only_missing_tiles_and_gives_the_same_image(app):
 def test_community_gguf_at_real_width_loads_through_the_conversion_path(tmp_path):
     """A Q8_0 GGUF in city96's layout (BFL key names, the width diffusers' converter assumes)
     through the production loader, offline, and one tile redrawn."""
-    from upscaler.engines.flux import FluxTileEngine
+    from upscaler.compute.engines.flux import FluxTileEngine
 
     root = write_flux_models(tmp_path / "models", real_width=True)
     engine = FluxTileEngine(root, "cpu")
@@ -140,9 +140,9 @@ def test_a_superseded_flux_run_stops_and_writes_no_result(app):
     record's attempt moves on (a takeover), it stops after its tile in progress, cancels the
     tiles still drawing and writes no result; the tiles it stored stay for the new attempt."""
     from deployments.fencing import FENCE_EVERY_S, AttemptFence
-    from upscaler.dimensions import calculate_output_dimensions
+    from upscaler.compute.dimensions import calculate_output_dimensions
+    from upscaler.domain.jobs import Engine, FluxParams, JobState, Progress, Size
     from upscaler.errors import Superseded
-    from upscaler.jobs import Engine, FluxParams, JobState, Progress, Size
 
     graph, store = app.graph, app.graph.services.store
     params = FluxParams(upscale_model="tiny-rrdb", upscale_factor=2, tile_size=32,

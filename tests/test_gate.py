@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from serve_app.api import create_app
 from serve_app.gate import AccessGate
-from upscaler.keys import KeyLimits, KeyStore
+from upscaler.domain.keys import KeyLimits, KeyStore
 from upscaler.settings import Settings
 
 BOUNDARY = "gateboundary"

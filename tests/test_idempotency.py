@@ -15,7 +15,7 @@ from helpers.images import photo, png_bytes
 from helpers.local_graph import local_client
 from helpers.model_factory import DAT
 
-from upscaler.keys import KeyStore
+from upscaler.domain.keys import KeyStore
 
 GOOD = png_bytes(photo("rocket", (24, 24)))
 SLOW = png_bytes(photo("coffee", (64, 48)))

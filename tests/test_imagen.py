@@ -15,7 +15,7 @@ from helpers.config import VERTEX_DEADLINE_S
 from helpers.images import photo, png_bytes
 from PIL import Image
 
-from upscaler.engines.imagen import (
+from upscaler.compute.engines.imagen import (
     ImagenModel,
     choose_factor,
     image_from_predictions,

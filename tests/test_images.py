@@ -1,4 +1,4 @@
-"""Image I/O: upscaler.images (decode, probe) and upscaler.encode on real files."""
+"""Image I/O: upscaler.compute.images (decode, probe) and upscaler.compute.encode on real files."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import pytest
 import tifffile
 from PIL import Image, ImageCms
 
-from upscaler.encode import encode_image
-from upscaler.errors import UpscalerError
-from upscaler.images import (
+from upscaler.compute.encode import encode_image
+from upscaler.compute.images import (
     DecodedImage,
     check_decodes,
     decode_image,
     probe_image,
 )
-from upscaler.png import FPNG_MAX_SIDE, fpng_encode, fpng_fits
+from upscaler.compute.png import FPNG_MAX_SIDE, fpng_encode, fpng_fits
+from upscaler.errors import UpscalerError
 
 MAX = 40_000_000
 W, H = 24, 16
@@ -847,7 +847,7 @@ def test_probe_reads_the_header_only():
 def test_big_images_are_streamed_exactly_with_dpi_and_icc(monkeypatch, bits, alpha):
     """Past the whole-image writers' size, PNGs are written strip by strip: the same pixels,
     DPI and profile."""
-    monkeypatch.setattr("upscaler.encode.WHOLE_IMAGE_MAX_PIXELS", 100)
+    monkeypatch.setattr("upscaler.compute.encode.WHOLE_IMAGE_MAX_PIXELS", 100)
     rng = np.random.default_rng(bits)
     top = 65535 if bits == 16 else 255
     dtype = np.uint16 if bits == 16 else np.uint8

@@ -9,10 +9,18 @@ import uuid
 
 import pytest
 
-from upscaler.dimensions import calculate_output_dimensions
-from upscaler.job_store import JobStore, LeaseLost
-from upscaler.jobs import Completed, Engine, EsrganParams, FluxParams, JobRecord, JobState, Size
-from upscaler.storage import Storage, StorageError, WriteConflict
+from upscaler.compute.dimensions import calculate_output_dimensions
+from upscaler.domain.job_store import JobStore, LeaseLost
+from upscaler.domain.jobs import (
+    Completed,
+    Engine,
+    EsrganParams,
+    FluxParams,
+    JobRecord,
+    JobState,
+    Size,
+)
+from upscaler.domain.storage import Storage, StorageError, WriteConflict
 
 
 @pytest.fixture(params=["local", "memory"])

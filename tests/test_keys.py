@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.cli import main
+from upscaler.commands.cli import main
+from upscaler.domain.keys import KeyLimits, KeyStore
 from upscaler.errors import Forbidden, Unauthorized
-from upscaler.keys import KeyLimits, KeyStore
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from helpers.processes import REPO
 
-from serve_app.cli import main
-from upscaler.keys import KeyStore
+from upscaler.commands.cli import main
+from upscaler.domain.keys import KeyStore
 
 
 def mode(path: Path) -> int:
@@ -40,19 +40,19 @@ def test_an_existing_readable_keys_file_is_tightened_with_a_log_line(tmp_path, c
     keys_file = folder / "keys.json"
     keys_file.write_text(json.dumps({"keys": []}))
     keys_file.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="upscaler.keys"):
+    with caplog.at_level(logging.WARNING, logger="upscaler.domain.keys"):
         assert main(["keys", "list", "--data-dir", str(folder)]) == 0
     assert mode(keys_file) == 0o600 and mode(folder) == 0o700
     [line] = [r.getMessage() for r in caplog.records if "owner-only" in r.getMessage()]
     assert str(keys_file) in line and "644 -> 600" in line and "755 -> 700" in line
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="upscaler.keys"):
+    with caplog.at_level(logging.WARNING, logger="upscaler.domain.keys"):
         assert main(["keys", "list", "--data-dir", str(folder)]) == 0
     assert not caplog.records  # nothing to say once it is owner-only
 
 
 def _keys(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "serve_app.cli", "keys", *args,
+    return subprocess.run([sys.executable, "-m", "upscaler.commands.cli", "keys", *args,
                            "--data-dir", str(data_dir)], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
 

@@ -14,7 +14,7 @@ from helpers.processes import REPO
 # Peak RSS growth over the output's 8-bit RGB bytes at this small size (4.2 MP, where the
 # model's tile buffers weigh most): measured 5.1x (x4, quantized straight into the output) and
 # 10.3x (x8: the 4x model's float output, then the resample) on 2 cores; 12.9-15.5x before
-# big buffers went back to the system at once (upscaler/memory.py). A large 4x job is 1.9x:
+# big buffers went back to the system at once (upscaler/compute/memory.py). A large 4x job is 1.9x:
 # bench/bench_memory.py. The old intermediate cap (4x the output cap) took two passes: 47.7x.
 WORST_MULTIPLE = 14
 
@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from deployments.esrgan import esrgan_engine
 from helpers.model_factory import write_compact
-from upscaler.dimensions import calculate_output_dimensions
-from upscaler.engines.models import ModelRegistry
-from upscaler.encode import encode_image
-from upscaler.images import DecodedImage
+from upscaler.compute.dimensions import calculate_output_dimensions
+from upscaler.compute.engines.models import ModelRegistry
+from upscaler.compute.encode import encode_image
+from upscaler.compute.images import DecodedImage
 from upscaler.settings import Settings
 
 folder, side = Path(sys.argv[1]), int(sys.argv[2])

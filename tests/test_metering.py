@@ -18,19 +18,19 @@ from helpers.images import photo, png_bytes
 from helpers.local_graph import local_client
 
 from deployments.quotas import QuotaKeeper
-from serve_app.cli import main as cli_main
-from upscaler.dimensions import calculate_output_dimensions
-from upscaler.engines import esrgan as esrgan_module
-from upscaler.engines.esrgan import EsrganEngine
-from upscaler.engines.models import ModelRegistry
-from upscaler.engines.usdu import plan_tiles
+from upscaler.commands.cli import main as cli_main
+from upscaler.compute.dimensions import calculate_output_dimensions
+from upscaler.compute.engines import esrgan as esrgan_module
+from upscaler.compute.engines.esrgan import EsrganEngine
+from upscaler.compute.engines.models import ModelRegistry
+from upscaler.compute.engines.usdu import plan_tiles
+from upscaler.compute.images import DecodedImage
+from upscaler.compute.passes import plan_passes
+from upscaler.domain.jobs import FluxParams, JobWork, Size
+from upscaler.domain.keys import KeyLimits, KeyStore
+from upscaler.domain.metering import flux_steps_run, job_work
+from upscaler.domain.quotas import KeyQuota
 from upscaler.errors import OutputTooLarge
-from upscaler.images import DecodedImage
-from upscaler.jobs import FluxParams, JobWork, Size
-from upscaler.keys import KeyLimits, KeyStore
-from upscaler.metering import flux_steps_run, job_work
-from upscaler.passes import plan_passes
-from upscaler.quotas import KeyQuota
 from upscaler.settings import Settings
 from upscaler_client import Client
 

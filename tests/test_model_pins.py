@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.cli import main
-from serve_app.model_pull import CATALOG, COMMIT_RE, SHA256_RE, Pin, PullError, pull
+from upscaler.commands.cli import main
+from upscaler.commands.model_pull import CATALOG, COMMIT_RE, SHA256_RE, Pin, PullError, pull
 from upscaler.settings import Settings
 
 REPO_PATH = "Isi99999/Upscalers/4x-UltraSharp.pth"

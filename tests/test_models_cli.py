@@ -6,8 +6,8 @@ import pytest
 import torch
 from helpers.model_factory import DAT
 
-from serve_app.cli import main
-from serve_app.model_pull import (
+from upscaler.commands.cli import main
+from upscaler.commands.model_pull import (
     CATALOG,
     PullError,
     _install,

@@ -22,9 +22,9 @@ from helpers.processes import free_port
 from test_runner import FakeEngine, SlowHeartbeats, new_job
 
 from serve_app.runner import JobRunner, RunnerTimings
-from upscaler.job_store import JobStore
-from upscaler.jobs import JobState
-from upscaler.storage import Storage, WriteConflict
+from upscaler.domain.job_store import JobStore
+from upscaler.domain.jobs import JobState
+from upscaler.domain.storage import Storage, WriteConflict
 
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")

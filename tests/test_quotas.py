@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from upscaler.domain.jobs import JobWork
+from upscaler.domain.quotas import DAY_S, Allowance, KeyQuota, QuotaBook
 from upscaler.errors import RateLimited, ServiceUnavailable
-from upscaler.jobs import JobWork
-from upscaler.quotas import DAY_S, Allowance, KeyQuota, QuotaBook
 
 QUOTA = KeyQuota(per_minute=60, max_open_jobs=2, output_mp_per_day=100,
                  flux_mp_steps_per_day=1000, jobs_per_day=100, stored_bytes=10**6)

@@ -11,7 +11,7 @@ from helpers.api import upload
 from helpers.images import photo, png_bytes
 
 from serve_app.runner import RunnerTimings
-from upscaler.storage import Storage
+from upscaler.domain.storage import Storage
 
 
 def kind(key: str) -> str:

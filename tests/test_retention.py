@@ -16,10 +16,10 @@ from helpers.config import TEST_LIMITS, settings_from_env
 from helpers.images import photo, png_bytes
 from helpers.local_graph import local_client
 
+from upscaler.domain.keys import KeyLimits, KeyStore
+from upscaler.domain.storage import StorageError
+from upscaler.domain.storage_faults import storage_fault
 from upscaler.errors import InsufficientStorage
-from upscaler.keys import KeyLimits, KeyStore
-from upscaler.storage import StorageError
-from upscaler.storage_faults import storage_fault
 
 GOOD = png_bytes(photo("rocket", (24, 24)))
 BRIEF_TTL_S = 2.0
@@ -195,7 +195,7 @@ def test_an_object_store_away_is_503_until_it_returns(monkeypatch, tmp_path):
     from moto.server import ThreadedMotoServer
 
     from serve_app.errors import install_error_handlers
-    from upscaler.storage import Storage
+    from upscaler.domain.storage import Storage
 
     port = free_port()
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):

@@ -12,11 +12,10 @@ import pytest
 from serve_app.engine_specs import initial_rates
 from serve_app.estimates import Estimator
 from serve_app.runner import JobRunner, RunnerTimings
-from upscaler.dimensions import calculate_output_dimensions
-from upscaler.errors import Conflict, NotFound, RateLimited
-from upscaler.job_stats import ImagenStats
-from upscaler.job_store import JobStore
-from upscaler.jobs import (
+from upscaler.compute.dimensions import calculate_output_dimensions
+from upscaler.domain.job_stats import ImagenStats
+from upscaler.domain.job_store import JobStore
+from upscaler.domain.jobs import (
     Completed,
     Engine,
     EsrganParams,
@@ -29,7 +28,8 @@ from upscaler.jobs import (
     Size,
     Started,
 )
-from upscaler.storage import Storage
+from upscaler.domain.storage import Storage
+from upscaler.errors import Conflict, NotFound, RateLimited
 
 FAST = RunnerTimings(heartbeat_s=0.02, stale_after_s=0.3, drain_s=0.5, max_resumes=2,
                      progress_save_s=0.0)
@@ -397,7 +397,7 @@ def test_a_job_whose_engine_cannot_reach_storage_runs_again_when_it_can(store):
     """An engine call that failed for want of job storage (its result unwritable for a
     lease's length) does not fail the job: its lease is released and a sweep runs it again;
     when its attempts are spent it fails with the storage error's reason."""
-    from upscaler.storage import StorageError
+    from upscaler.domain.storage import StorageError
 
     async def main():
         engine = FakeEngine(fail=[StorageError("job storage is not answering")])

@@ -21,7 +21,7 @@ from helpers.local_graph import local_client
 from helpers.model_factory import DAT
 from PIL import Image
 
-from upscaler.keys import KeyLimits, KeyStore
+from upscaler.domain.keys import KeyLimits, KeyStore
 
 GOOD = png_bytes(photo("rocket", (24, 24)))
 HEX = "0123456789abcdef" * 2

@@ -15,7 +15,7 @@ from helpers.images import photo, png_bytes
 from helpers.processes import replica_pids
 from helpers.webhook_receiver import WebhookReceiver
 
-from upscaler.keys import KeyStore
+from upscaler.domain.keys import KeyStore
 
 GOOD = png_bytes(photo("rocket", (24, 24)))
 JOB = {"model": "tiny-rrdb", "upscale_factor": 2}

@@ -55,8 +55,9 @@ def test_upscaler_serve_stops_with_the_reason_when_storage_is_unusable(tmp_path,
     env = {**os.environ, "UPSCALER_DATA_DIR": str(tmp_path / "data"),
            "UPSCALER_MODELS_DIR": str(models_root), "UPSCALER_PORT": str(free_port()),
            "UPSCALER_STORAGE_URL": str(blocker / "storage"), "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-m", "serve_app.cli", "serve", "--no-dashboard"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "upscaler.commands.cli", "serve",
+                           "--no-dashboard"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 1
     assert "upscaler serve: job storage" in proc.stderr and "is not usable" in proc.stderr
     assert "UPSCALER_STORAGE_URL" in proc.stderr

@@ -19,8 +19,8 @@ from helpers.processes import replica_pids
 from helpers.webhook_receiver import WebhookReceiver
 from PIL import Image
 
-from upscaler.jobs import Engine
-from upscaler.keys import KeyStore
+from upscaler.domain.jobs import Engine
+from upscaler.domain.keys import KeyStore
 
 pytestmark = pytest.mark.slow
 FLUX_JOB = {"upscale_factor": "2", "tile_padding": "16", "mask_blur": "4", "denoise": "0.5",

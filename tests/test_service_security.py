@@ -20,7 +20,7 @@ from helpers.processes import replica_pids
 from helpers.service import create_key
 from PIL import Image
 
-from upscaler.passes import plan_passes
+from upscaler.compute.passes import plan_passes
 
 pytestmark = pytest.mark.slow
 BOUNDARY = "upscalerboundary"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers.images import photo, psnr
 
-from upscaler.engines.usdu import (
+from upscaler.compute.engines.usdu import (
     TiledCanvas,
     TileSchedule,
     color_fix,

@@ -21,14 +21,14 @@ from helpers.webhook_receiver import WebhookReceiver
 from test_runner import new_job
 
 from serve_app.webhooks import WebhookSender
+from upscaler.domain.job_store import JobStore
+from upscaler.domain.jobs import JobRecord, JobState
+from upscaler.domain.keys import KeyStore
+from upscaler.domain.storage import Storage
+from upscaler.domain.webhooks import AllowList, WebhookDelivery, WebhookState, new_webhook_secret
+from upscaler.domain.webhooks import resolve_target as real_resolve_target
 from upscaler.errors import InvalidRequest
-from upscaler.job_store import JobStore
-from upscaler.jobs import JobRecord, JobState
-from upscaler.keys import KeyStore
 from upscaler.settings import Settings
-from upscaler.storage import Storage
-from upscaler.webhooks import AllowList, WebhookDelivery, WebhookState, new_webhook_secret
-from upscaler.webhooks import resolve_target as real_resolve_target
 
 SECRET = new_webhook_secret()
 GOOD = png_bytes(photo("rocket", (24, 24)))
@@ -198,7 +198,7 @@ def test_a_revoked_keys_deliveries_are_dropped_unsigned(tmp_path, receiver):
 def test_look_ups_run_on_their_own_pool_with_a_timeout(tmp_path, monkeypatch):
     """A DNS look-up that hangs is given up after webhook_dns_timeout_s (422 at submit), on
     a thread of the webhooks' own pool, not the loop's default one."""
-    import upscaler.webhooks as guard
+    import upscaler.domain.webhooks as guard
 
     threads: list[str] = []
     release = threading.Event()

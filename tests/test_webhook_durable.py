@@ -14,11 +14,11 @@ from test_runner import FakeEngine, new_job
 
 from serve_app.runner import JobRunner, RunnerTimings
 from serve_app.webhooks import WebhookSender
-from upscaler.job_store import JobStore
-from upscaler.jobs import Completed, JobState
+from upscaler.domain.job_store import JobStore
+from upscaler.domain.jobs import Completed, JobState
+from upscaler.domain.storage import Storage
+from upscaler.domain.webhooks import WebhookDelivery, WebhookState, new_webhook_secret
 from upscaler.settings import Settings
-from upscaler.storage import Storage
-from upscaler.webhooks import WebhookDelivery, WebhookState, new_webhook_secret
 
 SECRET = new_webhook_secret()
 STALE_S = 0.5

@@ -17,9 +17,9 @@ from helpers.webhook_receiver import Received, WebhookReceiver
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from serve_app.cli import main
-from upscaler.keys import KeyStore
-from upscaler.webhooks import new_webhook_secret
+from upscaler.commands.cli import main
+from upscaler.domain.keys import KeyStore
+from upscaler.domain.webhooks import new_webhook_secret
 
 GOOD = png_bytes(photo("rocket", (24, 24)))
 JOB = {"model": "tiny-rrdb", "upscale_factor": 2}

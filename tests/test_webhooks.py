@@ -16,9 +16,9 @@ from helpers.images import photo, png_bytes
 from helpers.local_graph import local_client
 from helpers.webhook_receiver import WebhookReceiver
 
+from upscaler.domain.webhooks import AllowList, resolve_target
 from upscaler.errors import InvalidRequest
 from upscaler.settings import Settings
-from upscaler.webhooks import AllowList, resolve_target
 
 GOOD = png_bytes(photo("rocket", (24, 24)))
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
@@ -185,7 +185,7 @@ def test_a_running_service_delivers_signed_webhooks_once_per_key(client, service
     """`upscaler serve` (Ray): a webhook retried once then delivered, signed with the secret
     of the API key that submitted it (not the server's); the same Idempotency-Key answers the
     same job, with no second webhook."""
-    from upscaler.keys import KeyStore
+    from upscaler.domain.keys import KeyStore
 
     (e2e,) = [k for k in KeyStore(str(service.data_dir / "keys.json")).list() if k.name == "e2e"]
     assert e2e.webhook_secret and e2e.webhook_secret != WEBHOOK_SECRET
@@ -218,9 +218,9 @@ def _sender_run(tmp_path, receiver, url: str, **settings) -> dict:
     from test_runner import new_job  # a plain job record
 
     from serve_app.webhooks import WebhookSender
-    from upscaler.job_store import JobStore
-    from upscaler.storage import Storage
-    from upscaler.webhooks import WebhookState
+    from upscaler.domain.job_store import JobStore
+    from upscaler.domain.storage import Storage
+    from upscaler.domain.webhooks import WebhookState
 
     store = JobStore(Storage(str(tmp_path / "storage")), stale_after_s=30)
     sender = WebhookSender(Settings(data_dir=tmp_path, webhook_secret=SECRET, **settings),

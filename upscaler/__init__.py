@@ -1,5 +1,5 @@
-"""upscaler: image upscaling for print. This package is the pure compute core (no Ray, no HTTP):
-the print-size rule, image decode/encode, job and event types, storage, errors and the engines.
-``deployments`` wraps it in Ray Serve replicas; ``serve_app`` is the HTTP app, builder and CLI."""
+"""upscaler: image upscaling for print. ``compute`` (pure image work and the engines),
+``domain`` (jobs, storage, keys, quotas, webhooks), ``ray_support``, ``commands`` (the CLI), and
+the one error hierarchy and settings. Map: docs/architecture.md."""
 
 __version__ = "0.1.0"  # the one version string (pyproject reads it)

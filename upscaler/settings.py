@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     tile_context: int | None = Field(
         default=None, ge=0,
         description="Input px of context around each tile; default per architecture "
-        "(upscaler.engines.tiling.CONTEXT_PX), enough for tiles to match one untiled pass.")
+        "(upscaler.compute.engines.tiling.CONTEXT_PX), enough for tiles to match one untiled pass.")
     esrgan_torch_compile: bool = Field(
         default=False, description="torch.compile the ESRGAN models on CUDA (the first images "
         "of each size pay for compiling).")
@@ -192,7 +192,7 @@ class Settings(BaseSettings):
                                        description="Queued or running jobs per key.")
     max_output_mp_per_day: float = Field(
         default=5000, gt=0, description="Megapixels computed per key per UTC day: every model "
-        "pass's image and the resampled output, uncropped (upscaler/metering.py).")
+        "pass's image and the resampled output, uncropped (upscaler/domain/metering.py).")
     max_flux_mp_steps_per_day: float = Field(
         default=20000, gt=0, description="FLUX work per key per UTC day, in megapixel-steps: "
         "each tile's crop (padding included) in megapixels x the denoising steps run on it.")

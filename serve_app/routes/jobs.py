@@ -19,12 +19,12 @@ from serve_app.presenters import job_status
 from serve_app.runner import JobRunner
 from serve_app.schema_examples import JOB_ID, STATUS_CANCELLED
 from serve_app.schemas import JobStatusResponse
+from upscaler.compute.images import MEDIA_TYPES
+from upscaler.domain.job_store import JOB_ID_RE, JobStore
+from upscaler.domain.jobs import JobRecord
+from upscaler.domain.keys import Caller
+from upscaler.domain.retention import delete_result, was_expired
 from upscaler.errors import BadRequest, Gone, NotFound
-from upscaler.images import MEDIA_TYPES
-from upscaler.job_store import JOB_ID_RE, JobStore
-from upscaler.jobs import JobRecord
-from upscaler.keys import Caller
-from upscaler.retention import delete_result, was_expired
 from upscaler.settings import Settings
 
 router = APIRouter(prefix="/api", tags=["jobs"], dependencies=[Depends(rate_limit)])

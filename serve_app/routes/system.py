@@ -15,9 +15,9 @@ from serve_app.openapi_docs import error_responses
 from serve_app.schema_examples import HEALTH, MODELS, PLAN
 from serve_app.schemas import HealthResponse, LivenessResponse, PlanResponse
 from serve_app.submissions import plan_upload
+from upscaler.domain.jobs import Engine
+from upscaler.domain.keys import ANONYMOUS, Caller
 from upscaler.errors import UpscalerError
-from upscaler.jobs import Engine
-from upscaler.keys import ANONYMOUS, Caller
 
 router = APIRouter()
 CRITICAL = tuple(spec.engine for spec in ENGINES if spec.critical)

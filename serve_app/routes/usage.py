@@ -10,7 +10,7 @@ from serve_app.access import CallerDep, key_quota, rate_limit
 from serve_app.deps import QuotasDep, SettingsDep
 from serve_app.openapi_docs import error_responses
 from serve_app.schemas import UsageFigure, UsageResponse
-from upscaler.quotas import Allowance
+from upscaler.domain.quotas import Allowance
 
 router = APIRouter(prefix="/api", tags=["jobs"], dependencies=[Depends(rate_limit)])
 

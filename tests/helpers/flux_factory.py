@@ -237,7 +237,7 @@ def write_tiny_transformer_gguf(path: Path, seed: int = 0) -> dict:
 def write_flux_models(root: Path, real_width: bool = False) -> Path:
     """The whole FLUX set under ``root`` (a models folder), tiny but for the transformer's
     width when ``real_width``. Returns root."""
-    from upscaler.engines.flux import FLUX_SCHEDULER_CONFIG, write_json
+    from upscaler.compute.engines.flux import FLUX_SCHEDULER_CONFIG, write_json
 
     flux_dir = root / "flux"
     (root / "unet").mkdir(parents=True, exist_ok=True)

@@ -65,8 +65,8 @@ def start_service(data_dir: Path, models_dir: Path, log_path: Path,
         del env["RAY_AUTH_MODE"]  # `upscaler serve`'s own default
     with open(log_path, "ab") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "serve_app.cli", "serve", *dashboard, *tls_args], cwd=REPO,
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [sys.executable, "-m", "upscaler.commands.cli", "serve", *dashboard, *tls_args],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     service = Service(f"{'https' if tls else 'http'}://127.0.0.1:{port}", data_dir, models_dir,
                       proc, log_path,
                       verify=ssl.create_default_context(cafile=str(tls[0])) if tls else True)
@@ -111,7 +111,7 @@ def running_service(data_dir: Path, models_dir: Path, log_path: Path,
 
 def create_key(data_dir: Path, name: str, *options: str) -> str:
     """A key made the way an operator makes one: `upscaler keys create` (its last line)."""
-    out = subprocess.run([sys.executable, "-m", "serve_app.cli", "keys", "create", name,
+    out = subprocess.run([sys.executable, "-m", "upscaler.commands.cli", "keys", "create", name,
                           "--data-dir", str(data_dir), *options], cwd=REPO, check=True,
                          capture_output=True, text=True).stdout
     return out.strip().splitlines()[-1]

@@ -8,8 +8,8 @@ import datetime
 import sys
 from pathlib import Path
 
+from upscaler.domain.keys import KeyLimits, KeyStore
 from upscaler.errors import UpscalerError
-from upscaler.keys import KeyLimits, KeyStore
 from upscaler.settings import load_settings
 
 

@@ -19,10 +19,10 @@ from typing import Any
 import yaml
 
 from serve_app.control_plane import dashboard_lines, prepare_own_cluster, restrict_token_file
-from serve_app.keys_cli import add_keys_commands
-from upscaler.keys import KeyStore
+from upscaler.commands.keys_cli import add_keys_commands
+from upscaler.domain.keys import KeyStore
+from upscaler.domain.storage import Storage, StorageError
 from upscaler.settings import SECRET_SETTINGS, Settings, load_settings
-from upscaler.storage import Storage, StorageError
 from upscaler_client.cli import EXIT_CODES, add_client_commands
 
 # Package data: found beside the installed package, wherever it is installed.
@@ -169,8 +169,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from deployments import ray_compat
     from serve_app.deploy_options import gpus_available, ingress_shutdown_s
+    from upscaler import ray_support
 
     stop = threading.Event()
 
@@ -189,7 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif args.dashboard_port:
         init_kwargs["dashboard_port"] = args.dashboard_port
     ray_context = ray.init(**init_kwargs)
-    token_auth = ray_compat.token_auth_enabled()
+    token_auth = ray_support.token_auth_enabled()
     if token_auth:
         restrict_token_file()
     # After ray.init: Ray installs its own SIGTERM handler, which aborts the process.
@@ -206,7 +206,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # A wrong storage location stops the start here, in seconds, with the setting to fix
         # (the Ingress checks again wherever Serve starts it).
         Storage(settings.resolved_storage_url, settings.storage_options).check_usable()
-        client = ray_compat.serve_start(http_options=config.http_options.model_dump(),
+        client = ray_support.serve_start(http_options=config.http_options.model_dump(),
                                         grpc_options=config.grpc_options.model_dump(),
                                         proxy_location=config.proxy_location)
         client.deploy_apps(config)
@@ -237,7 +237,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             # The Ingress may drain jobs for longer than serve.shutdown() waits.
             with contextlib.suppress(Exception):
-                ray_compat.shutdown_serve(ingress_shutdown_s(settings) + 10)
+                ray_support.shutdown_serve(ingress_shutdown_s(settings) + 10)
             serve.shutdown()
         finally:
             ray.shutdown()
@@ -246,8 +246,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from serve_app.model_pull import CATALOG
-    from upscaler.engines.models import ModelRegistry
+    from upscaler.commands.model_pull import CATALOG
+    from upscaler.compute.engines.models import ModelRegistry
 
     settings = _settings_from(args)
     registry = ModelRegistry(settings.upscale_models_dir)
@@ -265,7 +265,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
                if e.subfolder == "upscale_models" and n not in registry.names()]
     if missing:
         print("available to pull: " + ", ".join(missing))
-    from upscaler.engines.flux_files import FluxFiles
+    from upscaler.compute.engines.flux_files import FluxFiles
 
     flux_missing = FluxFiles(settings.resolved_models_dir).missing()
     if flux_missing:
@@ -276,7 +276,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
-    from serve_app.model_pull import PullError, pins_from_args, pull
+    from upscaler.commands.model_pull import PullError, pins_from_args, pull
 
     settings = _settings_from(args)
     try:

@@ -39,7 +39,7 @@ class _Worker:
         # The parent's import path (a Ray replica's may be its own), and nothing else.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "upscaler.decode_worker"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "upscaler.compute.decode_worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
                                      env=env, close_fds=True)
         self.ready = False
@@ -152,8 +152,8 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     import imagecodecs  # noqa: F401 - the 16-bit decoders' imports: once, not in a decode
     import tifffile  # noqa: F401
 
-    from upscaler.images import check_decodes
-    from upscaler.memory import trim_heap
+    from upscaler.compute.images import check_decodes
+    from upscaler.compute.memory import trim_heap
 
     answers.write(READY)
     answers.flush()

@@ -8,8 +8,8 @@ import io
 import numpy as np
 from PIL import Image, ImageCms
 
-from upscaler.images import OUTPUT_FORMATS, DecodedImage, srgb_profile
-from upscaler.png import (
+from upscaler.compute.images import OUTPUT_FORMATS, DecodedImage, srgb_profile
+from upscaler.compute.png import (
     FAST_WIDE_ARGS,
     WHOLE_IMAGE_MAX_PIXELS,
     PngEncoder,
@@ -43,9 +43,9 @@ def encode_image(image: DecodedImage, fmt: str, dpi: int, png_compress_level: in
     """Write the image in its source colour kind and bit depth, with DPI and ICC profile.
 
     PNGs: with ``png_encoder`` "fast", 8-bit RGB(A) go through fpng and 16-bit through zlib's
-    RLE strategy (``upscaler.png``); colour images past ``WHOLE_IMAGE_MAX_PIXELS`` are streamed
-    strip by strip instead, to keep memory near the image's own size. ``png_compress_level``
-    sets zlib's level."""
+    RLE strategy (``upscaler.compute.png``); colour images past ``WHOLE_IMAGE_MAX_PIXELS`` are
+    streamed strip by strip instead, to keep memory near the image's own size.
+    ``png_compress_level`` sets zlib's level."""
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}")
     depth = image.bit_depth

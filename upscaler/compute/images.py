@@ -1,5 +1,5 @@
 """Image decoding and validation: every engine reads images through here (and writes them
-through ``upscaler.encode``).
+through ``upscaler.compute.encode``).
 
 Decoded images are float32 arrays in [0, 1] (RGB, H x W x 3) plus an optional alpha plane, with
 what is needed to write them back the same way: colour kind (rgb / gray / cmyk), bit depth and the
@@ -135,8 +135,8 @@ def probe_image(data: bytes, max_pixels: int) -> ImageProbe:
 
 def check_decodes(data: bytes, max_pixels: int) -> None:
     """Decode the whole image once and drop it: a corrupt or truncated upload is refused
-    here, before it is stored or any engine time is spent (``upscaler.memory.decode_bytes``
-    at its peak; the Ingress runs it in a worker process, ``upscaler.decode_worker``)."""
+    here, before it is stored or any engine time is spent (``upscaler.compute.memory.decode_bytes``
+    at its peak; the Ingress runs it in a worker process, ``upscaler.compute.decode_worker``)."""
     decode_image(data, max_pixels)
 
 

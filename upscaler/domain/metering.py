@@ -1,7 +1,7 @@
 """What a job costs its key, from the same plans the engines run: the pixels computed (every
-model pass and the resampled output, uncropped: ``upscaler.passes``) and, for FLUX, the
+model pass and the resampled output, uncropped: ``upscaler.compute.passes``) and, for FLUX, the
 denoising work as megapixel-steps (each tile's crop, its padding included, times the steps
-the img2img pipeline runs on it: ``upscaler.engines.usdu.plan_tiles``).
+the img2img pipeline runs on it: ``upscaler.compute.engines.usdu.plan_tiles``).
 
 Charged at submit, before anything is stored or computed.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 
-from upscaler.dimensions import OutputPlan
-from upscaler.engines.flux_files import FLUX_SIDE_MULTIPLE
-from upscaler.engines.usdu import plan_tiles
-from upscaler.jobs import EsrganParams, FluxParams, ImagenParams, JobParams, JobWork, Size
-from upscaler.passes import plan_passes
+from upscaler.compute.dimensions import OutputPlan
+from upscaler.compute.engines.flux_files import FLUX_SIDE_MULTIPLE
+from upscaler.compute.engines.usdu import plan_tiles
+from upscaler.compute.passes import plan_passes
+from upscaler.domain.jobs import EsrganParams, FluxParams, ImagenParams, JobParams, JobWork, Size
 from upscaler.settings import Settings
 
 

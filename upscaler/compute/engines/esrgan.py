@@ -13,20 +13,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from upscaler.device import resolve_device
-from upscaler.dimensions import OutputPlan
-from upscaler.encode import quantize_plane
-from upscaler.engines.models import LoadedModel, ModelCache, ModelRegistry
-from upscaler.engines.tiling import (
+from upscaler.compute.device import resolve_device
+from upscaler.compute.dimensions import OutputPlan
+from upscaler.compute.encode import quantize_plane
+from upscaler.compute.engines.models import LoadedModel, ModelCache, ModelRegistry
+from upscaler.compute.engines.tiling import (
     QuantizedSink,
     TensorSink,
     context_for,
     count_tiles,
     run_tiled,
 )
-from upscaler.images import DecodedImage
-from upscaler.passes import PassPlan, plan_passes
-from upscaler.resample import resample, resample_plane
+from upscaler.compute.images import DecodedImage
+from upscaler.compute.passes import PassPlan, plan_passes
+from upscaler.compute.resample import resample, resample_plane
 
 MIN_TILE = 64
 ProgressFn = Callable[[int, int], None]
@@ -117,7 +117,7 @@ class EsrganEngine:
 
     def plan(self, width: int, height: int, plan: OutputPlan, model_scale: int) -> PassPlan:
         """The passes for an input of ``width x height`` (the Ingress charges the same plan,
-        made with the same settings: ``upscaler.metering``)."""
+        made with the same settings: ``upscaler.domain.metering``)."""
         return plan_passes(width, height, plan.output_width, plan.output_height, model_scale,
                            self.max_passes, self.max_intermediate_pixels)
 

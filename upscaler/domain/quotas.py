@@ -1,6 +1,6 @@
 """Quotas and rate limits, as plain bookkeeping: a token bucket of requests per minute per key,
 open jobs per key and per engine; per key per UTC day the megapixels computed, FLUX
-megapixel-steps and jobs (what ``upscaler.metering`` charges); the bytes of results kept.
+megapixel-steps and jobs (what ``upscaler.domain.metering`` charges); the bytes of results kept.
 
 One ``QuotaBook`` must serve every Ingress replica for the limits to hold across them: the
 service keeps it in one Serve replica (``deployments/quotas.py``), whose calls run one at a
@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from upscaler.domain.jobs import JobWork
 from upscaler.errors import RateLimited, ServiceUnavailable
-from upscaler.jobs import JobWork
 
 WINDOW_S = 60
 FULL_RETRY_S = 5  # when a slot frees up is not known: a short wait, then ask again

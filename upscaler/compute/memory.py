@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from upscaler.dimensions import OutputPlan
+from upscaler.compute.dimensions import OutputPlan
 
 if TYPE_CHECKING:
-    from upscaler.images import ImageProbe
+    from upscaler.compute.images import ImageProbe
 
 # Peak bytes per pixel of an upload's check decode, by (Pillow mode, bit depth, alpha): the
 # [bracketed] peak RSS rise bench/bench_decode_memory.py measured at 2000x2000, plus ~20% room.
@@ -46,7 +46,7 @@ def coordinator_bytes(plan: OutputPlan) -> int:
 
 
 # glibc's mallopt parameter: allocations at least this large are mmap'd, so freeing one gives
-# its pages back at once (upscaler/memory.py: return_big_buffers).
+# its pages back at once (upscaler/compute/memory.py: return_big_buffers).
 _M_MMAP_THRESHOLD = -3
 BIG_BUFFER_BYTES = 1 << 20
 

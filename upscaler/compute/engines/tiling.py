@@ -120,7 +120,7 @@ class QuantizedSink:
         self.out = torch.empty(height, width, channels, dtype=dtype, device=device)
 
     def put(self, y0: int, y1: int, x0: int, x1: int, core: torch.Tensor) -> None:
-        # The same rounding as upscaler.images' quantizer: clip, scale, +0.5, truncate; in
+        # The same rounding as upscaler.compute.images' quantizer: clip, scale, +0.5, truncate; in
         # place, on the model's own output (a window's worth of float32 temporaries less).
         core = core[0].clamp_(0.0, 1.0).mul_(self.top).add_(0.5)
         self.out[y0:y1, x0:x1] = core.permute(1, 2, 0)  # the cast truncates, as astype

@@ -17,10 +17,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from upscaler.dimensions import OutputPlan
+from upscaler.compute.dimensions import OutputPlan
+from upscaler.domain.job_stats import JobStats
+from upscaler.domain.webhooks import JOB_END_EVENTS, WebhookEvent, WebhookState
 from upscaler.errors import UpscalerError
-from upscaler.job_stats import JobStats
-from upscaler.webhooks import JOB_END_EVENTS, WebhookEvent, WebhookState
 
 
 class Engine(str, Enum):
@@ -163,7 +163,7 @@ JobEvent = Started | Progress | Completed
 
 
 class JobWork(BaseModel):
-    """What a job computes, as its key is charged for it (``upscaler.metering``)."""
+    """What a job computes, as its key is charged for it (``upscaler.domain.metering``)."""
 
     megapixels: float  # every model pass and the resampled output, uncropped
     flux_megapixel_steps: float = 0.0  # FLUX: denoising steps x the megapixels of each tile
@@ -196,7 +196,8 @@ class JobRecord(BaseModel):
     stats: dict[str, Any] = Field(default_factory=dict)
     api_key_id: str | None = None  # the key that made it (keys on): its only reader
     resumes: int = 0
-    # Durability (upscaler/job_store.py): the stored version, grown by every conditional write;
+    # Durability (upscaler/domain/job_store.py): the stored version, grown by every conditional
+    # write;
     # the lease of the runner driving the job; engine runs started (re-runs after a driver died).
     version: int = 0
     lease_owner: str | None = None
@@ -206,7 +207,7 @@ class JobRecord(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     heartbeat_at: float = Field(default_factory=time.time)
-    retention_s: float | None = None  # kept this long after it ends (upscaler.retention)
+    retention_s: float | None = None  # kept this long after it ends (upscaler.domain.retention)
     result_deleted: bool = False  # DELETE on the finished job removed its result
     webhooks: WebhookState | None = None
     work: JobWork | None = None  # what it computes, charged at submit (older records: None)

@@ -232,14 +232,14 @@ def _fetch_hf(repo: str, repo_path: str, pin: Pin, cache_dir: Path, dest: Path) 
 
 def write_flux_configs(folder: Path) -> None:
     """The FLUX.1-dev configs diffusers/transformers need, so loading never asks a hub."""
-    from upscaler.engines.flux import FLUX_DEV_CONFIGS, write_json
+    from upscaler.compute.engines.flux import FLUX_DEV_CONFIGS, write_json
 
     for rel, data in FLUX_DEV_CONFIGS.items():
         write_json(folder / rel, data)
 
 
 def _pull_flux_configs(folder: Path, cache_dir: Path, pins: dict[str, Pin], log) -> None:
-    from upscaler.engines.flux import FLUX_TOKENIZER_FILES
+    from upscaler.compute.engines.flux import FLUX_TOKENIZER_FILES
 
     files = [(repo, name, folder / sub / name)
              for sub, (repo, names) in FLUX_TOKENIZER_FILES.items() for name in names]

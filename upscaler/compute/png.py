@@ -1,5 +1,5 @@
-"""PNG writing helpers below ``upscaler.images``: the fast writers (fpng, imagecodecs) and the
-metadata chunks. Design: docs/design/engines.md ("Writing PNGs fast")
+"""PNG writing helpers below ``upscaler.compute.images``: the fast writers (fpng, imagecodecs)
+and the metadata chunks. Design: docs/design/engines.md ("Writing PNGs fast")
 """
 
 from __future__ import annotations

@@ -15,15 +15,15 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from upscaler import conditional
-from upscaler.conditional import WriteConflict
+from upscaler.domain import conditional
+from upscaler.domain.conditional import WriteConflict
 
 FILE_MODE = 0o600
 FOLDER_MODE = 0o700
 LOCK_TIMEOUT_S = 30.0  # a change takes milliseconds; this long is a hung process
 MAX_ATTEMPTS = 50  # conditional writes lost to other writers before giving up
 
-log = logging.getLogger("upscaler.keys")
+log = logging.getLogger("upscaler.domain.keys")
 
 
 class KeyFileIO:

@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable, Iterator
 
 from pydantic import ValidationError
 
-from upscaler.idempotency import PREFIX as IDEMPOTENCY_PREFIX
-from upscaler.job_store import JOB_ID_RE, JobStore
-from upscaler.jobs import JobRecord
+from upscaler.domain.idempotency import PREFIX as IDEMPOTENCY_PREFIX
+from upscaler.domain.job_store import JOB_ID_RE, JobStore
+from upscaler.domain.jobs import JobRecord
 
 logger = logging.getLogger("ray.serve")
 TOMBSTONES = "expired"

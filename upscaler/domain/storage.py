@@ -15,10 +15,10 @@ from typing import IO, Any, ParamSpec, TypeVar
 
 import fsspec
 
-from upscaler import conditional
-from upscaler.conditional import WriteConflict
+from upscaler.domain import conditional
+from upscaler.domain.conditional import WriteConflict
+from upscaler.domain.storage_faults import storage_fault
 from upscaler.errors import StorageError
-from upscaler.storage_faults import storage_fault
 
 __all__ = ["Storage", "StorageError", "WriteConflict"]
 
@@ -44,8 +44,8 @@ def _outage_is_503(method: Callable[_P, _R]) -> Callable[_P, _R]:
         try:
             return method(*args, **kwargs)
         except Exception as exc:
-            # A full disk is 507, a store that cannot be reached 503 (upscaler.storage_faults:
-            # the one table, also used by the HTTP layer); other transport failures 503 too.
+            # A full disk is 507, a store that cannot be reached 503 (the one table in
+            # upscaler.domain.storage_faults, also the HTTP layer's); other transport failures 503.
             fault = storage_fault(exc)
             if fault is not None and fault is not exc:
                 raise fault from exc

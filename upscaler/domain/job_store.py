@@ -10,8 +10,8 @@ import re
 import time
 from collections.abc import Callable
 
-from upscaler.jobs import TERMINAL_STATES, JobRecord
-from upscaler.storage import Storage, StorageError, WriteConflict
+from upscaler.domain.jobs import TERMINAL_STATES, JobRecord
+from upscaler.domain.storage import Storage, StorageError, WriteConflict
 
 JOB_ID_RE = re.compile(r"[0-9a-f]{32}")
 MAX_WRITE_TRIES = 50  # conflicts need a writer per try: only a storm of them runs out

@@ -1,7 +1,8 @@
-"""What crosses a Ray DeploymentHandle besides jobs, their events and stats (``upscaler.jobs``,
-``upscaler.job_stats``): an engine's status, the ESRGAN model list, a FLUX tile. Typed, so a
-misspelt field fails where it is built, not silently where it is read; picklable, as Ray
-sends them. ``as_json()`` is each one's API answer, field for field what it was as a dict."""
+"""What crosses a Ray DeploymentHandle besides jobs, their events and stats
+(``upscaler.domain.jobs``, ``upscaler.domain.job_stats``): an engine's status, the ESRGAN model
+list, a FLUX tile. Typed, so a misspelt field fails where it is built, not silently where it is
+read; picklable, as Ray sends them. ``as_json()`` is each one's API answer, field for field what
+it was as a dict."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from upscaler.engines.models import ModelInfo
-from upscaler.job_stats import Contract
+from upscaler.compute.engines.models import ModelInfo
+from upscaler.domain.job_stats import Contract
 
 
 class EngineStatus(Contract):

@@ -13,9 +13,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from upscaler.device import resolve_device
-from upscaler.engines import MODEL_BUILD_LOCK
-from upscaler.engines.flux_files import (  # noqa: F401  (this module's public names too)
+from upscaler.compute.device import resolve_device
+from upscaler.compute.engines import MODEL_BUILD_LOCK
+from upscaler.compute.engines.flux_files import (  # noqa: F401  (this module's public names too)
     FLUX_SIDE_MULTIPLE,
     FluxFiles,
     FluxNotInstalled,

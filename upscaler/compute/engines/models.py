@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from upscaler.engines import MODEL_BUILD_LOCK
+from upscaler.compute.engines import MODEL_BUILD_LOCK
 from upscaler.errors import UnknownModel, UnsupportedModel
 
 # torch loads with the first model, not with this module: the Ingress imports ModelInfo and

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from upscaler.domain.storage import Storage
 from upscaler.errors import BadRequest, Conflict, InvalidRequest
-from upscaler.storage import Storage
 
 PREFIX = "idempotency"
 MAX_KEY_LENGTH = 255

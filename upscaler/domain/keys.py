@@ -18,9 +18,9 @@ from typing import TypeVar
 import fsspec
 from pydantic import BaseModel, Field
 
+from upscaler.domain.keyfile import KeyFileIO
+from upscaler.domain.webhooks import new_webhook_secret
 from upscaler.errors import Conflict, Forbidden, NotFound, Unauthorized
-from upscaler.keyfile import KeyFileIO
-from upscaler.webhooks import new_webhook_secret
 
 KEY_RE = re.compile(r"upk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")

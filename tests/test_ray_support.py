@@ -1,4 +1,4 @@
-"""The private Ray APIs behind deployments/ray_compat.py still exist in the installed Ray and
+"""The private Ray APIs behind deployments/ray_support.py still exist in the installed Ray and
 behave as the module relies on (the service tests use them for real)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 from helpers.processes import REPO
 
-from deployments import ray_compat
+from upscaler import ray_support
 from upscaler.errors import RateLimited
 
 
@@ -26,9 +26,9 @@ def test_private_serve_calls_exist_with_the_arguments_we_pass():
     assert callable(ServeControllerClient.deploy_apps) and callable(_get_global_client)
 
 
-READ_RAY = ("import json; from deployments import ray_compat; "
-            "print(json.dumps([ray_compat.metrics_report_interval_s(), "
-            "ray_compat.token_auth_enabled()]))")
+READ_RAY = ("import json; from upscaler import ray_support; "
+            "print(json.dumps([ray_support.metrics_report_interval_s(), "
+            "ray_support.token_auth_enabled()]))")
 
 
 def test_metrics_interval_and_token_auth_are_read_from_rays_config():
@@ -50,10 +50,10 @@ def test_unwrap_gives_the_replicas_own_exception():
     cause = RateLimited("quota", code="quota_exhausted", retry_after=30)
     wrapped = RayTaskError("run", "Traceback ...", cause).as_instanceof_cause()
     assert isinstance(wrapped, RateLimited)
-    assert ray_compat.unwrap(wrapped) is cause
+    assert ray_support.unwrap(wrapped) is cause
     plain = ValueError("x")
-    assert ray_compat.unwrap(plain) is plain
+    assert ray_support.unwrap(plain) is plain
 
 
 def test_no_replica_outside_serve():
-    assert ray_compat.replica_id() is None
+    assert ray_support.replica_id() is None

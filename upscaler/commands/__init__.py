@@ -1,0 +1,1 @@
+"""Operator commands: the `upscaler` CLI (serve, keys, models, usage) and model pulls."""
