@@ -237,7 +237,7 @@ def test_a_projects_key_may_name_it(keyed, vertex):
     assert r.status_code == 403
 
 
-def test_seed_field_names_are_still_accepted(keyed):
+def test_the_original_field_names_are_still_accepted(keyed):
     r = keyed.post("/api/upscale/esrgan", headers=auth(keyed, "alice"),
                    files={"image": ("p.png", GOOD, "image/png")},
                    data={"upscale_model": "tiny-rrdb", "target_width": "48",

@@ -60,7 +60,7 @@ def test_health_models_and_docs(client, service):
     assert health["scope"] == "key"  # a tenant's key: its own figures
     # The engines' detail is an operator's: an admin key's.
     eventually(lambda: REAL_DAT in client.get("/api/health", headers=service.admin()).json()[
-        "engines"]["esrgan"]["models_loaded"])
+        "engines"]["esrgan"]["models_loaded"], timeout=120)  # its warm-up: slow on a busy machine
     models = client.get("/api/models").json()["esrgan"]
     assert {m["name"] for m in models["models"]} >= {REAL_DAT, "tiny-rrdb", "tiny-compact"}
     assert client.get("/docs").status_code == 200
