@@ -73,7 +73,7 @@ def test_page_and_docs_are_served_from_the_package(bare_app):
     docs = bare_app.get("/docs").text
     assert "/static/swagger/swagger-ui-bundle.js" in docs and '"validatorUrl": null' in docs
     assert bare_app.get("/redoc").status_code == 404  # ReDoc would load from a CDN
-    assert bare_app.get("/static/../upscaler/settings.py").status_code == 404
+    assert bare_app.get("/static/../upscaler/settings/__init__.py").status_code == 404
 
 
 def test_plan_gives_the_uploads_answer(bare_app):
