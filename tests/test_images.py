@@ -195,10 +195,10 @@ def test_16bit_gray_alpha_png_keeps_16_bits():
     assert np.array_equal(tif, np.dstack([gray, alpha]))
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
 # --- CMYK ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
 def test_cmyk_input(fmt):
     im = cmyk_image()
     data = save(im, fmt)
