@@ -12,7 +12,7 @@ import time
 import pytest
 from helpers.config import TEST_LIMITS, settings_from_env
 from helpers.images import photo, png_bytes
-from test_runner import FakeEngine, until
+from helpers.runner import FakeEngine, new_job, until
 
 from deployments.esrgan import EsrganDeployment
 from deployments.fencing import FENCE_EVERY_S, AttemptFence, write_result
@@ -201,6 +201,4 @@ def test_a_superseded_call_makes_its_driver_stop_and_write_nothing(tmp_path):
 
 
 def _job() -> JobRecord:
-    from test_runner import new_job
-
     return new_job(Engine.esrgan)

@@ -19,7 +19,7 @@ from helpers.config import TEST_LIMITS, settings_from_env
 from helpers.images import photo, png_bytes
 from helpers.local_graph import local_client
 from helpers.processes import free_port
-from test_runner import FakeEngine, SlowHeartbeats, new_job
+from helpers.runner import FakeEngine, SlowHeartbeats, new_job
 
 from serve_app.runner import JobRunner, RunnerTimings
 from upscaler.domain.job_store import JobStore

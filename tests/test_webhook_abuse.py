@@ -17,8 +17,8 @@ from helpers.config import TEST_LIMITS, settings_from_env
 from helpers.hostile_receivers import HostileReceiver, peak_rss_mib, peak_rss_reset
 from helpers.images import photo, png_bytes
 from helpers.local_graph import local_client
+from helpers.runner import new_job
 from helpers.webhook_receiver import WebhookReceiver
-from test_runner import new_job
 
 from serve_app.webhooks import WebhookSender
 from upscaler.domain.job_store import JobStore

@@ -9,8 +9,8 @@ import asyncio
 import time
 
 import pytest
+from helpers.runner import FakeEngine, new_job
 from helpers.webhook_receiver import WebhookReceiver
-from test_runner import FakeEngine, new_job
 
 from serve_app.runner import JobRunner, RunnerTimings
 from serve_app.webhooks import WebhookSender

@@ -215,7 +215,7 @@ def _sender_run(tmp_path, receiver, url: str, **settings) -> dict:
     delivery as recorded in the stored job record."""
     import asyncio
 
-    from test_runner import new_job  # a plain job record
+    from helpers.runner import new_job  # a plain job record
 
     from serve_app.webhooks import WebhookSender
     from upscaler.domain.job_store import JobStore
