@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
@@ -39,14 +39,14 @@ class EngineGateway:
     upload's model check) wait for it."""
 
     def __init__(self, esrgan: DeploymentHandle, runs: Mapping[Engine, DeploymentHandle],
-                 status_calls: Mapping[Engine, Any],
+                 statuses: Mapping[Engine, DeploymentHandle],
                  scales_to_zero: Mapping[Engine, str] | None = None):
         """``esrgan`` answers the model questions; each engine's jobs stream from its ``runs``
-        handle and its status from its ``status_calls`` method (serve_app/engine_specs.py);
+        handle and its ``status()`` is its ``statuses`` handle's (serve_app/engine_specs.py);
         ``scales_to_zero``: the deployment an idle engine may have no replica of."""
         self.esrgan = esrgan
         self._runs = {engine: handle.options(stream=True) for engine, handle in runs.items()}
-        self._status_calls = dict(status_calls)
+        self._statuses = dict(statuses)
         self._scales_to_zero = dict(scales_to_zero or {})
         self._status: dict[Engine, _Cached[EngineStatus]] = {}
         self._models: _Cached[ModelList] | None = None
@@ -141,7 +141,7 @@ class EngineGateway:
         last = self._status.get(engine)
         try:
             status: EngineStatus = await asyncio.wait_for(
-                self._status_calls[engine].remote(), STATUS_TIMEOUT_S)
+                self._statuses[engine].status.remote(), STATUS_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - busy or down: report it, never fail health
             cause = unwrap(exc)
             if last is not None and last.value.answered and not isinstance(

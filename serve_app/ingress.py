@@ -48,7 +48,7 @@ def engine_gateway(handles: Mapping[str, Any]) -> EngineGateway:
     """The engines as ENGINES describes them, over handles to the graph's deployments."""
     return EngineGateway(
         handles["ESRGAN"], {spec.engine: handles[spec.runs_jobs] for spec in ENGINES},
-        {spec.engine: handles[spec.status].status for spec in ENGINES},
+        {spec.engine: handles[spec.status] for spec in ENGINES},
         {spec.engine: spec.scales_to_zero for spec in ENGINES if spec.scales_to_zero})
 
 
