@@ -5,19 +5,26 @@ estimates; heartbeats, hand-over and take-over are in test_runner_takeover.py.""
 from __future__ import annotations
 
 import pytest
-from helpers.runner import FAKE_STATS, FAST, FakeEngine, new_job, run, started, until
+from helpers.runner import (
+    FAKE_STATS,
+    FakeEngine,
+    fast_store,
+    new_job,
+    run,
+    started,
+    until,
+)
 
 from serve_app.engine_specs import initial_rates
 from serve_app.estimates import Estimator
 from upscaler.domain.job_store import JobStore
 from upscaler.domain.jobs import Completed, Engine, JobState, Size
-from upscaler.domain.storage import Storage
 from upscaler.errors import Conflict, NotFound, RateLimited
 
 
 @pytest.fixture
 def store(tmp_path) -> JobStore:
-    return JobStore(Storage(str(tmp_path / "storage")), stale_after_s=FAST.stale_after_s)
+    return fast_store(tmp_path)
 
 
 def test_submit_waits_records_and_cleans_up(store):

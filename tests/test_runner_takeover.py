@@ -7,17 +7,25 @@ import asyncio
 import time
 
 import pytest
-from helpers.runner import FAST, FakeEngine, SlowHeartbeats, new_job, run, started, until
+from helpers.runner import (
+    FAST,
+    FakeEngine,
+    SlowHeartbeats,
+    fast_store,
+    new_job,
+    run,
+    started,
+    until,
+)
 
 from serve_app.runner import JobRunner, RunnerTimings
 from upscaler.domain.job_store import JobStore
 from upscaler.domain.jobs import Completed, Engine, JobState
-from upscaler.domain.storage import Storage
 
 
 @pytest.fixture
 def store(tmp_path) -> JobStore:
-    return JobStore(Storage(str(tmp_path / "storage")), stale_after_s=FAST.stale_after_s)
+    return fast_store(tmp_path)
 
 
 def test_heartbeat_keeps_open_jobs_fresh(store):

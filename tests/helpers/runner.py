@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from serve_app.runner import JobRunner, RunnerTimings
 from upscaler.compute.dimensions import calculate_output_dimensions
@@ -28,6 +29,11 @@ from upscaler.domain.storage import Storage
 
 FAST = RunnerTimings(heartbeat_s=0.02, stale_after_s=0.3, drain_s=0.5, max_resumes=2,
                      progress_save_s=0.0)
+
+
+def fast_store(folder: Path) -> JobStore:
+    """A job store in ``folder`` whose leases go stale at FAST's pace."""
+    return JobStore(Storage(str(folder / "storage")), stale_after_s=FAST.stale_after_s)
 PARAMS = {Engine.esrgan: EsrganParams(model="m"), Engine.flux: FluxParams(upscale_model="m"),
           Engine.imagen: ImagenParams(model="imagen-4.0-upscale-preview", factor=2,
                                       gcp_project_id="project", gcp_region="us-central1")}
