@@ -279,10 +279,18 @@ class WebhookSender:
         delivery, and the webhook's ``disabled``, change)."""
         def change(stored: JobRecord) -> JobRecord | None:
             mine = stored.webhooks
-            found = mine.find(delivery.id) if mine is not None else None
-            if mine is None or found is None or found.owner not in (None, self.owner):
+            if mine is None:
+                return None
+            found = mine.find(delivery.id)
+            if found is None and not stored.state.is_terminal:
+                # Its driver has not saved it yet, and that save may be serialised already
+                # (attempt pending, no status) and land after this read: written here, it
+                # makes that save conflict and store the live record again, outcome included.
+                mine.deliveries.append(delivery.model_copy())
+            elif found is None or found.owner not in (None, self.owner):
                 return None  # dropped past the bound, or claimed by another sender since
-            mine.deliveries[mine.deliveries.index(found)] = delivery.model_copy()
+            else:
+                mine.deliveries[mine.deliveries.index(found)] = delivery.model_copy()
             mine.disabled = mine.disabled or hook.disabled
             return stored
 

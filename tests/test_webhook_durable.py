@@ -6,16 +6,17 @@ process, with a real job store on a folder and a receiver on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
-from helpers.runner import FakeEngine, new_job
+from helpers.runner import FAKE_STATS, FakeEngine, new_job
 from helpers.webhook_receiver import WebhookReceiver
 
 from serve_app.runner import JobRunner, RunnerTimings
 from serve_app.webhooks import WebhookSender
 from upscaler.domain.job_store import JobStore
-from upscaler.domain.jobs import Completed, JobState
+from upscaler.domain.jobs import Completed, JobState, Started
 from upscaler.domain.storage import Storage
 from upscaler.domain.webhooks import WebhookDelivery, WebhookState, new_webhook_secret
 from upscaler.settings import Settings
@@ -210,3 +211,70 @@ def test_a_job_cancelled_through_another_replica_sends_its_cancelled_event_once(
             await replica.stop()
 
     run(main())
+
+
+class HeldEnd(Storage):
+    """Real local storage that holds the first write of a job's end (its driver's final save,
+    the record serialised already) until ``release`` is set."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.held, self.release = threading.Event(), threading.Event()
+
+    def write_if(self, key: str, data: bytes, expected: str | None) -> str:
+        if key.startswith("jobs/") and b'"state":"completed"' in data and not self.held.is_set():
+            self.held.set()
+            self.release.wait(10)
+        return super().write_if(key, data, expected)
+
+
+def test_an_attempts_outcome_is_kept_when_the_drivers_end_save_was_serialised_before_it(
+        tmp_path, receiver):
+    """The losing order (issue 22), forced: the started event, in the live record only (not
+    saved yet), is sent; the job ends and its driver's final save serialises the record (that
+    attempt pending, no status code) but has not written it; the answer (204) comes and the
+    sender writes its outcome (the stored record has no such delivery yet); the final save
+    lands. The outcome must survive: delivered, attempts 1, status 204, sent once. (It was
+    lost: the delivery stayed pending, and the sweep claimed it again and, the webhook being
+    disabled by then by a 410 to `completed`, ended it disabled, attempts 1, no status.)"""
+    storage = HeldEnd(str(tmp_path / "storage"))
+    store = JobStore(storage, stale_after_s=STALE_S)
+    receiver.script["/race"] = [(204, {}), (410, {})]
+    answer = receiver.holds["/race"] = threading.Event()
+
+    async def engine(spec, data=None):
+        yield Started("fake-replica")
+        await until(lambda: receiver.at("/race"))  # the started attempt is on its way
+        yield Completed(JobStore.result_key(spec.result_filename), spec.result_filename,
+                        FAKE_STATS)
+
+    async def main():
+        sender = WebhookSender(settings(tmp_path, webhook_timeout_s=5), store)
+        # No heartbeat within the test: nothing saves the live record before its end.
+        runner = JobRunner(store, engine, RunnerTimings(heartbeat_s=30, stale_after_s=30),
+                           webhooks=sender)
+        sender.live = runner.live
+        runner.start()
+        sender.start()
+        job = new_job()
+        job.webhooks = WebhookState(url=receiver.url("/race"), events=["started", "completed"])
+        await runner.submit(job, b"upload", wait=0)
+        assert await asyncio.to_thread(storage.held.wait, 5)  # the end: serialised, held
+        answer.set()  # the started attempt's 204 comes back now
+        await until(lambda: sender.pending(None) == 0)  # its outcome written (or not)
+        storage.release.set()
+        await until(lambda: store.load(job.job_id).state == JobState.completed
+                    and not store.load(job.job_id).webhooks.pending)
+        await asyncio.sleep(0.5)  # sweeps run: nothing is claimed or sent again
+        await runner.stop()
+        await sender.stop(drain_s=0)
+        return job.job_id
+
+    job_id = run(main())
+    hook = store.load(job_id).webhooks
+    started = delivery_of(store, job_id, "started")
+    seen = [(d.event, d.state, d.attempts, d.status_code) for d in hook.deliveries]
+    assert (started.state, started.attempts, started.status_code) == ("delivered", 1, 204), seen
+    completed = delivery_of(store, job_id, "completed")
+    assert (completed.state, completed.status_code) == ("disabled", 410) and hook.disabled
+    assert receiver.events("/race") == ["job.started", "job.completed"]

@@ -1,6 +1,6 @@
 """A webhook receiver on 127.0.0.1 for the tests: it verifies every request's Standard
 Webhooks signature with the ``standardwebhooks`` package, keeps what it got, and answers each
-path from a script (status codes in turn, then 204)."""
+path from a script (status codes in turn, then 204), once the path's hold (if any) is let go."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ class WebhookReceiver:
         self.received: list[Received] = []
         # path -> [(status, headers)] answered in turn; then 204.
         self.script: dict[str, list[tuple[int, dict[str, str]]]] = {}
+        # path -> an event each request there waits for (got, but not answered, until set)
+        self.holds: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         receiver = self
 
@@ -45,6 +47,9 @@ class WebhookReceiver:
                     receiver.received.append(Received(self.path, headers, body, verified, raw))
                     answers = receiver.script.get(self.path) or []
                     status, extra = answers.pop(0) if answers else (204, {})
+                    hold = receiver.holds.get(self.path)
+                if hold is not None:
+                    hold.wait(10)
                 self.send_response(status)
                 for name, value in extra.items():
                     self.send_header(name, value)
