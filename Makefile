@@ -1,12 +1,12 @@
 # The two commands a newcomer needs: `make run` (install the service, fetch the default model,
-# serve) and `make test` (install with the test extras and the browser, lint, run the whole
+# serve) and `make test` (install with the test extras and the programs the tests drive, lint, run the whole
 # suite). CI runs `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 EXTRAS ?=  # the service's extras only; the image: `make install EXTRAS=cloud` (s3fs/gcsfs)
 BIN := $(VENV)/bin
 
-.PHONY: install install-test browser run test test-fast lint bench clean
+.PHONY: install install-test system-tools run test test-fast lint bench clean
 
 # One stamp per set of extras installed: `make run` after `make test` installs nothing more, and
 # `make test` after `make run` adds the test tools to the same venv.
@@ -19,18 +19,25 @@ $(VENV)/.installed-%: pyproject.toml
 # The service and its own dependencies: no test tools, no browser.
 install: $(VENV)/.installed-$(or $(strip $(EXTRAS)),service)
 
-# The test tools (pytest, ruff, moto, playwright...: the `test` extra) and the browser.
-install-test: $(VENV)/.installed-test browser
+# The test tools (pytest, ruff, moto, playwright...: the `test` extra) and the system programs
+# the tests drive.
+install-test: $(VENV)/.installed-test system-tools
 
-# The browser test (tests/test_browser.py) drives Debian's chromium through Playwright, which
-# cannot download a browser of its own here. Installed when missing and apt-get is usable.
-browser:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+# Debian's chromium (tests/test_browser.py drives it through Playwright, which cannot download
+# a browser of its own here) and redis-server (the GCS fault-tolerance test of
+# tests/test_cluster.py). Installed when missing and apt-get is usable; each test that needs one
+# is skipped without it, saying so.
+system-tools:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		missing="$$missing chromium"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
+		apt-get install -y -q $$missing || { apt-get update -q && apt-get install -y -q $$missing; }; \
 	else \
-		echo "note: the browser test needs chromium and is skipped without it;" \
-		     "install it with: sudo apt-get install chromium (or set UPSCALER_CHROMIUM)"; \
+		echo "note: some tests need$$missing and are skipped without it;" \
+		     "install with: sudo apt-get install$$missing"; \
 	fi
 
 run: install
