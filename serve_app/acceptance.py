@@ -44,7 +44,7 @@ class Acceptance:
         if idempotency_key is not None:  # a repeat is answered from the first request's job
             found = await claim(self.idempotency, self.store, self.outlook, who,
                                 idempotency_key, job.engine.value, request, job,
-                                job.retention_s)
+                                job.retention_s, wait)
             if isinstance(found, JSONResponse):
                 return found
             first = found

@@ -35,6 +35,10 @@ PUBLIC_MESSAGES: dict[str, str] = {
                  "installs one with `upscaler models pull default`)",
     "engine_busy": "this engine has as many jobs open as it takes; retry shortly",
     "busy": "this service is taking in as many requests as it can; retry shortly",
+    "replica_lost": "the server process taking this request was lost before it answered; the "
+                    "request may or may not have been taken: repeat it with the same "
+                    "Idempotency-Key (a repeat answers the job the first one made, never a "
+                    "second one)",
     "credentials_missing": "Imagen has no Google Cloud credentials on this service (the "
                            "operator sets UPSCALER_GCP_CREDENTIALS_FILE to a service-account "
                            "key with the role roles/aiplatform.user)",

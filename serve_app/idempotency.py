@@ -57,13 +57,15 @@ class Claim:
 
 async def claim(keys: IdempotencyKeys, store: JobStore, outlook: Outlook, who: Caller, key: str,
                 route: str, request: Intake, job: JobRecord,
-                ttl_s: float) -> Claim | JSONResponse:
-    """Claim the key for ``job`` (a Claim), or the answer to a repeated request."""
+                ttl_s: float, wait_s: float = 0.0) -> Claim | JSONResponse:
+    """Claim the key for ``job`` (a Claim), or the answer to a repeated request (``wait_s``:
+    how long this request waits for its job before answering)."""
     key = check_key(key)
     fields = request.form.model_dump(mode="json", exclude={"wait"})
     owner = who.key_id or "anonymous"
     print_ = fingerprint(route, fields, request.data or b"")
-    found = await asyncio.to_thread(keys.claim, owner, key, print_, job.job_id, ttl_s)
+    found = await asyncio.to_thread(keys.claim, owner, key, print_, job.job_id, ttl_s,
+                                    wait_s)
     if found is None:
         return Claim(keys, store, owner, key, print_, ttl_s)
     try:

@@ -8,6 +8,7 @@ from starlette.middleware import Middleware
 
 from serve_app.headers import HideServeRoutes, ResponseHeaders
 from serve_app.limits import RequestLimits, request_limits
+from serve_app.replica_loss import ReplicaLostAnswers
 from upscaler.settings import Settings
 
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
@@ -19,10 +20,12 @@ PROXY_SETTINGS = ("max_upload_mb", "upload_idle_timeout_s", "upload_timeout_s",
 
 def proxy_middlewares() -> list[Middleware]:
     """Innermost first (Serve wraps them in this order): the limits, Serve's route table
-    hidden, then the headers of every answer, the proxy's own (404, 503) included."""
+    hidden, a JSON answer where a replica died under the request (and for the proxy's own
+    plain-text 5xx), then the headers of every answer, the proxy's own (404, 503) included."""
     settings = Settings()
     return [Middleware(RequestLimits, **request_limits(settings)),
             Middleware(HideServeRoutes),
+            Middleware(ReplicaLostAnswers),
             # HTTPS is known from the request: the proxy is what serves TLS.
             Middleware(ResponseHeaders, hsts_max_age_s=settings.hsts_max_age_s)]
 

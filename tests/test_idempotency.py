@@ -121,3 +121,25 @@ def test_another_ingress_replica_answers_the_same_job(keyed):
         again = post(other, "alice", "across-1")
         assert again.status_code == 200 and again.json()["jobId"] == first.json()["jobId"]
         assert post(other, "alice", "across-1", upscale_factor="3").status_code == 422
+
+
+def test_a_first_request_lost_after_storing_its_job_is_answered_with_it(keyed):
+    """Its server process killed between storing the job and recording its answer (the key
+    left "accepting"): once it should have answered, the repeat gets that job, not a second
+    one; before, 409 with a Retry-After of when to come back."""
+    before = records(keyed)
+    first = post(keyed, "alice", "lost-1", wait="0")
+    assert first.status_code == 202, first.text
+    folder = Path(keyed.data_dir) / "storage" / "idempotency"
+    [path] = [p for p in folder.glob("*.json")
+              if json.loads(p.read_text())["job_id"] == first.json()["jobId"]]
+    record = json.loads(path.read_text())
+    # Answered as its job stands now: 202, or 200 once it completed.
+    for answer_by, expected in ((time.time() + 30, {409}), (time.time() - 1, {200, 202})):
+        path.write_text(json.dumps({**record, "state": "accepting", "status_code": None,
+                                    "answer_by": answer_by}))
+        again = post(keyed, "alice", "lost-1", wait="0")
+        assert again.status_code in expected, again.text
+    assert again.json()["jobId"] == first.json()["jobId"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert len(records(keyed) - before) == 1

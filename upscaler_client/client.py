@@ -81,16 +81,19 @@ class Client(_Base):
     def upscale(self, source: Source, engine: str = "esrgan", *,
                 output: str | os.PathLike | None = None, filename: str | None = None,
                 on_progress: ProgressCallback | None = None, timeout: float | None = None,
-                **options: Any) -> UpscaleResult:
+                idempotency_key: str | None = None, **options: Any) -> UpscaleResult:
         """Upscale one image; the result's bytes (or the path it was written to, ``output``:
-        a file or a folder) and the job's last status."""
+        a file or a folder) and the job's last status. The POST carries ``idempotency_key``
+        (else a new UUID) on every attempt: a retry never makes a second job."""
         return self._run(self._core.upscale(source, engine, options, output, filename,
-                                            on_progress, timeout))
+                                            on_progress, timeout, idempotency_key))
 
     def submit(self, source: Source, engine: str = "esrgan", *, filename: str | None = None,
-               on_progress: ProgressCallback | None = None, **options: Any) -> Job:
+               on_progress: ProgressCallback | None = None, idempotency_key: str | None = None,
+               **options: Any) -> Job:
         """Start a job and return at once (``queued``)."""
-        return self._run(self._core.submit(source, engine, options, filename, on_progress))
+        return self._run(self._core.submit(source, engine, options, filename, on_progress,
+                                           idempotency_key))
 
     def wait(self, job: Job | str, *, on_progress: ProgressCallback | None = None,
              timeout: float | None = None) -> Job:
@@ -200,15 +203,16 @@ class AsyncClient(_Base):
     async def upscale(self, source: Source, engine: str = "esrgan", *,
                       output: str | os.PathLike | None = None, filename: str | None = None,
                       on_progress: ProgressCallback | None = None,
-                      timeout: float | None = None, **options: Any) -> UpscaleResult:
+                      timeout: float | None = None, idempotency_key: str | None = None,
+                      **options: Any) -> UpscaleResult:
         return await self._run(self._core.upscale(source, engine, options, output, filename,
-                                                  on_progress, timeout))
+                                                  on_progress, timeout, idempotency_key))
 
     async def submit(self, source: Source, engine: str = "esrgan", *,
                      filename: str | None = None, on_progress: ProgressCallback | None = None,
-                     **options: Any) -> Job:
+                     idempotency_key: str | None = None, **options: Any) -> Job:
         return await self._run(self._core.submit(source, engine, options, filename,
-                                                 on_progress))
+                                                 on_progress, idempotency_key))
 
     async def wait(self, job: Job | str, *, on_progress: ProgressCallback | None = None,
                    timeout: float | None = None) -> Job:

@@ -6,7 +6,10 @@ How an upscale runs: POST the image (``Prefer: respond-async``, an ``Idempotency
 across retries), wait on ``GET /api/jobs/{id}/events`` (server-sent events; ``Last-Event-ID``
 on reconnect) or, when the service has no events route (404/405) or the stream keeps breaking,
 poll ``GET /api/status/{id}``; then download the result. 429 and 503 answers are retried after
-their ``Retry-After`` (bounded), a connection that could not be opened after a backoff.
+their ``Retry-After`` (bounded), a connection lost or not opened after a backoff, and so is what
+a proxy in front answers for a server process lost mid-request (a 5xx that is not the API's
+JSON, or the API's 503 ``replica_lost``): the POST is repeated with its ``Idempotency-Key``, so
+the service answers it with the job the first attempt made, never a second one.
 """
 
 from __future__ import annotations
@@ -86,6 +89,10 @@ class Download:
 
 
 STREAM_ERRORS = (httpx.TransportError, SSEError)
+# Answers worth repeating the request for (see ``Core._retry_delay``); those the API alone gives
+# are retried only with their Retry-After.
+RETRIED = (409, 429, 500, 502, 503, 504)
+SAID_BY_API = (409, 429)
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
@@ -160,16 +167,16 @@ class Core:
 
     # --- one request, with the retries ---------------------------------------------------------
     def _retry_delay(self, response: httpx.Response, attempt: int) -> float | None:
-        # 409 with Retry-After: the first request with this Idempotency-Key is still being
-        # accepted (a retry then answers its job).
-        retried = (429, 503, 409) if "retry-after" in response.headers else (429, 503)
-        if response.status_code not in retried or attempt >= self.max_retries:
+        status = response.status_code
+        if status not in RETRIED or attempt >= self.max_retries:
             return None
         delay = retry_after_seconds(response)
         if delay is None:
-            # The API says when to retry; a 503 without it from the API is not transient (no
-            # model installed), one from a proxy in front is.
-            if response.status_code == 429 or _is_api_error_body(response):
+            # The API says when to retry (409: the first request with this Idempotency-Key is
+            # still being accepted; a retry then answers its job): its answers without
+            # Retry-After are not transient (no model installed). A 5xx from a proxy in front
+            # is: a load balancer's 502/504, Serve's proxy's plain 500 (a replica lost).
+            if status in SAID_BY_API or _is_api_error_body(response):
                 return None
             delay = backoff(attempt)
         return delay if delay <= self.max_retry_wait else None
@@ -177,8 +184,9 @@ class Core:
     def send(self, method: str, url: str, on_progress: ProgressCallback | None = None,
              retry: bool = True, idempotent: bool = True, **kwargs: Any
              ) -> Generator[Any, Any, httpx.Response]:
-        """One request; 429/503 retried after ``Retry-After``, a connection error after a
-        backoff (``idempotent=False``: only one that never reached the service)."""
+        """One request; 429/503 retried after ``Retry-After``, a proxy's 5xx and a
+        connection error after a backoff (``idempotent=False``: only a connection that never
+        reached the service)."""
         attempt = 0
         while True:
             try:
@@ -209,7 +217,8 @@ class Core:
     def submit(self, source: Source, engine: str, options: Mapping[str, Any],
                filename: str | None = None, on_progress: ProgressCallback | None = None,
                idempotency_key: str | None = None) -> Generator[Any, Any, Job]:
-        """POST the image; the job as accepted (``queued``, or already finished)."""
+        """POST the image; the job as accepted (``queued``, or already finished). One
+        ``Idempotency-Key`` (``idempotency_key``, else a new UUID) for every attempt."""
         check_engine(engine)
         fields = form_fields(options)
         name, data = _read_source(source, filename)
@@ -327,13 +336,14 @@ class Core:
 
     def upscale(self, source: Source, engine: str, options: Mapping[str, Any],
                 output: str | os.PathLike | None = None, filename: str | None = None,
-                on_progress: ProgressCallback | None = None, timeout: float | None = None
-                ) -> Generator[Any, Any, UpscaleResult]:
+                on_progress: ProgressCallback | None = None, timeout: float | None = None,
+                idempotency_key: str | None = None) -> Generator[Any, Any, UpscaleResult]:
         """Submit, wait, download: raises ``JobFailed``/``JobCancelled`` when the job did not
         complete."""
         name = filename or (Path(source).name if isinstance(source, (str, os.PathLike))
                             else "image")
-        job = yield from self.submit(source, engine, options, name, on_progress)
+        job = yield from self.submit(source, engine, options, name, on_progress,
+                                     idempotency_key)
         if not job.done:
             job = yield from self.wait(job, on_progress, timeout)
         if job.status == "cancelled":

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from upscaler.domain.job_store import JobStore
 from upscaler.domain.storage import Storage
 from upscaler.errors import BadRequest, Conflict, InvalidRequest
 
 PREFIX = "idempotency"
 MAX_KEY_LENGTH = 255
+# From a request's job stored to its answer recorded, past its wait: starting the job, one write.
+ANSWER_MARGIN_S = 2.0
+MAX_RETRY_AFTER_S = 5
 
 
 class IdempotencyRecord(BaseModel):
@@ -25,6 +30,9 @@ class IdempotencyRecord(BaseModel):
     status_code: int | None = None  # what the first request answered
     created_at: float
     expires_at: float
+    # When the first request answers at the latest once its job is stored (its synchronous
+    # wait); a key still "accepting" after it, with its job stored, lost its request.
+    answer_by: float | None = None
 
 
 def check_key(value: str) -> str:
@@ -59,12 +67,18 @@ class IdempotencyKeys:
         return f"{PREFIX}/{digest}.json"
 
     def claim(self, owner: str, key: str, request_fingerprint: str, job_id: str,
-              ttl_s: float) -> IdempotencyRecord | None:
+              ttl_s: float, wait_s: float = 0.0) -> IdempotencyRecord | None:
         """Take the key for a new job (None), or return what the first request recorded.
-        Raises 422 when the key came with another request, 409 while that one is accepted."""
+        Raises 422 when the key came with another request, 409 while that one is accepted.
+        ``wait_s``: how long this request waits for its job before it answers.
+
+        A first request lost after its job was stored (its server process killed before it
+        answered) is answered with that job once its wait is over: the repeat gets the job
+        the first one made, never a second one."""
         now = time.time()
         new = IdempotencyRecord(fingerprint=request_fingerprint, job_id=job_id,
-                                created_at=now, expires_at=now + ttl_s)
+                                created_at=now, expires_at=now + ttl_s,
+                                answer_by=now + wait_s + ANSWER_MARGIN_S)
         path = self.storage_key(owner, key)
         for _ in range(2):
             if self.storage.create_if_absent(path, new.model_dump_json().encode()):
@@ -80,9 +94,13 @@ class IdempotencyKeys:
                     "this Idempotency-Key was used with another request; use a new key for a "
                     "new request", code="idempotency_key_reused")
             if found.state == "accepting":
+                if found.answer_by is not None and now > found.answer_by and \
+                        self.storage.exists(JobStore.record_key(found.job_id)):
+                    return found  # its job is stored and it should have answered: lost
+                wait = (found.answer_by or now) - now
                 raise Conflict("the first request with this Idempotency-Key is still being "
                                "accepted; retry shortly", code="idempotency_key_in_use",
-                               retry_after=1)
+                               retry_after=max(1, min(math.ceil(wait), MAX_RETRY_AFTER_S)))
             return found
         raise Conflict("this Idempotency-Key is contended; retry shortly",
                        code="idempotency_key_in_use", retry_after=1)
