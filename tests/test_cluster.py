@@ -109,13 +109,26 @@ def until(check, timeout: float, what: str, every: float = 0.2):
     return value
 
 
+def placement(deployed) -> dict[str, set[str]]:
+    """Each deployment's nodes by role (Ray's state API: the alive actors' node ids)."""
+    roles = {deployed.gpu_node.node_id: "gpu", deployed.cluster.head_node_id: "head"}
+    placed = {d: {roles.get(n, n) for n in nodes}
+              for d, nodes in deployed.cluster.actor_nodes().items()}
+    print(f"placement: {placed}")
+    return placed
+
+
 def test_engines_run_on_the_gpu_node(deployed):
-    placed = deployed.cluster.actor_nodes()
-    gpu, head = deployed.gpu_node.node_id, deployed.cluster.head_node_id
+    placed = placement(deployed)
     assert set(placed) >= ENGINES | CPU_SIDE, placed
-    for engine in ENGINES:
-        assert placed[engine] == {gpu}, (engine, placed)
-    assert all(placed[d] <= {gpu, head} for d in CPU_SIDE), placed
+    assert all(placed[engine] == {"gpu"} for engine in ENGINES), placed
+
+
+@pytest.mark.xfail(reason="placement of the CPU side is another part of issue 22; remove this "
+                   "mark when it lands", strict=False)
+def test_the_cpu_side_runs_off_the_gpu_node(deployed):
+    placed = placement(deployed)
+    assert all(placed[d] == {"head"} for d in CPU_SIDE), placed
 
 
 def test_a_gpu_node_lost_mid_job(deployed):
@@ -154,9 +167,10 @@ def test_a_gpu_node_lost_mid_job(deployed):
         time.sleep(2)  # a duplicate would come within the backoff
         got = [r for r in rx.at(path) if r.verified and r.body["data"]["job_id"] == job_id]
         assert [r.body["type"] for r in got] == ["job.completed"], got
-    placed = cluster.actor_nodes()
-    assert all(placed[e] == {deployed.gpu_node.node_id} for e in ENGINES), placed
-    print(f"node lost -> both jobs completed: {recovered_s:.1f} s")
+    placed = placement(deployed)
+    assert all(placed[e] == {"gpu"} for e in ENGINES), placed
+    print(f"node lost with {tiles_then} of 64 tiles stored -> both jobs completed: "
+          f"{recovered_s:.1f} s; FLUX {resumed['stats']['tiles_resumed']} tiles resumed")
 
 
 def test_the_gcs_killed_and_back(deployed):
@@ -172,6 +186,7 @@ def test_the_gcs_killed_and_back(deployed):
         until(lambda: client.get(f"/api/status/{running['jobId']}").json()["status"]
               == "processing", 60, "the job never ran")
         cluster.kill_gcs()
+        down_at = time.monotonic()
         try:
             for _ in range(5):  # seconds of answers with no GCS
                 status = client.get(f"/api/status/{done['jobId']}", timeout=10)
@@ -181,8 +196,10 @@ def test_the_gcs_killed_and_back(deployed):
                 time.sleep(0.5)
         finally:
             cluster.restart_gcs()
+        print(f"GCS down for {time.monotonic() - down_at:.1f} s")
+        # Nothing of the job needs the GCS (direct actor calls, leases in S3): it runs once.
         ended = wait_for_job(client, running["jobId"], timeout=240)
-        assert ended["status"] == "completed" and ended["attempts"] <= 2, ended
+        assert ended["status"] == "completed" and ended["attempts"] == 1, ended
         assert f"results/{running['jobId']}.png" in deployed.stored("results")
         # The cluster works on: a new job runs on the engines after the restart.
         r = upload(client, png_bytes(photo("rocket", (32, 24))), model="tiny-rrdb")
