@@ -28,9 +28,9 @@ pytestmark = pytest.mark.slow
 
 ENGINES = {"ESRGAN", "FLUX"}  # on GPU nodes only
 CPU_SIDE = {"Ingress", "Quotas", "Imagen"}
-# 64 tiles of 32 px, tenths of a second each for the tiny FLUX on a CPU (test_restart.py).
+# 64 tiles of 32 px (tests/test_restart.py), fewer steps: a minute of the tiny FLUX on a CPU.
 FLUX_JOB = {"upscale_factor": "2", "tile_size": "32", "tile_padding": "16", "mask_blur": "4",
-            "steps": "40", "denoise": "1.0", "upscale_model": "tiny-rrdb"}
+            "steps": "16", "denoise": "1.0", "upscale_model": "tiny-rrdb"}
 
 
 def cluster_config(path, storage: dict, models_dir, data_dir) -> None:
