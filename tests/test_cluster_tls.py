@@ -62,7 +62,17 @@ class TlsCluster:
 
     def wait_nodes(self, certs: NodeFiles, count: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while (seen := self.alive_nodes(certs)) != count:
+        while True:
+            if exited := [p for p in self.processes if p.poll() is not None]:
+                logs = "".join(f"\n--- {log.name}\n" + log.read_text()[-2000:]
+                               for log in sorted(self.base.glob("*.log")))
+                raise RuntimeError(f"{len(exited)} `ray start` exited:{logs}")
+            try:
+                seen: int | str = self.alive_nodes(certs)
+            except AssertionError as exc:  # the head's GCS not answering yet
+                seen = str(exc)[-500:]
+            if seen == count:
+                return
             assert time.monotonic() < deadline, f"{seen} nodes, not {count}"
             time.sleep(1)
 
