@@ -8,6 +8,23 @@ from typing import Any
 
 from upscaler.settings import Settings
 
+# Placement: a custom resource only CPU nodes declare (a cluster's head: cluster.yaml,
+# k8s/rayservice.yaml; the head `upscaler serve` starts). The Ingress, Quotas, the FLUX
+# coordinator and Imagen each ask for a sliver of it, so they never take a GPU node's CPUs;
+# the engines reserve GPUs, so they run on GPU nodes only. A resource rather than node labels:
+# both of Ray's autoscalers plan with resources (v1, KubeRay's default, ignores labels and
+# would launch GPU nodes for CPU work), and an unknown resource is infeasible, never a node.
+CPU_NODE_RESOURCE = "upscaler_cpu_node"
+CPU_NODE_SHARE = 0.001  # of the 1 a node declares: room for a thousand replicas
+
+
+def on_cpu_nodes(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with their replicas held to nodes that declare CPU_NODE_RESOURCE."""
+    actor = options.get("ray_actor_options", {})
+    return {**options, "ray_actor_options": {
+        **actor, "resources": {**actor.get("resources", {}), CPU_NODE_RESOURCE: CPU_NODE_SHARE}}}
+
+
 # Loading models can take minutes on a cold disk: patient health checks and shutdowns.
 PATIENT: dict[str, Any] = {"health_check_period_s": 10, "health_check_timeout_s": 60,
                            "graceful_shutdown_timeout_s": 60}

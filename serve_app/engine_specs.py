@@ -51,6 +51,12 @@ class DeploymentSpec:
     fixed: tuple[str, ...] = ()
     builder_only: tuple[str, ...] = ()
 
+    def deploy_options(self, settings: Settings, cpu_nodes_declared: bool) -> dict[str, Any]:
+        """Its options as deployed: on a cluster whose CPU nodes declare themselves, all but
+        the GPU engines are held to them (on a laptop without the resource, anywhere)."""
+        options = self.options(settings)
+        return opt.on_cpu_nodes(options) if cpu_nodes_declared and not self.gpu else options
+
 
 @dataclass(frozen=True)
 class EngineSpec:

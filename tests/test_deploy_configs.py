@@ -104,7 +104,8 @@ def test_checked_in_configs_agree_with_the_engine_table(name):
     assert config == load("serve_config.yaml")  # KubeRay's copy is the same config
     assert set(overrides) == set(table)
     for deployment, given in overrides.items():
-        spec, built = table[deployment], table[deployment].options(settings)
+        # As built on a cluster whose CPU nodes declare themselves (the configs' clusters).
+        spec, built = table[deployment], table[deployment].deploy_options(settings, True)
         assert set(given) - {"name"} <= set(built), deployment
         for option in set(given) & {"autoscaling_config", "ray_actor_options"}:
             assert set(given[option]) <= set(built[option]) | {"num_gpus"}, deployment
@@ -112,6 +113,10 @@ def test_checked_in_configs_agree_with_the_engine_table(name):
         assert not set(spec.builder_only) & set(given), deployment
         gpus = given["ray_actor_options"].get("num_gpus", 0)
         assert gpus > 0 if spec.gpu else gpus == 0, deployment
+        # Ray replaces ray_actor_options whole: each keeps the builder's placement (CPU-side
+        # deployments on the nodes declaring the CPU resource, engines where the GPUs are).
+        assert given["ray_actor_options"].get("resources") == \
+            built["ray_actor_options"].get("resources"), deployment
         if "health_check_timeout_s" in given:  # models load no faster in a cluster
             assert given["health_check_timeout_s"] >= built["health_check_timeout_s"]
         if auto := given.get("autoscaling_config"):

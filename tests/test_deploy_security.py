@@ -219,3 +219,43 @@ def test_kuberay_runs_token_auth_behind_a_network_policy():
         assert labels.items() <= worker_labels.items() and labels.items() <= head_labels.items()
     assert {p["spec"]["podSelector"]["matchLabels"]["ray.io/node-type"] for p in policies} == {
         "head", "worker"}
+
+
+# --- Ray's TLS between nodes ----------------------------------------------------------------
+
+RAY_TLS = ("RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT")
+
+
+def test_shipped_clusters_run_ray_with_tls_and_make_each_nodes_certificate():
+    """cluster.yaml and the RayService: RAY_USE_TLS=1 and the three files on every Ray process
+    (the autoscaler's too), each node's certificate made from the cluster's CA before Ray
+    starts (`upscaler cluster certs --ca-dir`). Only compose (one machine) turns it off."""
+    cluster = load("cluster.yaml")
+    env = dict(o.removeprefix("-e ").split("=", 1) for o in cluster["docker"]["run_options"]
+               if o.startswith("-e "))
+    assert env["RAY_USE_TLS"] == "1" and all(env[v].startswith("/etc/upscaler/tls/")
+                                             for v in RAY_TLS)
+    [certs] = [c for c in cluster["setup_commands"] if "cluster certs" in c]
+    ca_mount = re.search(r"--ca-dir (\S+)", certs)[1]
+    assert ca_mount in cluster["file_mounts"] and "/etc/upscaler/tls" in certs
+
+    rc = load("k8s/rayservice.yaml")["spec"]["rayClusterConfig"]
+    pods = [rc["headGroupSpec"]["template"]["spec"],
+            *(g["template"]["spec"] for g in rc["workerGroupSpecs"])]
+    for env_list in [rc["autoscalerOptions"]["env"],
+                     *(c["env"] for pod in pods for c in pod["containers"])]:
+        pod_env = {e["name"]: e.get("value") for e in env_list}
+        assert pod_env["RAY_USE_TLS"] == "1" and set(RAY_TLS) <= set(pod_env)
+    for pod in pods:
+        [init] = pod["initContainers"]
+        assert "cluster certs" in " ".join(init["command"]) and "--ca-dir" in " ".join(
+            init["command"])
+        secrets = [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
+        assert secrets == ["upscaler-ray-ca"]
+
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^\s+RAY_USE_TLS=1\b", dockerfile, re.M)
+    off = re.compile(r"RAY_USE_TLS\W{0,6}(value\W{0,4})?['\"]?(0|false)\b", re.I)
+    offenders = [str(p.relative_to(REPO)) for p in shipped_files()
+                 if off.search(p.read_text(errors="replace"))]
+    assert offenders == ["docker/compose.yaml"]

@@ -57,3 +57,15 @@ def test_unwrap_gives_the_replicas_own_exception():
 
 def test_no_replica_outside_serve():
     assert ray_support.replica_id() is None
+
+
+def test_private_autoscaler_state_reads_exist():
+    """What ``cluster_shape`` reads from the GCS: the reported cluster config, the autoscaler
+    v2 flag and autoscaler v1's status key, under the names this Ray gives them."""
+    from ray._private import ray_constants
+    from ray._private.state import GlobalState
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+    assert callable(GlobalState.get_cluster_config)
+    assert "fetch_from_server" in inspect.signature(is_autoscaler_v2).parameters
+    assert ray_constants.DEBUG_AUTOSCALING_STATUS == "__autoscaling_status"

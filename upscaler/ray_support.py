@@ -4,12 +4,15 @@ the service's Prometheus metrics through Ray's metrics API (no-ops outside a Ray
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from upscaler.errors import unwrap
+from upscaler.errors import StorageError, unwrap
+from upscaler.settings import Settings
 
 __all__ = ["unwrap"]  # Ray-free, so the runner and the HTTP errors read causes without Ray
 
@@ -64,6 +67,75 @@ def token_auth_enabled() -> bool:
     from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
     return is_token_auth_enabled()
+
+
+def cluster_declares(resource: str) -> bool:
+    """Whether a node of this process's Ray cluster declares ``resource`` (False outside Ray)."""
+    import ray
+
+    return ray.is_initialized() and ray.cluster_resources().get(resource, 0) > 0
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    """What the storage rule asks of the cluster: its alive nodes, and whether an autoscaler
+    can add more."""
+
+    nodes: int
+    autoscaler_can_add_nodes: bool
+
+
+def cluster_shape() -> ClusterShape:
+    """This process's Ray cluster as the GCS knows it; outside Ray (a builder called in a
+    test, `serve build`), one machine."""
+    import ray
+
+    if not ray.is_initialized():
+        return ClusterShape(1, False)
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    return ClusterShape(nodes, _autoscaler_can_add_nodes(nodes))
+
+
+def _autoscaler_can_add_nodes(nodes: int) -> bool:
+    """Whether the GCS knows of an autoscaler that launches nodes: a cluster config reported
+    to it that allows more nodes than there are, autoscaler v2 (on only where the cluster
+    launcher or KubeRay runs one with a config), or autoscaler v1's status naming node types
+    of a config (its read-only mode, for clusters started by hand, names each node
+    ``node_<id>``). v1 writes its first status some seconds after the head starts."""
+    from ray._private import ray_constants
+    from ray._private.state import state
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    config = state.get_cluster_config()
+    if config is not None and config.node_group_configs:
+        counts = [group.max_count for group in config.node_group_configs]
+        if -1 in counts or sum(counts) > nodes:
+            return True
+    if is_autoscaler_v2(fetch_from_server=True):
+        return True
+    raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    return bool(raw) and autoscaler_v1_has_node_types(json.loads(raw))
+
+
+def autoscaler_v1_has_node_types(status: dict[str, Any]) -> bool:
+    """Whether autoscaler v1's status (``__autoscaling_status`` in the GCS) comes from a
+    config's node types rather than its read-only mirror of a cluster started by hand."""
+    report = status.get("autoscaler_report") or {}
+    names = {*(report.get("active_nodes") or {}), *(report.get("idle_nodes") or {}),
+             *(report.get("pending_launches") or {}),
+             *(report.get("node_type_mapping") or {}).values(),
+             *(node[1] for node in report.get("pending_nodes") or ()),
+             *(node[1] for node in report.get("failed_nodes") or ())}
+    return any(not name.startswith("node_") for name in names)
+
+
+def require_shared_storage(settings: Settings) -> None:
+    """Refuse local job storage on a cluster whose nodes have disks of their own (the rule:
+    ``StorageFields.cluster_storage_refusal``)."""
+    shape = cluster_shape()
+    if refusal := settings.cluster_storage_refusal(shape.nodes, shape.autoscaler_can_add_nodes):
+        raise StorageError(refusal, code="storage_not_shared")
 
 
 def serve_replica_counts() -> dict[str, int]:

@@ -1,6 +1,6 @@
 """The `upscaler` command: `serve` runs the service in the foreground; `models` manages weights;
-`keys` manages API keys; `upscale`, `status`, `cancel` and `health` use a running service
-(through the client package, `upscaler_client`)."""
+`keys` manages API keys; `cluster certs` makes Ray's TLS certificates; `upscale`, `status`,
+`cancel` and `health` use a running service (through the client package, `upscaler_client`)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from serve_app.control_plane import dashboard_lines, prepare_own_cluster, restrict_token_file
+from upscaler.commands.cluster_certs import add_cluster_commands
 from upscaler.commands.keys_cli import add_keys_commands
 from upscaler.domain.keys import KeyStore
 from upscaler.domain.storage import Storage, StorageError
@@ -169,7 +170,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from serve_app.deploy_options import gpus_available, ingress_shutdown_s
+    from serve_app.deploy_options import CPU_NODE_RESOURCE, gpus_available, ingress_shutdown_s
     from upscaler import ray_support
 
     stop = threading.Event()
@@ -179,7 +180,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stop.set()
 
     # address="local": always a new cluster of our own, never one a `ray start` left behind.
+    # Its head declares itself a CPU node, as a cluster's does: the graph is placed the same.
     init_kwargs: dict = {"address": "local", "include_dashboard": not args.no_dashboard,
+                         "resources": {CPU_NODE_RESOURCE: 1},
                          "dashboard_host": args.dashboard_host or settings.dashboard_host,
                          "logging_level": "WARNING"}
     if args.metrics_port or settings.metrics_port:
@@ -204,7 +207,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"upscaler serve: {refusal}", file=sys.stderr, flush=True)
             return 2
         # A wrong storage location stops the start here, in seconds, with the setting to fix
-        # (the Ingress checks again wherever Serve starts it).
+        # (the builder and the Ingress check again wherever Serve runs them).
+        ray_support.require_shared_storage(settings)
         Storage(settings.resolved_storage_url, settings.storage_options).check_usable()
         client = ray_support.serve_start(http_options=config.http_options.model_dump(),
                                         grpc_options=config.grpc_options.model_dump(),
@@ -326,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.set_defaults(func=cmd_serve)
 
     add_keys_commands(sub)
+    add_cluster_commands(sub)
     add_client_commands(sub)
 
     models_p = sub.add_parser("models", help="list or pull model weights")

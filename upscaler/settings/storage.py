@@ -7,6 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+# fsspec protocols of this machine's own disk.
+LOCAL_PROTOCOLS = ("file", "local")
+
 
 def _default_data_dir() -> Path:
     # The project's own data/ folder when run from a checkout (the README's commands).
@@ -31,6 +34,11 @@ class StorageFields(BaseModel):
         '{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}} for an S3-compatible '
         "store. Credentials are best left to the SDK's own environment (AWS_*, "
         "GOOGLE_APPLICATION_CREDENTIALS).")
+    storage_shared_mount: bool = Field(
+        default=False,
+        description="A local storage_url is a filesystem mounted at the same path on every "
+        "node (NFS and the like, with working file locks): a Ray cluster of several nodes may "
+        "then use it. Otherwise a cluster needs a bucket (s3://, gs://).")
     cache_dir: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "upscaler",
         description="Download cache for `upscaler models pull`.")
@@ -46,3 +54,30 @@ class StorageFields(BaseModel):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or str(self.data_dir / "storage")
+
+    @property
+    def storage_is_local(self) -> bool:
+        """Whether job storage is this machine's disk (a path, file://, local://; in a chained
+        fsspec URL the last target is where the bytes live)."""
+        target = self.resolved_storage_url.rsplit("::", 1)[-1]
+        return "://" not in target or target.split("://", 1)[0] in LOCAL_PROTOCOLS
+
+    def cluster_storage_refusal(self, nodes: int, autoscaler_can_add_nodes: bool) -> str | None:
+        """Why the service must not start with this storage on a Ray cluster of ``nodes``
+        nodes: on separate machines an engine on another node cannot read the upload the
+        Ingress wrote to its own disk (on one machine the nodes share a disk, which hides it)."""
+        if not self.storage_is_local or self.storage_shared_mount:
+            return None
+        if nodes > 1:
+            cluster = f"this Ray cluster has {nodes} nodes"
+        elif autoscaler_can_add_nodes:
+            cluster = "this Ray cluster's autoscaler can add nodes"
+        else:
+            return None
+        return (f"job storage is a local folder ({self.resolved_storage_url}) but {cluster}, "
+                "each with a disk of its own: set storage_url (UPSCALER_STORAGE_URL, or "
+                "`storage_url` in the Serve config's args) to a bucket every node reaches, "
+                "e.g. s3://BUCKET/upscaler or gs://BUCKET/upscaler (storage_options for an "
+                "S3-compatible endpoint), or set storage_shared_mount "
+                "(UPSCALER_STORAGE_SHARED_MOUNT=true) if that folder is one filesystem mounted "
+                "on every node")
