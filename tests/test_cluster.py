@@ -124,8 +124,6 @@ def test_engines_run_on_the_gpu_node(deployed):
     assert all(placed[engine] == {"gpu"} for engine in ENGINES), placed
 
 
-@pytest.mark.xfail(reason="placement of the CPU side is another part of issue 22; remove this "
-                   "mark when it lands", strict=False)
 def test_the_cpu_side_runs_off_the_gpu_node(deployed):
     placed = placement(deployed)
     assert all(placed[d] == {"head"} for d in CPU_SIDE), placed

@@ -12,6 +12,7 @@ command line and environment, as that restart does."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -30,6 +31,7 @@ from pathlib import Path
 import httpx
 
 from helpers.processes import free_port
+from serve_app.deploy_options import CPU_NODE_RESOURCE
 
 RAY = str(Path(sys.executable).with_name("ray"))
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -105,6 +107,8 @@ class LocalCluster:
         self._ray_start("head", ["--head", f"--port={self.gcs_port}",
                                  f"--redis-password={self.redis_password}",
                                  f"--num-cpus={self.head_cpus}", "--num-gpus=0",
+                                 # The CPU node the Ingress and its peers are held to.
+                                 f"--resources={json.dumps({CPU_NODE_RESOURCE: 1})}",
                                  "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                                  f"--dashboard-port={self.dashboard.rsplit(':', 1)[1]}",
                                  f"--ray-client-server-port={free_port()}",
