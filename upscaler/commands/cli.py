@@ -169,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from serve_app.deploy_options import gpus_available, ingress_shutdown_s
+    from serve_app.deploy_options import gpus_available, ingress_shutdown_s, node_type_resources
     from upscaler import ray_support
 
     stop = threading.Event()
@@ -182,6 +182,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     init_kwargs: dict = {"address": "local", "include_dashboard": not args.no_dashboard,
                          "dashboard_host": args.dashboard_host or settings.dashboard_host,
                          "logging_level": "WARNING"}
+    if own_types := node_type_resources(early):  # a cluster's config, run on one machine
+        init_kwargs["resources"] = own_types
     if args.metrics_port or settings.metrics_port:
         init_kwargs["_metrics_export_port"] = args.metrics_port or settings.metrics_port
     if args.ray_address:
