@@ -51,8 +51,10 @@ class Polled(Generic[T]):
         self._ask, self._fresh_s = ask, fresh_s
         self._last: _Cached[T | None] | None = None
 
-    async def get(self) -> T | None:
-        if self._last is None:
+    async def get(self, fresh: bool = False) -> T | None:
+        """The last answer; ``fresh``: asked again now when it is old (before a question that
+        must not go to a deployment with no replica)."""
+        if self._last is None or (fresh and time.monotonic() - self._last.at > self._fresh_s):
             self._last = _Cached(await self._answer(), time.monotonic())
         elif (time.monotonic() - self._last.at > self._fresh_s
               and self._last.refreshing is None):
@@ -114,7 +116,8 @@ class EngineGateway:
 
     # --- models --------------------------------------------------------------------------
     async def list_models(self) -> ModelList:
-        if await self._esrgan_at_zero():  # the last list, or this node's: never start one
+        stale = self._models is None or time.monotonic() - self._models.at > MODELS_FRESH_S
+        if stale and await self._esrgan_at_zero():  # the last list, or this node's
             if self._models is None:
                 assert self._local_models is not None
                 self._models = _Cached(await asyncio.to_thread(self._local_models.list_models),
@@ -127,7 +130,10 @@ class EngineGateway:
         return self._models.value
 
     async def _esrgan_at_zero(self) -> bool:
-        return self._local_models is not None and await self.scaled_to_zero(Engine.esrgan)
+        """Before a model question would go to ESRGAN: whether it has no replica to answer
+        (asking would start one, and its GPU node, and wait for them)."""
+        return self._local_models is not None and await self.scaled_to_zero(Engine.esrgan,
+                                                                             fresh=True)
 
     def _refresh_models(self) -> None:
         async def refresh() -> None:
@@ -156,18 +162,19 @@ class EngineGateway:
         return info
 
     # --- status --------------------------------------------------------------------------
-    async def running_replicas(self, deployment: str) -> int | None:
+    async def running_replicas(self, deployment: str, fresh: bool = False) -> int | None:
         """Running replicas of one of this application's deployments, as Serve's controller
         counts them; None when it cannot say. Like status: once known, the last count is
         answered and refreshed in the background when a few seconds old, so no upload waits
-        on the controller."""
-        counts = await self.cluster.replicas.get()
+        on the controller (``fresh``: unless it is about to ask that deployment)."""
+        counts = await self.cluster.replicas.get(fresh)
         return None if counts is None else counts.get(deployment, 0)
 
-    async def scaled_to_zero(self, engine: Engine) -> bool:
-        """No replica runs this engine now (autoscaled to zero): the next job starts one."""
+    async def scaled_to_zero(self, engine: Engine, fresh: bool = False) -> bool:
+        """No replica runs this engine now (autoscaled to zero): the next job starts one.
+        ``fresh`` before asking it: a question would start a replica (and its GPU node)."""
         deployment = self._scales_to_zero.get(engine)
-        return deployment is not None and await self.running_replicas(deployment) == 0
+        return deployment is not None and await self.running_replicas(deployment, fresh) == 0
 
     async def engine_wait(self, engine: Engine) -> EngineWait | None:
         """What a job of ``engine`` waits for before its work can start (None: a replica runs
@@ -182,7 +189,9 @@ class EngineGateway:
         """An engine's status: the last answer when recent, else asked again (in the
         background when there is an answer to give meanwhile). An engine scaled to zero is
         not asked: a question would start a replica (and hold a GPU) for nothing."""
-        if await self.scaled_to_zero(engine):
+        cached = self._status.get(engine)
+        asking = cached is None or time.monotonic() - cached.at > STATUS_FRESH_S
+        if await self.scaled_to_zero(engine, fresh=asking):
             # Installed as a replica last said (files rarely go); a replica started for a job
             # without them fails it with the command to run.
             last = self._status.get(engine)
@@ -192,10 +201,9 @@ class EngineGateway:
             return EngineStatus(installed=installed, replicas=0, state="scaled_to_zero",
                                 message=f"no {engine.value} replica is running (scaled to "
                                 f"zero when idle); the next job starts one{then}")
-        cached = self._status.get(engine)
         if cached is None:
             return await self._ask_status(engine)
-        if time.monotonic() - cached.at > STATUS_FRESH_S and cached.refreshing is None:
+        if asking and cached.refreshing is None:
             cached.refreshing = asyncio.get_running_loop().create_task(
                 self._ask_status(engine))
         return cached.value

@@ -51,6 +51,7 @@ class FakeAutoscalingCluster:
     worker_types: dict[str, dict]  # node type -> {resources, min_workers, max_workers, ...}
     idle_timeout_minutes: float = 0.2
     env: dict[str, str] = field(default_factory=dict)  # for the head and its nodes
+    dashboard_port: int | None = None  # the dashboard (and the state API) on 127.0.0.1
     temp_dir: Path = field(init=False)
     address: str = field(init=False)
     process: subprocess.Popen | None = field(init=False, default=None)
@@ -68,8 +69,13 @@ class FakeAutoscalingCluster:
                "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}",
                f"--num-cpus={head.pop('CPU')}", f"--num-gpus={head.pop('GPU', 0)}",
                f"--resources={json.dumps(head)}", f"--autoscaling-config={config_path}",
-               "--include-dashboard=false", f"--ray-client-server-port={free_port()}",
-               "--disable-usage-stats"]
+               f"--ray-client-server-port={free_port()}", "--disable-usage-stats",
+               # Ports of its own: other clusters may run on this machine.
+               f"--dashboard-agent-listen-port={free_port()}",
+               f"--dashboard-agent-grpc-port={free_port()}",
+               f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+        cmd += (["--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}"]
+                if self.dashboard_port else ["--include-dashboard=false"])
         env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
                "RAY_USAGE_STATS_ENABLED": "0", **self.env}
         log = open(self.temp_dir / "head.log", "ab")  # noqa: SIM115 - the child keeps it
