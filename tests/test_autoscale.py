@@ -36,7 +36,9 @@ AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
        "AWS_CONFIG_FILE": "/nonexistent"}
 # No token (the test's own cluster on loopback); FLUX's tiny files offline.
 CLUSTER_ENV = {**AWS, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-               "TRANSFORMERS_OFFLINE": "1", "UPSCALER_CPU_THREADS": "1"}
+               "TRANSFORMERS_OFFLINE": "1", "UPSCALER_CPU_THREADS": "1",
+               # A node silent this long is terminated (the default, 30 s, only slower).
+               "AUTOSCALER_HEARTBEAT_TIMEOUT_S": "10"}
 IDLE_S = 3  # Serve's downscale_delay_s, then the autoscaler's idle timeout (0.1 min)
 
 
@@ -107,6 +109,21 @@ class Autoscaled:
         if state:
             filters.append(("state", "=", state))
         return {a.node_id for a in list_actors(address=self.dashboard, filters=filters)}
+
+    def kill_node(self, node_id: str) -> int:
+        """SIGKILL every process of one fake node (the provider starts each node's processes
+        with its id in their environment), as a machine that is gone."""
+        marker = f"RAY_OVERRIDE_NODE_ID_FOR_TESTING={node_id}".encode()
+        killed = 0
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(
+                        b"\0"):
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    killed += 1
+            except (OSError, ProcessLookupError):
+                continue
+        return killed
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +234,38 @@ def test_gpu_nodes_come_for_jobs_and_go_when_idle(autoscaled):
                       "flux_job_from_zero_s": round(flux_s, 1),
                       "to_zero_nodes_s": round(time.monotonic() - started - esrgan_s - flux_s,
                                                1)}))
+
+
+def test_a_lost_gpu_node_is_replaced_for_its_job(autoscaled):
+    """No spare node: the small-card node running an ESRGAN job is lost; the job says it waits
+    for a GPU node until the autoscaler has replaced it (max_workers 1: only once the lost one
+    is terminated), then runs again there and completes once."""
+    with httpx.Client(base_url=autoscaled.url, timeout=120) as client:
+        before = autoscaled.launched(SMALL)
+        answer = upload(client, png_bytes(photo("coffee", (512, 384))), model="tiny-rrdb",
+                        wait=0)
+        assert answer.status_code == 202, answer.text
+        job = answer.json()["jobId"]
+        eventually(lambda: autoscaled.replica_nodes("ESRGAN", "ALIVE"), timeout=90, every=0.5)
+        [lost] = autoscaled.replica_nodes("ESRGAN", "ALIVE")
+        assert lost in autoscaled.launched(SMALL) - before
+        assert autoscaled.kill_node(lost) > 0
+        seen: set[str | None] = set()
+
+        def ended() -> bool:
+            status = client.get(f"/api/status/{job}").json()
+            seen.add(status.get("status_detail"))
+            return status["status"] in ("completed", "failed")
+
+        eventually(ended, timeout=180, every=1)
+        done = client.get(f"/api/status/{job}").json()
+        assert done["status"] == "completed", done
+        # What it waited for: the lost node's replica starting again somewhere, or (once the
+        # GCS has the node dead and until its replacement joins) a GPU node.
+        assert seen & {"waiting for a GPU node", "waiting for its engine to start"}, seen
+        print(json.dumps({"node_loss_attempts": done["attempts"],
+                          "waits_seen": sorted(map(str, seen))}))
+        # Run again on the replacement: a new small-card node, launched after the loss.
+        replaced = autoscaled.launched(SMALL) - before - {lost}
+        assert len(replaced) == 1 and autoscaled.replica_nodes("ESRGAN") & replaced
+        assert download(client, done["output_url"]).size == (2048, 1536)
