@@ -74,11 +74,38 @@ def esrgan_engine(settings: Settings, registry: ModelRegistry) -> EsrganEngine:
         max_intermediate_pixels=settings.max_output_pixels)
 
 
+class ModelQuestions:
+    """The model questions, answered from a models folder: a replica's, or the Ingress's own
+    node's while no ESRGAN replica runs (asking one would start it, and its GPU node)."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry | None = None):
+        self.settings = settings
+        self.registry = registry or ModelRegistry(settings.upscale_models_dir)
+
+    def default_model(self) -> str | None:
+        return default_model_name(self.settings, self.registry)
+
+    def model_info(self, name: str | None) -> ModelInfo:
+        """``name`` (or the default). Raises UnknownModel / UnsupportedModel /
+        ServiceUnavailable (no model installed)."""
+        name = name or self.default_model()
+        if name is None:
+            raise ServiceUnavailable(
+                "no super-resolution model is installed; run `upscaler models pull "
+                "DAT_light_x4`", code="no_models")
+        return self.registry.info(name)
+
+    def list_models(self) -> ModelList:
+        infos, errors = self.registry.list_info()
+        return ModelList(tuple(infos), errors, self.default_model())
+
+
 @serve.deployment(name="ESRGAN")
 class EsrganDeployment:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.registry = ModelRegistry(settings.upscale_models_dir)
+        self.models = ModelQuestions(settings, self.registry)
         self.engine = esrgan_engine(settings, self.registry)
         self.store = open_job_store(settings)
         self._gpu_lock = threading.Lock()  # one image at a time on this replica's device
@@ -103,21 +130,13 @@ class EsrganDeployment:
 
     # --- model questions (cheap; answered while a job runs) -------------------------------
     def default_model(self) -> str | None:
-        return default_model_name(self.settings, self.registry)
+        return self.models.default_model()
 
     def model_info(self, name: str | None) -> ModelInfo:
-        """``name`` (or the default). Raises UnknownModel / UnsupportedModel /
-        ServiceUnavailable (no model installed)."""
-        name = name or self.default_model()
-        if name is None:
-            raise ServiceUnavailable(
-                "no super-resolution model is installed; run `upscaler models pull "
-                "DAT_light_x4`", code="no_models")
-        return self.registry.info(name)
+        return self.models.model_info(name)
 
     def list_models(self) -> ModelList:
-        infos, errors = self.registry.list_info()
-        return ModelList(tuple(infos), errors, self.default_model())
+        return self.models.list_models()
 
     def status(self) -> EngineStatus:
         return EngineStatus(**gpu_snapshot(), device=str(self.engine.device),

@@ -52,9 +52,9 @@ class Acceptance:
             job.webhooks = await subscription(self.settings, request.form, self.webhooks,
                                               self.keys, who)
             await admit(self.settings, self.quotas, who, job)  # before anything is stored
-            # Asked before the job starts one: an engine at zero replicas adds its start.
-            cold_start = self.settings.flux_cold_start_s \
-                if await self.engines.scaled_to_zero(job.engine) else 0.0
+            # Asked before the job starts one: an engine at zero replicas adds its start (and
+            # its GPU node's, when none is up).
+            held = await self.engines.engine_wait(job.engine)
             try:
                 job = await self.runner.submit(job, request.take_data(), wait)
             except BaseException:
@@ -66,7 +66,7 @@ class Acceptance:
                 await first.failed(job)
             raise
         estimate = self.outlook.estimate(job, self.outlook.open_count(job.engine) - 1)
-        response = upscale_response(job, estimate + cold_start)
+        response = upscale_response(job, estimate + (held.seconds if held else 0.0))
         if first is not None:
             await first.accepted(job, response.status_code)
         return response

@@ -52,16 +52,35 @@ def gpus_available(settings: Settings) -> bool:
 
 
 def esrgan_gpus(settings: Settings) -> float:
-    """Explicit setting, else a quarter card when GPUs are visible (FLUX takes the rest)."""
+    """Explicit setting, else a quarter card when GPUs are visible (FLUX takes the rest), or
+    when a GPU node type is named (the autoscaler may not have launched one yet)."""
     if settings.esrgan_num_gpus is not None:
         return settings.esrgan_num_gpus
-    return 0.25 if gpus_available(settings) else 0
+    return 0.25 if settings.esrgan_node_type or gpus_available(settings) else 0
 
 
 def flux_gpus(settings: Settings) -> float:
     if settings.flux_num_gpus is not None:
         return settings.flux_num_gpus
-    return 0.75 if gpus_available(settings) else 0
+    return 0.75 if settings.flux_node_type or gpus_available(settings) else 0
+
+
+# A replica asks for this much of its node type's custom resource (a node declares 1): the
+# resource only says where it may run, the GPU share says how many fit.
+NODE_TYPE_SHARE = 0.001
+
+
+def on_node_type(node_type: str | None) -> dict[str, Any]:
+    """``ray_actor_options`` entries that keep an engine on one GPU node type (and make Ray's
+    autoscaler launch that type for it); nothing when none is named, so one machine without
+    the resource still runs it."""
+    return {"resources": {node_type: NODE_TYPE_SHARE}} if node_type else {}
+
+
+def node_type_resources(settings: Settings) -> dict[str, float]:
+    """The node types the settings name, as one machine's own resources: `upscaler serve`
+    starting its own Ray declares them, so a cluster's config runs on one machine too."""
+    return {t: 1.0 for t in (settings.esrgan_node_type, settings.flux_node_type) if t}
 
 
 def ingress_shutdown_s(settings: Settings) -> float:
@@ -90,7 +109,8 @@ def engine_queue(settings: Settings) -> int:
 
 def esrgan_options(settings: Settings) -> dict[str, Any]:
     return {"ray_actor_options": {"num_gpus": esrgan_gpus(settings),
-                                  "num_cpus": settings.esrgan_num_cpus},
+                                  "num_cpus": settings.esrgan_num_cpus,
+                                  **on_node_type(settings.esrgan_node_type)},
             "max_ongoing_requests": settings.esrgan_max_ongoing_requests,
             "max_queued_requests": engine_queue(settings),
             "autoscaling_config": autoscaling(settings.esrgan_min_replicas,
@@ -100,7 +120,8 @@ def esrgan_options(settings: Settings) -> dict[str, Any]:
 
 def flux_options(settings: Settings) -> dict[str, Any]:
     return {"ray_actor_options": {"num_gpus": flux_gpus(settings),
-                                  "num_cpus": settings.flux_num_cpus},
+                                  "num_cpus": settings.flux_num_cpus,
+                                  **on_node_type(settings.flux_node_type)},
             # The tile being drawn only: the next waits in the router and goes to whichever
             # replica frees first. A second slot would commit it to a replica early; with few
             # tiles left (the end of a job) it then waits there while another replica idles.

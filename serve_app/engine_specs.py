@@ -19,6 +19,7 @@ from deployments.imagen import ImagenDeployment
 from deployments.quotas import QuotaKeeper
 from serve_app import deploy_options as opt
 from serve_app.deps import Intake
+from serve_app.engine_wait import Placement
 from serve_app.estimates import InitialRate
 from serve_app.gateway import EngineGateway
 from serve_app.schemas import (
@@ -80,6 +81,18 @@ class EngineSpec:
     # Computes in passes of the ESRGAN model (the plan's computed pixels follow its scale).
     model_passes: bool = False
     scales_to_zero: str | None = None  # the deployment an idle engine may have none of
+    # Whether the settings let it go to zero (None: always, as configs may set min 0), and
+    # the seconds a replica of it takes to start: what a job waits while it has none.
+    zero_when: Callable[[Settings], bool] | None = None
+    cold_start_s: Callable[[Settings], float] = lambda settings: 0.0
+
+    def placement(self, settings: Settings) -> Placement | None:
+        """Where its scaled-to-zero deployment runs and how long it takes to start there."""
+        if self.scales_to_zero is None or (self.zero_when and not self.zero_when(settings)):
+            return None
+        [deployment] = [d for d in self.deployments if d.name == self.scales_to_zero]
+        return Placement.of(deployment.options(settings)["ray_actor_options"],
+                            self.cold_start_s(settings))
 
 
 ESRGAN = DeploymentSpec("ESRGAN", EsrganDeployment, opt.esrgan_options, gpu=True)
@@ -91,7 +104,10 @@ ENGINES: tuple[EngineSpec, ...] = (
         Engine.esrgan, EsrganUpscaleForm, EsrganParams, esrgan_job, (ESRGAN,),
         runs_jobs="ESRGAN", status="ESRGAN",
         initial_rate=InitialRate(cpu=8.0, cuda=0.3, per_job=0.2),
-        summary="Upscale with an ESRGAN-family model (seconds)", model_passes=True),
+        summary="Upscale with an ESRGAN-family model (seconds)", model_passes=True,
+        # Only where its settings say so: elsewhere no replica means its node was lost.
+        scales_to_zero="ESRGAN", zero_when=lambda s: s.esrgan_min_replicas == 0,
+        cold_start_s=lambda s: s.esrgan_cold_start_s),
     EngineSpec(
         Engine.flux, FluxUpscaleForm, FluxParams, flux_job, (
             FLUX,
@@ -102,7 +118,7 @@ ENGINES: tuple[EngineSpec, ...] = (
         initial_rate=InitialRate(cpu=600.0, cuda=8.0, per_job=2.0),
         summary="Ultimate SD Upscale with FLUX.1-dev (minutes; always asynchronous)",
         synchronous=False, prechecks=(require_flux,), model_passes=True,
-        scales_to_zero="FLUX"),
+        scales_to_zero="FLUX", cold_start_s=lambda s: s.flux_cold_start_s),
     EngineSpec(
         Engine.imagen, ImagenUpscaleForm, ImagenParams, imagen_job, (
             DeploymentSpec("Imagen", ImagenDeployment, opt.imagen_options),),

@@ -21,11 +21,17 @@ TERMINAL_EVENT_ID = 200
 RETRY_MS = 2000  # how soon a browser's EventSource reconnects after a cut
 
 
-def live_status(outlook: Outlook, job: JobRecord) -> JobStatusResponse:
+async def live_status(outlook: Outlook, job: JobRecord) -> JobStatusResponse:
     """The status body with what this replica knows beyond the record: the queue ahead (when
-    it drives the job) and the time left."""
+    it drives the job), the time left, and what it waits for while its engine has no replica
+    (a GPU node, its start), whose time the estimate adds."""
     ahead = outlook.jobs_ahead(job)
-    return job_status(job, queue_position=ahead, estimated_time=outlook.time_left(job, ahead))
+    left = outlook.time_left(job, ahead)
+    wait = None if job.state.is_terminal else await outlook.engines.engine_wait(job.engine)
+    if wait is not None and left is not None:
+        left = round(left + wait.seconds, 1)
+    return job_status(job, queue_position=ahead, estimated_time=left,
+                      status_detail=wait.reason if wait else None)
 
 
 def event_id(status: JobStatusResponse) -> int:
@@ -59,7 +65,7 @@ async def job_events(settings: Settings, outlook: Outlook, who: Caller, job_id: 
     sent, first = last_id, True
     while True:
         job = check_owner(settings, who, await runner.get(job_id))
-        status = live_status(outlook, job)
+        status = await live_status(outlook, job)
         if event_id(status) > sent:
             yield as_event(status, first)
             sent, first = event_id(status), False

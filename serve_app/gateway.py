@@ -5,20 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.engine_wait import EngineWait, Placement, engine_wait
 from upscaler.compute.engines.models import ModelInfo
 from upscaler.domain.contracts import EngineStatus, ModelList
 from upscaler.domain.jobs import Engine, JobEvent, JobSpec, JobWork
 from upscaler.domain.quotas import KeyQuota, RateState, UsageFigures
-from upscaler.ray_support import serve_replica_counts, unwrap
+from upscaler.ray_support import node_resources, serve_replica_counts, unwrap
 
 T = TypeVar("T")
+
+
+class LocalModels(Protocol):
+    """The ESRGAN model questions answered in this process (deployments.esrgan)."""
+
+    def model_info(self, name: str | None) -> ModelInfo: ...
+    def list_models(self) -> ModelList: ...
+
+
 STATUS_TIMEOUT_S = 5.0
 REPLICAS_FRESH_S = 3.0  # Serve's replica counts, asked of its controller at most this often
 STATUS_FRESH_S = 2.0  # an engine's status this recent is answered without asking again
@@ -32,6 +42,44 @@ class _Cached(Generic[T]):
     refreshing: asyncio.Task | None = None
 
 
+class Polled(Generic[T]):
+    """A blocking question to Ray (run in a thread), answered from its last answer and asked
+    again in the background once that is ``fresh_s`` old; None when it could not be asked
+    (outside Serve, or the controller busy)."""
+
+    def __init__(self, ask: Callable[[], T], fresh_s: float = REPLICAS_FRESH_S):
+        self._ask, self._fresh_s = ask, fresh_s
+        self._last: _Cached[T | None] | None = None
+
+    async def get(self, fresh: bool = False) -> T | None:
+        """The last answer; ``fresh``: asked again now when it is old (before a question that
+        must not go to a deployment with no replica)."""
+        if self._last is None or (fresh and time.monotonic() - self._last.at > self._fresh_s):
+            self._last = _Cached(await self._answer(), time.monotonic())
+        elif (time.monotonic() - self._last.at > self._fresh_s
+              and self._last.refreshing is None):
+            self._last.refreshing = asyncio.get_running_loop().create_task(self._refresh())
+        return self._last.value
+
+    async def _answer(self) -> T | None:
+        try:
+            return await asyncio.to_thread(self._ask)
+        except Exception:  # noqa: BLE001 - outside Serve, or the controller is busy
+            return None
+
+    async def _refresh(self) -> None:
+        self._last = _Cached(await self._answer(), time.monotonic())
+
+
+class ClusterView:
+    """Serve's running replicas by deployment, and each live node's total resources."""
+
+    def __init__(self, replicas: Callable[[], dict[str, int]],
+                 nodes: Callable[[], list[dict[str, float]]]):
+        self.replicas = Polled(replicas)
+        self.nodes = Polled(nodes)
+
+
 class EngineGateway:
     """Job streams go straight to the deployments. Questions (status, models) are answered
     from what the deployments said last, refreshed in the background once it is a few seconds
@@ -40,28 +88,52 @@ class EngineGateway:
 
     def __init__(self, esrgan: DeploymentHandle, runs: Mapping[Engine, DeploymentHandle],
                  statuses: Mapping[Engine, DeploymentHandle],
-                 scales_to_zero: Mapping[Engine, str] | None = None):
+                 scales_to_zero: Mapping[Engine, str] | None = None,
+                 placements: Mapping[Engine, Placement] | None = None,
+                 gpu_node_start_s: float = 0.0,
+                 local_models: LocalModels | None = None,
+                 cluster: ClusterView | None = None):
         """``esrgan`` answers the model questions; each engine's jobs stream from its ``runs``
         handle and its ``status()`` is its ``statuses`` handle's (serve_app/engine_specs.py);
-        ``scales_to_zero``: the deployment an idle engine may have no replica of."""
+        ``scales_to_zero``: the deployment an idle engine may have no replica of, and
+        ``placements`` where such a one's replicas run (what its jobs wait for meanwhile);
+        ``local_models``: the ESRGAN model list as this node's models folder has it, answered
+        while ESRGAN has no replica (asking would start one); ``cluster``: Serve's replica
+        counts and the nodes, as Ray tells them (tests give their own)."""
         self.esrgan = esrgan
         self._runs = {engine: handle.options(stream=True) for engine, handle in runs.items()}
         self._statuses = dict(statuses)
         self._scales_to_zero = dict(scales_to_zero or {})
+        self._placements = dict(placements or {})
+        self._gpu_node_start_s = gpu_node_start_s
+        self._local_models = local_models
+        self.cluster = cluster or ClusterView(serve_replica_counts, node_resources)
         self._status: dict[Engine, _Cached[EngineStatus]] = {}
         self._models: _Cached[ModelList] | None = None
-        self._replicas: _Cached[dict[str, int] | None] | None = None
 
     def run(self, spec: JobSpec, data: bytes | None = None) -> AsyncIterator[JobEvent]:
         return self._runs[spec.engine].run.remote(spec, data)
 
     # --- models --------------------------------------------------------------------------
     async def list_models(self) -> ModelList:
+        stale = self._models is None or time.monotonic() - self._models.at > MODELS_FRESH_S
+        if stale and await self._esrgan_at_zero():  # the last list, or this node's
+            if self._models is None:
+                assert self._local_models is not None
+                self._models = _Cached(await asyncio.to_thread(self._local_models.list_models),
+                                       time.monotonic())
+            return self._models.value
         if self._models is None:
             self._models = _Cached(await self.esrgan.list_models.remote(), time.monotonic())
         elif time.monotonic() - self._models.at > MODELS_FRESH_S:
             self._refresh_models()
         return self._models.value
+
+    async def _esrgan_at_zero(self) -> bool:
+        """Before a model question would go to ESRGAN: whether it has no replica to answer
+        (asking would start one, and its GPU node, and wait for them)."""
+        return self._local_models is not None and await self.scaled_to_zero(Engine.esrgan,
+                                                                             fresh=True)
 
     def _refresh_models(self) -> None:
         async def refresh() -> None:
@@ -77,59 +149,61 @@ class EngineGateway:
     async def model_info(self, name: str | None) -> ModelInfo:
         """The ESRGAN model ``name`` (None: the default). A name the list does not hold (new,
         unknown, unloadable, or no model installed) is asked of a replica, which raises
-        UnknownModel, UnsupportedModel or ServiceUnavailable."""
-        if (listed := (await self.list_models()).find(name)) is not None:
+        UnknownModel, UnsupportedModel or ServiceUnavailable; with no replica running, the
+        list is this node's, and a name it lacks is unknown."""
+        models = await self.list_models()
+        if (listed := models.find(name)) is not None:
             return listed
+        if await self._esrgan_at_zero():
+            assert self._local_models is not None
+            return await asyncio.to_thread(self._local_models.model_info, name)
         info = await self.esrgan.model_info.remote(name)
         self._refresh_models()  # it exists after all: the list is behind
         return info
 
     # --- status --------------------------------------------------------------------------
-    async def running_replicas(self, deployment: str) -> int | None:
+    async def running_replicas(self, deployment: str, fresh: bool = False) -> int | None:
         """Running replicas of one of this application's deployments, as Serve's controller
         counts them; None when it cannot say. Like status: once known, the last count is
         answered and refreshed in the background when a few seconds old, so no upload waits
-        on the controller."""
-        if self._replicas is None:
-            self._replicas = _Cached(await self._ask_replicas(), time.monotonic())
-        elif (time.monotonic() - self._replicas.at > REPLICAS_FRESH_S
-              and self._replicas.refreshing is None):
-            self._replicas.refreshing = asyncio.get_running_loop().create_task(
-                self._refresh_replicas())
-        counts = self._replicas.value
+        on the controller (``fresh``: unless it is about to ask that deployment)."""
+        counts = await self.cluster.replicas.get(fresh)
         return None if counts is None else counts.get(deployment, 0)
 
-    @staticmethod
-    async def _ask_replicas() -> dict[str, int] | None:
-        try:
-            return await asyncio.to_thread(serve_replica_counts)
-        except Exception:  # noqa: BLE001 - outside Serve, or the controller is busy
-            return None
-
-    async def _refresh_replicas(self) -> None:
-        self._replicas = _Cached(await self._ask_replicas(), time.monotonic())
-
-    async def scaled_to_zero(self, engine: Engine) -> bool:
-        """No replica runs this engine now (autoscaled to zero): the next job starts one."""
+    async def scaled_to_zero(self, engine: Engine, fresh: bool = False) -> bool:
+        """No replica runs this engine now (autoscaled to zero): the next job starts one.
+        ``fresh`` before asking it: a question would start a replica (and its GPU node)."""
         deployment = self._scales_to_zero.get(engine)
-        return deployment is not None and await self.running_replicas(deployment) == 0
+        return deployment is not None and await self.running_replicas(deployment, fresh) == 0
+
+    async def engine_wait(self, engine: Engine) -> EngineWait | None:
+        """What a job of ``engine`` waits for before its work can start (None: a replica runs
+        it): a GPU node (no live node can run a replica: the autoscaler launches one) or the
+        engine's start on a node that is up."""
+        if not await self.scaled_to_zero(engine):
+            return None
+        placement = self._placements.get(engine, Placement(frozenset(), 0.0))
+        return engine_wait(placement, await self.cluster.nodes.get(), self._gpu_node_start_s)
 
     async def status(self, engine: Engine) -> EngineStatus:
         """An engine's status: the last answer when recent, else asked again (in the
         background when there is an answer to give meanwhile). An engine scaled to zero is
         not asked: a question would start a replica (and hold a GPU) for nothing."""
-        if await self.scaled_to_zero(engine):
+        cached = self._status.get(engine)
+        asking = cached is None or time.monotonic() - cached.at > STATUS_FRESH_S
+        if await self.scaled_to_zero(engine, fresh=asking):
             # Installed as a replica last said (files rarely go); a replica started for a job
             # without them fails it with the command to run.
             last = self._status.get(engine)
             installed = last is None or last.value.installed is not False
+            wait = await self.engine_wait(engine)
+            then = f" ({wait.reason}, about {wait.seconds:.0f} s)" if wait else ""
             return EngineStatus(installed=installed, replicas=0, state="scaled_to_zero",
                                 message=f"no {engine.value} replica is running (scaled to "
-                                "zero when idle); the next job starts one")
-        cached = self._status.get(engine)
+                                f"zero when idle); the next job starts one{then}")
         if cached is None:
             return await self._ask_status(engine)
-        if time.monotonic() - cached.at > STATUS_FRESH_S and cached.refreshing is None:
+        if asking and cached.refreshing is None:
             cached.refreshing = asyncio.get_running_loop().create_task(
                 self._ask_status(engine))
         return cached.value

@@ -17,6 +17,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.common import open_job_store
+from deployments.esrgan import ModelQuestions
 from serve_app.api import create_app
 from serve_app.deps import Services
 from serve_app.engine_specs import ENGINES, QUOTAS, initial_rates
@@ -44,12 +45,16 @@ def runner_timings(settings: Settings) -> RunnerTimings:
                          max_attempts=settings.job_max_attempts)
 
 
-def engine_gateway(handles: Mapping[str, Any]) -> EngineGateway:
+def engine_gateway(settings: Settings, handles: Mapping[str, Any]) -> EngineGateway:
     """The engines as ENGINES describes them, over handles to the graph's deployments."""
+    placements = {spec.engine: placement for spec in ENGINES
+                  if (placement := spec.placement(settings)) is not None}
     return EngineGateway(
         handles["ESRGAN"], {spec.engine: handles[spec.runs_jobs] for spec in ENGINES},
         {spec.engine: handles[spec.status] for spec in ENGINES},
-        {spec.engine: spec.scales_to_zero for spec in ENGINES if spec.scales_to_zero})
+        {spec.engine: spec.scales_to_zero for spec in ENGINES if spec.engine in placements
+         and spec.scales_to_zero}, placements=placements,
+        gpu_node_start_s=settings.gpu_node_start_s, local_models=ModelQuestions(settings))
 
 
 def build_services(settings: Settings, handles: Mapping[str, Any]) -> Services:
@@ -57,7 +62,7 @@ def build_services(settings: Settings, handles: Mapping[str, Any]) -> Services:
     stand-ins with the same ``.method.remote()`` calls)."""
     store = open_job_store(settings)
     store.storage.check_usable()
-    engines = engine_gateway(handles)
+    engines = engine_gateway(settings, handles)
     estimator = Estimator(initial_rates())
     quotas = QuotaClient(handles[QUOTAS.name])
 

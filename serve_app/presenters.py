@@ -56,7 +56,8 @@ def upscale_response(job: JobRecord, estimated_time: float | None) -> JSONRespon
 
 
 def job_status(job: JobRecord, queue_position: int | None = None,
-               estimated_time: float | None = None) -> JobStatusResponse:
+               estimated_time: float | None = None,
+               status_detail: str | None = None) -> JobStatusResponse:
     return JobStatusResponse(
         task_id=job.job_id, job_id=job.job_id, status=job.state.value,
         progress=int(job.progress), output_url=output_url(job), error=job.error,
@@ -68,4 +69,5 @@ def job_status(job: JobRecord, queue_position: int | None = None,
         webhooks=job.webhooks, work=job.work,
         tiles_done=job.tiles_done, tiles_total=job.tiles_total,
         queue_position=queue_position if job.state == JobState.queued else None,
-        estimated_time=None if job.state.is_terminal else estimated_time)
+        estimated_time=None if job.state.is_terminal else estimated_time,
+        status_detail=None if job.state.is_terminal else status_detail)

@@ -308,7 +308,12 @@ class JobStatusResponse(BaseModel):
         "replica answering drives it).")
     estimated_time: float | None = Field(
         None, description="While open: seconds left, estimated from the engine's measured "
-        "rate, the jobs ahead and the progress so far.")
+        "rate, the jobs ahead and the progress so far (and, while its engine has no replica, "
+        "the wait for one: gpu_node_start_s and the engine's cold start).")
+    status_detail: str | None = Field(
+        None, description="While open and its engine has no replica running (scaled to zero, "
+        "or its node lost): `waiting for a GPU node` (none can run it; the autoscaler "
+        "launches one) or `waiting for its engine to start`.")
 
 
 class PlanResponse(BaseModel):

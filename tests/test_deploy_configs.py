@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -196,9 +197,23 @@ def test_kuberay_service_embeds_a_valid_serve_config():
     raw = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     embedded = ServeDeploySchema.model_validate(raw)
     assert embedded.applications[0].import_path == "serve_app.app:build_app"
-    worker = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
-    limits = worker["template"]["spec"]["containers"][0]["resources"]["limits"]
-    assert limits["nvidia.com/gpu"] == "1"
+    groups = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    for worker in groups:
+        limits = worker["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert limits["nvidia.com/gpu"] == "1"
+    # A worker group for each GPU engine's node type, declaring its resource, from zero.
+    declared = {name for group in groups for name in json.loads(json.loads(
+        group["rayStartParams"]["resources"])) if group["minReplicas"] == 0}
+    assert engine_node_types(embedded.applications[0].args) <= declared
+
+
+def engine_node_types(args: dict) -> set[str]:
+    from upscaler.settings import load_settings
+
+    settings = load_settings(args)
+    types = {settings.esrgan_node_type, settings.flux_node_type}
+    assert None not in types and len(types) == 2  # ESRGAN and FLUX on their own cards
+    return types  # type: ignore[return-value]
 
 
 def test_cluster_config_validates_against_rays_schema():
@@ -209,10 +224,14 @@ def test_cluster_config_validates_against_rays_schema():
     types = config["available_node_types"]
     assert types[config["head_node_type"]]["resources"].get("GPU", 0) == 0
     assert any(t["resources"].get("GPU", 0) >= 1 for t in types.values())
+    # Each GPU engine's node type is a type here, launched from zero, with a GPU.
+    [app] = load("serve_config.yaml")["applications"]
+    for name in engine_node_types(app["args"]):
+        [node_type] = [t for t in types.values() if t["resources"].get(name) == 1]
+        assert node_type["min_workers"] == 0 and node_type["resources"]["GPU"] >= 1
     # Storage every node reaches comes from serve_config.yaml's args, which win over the
     # environment: a variable here would be silently shadowed.
     assert not any("UPSCALER_STORAGE_URL" in o for o in config["docker"]["run_options"])
-    [app] = load("serve_config.yaml")["applications"]
     assert app["args"]["storage_url"].split("://")[0] in ("s3", "gs")
 
 

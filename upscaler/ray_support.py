@@ -150,6 +150,14 @@ def serve_replica_counts() -> dict[str, int]:
             for name, d in overview.deployments.items()}
 
 
+def node_resources() -> list[dict[str, float]]:
+    """Each live node's total resources (blocking: a question to the GCS; call it in a
+    thread). Nodes the autoscaler is still launching are not among them."""
+    import ray
+
+    return [dict(node["Resources"]) for node in ray.nodes() if node["Alive"]]
+
+
 LATENCY_BUCKETS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600]
 TILE_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120]
 _lock = threading.Lock()

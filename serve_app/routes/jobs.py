@@ -64,7 +64,7 @@ def _expired(job_id: str) -> Gone:
             summary="Job status and progress")
 async def status(settings: SettingsDep, runner: RunnerDep, store: StoreDep, outlook: OutlookDep,
                  who: CallerDep, job_id: JobId) -> JobStatusResponse:
-    return live_status(outlook, await kept_job(settings, runner, store, who, job_id))
+    return await live_status(outlook, await kept_job(settings, runner, store, who, job_id))
 
 
 @router.delete("/jobs/{job_id}", response_model=JobStatusResponse,

@@ -170,7 +170,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from serve_app.deploy_options import CPU_NODE_RESOURCE, gpus_available, ingress_shutdown_s
+    from serve_app.deploy_options import (
+        CPU_NODE_RESOURCE,
+        gpus_available,
+        ingress_shutdown_s,
+        node_type_resources,
+    )
     from upscaler import ray_support
 
     stop = threading.Event()
@@ -185,6 +190,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          "resources": {CPU_NODE_RESOURCE: 1},
                          "dashboard_host": args.dashboard_host or settings.dashboard_host,
                          "logging_level": "WARNING"}
+    if own_types := node_type_resources(early):  # a cluster's config, run on one machine
+        init_kwargs["resources"] = {**init_kwargs["resources"], **own_types}
     if args.metrics_port or settings.metrics_port:
         init_kwargs["_metrics_export_port"] = args.metrics_port or settings.metrics_port
     if args.ray_address:

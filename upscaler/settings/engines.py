@@ -15,6 +15,15 @@ class EngineFields(BaseModel):
         default=None, ge=0,
         description="GPUs reserved per ESRGAN replica; None = 0.25 when Ray has GPUs, else 0.")
     esrgan_num_cpus: float = Field(default=1, ge=0)
+    esrgan_cold_start_s: float = Field(
+        default=30, ge=0,
+        description="Seconds an ESRGAN replica takes to start and load its default model: "
+        "added to a job's estimate when none is running (min_replicas 0).")
+    esrgan_node_type: str | None = Field(
+        default=None, min_length=1,
+        description="A custom resource the cluster's ESRGAN node type declares (cluster.yaml: "
+        "gpu_24gb): each replica asks for a sliver of it, so it runs only there and Ray's "
+        "autoscaler launches that type for it. None: any node with room (one machine).")
     esrgan_min_replicas: int = Field(default=1, ge=0)
     esrgan_max_replicas: int = Field(default=2, ge=1)
     esrgan_max_ongoing_requests: int = Field(
@@ -46,6 +55,9 @@ class EngineFields(BaseModel):
         description="GPUs per FLUX replica; None = 0.75 when a GPU is visible (so ESRGAN's "
         "0.25 fits beside it on one card), else 0.")
     flux_num_cpus: float = Field(default=0.25, ge=0)
+    flux_node_type: str | None = Field(
+        default=None, min_length=1,
+        description="Likewise for FLUX replicas (cluster.yaml: gpu_80gb, the big cards).")
     flux_min_replicas: int = Field(default=1, ge=0)
     flux_max_replicas: int = Field(default=1, ge=1)
     flux_idle_s: float = Field(
@@ -56,6 +68,11 @@ class EngineFields(BaseModel):
         default=120, ge=0,
         description="Seconds a FLUX replica takes to start and load its weights: added to "
         "a job's estimate when none is running (scaled to zero).")
+    gpu_node_start_s: float = Field(
+        default=240, ge=0,
+        description="Seconds a cloud GPU node takes to boot and join the cluster: added to "
+        "the estimate of a job whose engine has no replica and no GPU node to start one on "
+        "(its status says `waiting for a GPU node`).")
     flux_memory_mode: Literal["resident", "offload"] = Field(
         default="resident",
         description="resident: everything on the GPU (24 GB+); offload: model CPU offload "
