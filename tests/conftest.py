@@ -48,12 +48,20 @@ if ONE_THREAD:
 os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
 
 
+# Minutes each of the longest slow groups takes here (their clusters' start-ups and failures).
+LONGEST_GROUPS = {"test_autoscale": 4.5, "test_restart": 3.5, "test_cluster": 3.5,
+                  "test_rolling_deploy": 2.5, "test_control_plane": 2, "test_object_store": 2,
+                  "test_serve_run": 1.5, "test_flux": 1, "test_errors": 1, "test_engine": 1,
+                  "test_memory": 1, "test_cluster_tls": 1}
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(config, items) -> None:
     """`make test` runs the tests that start Ray (marked slow) on two xdist workers: those of
     the one session service as one group (it starts once, on one worker), every other
     module's as a group of its own (module fixtures start once), so two clusters at most run
-    at once. The session service's group goes first, as the longest; run without xdist, it
+    at once. The session service's group goes first, as the longest, then the others longest
+    first; run without xdist, it
     goes last, so its idle cluster (a quarter of a core here) slows no test that starts its
     own."""
     def uses_service(item: pytest.Item) -> bool:
@@ -64,7 +72,9 @@ def pytest_collection_modifyitems(config, items) -> None:
             group = "service" if uses_service(item) else item.path.stem
             item.add_marker(pytest.mark.xdist_group(group))
     with_service = [i for i in items if uses_service(i)]
-    others = [i for i in items if not uses_service(i)]
+    # The longest groups next (a stable sort), so no worker is left with one at the end.
+    others = sorted((i for i in items if not uses_service(i)),
+                    key=lambda i: -LONGEST_GROUPS.get(i.path.stem, 0))
     items[:] = (with_service + others if os.environ.get("PYTEST_XDIST_WORKER")
                 else others + with_service)
 
