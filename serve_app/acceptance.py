@@ -3,6 +3,8 @@ webhook, the quotas, then the runner; the answer with its estimate."""
 
 # No `from __future__ import annotations`: FastAPI reads Acceptance's parameters as
 # dependencies, and a class's string annotations cannot be resolved.
+import asyncio
+
 from fastapi.responses import JSONResponse
 
 from serve_app.access import admit, retention_s
@@ -18,9 +20,11 @@ from serve_app.deps import (
     StoreDep,
     WebhooksDep,
 )
-from serve_app.idempotency import Claim, claim
+from serve_app.idempotency import Claim, claim, replayed
 from serve_app.presenters import upscale_response
 from serve_app.webhook_submit import subscription
+from upscaler.domain.conditional import WriteConflict
+from upscaler.domain.job_store import JobStore
 from upscaler.domain.jobs import JobRecord
 from upscaler.domain.keys import Caller, quota_bucket
 
@@ -57,6 +61,12 @@ class Acceptance:
             held = await self.engines.engine_wait(job.engine)
             try:
                 job = await self.runner.submit(job, request.take_data(), wait)
+            except WriteConflict:
+                if first is None or not first.taken_over:
+                    raise
+                # The first request was only slow and stored this job id first: its answer,
+                # and its quota reservation (the same job id) is left to it.
+                return await self._answer_stored_first(job)
             except BaseException:
                 await self.quotas.release(quota_bucket(who.key_id), job.job_id,
                                           job.engine.value)
@@ -69,4 +79,11 @@ class Acceptance:
         response = upscale_response(job, estimate + (held.seconds if held else 0.0))
         if first is not None:
             await first.accepted(job, response.status_code)
+        return response
+
+    async def _answer_stored_first(self, job: JobRecord) -> JSONResponse:
+        response = await replayed(self.outlook, job.job_id, None)
+        if (await self.runner.get(job.job_id)).state.is_terminal:
+            # Its upload went with its end: the copy this request wrote must not stay.
+            await asyncio.to_thread(self.store.storage.delete, JobStore.input_key(job.job_id))
         return response

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from serve_app.deps import Intake
 from serve_app.outlook import Outlook
 from serve_app.presenters import upscale_response
-from upscaler.domain.idempotency import IdempotencyKeys, check_key, fingerprint
+from upscaler.domain.idempotency import Granted, IdempotencyKeys, check_key, fingerprint
 from upscaler.domain.job_store import JobStore
 from upscaler.domain.jobs import JobRecord
 from upscaler.domain.keys import Caller
@@ -38,6 +38,7 @@ class Claim:
     key: str
     fingerprint: str
     ttl_s: float
+    taken_over: bool = False  # from a first request lost before it stored its job
 
     async def accepted(self, job: JobRecord, status_code: int) -> None:
         expires = job.expires_at or (job.created_at + self.ttl_s)
@@ -66,16 +67,23 @@ async def claim(keys: IdempotencyKeys, store: JobStore, outlook: Outlook, who: C
     print_ = fingerprint(route, fields, request.data or b"")
     found = await asyncio.to_thread(keys.claim, owner, key, print_, job.job_id, ttl_s,
                                     wait_s)
-    if found is None:
-        return Claim(keys, store, owner, key, print_, ttl_s)
+    if isinstance(found, Granted):
+        job.job_id = found.job_id  # a lost first request's id, when taken over
+        return Claim(keys, store, owner, key, print_, ttl_s, found.taken_over)
+    return await replayed(outlook, found.job_id, found.status_code)
+
+
+async def replayed(outlook: Outlook, job_id: str, status_code: int | None) -> JSONResponse:
+    """The answer to a repeat: the first request's job as it stands (``status_code``: what
+    the first request answered, when it did)."""
     try:
-        first = await outlook.runner.get(found.job_id)
+        first = await outlook.runner.get(job_id)
     except NotFound:
-        raise Gone(f"the job this Idempotency-Key made ({found.job_id}) is no longer kept",
+        raise Gone(f"the job this Idempotency-Key made ({job_id}) is no longer kept",
                    code="job_expired") from None
     response = upscale_response(first, outlook.estimate(first, outlook.open_count(first.engine)))
     with contextlib.suppress(TypeError):
-        if found.status_code in (200, 202) and response.status_code in (200, 202):
-            response.status_code = found.status_code  # as the first request was answered
+        if status_code in (200, 202) and response.status_code in (200, 202):
+            response.status_code = status_code  # as the first request was answered
     response.headers[REPLAYED_HEADER] = "true"
     return response

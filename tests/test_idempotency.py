@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from helpers.images import photo, png_bytes
 from helpers.local_graph import local_client
 from helpers.model_factory import DAT
 
+from upscaler.domain.idempotency import Granted, IdempotencyKeys
 from upscaler.domain.keys import KeyStore
 
 GOOD = png_bytes(photo("rocket", (24, 24)))
@@ -143,3 +145,51 @@ def test_a_first_request_lost_after_storing_its_job_is_answered_with_it(keyed):
     assert again.json()["jobId"] == first.json()["jobId"]
     assert again.headers["idempotent-replayed"] == "true"
     assert len(records(keyed) - before) == 1
+
+
+def lose_first_request(client, key: str, job_id: str) -> None:
+    """The key's record as a first request leaves it when killed before storing its job:
+    "accepting" job ``job_id``, its answer overdue."""
+    folder = Path(client.data_dir) / "storage" / "idempotency"
+    first = post(client, "alice", key, wait="0")  # the record (and fingerprint) of this request
+    [path] = [p for p in folder.glob("*.json")
+              if json.loads(p.read_text())["job_id"] == first.json()["jobId"]]
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "state": "accepting", "status_code": None,
+                                "job_id": job_id, "answer_by": time.time() - 1}))
+
+
+def test_a_first_request_lost_before_storing_its_job_has_it_made_by_the_repeat(keyed):
+    """Killed between claiming its key and storing its job: the repeat makes that job, under
+    the id the first claimed (not 409 until the claim times out); a further repeat gets it."""
+    lost_id = uuid.uuid4().hex
+    lose_first_request(keyed, "lost-before-1", lost_id)
+    before = records(keyed)
+    again = post(keyed, "alice", "lost-before-1", wait="0")
+    assert again.status_code in (200, 202), again.text
+    assert again.json()["jobId"] == lost_id and "idempotent-replayed" not in again.headers
+    assert records(keyed) - before == {f"{lost_id}.json"}
+    third = post(keyed, "alice", "lost-before-1", wait="0")
+    assert third.json()["jobId"] == lost_id and third.headers["idempotent-replayed"] == "true"
+
+
+def test_a_repeat_that_finds_the_slow_first_request_stored_first_answers_its_job(
+        keyed, monkeypatch):
+    """The first request was only slow: it stores the job between the repeat's look and the
+    repeat's own store. The job store's create-if-absent refuses the second record; the
+    repeat answers the first's job, and leaves no upload of its own behind."""
+    first = post(keyed, "alice", "slow-first-1")
+    assert first.status_code == 200, first.text
+    stored_id = first.json()["jobId"]
+
+    def taken_over(self, *args, **kwargs):
+        return Granted(stored_id, taken_over=True)  # as if it looked before the store
+
+    monkeypatch.setattr(IdempotencyKeys, "claim", taken_over)
+    before = records(keyed)
+    again = post(keyed, "alice", "slow-first-1")
+    assert again.status_code == 200 and again.json()["jobId"] == stored_id, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert records(keyed) == before
+    inputs = Path(keyed.data_dir) / "storage" / "inputs"
+    assert not [p for p in inputs.iterdir() if p.name.startswith(stored_id)]

@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
@@ -33,6 +34,16 @@ class IdempotencyRecord(BaseModel):
     # When the first request answers at the latest once its job is stored (its synchronous
     # wait); a key still "accepting" after it, with its job stored, lost its request.
     answer_by: float | None = None
+
+
+@dataclass(frozen=True)
+class Granted:
+    """The key is this request's, for ``job_id``: a new job's, or (``taken_over``) the id a
+    first request claimed and was lost before storing. Every repeat uses that id, so the job
+    store's create-if-absent lets one job exist, whichever request stores it."""
+
+    job_id: str
+    taken_over: bool = False
 
 
 def check_key(value: str) -> str:
@@ -67,14 +78,14 @@ class IdempotencyKeys:
         return f"{PREFIX}/{digest}.json"
 
     def claim(self, owner: str, key: str, request_fingerprint: str, job_id: str,
-              ttl_s: float, wait_s: float = 0.0) -> IdempotencyRecord | None:
-        """Take the key for a new job (None), or return what the first request recorded.
-        Raises 422 when the key came with another request, 409 while that one is accepted.
-        ``wait_s``: how long this request waits for its job before it answers.
+              ttl_s: float, wait_s: float = 0.0) -> Granted | IdempotencyRecord:
+        """Take the key (Granted), or return what the first request recorded. Raises 422
+        when the key came with another request, 409 while that one is accepted. ``wait_s``:
+        how long this request waits for its job before it answers.
 
-        A first request lost after its job was stored (its server process killed before it
-        answered) is answered with that job once its wait is over: the repeat gets the job
-        the first one made, never a second one."""
+        A first request lost once its answer is overdue (its server process killed) is
+        answered with the job it stored; lost before storing one, the repeat makes that job,
+        under the id the first claimed: never a second job."""
         now = time.time()
         new = IdempotencyRecord(fingerprint=request_fingerprint, job_id=job_id,
                                 created_at=now, expires_at=now + ttl_s,
@@ -82,7 +93,7 @@ class IdempotencyKeys:
         path = self.storage_key(owner, key)
         for _ in range(2):
             if self.storage.create_if_absent(path, new.model_dump_json().encode()):
-                return None
+                return Granted(job_id)
             found = self._read(path)
             if found is None or found.expires_at <= now or (
                     found.state == "accepting"
@@ -94,9 +105,14 @@ class IdempotencyKeys:
                     "this Idempotency-Key was used with another request; use a new key for a "
                     "new request", code="idempotency_key_reused")
             if found.state == "accepting":
-                if found.answer_by is not None and now > found.answer_by and \
-                        self.storage.exists(JobStore.record_key(found.job_id)):
-                    return found  # its job is stored and it should have answered: lost
+                if found.answer_by is not None and now > found.answer_by:
+                    if self.storage.exists(JobStore.record_key(found.job_id)):
+                        return found  # its job is stored and it should have answered: lost
+                    # Lost before storing its job (or only slow: then one of the two gets a
+                    # conflict when it stores the job, and answers the other's).
+                    taken = new.model_copy(update={"job_id": found.job_id})
+                    self.storage.write_bytes(path, taken.model_dump_json().encode())
+                    return Granted(found.job_id, taken_over=True)
                 wait = (found.answer_by or now) - now
                 raise Conflict("the first request with this Idempotency-Key is still being "
                                "accepted; retry shortly", code="idempotency_key_in_use",
