@@ -33,6 +33,11 @@ FLUX_JOB = {"upscale_factor": "2", "tile_size": "32", "tile_padding": "16", "mas
             "steps": "16", "denoise": "1.0", "upscale_model": "tiny-rrdb"}
 
 
+# The GPU node types the shipped config holds each engine to: the test's GPU nodes are both.
+NODE_TYPES = {load("serve_config.yaml")["applications"][0]["args"][f"{e}_node_type"]: 1
+              for e in ("esrgan", "flux")}
+
+
 def cluster_config(path, storage: dict, models_dir, data_dir) -> None:
     """serve_config.yaml as one machine runs it: one proxy (several cannot share a port),
     this machine's folders and moto's bucket, keys off on loopback, webhooks to a loopback
@@ -83,7 +88,7 @@ def deployed(tmp_path_factory, full_models_root) -> Iterator[Deployed]:
         env = {**FLUX_ENV, "UPSCALER_WEBHOOK_SECRET": WEBHOOK_SECRET, "PYTHONPATH": str(REPO)}
         cluster = LocalCluster(env).start()
         try:
-            cluster.add_gpu_node()
+            cluster.add_gpu_node(resources=NODE_TYPES)
             config = tmp / "serve_config.yaml"
             cluster_config(config, storage, full_models_root, tmp / "data")
             port = free_port()
@@ -149,7 +154,7 @@ def test_a_gpu_node_lost_mid_job(deployed):
         cluster.kill_node(deployed.gpu_node)
         tiles_then = len(deployed.stored(f"jobs/{flux['jobId']}/tiles"))
         until(lambda: health(client) == "degraded", 60, "health never said degraded")
-        deployed.gpu_node = cluster.add_gpu_node()
+        deployed.gpu_node = cluster.add_gpu_node(resources=NODE_TYPES)
         ended = {job["jobId"]: wait_for_job(client, job["jobId"], timeout=300)
                  for job in (esrgan, flux)}
         recovered_s = time.monotonic() - lost_at

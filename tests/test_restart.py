@@ -64,13 +64,14 @@ def test_restart_keeps_finished_jobs_reruns_interrupted_ones_and_resumes_flux(
             flux = post(client, "flux", png_bytes(photo("chelsea", (128, 128))), **FLUX_JOB)
             tiles_dir = data_dir / "storage" / "jobs" / flux["jobId"] / "tiles"
             wait_until(lambda: len(list(tiles_dir.glob("*.npy"))) >= 2)
-            # DAT-light in four windows: seconds, so it is still running at the stop.
-            esrgan = post(client, "esrgan", png_bytes(photo("coffee", (128, 96))),
+            # DAT-light in six windows: seconds, so it is still running at the stop (which
+            # follows at once: the queued jobs are posted first, on a busy machine too).
+            esrgan = post(client, "esrgan", png_bytes(photo("coffee", (192, 128))),
                           tile_size="64", wait="0")
-            wait_until(lambda: client.get(f"/api/status/{esrgan['jobId']}").json()["status"]
-                       == "processing")
             queued = [post(client, "esrgan", png_bytes(photo("rocket", (32, 24))),
                            model="tiny-rrdb", wait="0")["jobId"] for _ in range(3)]
+            wait_until(lambda: client.get(f"/api/status/{esrgan['jobId']}").json()["status"]
+                       == "processing")
     assert svc.process.returncode == 0, "SIGTERM must stop `upscaler serve` cleanly"
     assert "upscaler: stopped" in svc.log()
     k = len(list(tiles_dir.glob("*.npy")))

@@ -25,6 +25,8 @@ from helpers.images import photo, png_bytes
 from helpers.processes import REPO, free_port, wait_http_ok
 from helpers.service import create_key
 
+from serve_app.deploy_options import CPU_NODE_RESOURCE
+
 BIN = Path(sys.executable).parent
 
 
@@ -62,6 +64,9 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
         keys_file=str(tmp_path / "data" / "keys.json"))
     api_key = create_key(tmp_path / "data", "rollout")  # the config has keys on
     deps = {d["name"]: d for d in config["applications"][0]["deployments"]}
+    # One node that is the head (the CPU side's resource) and both GPU node types.
+    args = config["applications"][0]["args"]
+    declared = {CPU_NODE_RESOURCE: 1, args["esrgan_node_type"]: 2, args["flux_node_type"]: 2}
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
 
@@ -75,7 +80,8 @@ def test_serve_deploy_rolls_out_without_dropping_jobs(tmp_path, models_root):
             [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
              f"--temp-dir={ray_tmp}",
              f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-             "--num-cpus=12", "--num-gpus=2", "--disable-usage-stats"],
+             "--num-cpus=12", "--num-gpus=2", f"--resources={json.dumps(declared)}",
+             "--disable-usage-stats"],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # The dashboard's REST API is what `serve deploy` talks to.

@@ -115,10 +115,12 @@ class LocalCluster:
                                  f"--temp-dir={self.root / 'ray'}"], head_env, block=False)
         return self
 
-    def add_gpu_node(self, cpus: int = 4) -> Node:
-        """A worker node with one (logical) GPU, joined and alive in Ray's node table."""
+    def add_gpu_node(self, cpus: int = 4, resources: dict[str, float] | None = None) -> Node:
+        """A worker node with one (logical) GPU and ``resources`` (its node type's), joined
+        and alive in Ray's node table."""
+        declared = [f"--resources={json.dumps(resources)}"] if resources else []
         node = self._ray_start("gpu", [f"--address={self.address}", f"--num-cpus={cpus}",
-                                       "--num-gpus=1"], self.env, block=True)
+                                       "--num-gpus=1", *declared], self.env, block=True)
         node.node_id = self._wait_new_node({n.node_id for n in self.nodes if n.node_id})
         return node
 
