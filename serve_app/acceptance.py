@@ -20,7 +20,7 @@ from serve_app.deps import (
     StoreDep,
     WebhooksDep,
 )
-from serve_app.idempotency import Claim, claim, replayed
+from serve_app.idempotency import Claim, claim, replay_of
 from serve_app.presenters import upscale_response
 from serve_app.webhook_submit import subscription
 from upscaler.domain.conditional import WriteConflict
@@ -82,8 +82,8 @@ class Acceptance:
         return response
 
     async def _answer_stored_first(self, job: JobRecord) -> JSONResponse:
-        response = await replayed(self.outlook, job.job_id, None)
-        if (await self.runner.get(job.job_id)).state.is_terminal:
+        first = await self.runner.get(job.job_id)
+        if first.state.is_terminal:
             # Its upload went with its end: the copy this request wrote must not stay.
             await asyncio.to_thread(self.store.storage.delete, JobStore.input_key(job.job_id))
-        return response
+        return replay_of(self.outlook, first, None)

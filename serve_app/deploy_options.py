@@ -15,14 +15,16 @@ from upscaler.settings import Settings
 # both of Ray's autoscalers plan with resources (v1, KubeRay's default, ignores labels and
 # would launch GPU nodes for CPU work), and an unknown resource is infeasible, never a node.
 CPU_NODE_RESOURCE = "upscaler_cpu_node"
-CPU_NODE_SHARE = 0.001  # of the 1 a node declares: room for a thousand replicas
+# What a replica asks of a placement resource (CPU node, GPU node type) a node declares 1 of:
+# the resource only says where it may run (room for a thousand); its CPUs and GPUs, how many fit.
+PLACEMENT_SHARE = 0.001
 
 
 def on_cpu_nodes(options: dict[str, Any]) -> dict[str, Any]:
     """``options`` with their replicas held to nodes that declare CPU_NODE_RESOURCE."""
     actor = options.get("ray_actor_options", {})
     return {**options, "ray_actor_options": {
-        **actor, "resources": {**actor.get("resources", {}), CPU_NODE_RESOURCE: CPU_NODE_SHARE}}}
+        **actor, "resources": {**actor.get("resources", {}), CPU_NODE_RESOURCE: PLACEMENT_SHARE}}}
 
 
 # Loading models can take minutes on a cold disk: patient health checks and shutdowns.
@@ -65,16 +67,11 @@ def flux_gpus(settings: Settings) -> float:
     return 0.75 if settings.flux_node_type or gpus_available(settings) else 0
 
 
-# A replica asks for this much of its node type's custom resource (a node declares 1): the
-# resource only says where it may run, the GPU share says how many fit.
-NODE_TYPE_SHARE = 0.001
-
-
 def on_node_type(node_type: str | None) -> dict[str, Any]:
     """``ray_actor_options`` entries that keep an engine on one GPU node type (and make Ray's
     autoscaler launch that type for it); nothing when none is named, so one machine without
     the resource still runs it."""
-    return {"resources": {node_type: NODE_TYPE_SHARE}} if node_type else {}
+    return {"resources": {node_type: PLACEMENT_SHARE}} if node_type else {}
 
 
 def node_type_resources(settings: Settings) -> dict[str, float]:

@@ -81,6 +81,10 @@ async def replayed(outlook: Outlook, job_id: str, status_code: int | None) -> JS
     except NotFound:
         raise Gone(f"the job this Idempotency-Key made ({job_id}) is no longer kept",
                    code="job_expired") from None
+    return replay_of(outlook, first, status_code)
+
+
+def replay_of(outlook: Outlook, first: JobRecord, status_code: int | None) -> JSONResponse:
     response = upscale_response(first, outlook.estimate(first, outlook.open_count(first.engine)))
     with contextlib.suppress(TypeError):
         if status_code in (200, 202) and response.status_code in (200, 202):
