@@ -35,6 +35,9 @@ PNG_IPTC_KEY = "Raw profile type iptc"
 PHOTOSHOP_IPTC = 0x0404  # the IPTC-NAA resource in a JPEG's APP13 Photoshop block
 
 
+METADATA_BLOCKS = ("exif", "xmp", "iptc")  # ImageMetadata's fields
+
+
 @dataclass(frozen=True)
 class ImageMetadata:
     exif: bytes | None = None

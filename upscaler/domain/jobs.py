@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from upscaler.compute.dimensions import OutputPlan
+from upscaler.compute.encode_options import EncodeOptions, TiffCompression
 from upscaler.domain.job_stats import JobStats
 from upscaler.domain.webhooks import JOB_END_EVENTS, WebhookEvent, WebhookState
 from upscaler.errors import UpscalerError
@@ -49,7 +50,7 @@ class JobState(str, Enum):
 TERMINAL_STATES = frozenset({JobState.completed, JobState.failed, JobState.cancelled})
 # A job's end is sent to its webhook as the event of the same name.
 END_EVENTS: dict[JobState, WebhookEvent] = {JobState(e): e for e in JOB_END_EVENTS}
-OutputFormat = Literal["png", "tiff"]
+OutputFormat = Literal["png", "tiff", "jpeg"]
 
 
 class Size(BaseModel):
@@ -69,6 +70,16 @@ class OutputOptions(BaseModel):
     target_width: int | None = None  # a pixel target (target_width/height), not inches
     target_height: int | None = None
     crop_to_target: bool = False
+    # --- formats (issue 23): how the file is written for print ---
+    jpeg_quality: int = 95
+    tiff_compression: TiffCompression | None = None  # None: the server's setting
+    metadata: Literal["keep", "strip"] = "keep"
+    keep_gps: bool = False
+    output_profile: Literal["input", "srgb"] = "input"
+
+    def encode_options(self) -> EncodeOptions:
+        return EncodeOptions(jpeg_quality=self.jpeg_quality, metadata=self.metadata,
+                             keep_gps=self.keep_gps, output_profile=self.output_profile)
 
 
 class EsrganParams(OutputOptions):
