@@ -88,6 +88,6 @@ def with_metadata(im: Image.Image, fmt: str, orientation: int = 6,
     from upscaler.compute.metadata import ImageMetadata
     from upscaler.compute.tiff_metadata import add_tiff_metadata
 
-    im.save(buf, "TIFF", icc_profile=icc) if icc else im.save(buf, "TIFF")
+    im.save(buf, "TIFF", **kwargs)  # (of the EXIF, Pillow writes the Orientation alone)
     add_tiff_metadata(buf, ImageMetadata(camera_exif(orientation)[6:], XMP, IPTC))
     return buf.getvalue()
