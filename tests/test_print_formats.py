@@ -153,3 +153,18 @@ def test_srgb_through_the_engine(app):
     assert r.status_code == 200, r.text
     out = Image.open(io.BytesIO(app.get(r.json()["outputUrl"]).content))
     assert out.info["icc_profile"] == srgb_icc()
+
+
+def test_cli_flags_become_the_api_fields(tmp_path):
+    from upscaler_client.cli import build_parser, upscale_options
+
+    args = build_parser().parse_args([
+        "upscale", "a.png", "--format", "jpg", "--jpeg-quality", "88", "--tiff-compression",
+        "lzw", "--metadata", "strip", "--keep-gps", "--output-profile", "srgb"])
+    options = upscale_options(args)
+    assert {k: options[k] for k in ("output_format", "jpeg_quality", "tiff_compression",
+                                    "metadata", "keep_gps", "output_profile")} == {
+        "output_format": "jpeg", "jpeg_quality": 88, "tiff_compression": "lzw",
+        "metadata": "strip", "keep_gps": True, "output_profile": "srgb"}
+    by_name = upscale_options(build_parser().parse_args(["upscale", "a.png", "-o", "x.JPG"]))
+    assert by_name["output_format"] == "jpeg" and by_name["keep_gps"] is None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from upscaler_client.cli_files import UsageError, collect_inputs, plan_outputs
+from upscaler_client.cli_print import FORMAT_CHOICES, add_print_flags, output_format, print_options
 from upscaler_client.client import AsyncClient, Client
 from upscaler_client.errors import (
     ApiError,
@@ -73,26 +74,15 @@ def _field(text: str) -> tuple[str, str]:
     return name.strip(), value
 
 
-# An output file's extension and the format it asks for.
-OUTPUT_SUFFIXES = {".png": "png", ".tif": "tiff", ".tiff": "tiff", ".jpg": "jpeg",
-                   ".jpeg": "jpeg"}
-
-
 def upscale_options(args: argparse.Namespace) -> dict[str, Any]:
-    fmt = {"jpg": "jpeg", "tif": "tiff"}.get(args.format, args.format)
-    if fmt is None and args.output is not None:
-        fmt = OUTPUT_SUFFIXES.get(args.output.suffix.lower())
+    fmt = output_format(args)
     options: dict[str, Any] = {
         "model": args.model, "upscale_factor": args.factor, "target_dpi": args.dpi,
         "print_size": args.print_size, "pixels": args.pixels, "output_format": fmt,
         "tile_size": args.tile_size, "denoise": args.denoise, "steps": args.steps,
         "prompt": args.prompt, "seed": args.seed,
         "crop_to_target": True if args.crop else None,
-        "use_fp16": False if args.no_fp16 else None,
-        # formats (issue 23)
-        "jpeg_quality": args.jpeg_quality, "tiff_compression": args.tiff_compression,
-        "metadata": args.metadata, "keep_gps": True if args.keep_gps else None,
-        "output_profile": args.output_profile}
+        "use_fp16": False if args.no_fp16 else None, **print_options(args)}
     options.update(dict(args.field or []))
     return options
 
@@ -339,19 +329,9 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--dpi", type=int, help="print DPI, written into the file (default 150)")
     up.add_argument("--crop", action="store_true",
                     help="crop (centred) to exactly the print size when the aspect differs")
-    up.add_argument("--format", choices=("png", "tiff", "tif", "jpeg", "jpg"),
+    up.add_argument("--format", choices=FORMAT_CHOICES,
                     help="output format (default: from -o's extension, else png)")
-    prints = up.add_argument_group("print files (formats, metadata, colour)")
-    prints.add_argument("--jpeg-quality", type=int, metavar="1-100",
-                        help="JPEG quality (default 95)")
-    prints.add_argument("--tiff-compression", choices=("none", "lzw", "deflate"),
-                        help="TIFF compression (default: the server's, deflate)")
-    prints.add_argument("--metadata", choices=("keep", "strip"),
-                        help="the input's EXIF/XMP/IPTC into the output (default keep)")
-    prints.add_argument("--keep-gps", action="store_true",
-                        help="keep the EXIF GPS location (dropped by default)")
-    prints.add_argument("--output-profile", choices=("input", "srgb"),
-                        help="input: keep the input's ICC profile (default); srgb: convert")
+    add_print_flags(up)
     up.add_argument("--tile-size", type=int, help="tile edge (esrgan: 0 = automatic)")
     up.add_argument("--no-fp16", action="store_true", help="esrgan: full precision on GPU")
     up.add_argument("--denoise", type=float, help="flux: img2img strength (0.2)")
