@@ -11,14 +11,20 @@ import pytest
 import tifffile
 from helpers.api import upload
 from helpers.images import photo
-from helpers.print_files import IPTC, XMP, wide_gamut_icc, with_metadata
+from helpers.print_files import IPTC, XMP, camera_exif, wide_gamut_icc, with_metadata
 from PIL import ExifTags, Image, IptcImagePlugin
 
 from deployments.flux import _image_from_npz, _image_to_npz
 from upscaler.compute.encode import encode_image
 from upscaler.compute.encode_options import EncodeOptions
 from upscaler.compute.images import DecodedImage, decode_image
-from upscaler.compute.metadata import MAX_BLOCK_BYTES, ImageMetadata, raw_profile_bytes
+from upscaler.compute.metadata import (
+    MAX_BLOCK_BYTES,
+    ImageMetadata,
+    output_exif,
+    output_xmp,
+    raw_profile_bytes,
+)
 
 MAX = 10**8
 GPS = ExifTags.IFD.GPSInfo
@@ -138,3 +144,27 @@ def test_oversized_block_is_dropped():
 
 def test_encode_options_default_keeps_metadata():
     assert EncodeOptions().metadata == "keep" and EncodeOptions().keep_gps is False
+
+
+def test_webp_input_metadata_is_read():
+    buf = io.BytesIO()
+    photo("coffee", (40, 30)).save(buf, "WEBP", exif=camera_exif(6), xmp=XMP)
+    image = decode_image(buf.getvalue(), MAX)
+    assert image.rgb.shape[:2] == (40, 30)  # upright
+    out = Image.open(io.BytesIO(encode_image(image, "jpeg", 300)))
+    assert out.getexif()[0x0112] == 1 and b"(c) Jane Roe" in _xmp_of(out)
+
+
+def test_xmp_element_form_and_srgb_colour_space():
+    xmp = (b'<rdf:Description><tiff:Orientation>8</tiff:Orientation>'
+           b'<exif:PixelXDimension>10</exif:PixelXDimension><exif:ColorSpace>65535'
+           b'</exif:ColorSpace><exif:GPSLatitude>1,2N</exif:GPSLatitude>'
+           b'<photoshop:ICCProfile>Adobe RGB (1998)</photoshop:ICCProfile></rdf:Description>')
+    out = output_xmp(xmp, 640, 480, 300, keep_gps=False, srgb=True)
+    assert b"<tiff:Orientation>1</tiff:Orientation>" in out
+    assert b"<exif:PixelXDimension>640</exif:PixelXDimension>" in out
+    assert b"<exif:ColorSpace>1</exif:ColorSpace>" in out
+    assert b"GPS" not in out and b"ICCProfile" not in out
+    exif = Image.Exif()
+    exif.load(b"Exif\x00\x00" + output_exif(camera_exif()[6:], 640, 480, 300, False, True))
+    assert exif.get_ifd(ExifTags.IFD.Exif)[0xA001] == 1

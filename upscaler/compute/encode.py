@@ -67,7 +67,8 @@ def encode_image(image: DecodedImage, fmt: str, dpi: int, png_compress_level: in
     if options.output_profile == "srgb":
         image = to_srgb(image)
     meta = None if options.metadata == "strip" else output_metadata(
-        image.metadata, image.width, image.height, dpi, options.keep_gps)
+        image.metadata, image.width, image.height, dpi, options.keep_gps,
+        srgb=options.output_profile == "srgb")
     if fmt == "jpeg":
         return encode_jpeg(image, dpi, options.jpeg_quality, meta)
     encoded = _encode_lossless(image, fmt, dpi, png_compress_level, tiff_compression,

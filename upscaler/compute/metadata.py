@@ -20,7 +20,7 @@ MAX_BLOCK_BYTES = 1 << 20
 
 EXIF_IFD, GPS_IFD, INTEROP_IFD = 0x8769, 0x8825, 0xA005
 ORIENTATION, X_RESOLUTION, Y_RESOLUTION, RESOLUTION_UNIT = 0x0112, 0x011A, 0x011B, 0x0128
-PIXEL_X_DIMENSION, PIXEL_Y_DIMENSION = 0xA002, 0xA003
+PIXEL_X_DIMENSION, PIXEL_Y_DIMENSION, COLOR_SPACE = 0xA002, 0xA003, 0xA001
 # IFD0 tags that describe a file's structure (a TIFF's strips, a thumbnail's offsets): never
 # carried, the output's writer states its own.
 _STRUCTURAL_TAGS = frozenset({
@@ -126,22 +126,24 @@ def raw_profile_text(name: str, data: bytes) -> str:
 # --- rewriting for the output ----------------------------------------------------------------
 
 def output_metadata(meta: ImageMetadata | None, width: int, height: int, dpi: int,
-                    keep_gps: bool) -> ImageMetadata | None:
+                    keep_gps: bool, srgb: bool = False) -> ImageMetadata | None:
     """What the output carries: EXIF upright (Orientation 1), without its thumbnail (IFD1) or
-    interoperability IFD, with the output's pixel size and DPI, and without GPS unless
-    ``keep_gps``; XMP with the same fields rewritten; IPTC as it was."""
+    interoperability IFD, with the output's pixel size and DPI, without GPS unless
+    ``keep_gps``, and ColorSpace sRGB when the pixels were converted to it (``srgb``); XMP
+    with the same fields rewritten; IPTC as it was."""
     if not meta:
         return None
     exif = None
     if meta.exif:
         with contextlib.suppress(Exception):  # an unreadable EXIF block is dropped
-            exif = output_exif(meta.exif, width, height, dpi, keep_gps)
-    xmp = output_xmp(meta.xmp, width, height, dpi, keep_gps) if meta.xmp else None
+            exif = output_exif(meta.exif, width, height, dpi, keep_gps, srgb)
+    xmp = output_xmp(meta.xmp, width, height, dpi, keep_gps, srgb) if meta.xmp else None
     result = ImageMetadata(exif, xmp, meta.iptc)
     return result if result else None
 
 
-def output_exif(raw: bytes, width: int, height: int, dpi: int, keep_gps: bool) -> bytes:
+def output_exif(raw: bytes, width: int, height: int, dpi: int, keep_gps: bool,
+                srgb: bool = False) -> bytes:
     """A fresh EXIF block from ``raw``'s IFD0 (less its structural tags), EXIF IFD and GPS IFD;
     everything else (IFD1 and its thumbnail) is left behind."""
     source = Image.Exif()
@@ -155,15 +157,19 @@ def output_exif(raw: bytes, width: int, height: int, dpi: int, keep_gps: bool) -
     exif[RESOLUTION_UNIT] = 2  # inches
     sub = {k: v for k, v in source.get_ifd(EXIF_IFD).items() if k != INTEROP_IFD}
     sub.update({PIXEL_X_DIMENSION: width, PIXEL_Y_DIMENSION: height})
+    if srgb:
+        sub[COLOR_SPACE] = 1  # sRGB (an Adobe RGB photo says 65535, "uncalibrated")
     exif.get_ifd(EXIF_IFD).update(sub)
     if keep_gps and (gps := source.get_ifd(GPS_IFD)):
         exif.get_ifd(GPS_IFD).update(gps)
     return exif.tobytes().removeprefix(EXIF_PREFIX)
 
 
-def output_xmp(xmp: bytes, width: int, height: int, dpi: int, keep_gps: bool) -> bytes | None:
+def output_xmp(xmp: bytes, width: int, height: int, dpi: int, keep_gps: bool,
+               srgb: bool = False) -> bytes | None:
     """The XMP packet with its orientation, pixel size and resolution rewritten to the output's
-    (attribute or element form), and its exif:GPS* properties removed unless ``keep_gps``."""
+    (attribute or element form), its exif:GPS* properties removed unless ``keep_gps``, and,
+    for ``srgb``, exif:ColorSpace 1 and no photoshop:ICCProfile (the old profile's name)."""
     try:
         text = xmp.decode("utf-8")
     except UnicodeDecodeError:
@@ -172,12 +178,21 @@ def output_xmp(xmp: bytes, width: int, height: int, dpi: int, keep_gps: bool) ->
               "exif:PixelYDimension": str(height), "tiff:ImageWidth": str(width),
               "tiff:ImageLength": str(height), "tiff:XResolution": f"{dpi}/1",
               "tiff:YResolution": f"{dpi}/1", "tiff:ResolutionUnit": "2"}
+    if srgb:
+        values["exif:ColorSpace"] = "1"
+        text = _without(text, "photoshop:ICCProfile")
     for name, value in values.items():
         key = re.escape(name)
         text = re.sub(rf"(\b{key}\s*=\s*)([\"'])[^\"']*\2", rf"\g<1>\g<2>{value}\g<2>", text)
         text = re.sub(rf"(<{key}>)[^<]*(</{key}>)", rf"\g<1>{value}\g<2>", text)
     if not keep_gps:
-        text = re.sub(r"\s+exif:GPS\w+\s*=\s*([\"'])[^\"']*\1", "", text)
-        text = re.sub(r"<exif:(GPS\w+)\b[^>]*/>", "", text)
-        text = re.sub(r"<exif:(GPS\w+)\b[^>]*>.*?</exif:\1>", "", text, flags=re.DOTALL)
+        text = _without(text, r"exif:GPS\w+")
     return text.encode("utf-8")
+
+
+def _without(text: str, name: str) -> str:
+    """``text`` less the XMP properties named by the pattern ``name`` (attribute, empty
+    element, or element with content)."""
+    text = re.sub(rf"\s+{name}\s*=\s*([\"'])[^\"']*\1", "", text)
+    text = re.sub(rf"<({name})\b[^>]*/>", "", text)
+    return re.sub(rf"<({name})\b[^>]*>.*?</\1>", "", text, flags=re.DOTALL)
