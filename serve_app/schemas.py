@@ -5,15 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_app import print_fields as pf
 from serve_app import schema_examples as ex
 from upscaler.compute.engines.imagen import MODELS as IMAGEN_MODELS
 from upscaler.compute.images import OUTPUT_FORMATS
@@ -73,37 +67,17 @@ class CommonUpscaleForm(BaseModel):
         "crop_to_target). Not together with target_width_inches/target_height_inches.")
     target_height: int | None = Field(None, ge=1, le=100_000,
                                       description="Target height in pixels; see target_width.")
-    output_format: Literal["png", "tiff", "jpeg"] = Field(
-        "png", description="png, tiff or jpeg (`jpg` and `tif` accepted). PNG and TIFF keep "
-        "16 bits and alpha; JPEG is 8-bit, 4:4:4, with the DPI in its JFIF header and the ICC "
-        "profile, alpha flattened over white, and at most 65,535 px a side (refused at "
-        "submit with `jpeg_too_large`).")
+    output_format: Literal["png", "tiff", "jpeg"] = pf.OUTPUT_FORMAT
     crop_to_target: bool = Field(
         False, description="When the print size has another aspect ratio: false (default) "
         "returns the filled size plus crop guidance; true crops centred to exactly "
         "the print size.")
-    # --- formats (issue 23): how the file is written for print ---
-    jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality (1-100); only "
-                              "with output_format=jpeg.")
-    tiff_compression: Literal["none", "lzw", "deflate"] | None = Field(
-        None, description="TIFF compression: none, lzw or deflate (all lossless). Default: "
-        "the server's setting (deflate unless configured). Only with output_format=tiff.")
-    metadata: Literal["keep", "strip"] = Field(
-        "keep", description="keep: the input's EXIF, XMP and IPTC are written into the "
-        "output (PNG, TIFF, JPEG), EXIF with Orientation 1 (the pixels are upright), no "
-        "thumbnail, and the output's pixel size and resolution; XMP's tiff:Orientation, "
-        "exif:PixelX/YDimension, tiff:ImageWidth/ImageLength and tiff:X/YResolution rewritten "
-        "the same way. strip: none of EXIF, XMP or IPTC. The DPI and the ICC profile are "
-        "written either way (they are how the pixels print, not metadata).")
-    keep_gps: bool = Field(
-        False, description="Keep the EXIF GPS IFD and XMP's exif:GPS* properties (dropped "
-        "by default: a photo's location is private).")
-    output_profile: Literal["input", "srgb"] = Field(
-        "input", description="input: the input's ICC profile is embedded as it is (its "
-        "pixels unchanged). srgb: the pixels are converted from the input's profile to sRGB "
-        "with littleCMS (perceptual intent; 16-bit kept) and sRGB embedded, for labs that "
-        "want sRGB. An input without a profile is taken as sRGB.")
-
+    # --- formats (issue 23): how the file is written for print (serve_app/print_fields.py) ---
+    jpeg_quality: int = pf.JPEG_QUALITY
+    tiff_compression: Literal["none", "lzw", "deflate"] | None = pf.TIFF_COMPRESSION
+    metadata: Literal["keep", "strip"] = pf.METADATA
+    keep_gps: bool = pf.KEEP_GPS
+    output_profile: Literal["input", "srgb"] = pf.OUTPUT_PROFILE
     wait: float | None = Field(
         None, ge=0, le=600,
         description="Seconds to wait for a synchronous answer before answering `queued`. "
@@ -145,14 +119,8 @@ class CommonUpscaleForm(BaseModel):
             raise ValueError("output_format must be 'png', 'tiff' or 'jpeg'")
         return value
 
-    @field_validator("tiff_compression", "metadata", "output_profile", mode="before")
-    @classmethod
-    def _lower(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, str):
-            value = value.strip().lower()
-            # An empty tiff_compression (a form's blank select) is the server's default.
-            return None if value == "" and info.field_name == "tiff_compression" else value
-        return value
+    _print_choices = field_validator("tiff_compression", "metadata", "output_profile",
+                                     mode="before")(pf.lower_choice)
 
 
 class EsrganUpscaleForm(CommonUpscaleForm):
