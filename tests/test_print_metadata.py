@@ -9,7 +9,7 @@ import io
 import numpy as np
 import pytest
 import tifffile
-from helpers.api import upload
+from helpers.api import upload, wait_for_job
 from helpers.images import photo
 from helpers.print_files import IPTC, XMP, camera_exif, wide_gamut_icc, with_metadata
 from PIL import ExifTags, Image, IptcImagePlugin
@@ -168,3 +168,20 @@ def test_xmp_element_form_and_srgb_colour_space():
     exif = Image.Exif()
     exif.load(b"Exif\x00\x00" + output_exif(camera_exif()[6:], 640, 480, 300, False, True))
     assert exif.get_ifd(ExifTags.IFD.Exif)[0xA001] == 1
+
+
+def test_flux_job_keeps_metadata_as_jpeg(app):
+    """Through FLUX's stored pre-pass and its tiles: the same EXIF/XMP/IPTC rules."""
+    fields = {"upscale_factor": "2", "tile_size": "64", "tile_padding": "16", "mask_blur": "4",
+              "steps": "2", "denoise": "0.5", "upscale_model": "tiny-rrdb"}
+    r = upload(app, with_metadata(photo("coffee", (64, 48)), "JPEG"), engine="flux",
+               output_format="jpeg", target_dpi=300, **fields)
+    assert r.status_code == 202, r.text
+    status = wait_for_job(app, r.json()["jobId"], timeout=120)
+    assert status["status"] == "completed", status
+    data = app.get(status["output_url"]).content
+    out = Image.open(io.BytesIO(data))
+    exif = out.getexif()
+    assert out.size == (96, 128) and exif[0x0112] == 1 and exif[0x010F] == "Canon"
+    assert exif.get_ifd(ExifTags.IFD.Exif)[0xA002] == 96 and not exif.get_ifd(GPS)
+    assert _iptc_of(out, data) == IPTC and b'tiff:Orientation="1"' in _xmp_of(out)
