@@ -16,7 +16,6 @@ from upscaler.compute.images import DecodedImage, srgb_profile
 from upscaler.compute.metadata import EXIF_PREFIX, PHOTOSHOP_IPTC, ImageMetadata
 
 JPEG_MAX_SIDE = 65535  # the frame header's 16-bit width and height
-DEFAULT_JPEG_QUALITY = 95
 STRIP_ROWS = 256
 _APP13_MAX = 65533  # a segment's length field counts itself
 

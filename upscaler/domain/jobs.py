@@ -51,6 +51,7 @@ TERMINAL_STATES = frozenset({JobState.completed, JobState.failed, JobState.cance
 # A job's end is sent to its webhook as the event of the same name.
 END_EVENTS: dict[JobState, WebhookEvent] = {JobState(e): e for e in JOB_END_EVENTS}
 OutputFormat = Literal["png", "tiff", "jpeg"]
+_ENCODE_DEFAULTS = EncodeOptions()
 
 
 class Size(BaseModel):
@@ -71,11 +72,11 @@ class OutputOptions(BaseModel):
     target_height: int | None = None
     crop_to_target: bool = False
     # --- formats (issue 23): how the file is written for print ---
-    jpeg_quality: int = 95
+    jpeg_quality: int = _ENCODE_DEFAULTS.jpeg_quality
     tiff_compression: TiffCompression | None = None  # None: the server's setting
-    metadata: Literal["keep", "strip"] = "keep"
-    keep_gps: bool = False
-    output_profile: Literal["input", "srgb"] = "input"
+    metadata: Literal["keep", "strip"] = _ENCODE_DEFAULTS.metadata
+    keep_gps: bool = _ENCODE_DEFAULTS.keep_gps
+    output_profile: Literal["input", "srgb"] = _ENCODE_DEFAULTS.output_profile
 
     def encode_options(self) -> EncodeOptions:
         return EncodeOptions(jpeg_quality=self.jpeg_quality, metadata=self.metadata,
