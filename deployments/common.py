@@ -73,9 +73,11 @@ def finish_job(store: JobStore, spec: JobSpec, image: DecodedImage, settings: Se
     the DPI, written to job storage; the event that reports it."""
     started = time.perf_counter()
     image = image.cropped(spec.plan.applied_crop_box)
-    encoded = encode_image(image, spec.params.output_format, spec.plan.dpi,
-                           settings.png_compress_level, settings.tiff_compression,
-                           settings.png_encoder)
+    params = spec.params
+    encoded = encode_image(image, params.output_format, spec.plan.dpi,
+                           settings.png_compress_level,
+                           params.tiff_compression or settings.tiff_compression,
+                           settings.png_encoder, params.encode_options())
     # Fenced (written only while this run is the job's current attempt) and tried again
     # while storage is down, for up to a lease: a finished image is not thrown away lightly.
     key = write_result(store, spec, encoded, settings.stale_after_s, fence)

@@ -38,6 +38,7 @@ from upscaler.compute.engines.usdu import (
 )
 from upscaler.compute.images import DecodedImage
 from upscaler.compute.memory import coordinator_bytes
+from upscaler.compute.metadata import METADATA_BLOCKS, ImageMetadata
 from upscaler.domain.contracts import EngineStatus, TileResult
 from upscaler.domain.job_stats import FluxStats, TileLogEntry
 from upscaler.domain.job_store import JobStore
@@ -296,7 +297,9 @@ def _image_to_npz(image: DecodedImage) -> bytes:
     np.savez(buf, rgb=image.rgb.astype(np.float16),
              alpha=(image.alpha if image.alpha is not None else np.zeros(0)).astype(np.float16),
              icc=np.frombuffer(image.icc_profile or b"", np.uint8),
-             meta=np.array(f"{image.color}|{image.bit_depth}|{image.source_format}"))
+             meta=np.array(f"{image.color}|{image.bit_depth}|{image.source_format}"),
+             **{f"metadata_{name}": np.frombuffer(getattr(image.metadata, name, None) or b"",
+                                                  np.uint8) for name in METADATA_BLOCKS})
     return buf.getvalue()
 
 
@@ -304,5 +307,10 @@ def _image_from_npz(data: bytes) -> DecodedImage:
     arrays = np.load(io.BytesIO(data), allow_pickle=False)
     color, bit_depth, source_format = arrays["meta"].item().split("|")
     alpha = arrays["alpha"].astype(np.float32) if arrays["alpha"].size else None
+    # (A pre-pass stored before metadata was kept has none.)
+    blocks = {name: arrays[key].tobytes() or None for name in METADATA_BLOCKS
+              if (key := f"metadata_{name}") in arrays.files}
+    metadata = ImageMetadata(**blocks)
     return DecodedImage(arrays["rgb"].astype(np.float32), alpha, color, int(bit_depth),
-                        arrays["icc"].tobytes() or None, source_format)
+                        arrays["icc"].tobytes() or None, source_format,
+                        metadata if metadata else None)

@@ -19,6 +19,7 @@ from upscaler.compute.budget import MemoryBudget
 from upscaler.compute.decode_worker import DecodeWorkers
 from upscaler.compute.dimensions import OutputPlan, calculate_output_dimensions
 from upscaler.compute.images import ImageProbe, probe_image
+from upscaler.compute.jpeg import JPEG_MAX_SIDE
 from upscaler.compute.memory import decode_bytes
 from upscaler.domain.idempotency import IdempotencyKeys
 from upscaler.domain.job_store import JobStore
@@ -202,6 +203,12 @@ def output_plan(settings: Settings, width: int, height: int,
             f"the output would be {plan.output_width}x{plan.output_height} = {pixels:,} "
             f"pixels; the limit is {settings.max_output_pixels:,}. Lower upscale_factor, the "
             "target size or target_dpi")
+    final = max(plan.final_width, plan.final_height)
+    if form.output_format == "jpeg" and final > JPEG_MAX_SIDE:
+        raise OutputTooLarge(
+            f"the output would be {plan.final_width}x{plan.final_height}; JPEG holds at most "
+            f"{JPEG_MAX_SIDE:,} px a side. Send output_format=tiff (or png), or a smaller "
+            "size", code="jpeg_too_large")
     return plan
 
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_app import print_fields as pf
 from serve_app import schema_examples as ex
 from upscaler.compute.engines.imagen import MODELS as IMAGEN_MODELS
 from upscaler.compute.images import OUTPUT_FORMATS
@@ -66,11 +67,17 @@ class CommonUpscaleForm(BaseModel):
         "crop_to_target). Not together with target_width_inches/target_height_inches.")
     target_height: int | None = Field(None, ge=1, le=100_000,
                                       description="Target height in pixels; see target_width.")
-    output_format: Literal["png", "tiff"] = Field("png", description="png or tiff")
+    output_format: Literal["png", "tiff", "jpeg"] = pf.OUTPUT_FORMAT
     crop_to_target: bool = Field(
         False, description="When the print size has another aspect ratio: false (default) "
         "returns the filled size plus crop guidance; true crops centred to exactly "
         "the print size.")
+    # --- formats (issue 23): how the file is written for print (serve_app/print_fields.py) ---
+    jpeg_quality: int = pf.JPEG_QUALITY
+    tiff_compression: Literal["none", "lzw", "deflate"] | None = pf.TIFF_COMPRESSION
+    metadata: Literal["keep", "strip"] = pf.METADATA
+    keep_gps: bool = pf.KEEP_GPS
+    output_profile: Literal["input", "srgb"] = pf.OUTPUT_PROFILE
     wait: float | None = Field(
         None, ge=0, le=600,
         description="Seconds to wait for a synchronous answer before answering `queued`. "
@@ -107,10 +114,13 @@ class CommonUpscaleForm(BaseModel):
     def _fmt(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = value.strip().lower().lstrip(".")
-            value = {"tif": "tiff"}.get(value, value)
+            value = {"tif": "tiff", "jpg": "jpeg"}.get(value, value)
         if value not in OUTPUT_FORMATS:
-            raise ValueError("output_format must be 'png' or 'tiff'")
+            raise ValueError("output_format must be 'png', 'tiff' or 'jpeg'")
         return value
+
+    _print_choices = field_validator("tiff_compression", "metadata", "output_profile",
+                                     mode="before")(pf.lower_choice)
 
 
 class EsrganUpscaleForm(CommonUpscaleForm):

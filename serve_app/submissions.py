@@ -58,7 +58,8 @@ def wait_seconds(field: float | None, prefer: str | None, default: float) -> flo
 
 
 PLAN_FIELDS = ("upscale_factor", "target_dpi", "target_width_inches", "target_height_inches",
-               "target_width", "target_height", "crop_to_target")
+               "target_width", "target_height", "crop_to_target",
+               "output_format")  # formats: JPEG's 65,535 px side is checked on the plan
 
 
 def plan_upload(settings: Settings, outlook: Outlook, width: int, height: int, engine: Engine,

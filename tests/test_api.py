@@ -149,7 +149,7 @@ BAD_REQUESTS = [
     ("pixels and inches", {"fields": {"target_width": 64, "target_width_inches": 2}}, 422,
      "invalid_request"),
     ("tile too small", {"fields": {"tile_size": 8}}, 422, "invalid_request"),
-    ("jpeg output", {"fields": {"output_format": "jpg"}}, 422, "invalid_request"),
+    ("gif output", {"fields": {"output_format": "gif"}}, 422, "invalid_request"),
     ("fp16 not bool", {"fields": {"use_fp16": "maybe"}}, 422, "invalid_request"),
     ("unknown model", {"fields": {"model": "4x-DoesNotExist"}}, 422, "unknown_model"),
     ("model path trick", {"fields": {"model": "../../etc/passwd"}}, 422, "unknown_model"),

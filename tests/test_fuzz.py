@@ -27,6 +27,7 @@ ROUTES = r"^/api/(upscale|status|jobs|results|plan)"
 BEYOND_THE_SCHEMA = {
     (404, "not_found"): "a well-formed id of no job here",
     (422, "output_too_large"): "the output cap: the image's pixels times the scale",
+    (422, "jpeg_too_large"): "JPEG's 65,535 px side: the image's size times the scale",
     (422, "unknown_model"): "the models installed on this server",
     (422, "tile_padding_below_mask_blur"): "two fields compared",
     (422, "factor_not_offered"): "Imagen's factors per model, the default model a setting",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from upscaler_client.cli_files import UsageError, collect_inputs, plan_outputs
+from upscaler_client.cli_print import FORMAT_CHOICES, add_print_flags, output_format, print_options
 from upscaler_client.client import AsyncClient, Client
 from upscaler_client.errors import (
     ApiError,
@@ -74,17 +75,14 @@ def _field(text: str) -> tuple[str, str]:
 
 
 def upscale_options(args: argparse.Namespace) -> dict[str, Any]:
-    fmt = args.format
-    if fmt is None and args.output is not None and args.output.suffix.lower() in (
-            ".tif", ".tiff", ".png"):
-        fmt = "png" if args.output.suffix.lower() == ".png" else "tiff"
+    fmt = output_format(args)
     options: dict[str, Any] = {
         "model": args.model, "upscale_factor": args.factor, "target_dpi": args.dpi,
         "print_size": args.print_size, "pixels": args.pixels, "output_format": fmt,
         "tile_size": args.tile_size, "denoise": args.denoise, "steps": args.steps,
         "prompt": args.prompt, "seed": args.seed,
         "crop_to_target": True if args.crop else None,
-        "use_fp16": False if args.no_fp16 else None}
+        "use_fp16": False if args.no_fp16 else None, **print_options(args)}
     options.update(dict(args.field or []))
     return options
 
@@ -331,8 +329,9 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--dpi", type=int, help="print DPI, written into the file (default 150)")
     up.add_argument("--crop", action="store_true",
                     help="crop (centred) to exactly the print size when the aspect differs")
-    up.add_argument("--format", choices=("png", "tiff"),
+    up.add_argument("--format", choices=FORMAT_CHOICES,
                     help="output format (default: from -o's extension, else png)")
+    add_print_flags(up)
     up.add_argument("--tile-size", type=int, help="tile edge (esrgan: 0 = automatic)")
     up.add_argument("--no-fp16", action="store_true", help="esrgan: full precision on GPU")
     up.add_argument("--denoise", type=float, help="flux: img2img strength (0.2)")

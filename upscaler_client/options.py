@@ -19,7 +19,8 @@ _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*[x×*]\s*(\d+(?:\.\d+)?)\s*(in|inch
 _PIXELS_RE = re.compile(r"\s*(\d+)\s*[x×*]\s*(\d+)\s*(px)?\s*", re.IGNORECASE)
 # Friendly names and the API fields they fill.
 ALIASES = {"factor": "upscale_factor", "scale": "upscale_factor", "dpi": "target_dpi",
-           "format": "output_format", "crop": "crop_to_target"}
+           "format": "output_format", "crop": "crop_to_target",
+           "quality": "jpeg_quality", "profile": "output_profile"}
 
 
 def parse_print_size(text: str) -> tuple[float, float]:

@@ -28,7 +28,7 @@ from upscaler.errors import BadRequest, Gone, NotFound
 from upscaler.settings import Settings
 
 router = APIRouter(prefix="/api", tags=["jobs"], dependencies=[Depends(rate_limit)])
-RESULT_NAME_RE = re.compile(rf"{JOB_ID_RE.pattern}\.(png|tiff)")
+RESULT_NAME_RE = re.compile(rf"{JOB_ID_RE.pattern}\.(png|tiff|jpeg)")
 CHUNK = 1024 * 1024
 # The patterns are stated, not enforced here: an id that is not one is no job (404), a name
 # that is not one a 400 invalid_filename, as before.
@@ -89,12 +89,13 @@ async def cancel(settings: SettingsDep, runner: RunnerDep, store: StoreDep, quot
 
 @router.get("/results/{filename}", summary="Download a result",
             responses={200: {"description": "The image, with its DPI (and ICC profile)",
-                             "content": {"image/png": {}, "image/tiff": {}}},
+                             "content": {"image/png": {}, "image/tiff": {},
+                                         "image/jpeg": {}}},
                        304: {"description": "Unchanged (`If-None-Match` holds its ETag); "
                              "sent `Cache-Control: private, no-cache`: revalidated each use"},
                        **error_responses(400, 401, 403, 404, 410, 429, 503, e400={
                            "error": "invalid_filename", "message": "result names look like "
-                           "<32 hex digits>.png or .tiff, as given in outputUrl"})})
+                           "<32 hex digits>.png, .tiff or .jpeg, as given in outputUrl"})})
 async def result(settings: SettingsDep, runner: RunnerDep, store: StoreDep, who: CallerDep,
                  filename: ResultName, request: Request) -> Response:
     if not RESULT_NAME_RE.fullmatch(filename):

@@ -83,8 +83,17 @@ function sizingFields() {
   return f;
 }
 
+// formats (issue 23): quality and compression only for their format; the rest as chosen.
+function printFileFields() {
+  const fmt = $("#format").value, f = { metadata: $("#metadata").value, output_profile: $("#outputProfile").value };
+  if (fmt === "jpeg") f.jpeg_quality = $("#jpegQuality").value;
+  if (fmt === "tiff" && $("#tiffCompression").value) f.tiff_compression = $("#tiffCompression").value;
+  if ($("#keepGps").checked) f.keep_gps = true;
+  return f;
+}
+
 function jobFields(modelOverride) {
-  const f = { ...sizingFields(), output_format: $("#format").value, wait: 0 };
+  const f = { ...sizingFields(), output_format: $("#format").value, wait: 0, ...printFileFields() };
   const tile = $("#tile").value, model = modelOverride || $("#model").value;
   if (engine() === "esrgan") {
     Object.assign(f, { use_fp16: $("#fp16").checked });
@@ -113,6 +122,8 @@ function syncForm() {
   const e = engine();
   $$(".flux-only").forEach((el) => { el.hidden = e !== "flux"; });
   $$(".esrgan-only").forEach((el) => { el.hidden = e !== "esrgan"; });
+  $$(".jpeg-only").forEach((el) => { el.hidden = $("#format").value !== "jpeg"; });
+  $$(".tiff-only").forEach((el) => { el.hidden = $("#format").value !== "tiff"; });
   $("#modelLabel").hidden = e === "imagen";
   $("#modelLabel").firstChild.textContent = e === "flux" ? "Pre-pass model " : "Model ";
   $("#tile").placeholder = e === "flux" ? "512" : "automatic";
@@ -132,7 +143,7 @@ async function plan() {
   if (!item) { box.textContent = "Choose an image to see what you will get."; return; }
   if (!item.width) { box.textContent = "The browser cannot read this file's size; the service will check it when you send it."; return; }
   const seq = ++state.planSeq;
-  const query = new URLSearchParams({ width: item.width, height: item.height, engine: engine(), ...sizingFields() });
+  const query = new URLSearchParams({ width: item.width, height: item.height, engine: engine(), ...sizingFields(), output_format: $("#format").value });
   try {
     const p = await (await api(`/api/plan?${query}`)).json();
     if (seq !== state.planSeq) return;
@@ -387,6 +398,7 @@ function wire() {
   $("#preset").addEventListener("change", () => { applyPreset(); schedulePlan(); });
   for (const id of ["#pw", "#ph", "#unit"]) $(id).addEventListener("input", () => { $("#preset").value = "custom"; schedulePlan(); });
   for (const id of ["#factor", "#dpi", "#crop"]) $(id).addEventListener("change", schedulePlan);
+  $("#format").addEventListener("change", () => { syncForm(); schedulePlan(); });
   $("#rotate").addEventListener("click", () => { [$("#pw").value, $("#ph").value] = [$("#ph").value, $("#pw").value]; schedulePlan(); });
   $("#setup").addEventListener("submit", (e) => { e.preventDefault(); runQueue(); });
   $("#compare").addEventListener("click", () => { $("#compareBox").hidden = !$("#compareBox").hidden; });

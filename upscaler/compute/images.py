@@ -19,14 +19,15 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from upscaler.compute.metadata import ImageMetadata, read_metadata
 from upscaler.errors import BadRequest, InvalidImage, PayloadTooLarge, UnsupportedMediaType
 
 # Formats accepted as input (Pillow's names). Anything else Pillow can parse is refused.
 ALLOWED_INPUT_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP", "GIF"})
 # The only decoders Pillow may try on an upload (its JPEG opener also yields MPO).
 OPENERS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
-OUTPUT_FORMATS = ("png", "tiff")
-MEDIA_TYPES = {"png": "image/png", "tiff": "image/tiff"}
+OUTPUT_FORMATS = ("png", "tiff", "jpeg")
+MEDIA_TYPES = {"png": "image/png", "tiff": "image/tiff", "jpeg": "image/jpeg"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class DecodedImage:
     bit_depth: int  # 8 or 16: what the output is written with
     icc_profile: bytes | None
     source_format: str
+    # The input's EXIF/XMP/IPTC (small, capped blocks), rewritten for the output at encode.
+    metadata: ImageMetadata | None = None
 
     @property
     def width(self) -> int:
@@ -230,6 +233,12 @@ def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
 
 def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     im = _open(data, max_pixels)
+    image = _decode_pixels(im, data)
+    # After the pixels: a PNG's eXIf chunk may follow its image data.
+    return replace(image, metadata=read_metadata(im))
+
+
+def _decode_pixels(im: Image.Image, data: bytes) -> DecodedImage:
     fmt = str(im.format)
     try:
         wide = _decode_16bit_color(data, fmt)

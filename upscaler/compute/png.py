@@ -31,15 +31,37 @@ def png_chunk(kind: bytes, body: bytes) -> bytes:
         ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
 
-def png_add_metadata(png: bytes, dpi: int, icc: bytes | None) -> bytes:
-    """Insert pHYs (and iCCP) right after IHDR, where the PNG spec wants them (before IDAT):
-    for PNGs written by imagecodecs and fpng, which take no metadata."""
+def png_add_metadata(png: bytes, dpi: int, icc: bytes | None, more: bytes = b"") -> bytes:
+    """Insert pHYs (and iCCP, and ``more`` chunks: ``png_text_chunks``) right after IHDR,
+    where the PNG spec wants them (before IDAT): for PNGs written by imagecodecs and fpng,
+    which take no metadata."""
     ppm = round(dpi / 0.0254)
-    extra = png_chunk(b"pHYs", struct.pack(">IIB", ppm, ppm, 1))
+    extra = png_chunk(b"pHYs", struct.pack(">IIB", ppm, ppm, 1)) + more
     if icc:
         extra = png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc)) + extra
     # One copy of the file: the memoryview's tail is not copied before the join.
     return b"".join((png[:_IHDR_END], extra, memoryview(png)[_IHDR_END:]))
+
+
+def png_insert_chunks(png: bytes, chunks: bytes) -> bytes:
+    """``chunks`` right after IHDR (for a PNG another writer finished)."""
+    if not chunks:
+        return png
+    return b"".join((png[:_IHDR_END], chunks, memoryview(png)[_IHDR_END:]))
+
+
+def png_text_chunks(exif: bytes | None, xmp: bytes | None, iptc_text: str | None) -> bytes:
+    """EXIF as an eXIf chunk, XMP as iTXt ``XML:com.adobe.xmp``, IPTC as ImageMagick's zTXt
+    "Raw profile type iptc" (what exiftool and Pillow read)."""
+    out = b""
+    if exif:
+        out += png_chunk(b"eXIf", exif)
+    if xmp:
+        out += png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp)
+    if iptc_text:
+        out += png_chunk(b"zTXt", b"Raw profile type iptc\x00\x00" +
+                         zlib.compress(iptc_text.encode("latin-1")))
+    return out
 
 
 def fpng_fits(arr: np.ndarray) -> bool:
@@ -79,7 +101,7 @@ _COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (gray, gr
 
 
 def streamed_png(pixels: np.ndarray, alpha: np.ndarray | None, dpi: int, icc: bytes | None,
-                 level: int) -> bytes:
+                 level: int, more: bytes = b"") -> bytes:
     """``pixels`` (H x W x C, or H x W, of uint8 or uint16) and an optional ``alpha`` plane as
     a PNG with DPI and ICC, written ``STRIP_ROWS`` rows at a time: memory stays at the
     compressed file and one strip; no whole-image copy is made, not even to join the alpha.
@@ -93,7 +115,8 @@ def streamed_png(pixels: np.ndarray, alpha: np.ndarray | None, dpi: int, icc: by
     out = bytearray(PNG_SIGNATURE)
     out += png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth,
                                           _COLOR_TYPES[channels], 0, 0, 0))
-    out += png_add_metadata(PNG_SIGNATURE + b"\0" * (_IHDR_END - 8), dpi, icc)[_IHDR_END:]
+    out += png_add_metadata(PNG_SIGNATURE + b"\0" * (_IHDR_END - 8), dpi, icc,
+                            more)[_IHDR_END:]
     comp = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
     for top in range(0, height, STRIP_ROWS):
         strip = pixels[top:top + STRIP_ROWS]

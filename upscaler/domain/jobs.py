@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from upscaler.compute.dimensions import OutputPlan
+from upscaler.compute.encode_options import EncodeOptions, TiffCompression
 from upscaler.domain.job_stats import JobStats
 from upscaler.domain.webhooks import JOB_END_EVENTS, WebhookEvent, WebhookState
 from upscaler.errors import UpscalerError
@@ -49,7 +50,8 @@ class JobState(str, Enum):
 TERMINAL_STATES = frozenset({JobState.completed, JobState.failed, JobState.cancelled})
 # A job's end is sent to its webhook as the event of the same name.
 END_EVENTS: dict[JobState, WebhookEvent] = {JobState(e): e for e in JOB_END_EVENTS}
-OutputFormat = Literal["png", "tiff"]
+OutputFormat = Literal["png", "tiff", "jpeg"]
+_ENCODE_DEFAULTS = EncodeOptions()
 
 
 class Size(BaseModel):
@@ -69,6 +71,16 @@ class OutputOptions(BaseModel):
     target_width: int | None = None  # a pixel target (target_width/height), not inches
     target_height: int | None = None
     crop_to_target: bool = False
+    # --- formats (issue 23): how the file is written for print ---
+    jpeg_quality: int = _ENCODE_DEFAULTS.jpeg_quality
+    tiff_compression: TiffCompression | None = None  # None: the server's setting
+    metadata: Literal["keep", "strip"] = _ENCODE_DEFAULTS.metadata
+    keep_gps: bool = _ENCODE_DEFAULTS.keep_gps
+    output_profile: Literal["input", "srgb"] = _ENCODE_DEFAULTS.output_profile
+
+    def encode_options(self) -> EncodeOptions:
+        return EncodeOptions(jpeg_quality=self.jpeg_quality, metadata=self.metadata,
+                             keep_gps=self.keep_gps, output_profile=self.output_profile)
 
 
 class EsrganParams(OutputOptions):

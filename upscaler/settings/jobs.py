@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+# What older configs set (Pillow's names) for each of the three.
+LEGACY_TIFF_COMPRESSION = {"raw": "none", "tiff_lzw": "lzw", "tiff_adobe_deflate": "deflate",
+                           "tiff_deflate": "deflate", "zlib": "deflate"}
 
 
 class JobFields(BaseModel):
@@ -39,7 +43,19 @@ class JobFields(BaseModel):
         "either way (bench/bench_encode.py).")
     png_compress_level: int = Field(default=1, ge=0, le=9,
                                     description="1 is ~3x faster than Pillow's 6 for ~15% size.")
-    tiff_compression: str = "tiff_adobe_deflate"
+    tiff_compression: Literal["none", "lzw", "deflate"] = Field(
+        default="deflate",
+        description="TIFF results' compression when a request names none (its "
+        "`tiff_compression`): none, lzw or deflate (Adobe Deflate, lossless). Pillow's names "
+        "(tiff_adobe_deflate, tiff_lzw, raw) are still accepted.")
+
+    @field_validator("tiff_compression", mode="before")
+    @classmethod
+    def _tiff_compression(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return LEGACY_TIFF_COMPRESSION.get(value, value)
+        return value
 
     # --- retention -------------------------------------------------------------------
     result_ttl_s: float = Field(
