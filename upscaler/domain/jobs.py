@@ -69,6 +69,9 @@ class OutputOptions(BaseModel):
     target_width: int | None = None  # a pixel target (target_width/height), not inches
     target_height: int | None = None
     crop_to_target: bool = False
+    # bleed (issue 23): around the print, sized by upscaler.compute.dimensions
+    bleed: float = 0.0
+    bleed_unit: Literal["in", "mm"] = "in"
 
 
 class EsrganParams(OutputOptions):
