@@ -140,7 +140,7 @@ def calculate_output_dimensions(
     def derived_side(side_f: float) -> float:
         """The print's side the image's aspect gives (one side given): the image's less the
         bleed on both ends."""
-        if side_f - 2 * bleed_pxf < 1 - 1e-6:
+        if bleed_pxf and side_f - 2 * bleed_pxf < 1 - 1e-6:
             raise PlanError(f"a bleed of {bleed_pxf:g} px a side leaves no print on a side of "
                             f"{side_f:.0f} px: give a smaller bleed or a larger size",
                             code="bleed_too_large")
