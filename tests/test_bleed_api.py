@@ -8,7 +8,7 @@ import pytest
 from helpers.api import download, upload, wait_for_job
 from helpers.images import photo, png_bytes
 
-from upscaler_client.cli import build_parser, upscale_options
+from upscaler_client.cli import bleed_text, build_parser, upscale_options
 from upscaler_client.models import Job
 from upscaler_client.options import form_fields
 
@@ -33,6 +33,8 @@ def test_the_plan_says_the_bleed_and_the_trim(bare_app):
     none = bare_app.get("/api/plan", params={**q, "bleed": 0}).json()
     assert none["bleed"] is None and none["trimInches"] is None
     assert none["finalSize"] == {"width": 4800, "height": 3200}
+    # The key is charged, and the estimate made, for the pixels with the bleed.
+    assert plan["computedMegapixels"] > none["computedMegapixels"]
 
 
 @pytest.mark.parametrize("params,code", [
@@ -110,3 +112,10 @@ def test_cli_refuses_a_bleed_it_cannot_read(flag, capsys):
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(["upscale", "a.png", f"--bleed={flag}"])
     assert info.value.code == 2 and "write a length with its unit" in capsys.readouterr().err
+
+
+def test_cli_human_line_says_the_bleed():
+    job = Job.from_api({"task_id": "j1", "status": "completed", "bleed_px": 35.433,
+                        "trim_box": [35, 35, 7235, 4835]})
+    assert bleed_text((3.0, "mm"), job) == ", bleed 3 mm a side, trim 7200x4800 px at (35,35)"
+    assert bleed_text(None, job) == "" and bleed_text((3.0, "mm"), Job("j2", "completed")) == ""
