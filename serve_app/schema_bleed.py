@@ -4,11 +4,16 @@ answer says the same in its own snake_case fields (``bleed_px``, ``trim_box``)."
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from upscaler.compute.dimensions import OutputPlan
+
+
+def lower_unit(value: Any) -> Any:
+    """`MM`, ` in ` -> `mm`, `in` (the form's bleed_unit, before it is checked)."""
+    return value.strip().lower() if isinstance(value, str) else value
 
 
 class BleedInfo(BaseModel):

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve_app import schema_examples as ex
-from serve_app.schema_bleed import BleedInfo
+from serve_app.schema_bleed import BleedInfo, lower_unit
 from upscaler.compute.engines.imagen import MODELS as IMAGEN_MODELS
 from upscaler.compute.images import OUTPUT_FORMATS
 from upscaler.domain.jobs import JobWork, OutputOptions, Size
@@ -88,12 +88,12 @@ class CommonUpscaleForm(BaseModel):
         f"default {','.join(DEFAULT_EVENTS)}. Only with webhook_url.",
         json_schema_extra={"pattern": WEBHOOK_EVENTS_PATTERN})
     # --- bleed (issue 23, part "bleed"): around the print size, in upscaler.compute.dimensions
-    bleed: float = Field(0, ge=0, le=1000, description="Bleed on every side of the print, in "
-                         "bleed_unit at target_dpi: the output covers the print plus the bleed "
-                         "(24x16 in with 0.125 in at 300 dpi: 7275x4875 px), and the answers "
-                         "give the trim box. Needs a print size or a pixel target "
-                         "(else bleed_needs_print_size).", examples=[0.125])
+    bleed: float = Field(0, ge=0, le=1000, examples=[0.125], description="Bleed on every "
+                         "side of the print, in bleed_unit at target_dpi: the output covers the "
+                         "print plus the bleed (24x16 in + 0.125 in at 300 dpi: 7275x4875 px). "
+                         "Needs a print size or pixel target (else bleed_needs_print_size).")
     bleed_unit: Literal["in", "mm"] = Field("in", description="Unit of bleed: in or mm.")
+    _bleed_unit = field_validator("bleed_unit", mode="before")(lambda cls, v: lower_unit(v))
 
     @property
     def plan_factor(self) -> float:
@@ -119,11 +119,6 @@ class CommonUpscaleForm(BaseModel):
         if value not in OUTPUT_FORMATS:
             raise ValueError("output_format must be 'png' or 'tiff'")
         return value
-
-    @field_validator("bleed_unit", mode="before")
-    @classmethod
-    def _bleed_unit(cls, value: Any) -> Any:
-        return value.strip().lower() if isinstance(value, str) else value
 
 
 class EsrganUpscaleForm(CommonUpscaleForm):
