@@ -4,11 +4,11 @@ answer says the same in its own snake_case fields (``bleed_px``, ``trim_box``)."
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from upscaler.compute.dimensions import OutputPlan
+from upscaler.compute.dimensions import BleedUnit, OutputPlan
 
 
 def lower_unit(value: Any) -> Any:
@@ -18,7 +18,7 @@ def lower_unit(value: Any) -> Any:
 
 class BleedInfo(BaseModel):
     amount: float = Field(description="The bleed asked for, a side, in `unit`.")
-    unit: Literal["in", "mm"]
+    unit: BleedUnit
     px: float = Field(description="The bleed a side in output pixels (amount x dpi, not "
                       "rounded; trimBox gives each side's whole pixels).")
     trimBox: tuple[int, int, int, int] = Field(
@@ -27,7 +27,7 @@ class BleedInfo(BaseModel):
         "advised crop, the overhang).")
 
 
-def bleed_info(plan: OutputPlan, amount: float, unit: Literal["in", "mm"]) -> BleedInfo | None:
+def bleed_info(plan: OutputPlan, amount: float, unit: BleedUnit) -> BleedInfo | None:
     """The plan's bleed, or None when it has none."""
     box = plan.final_trim_box
     if box is None:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from serve_app import schema_examples as ex
 from serve_app.schema_bleed import BleedInfo, lower_unit
+from upscaler.compute.dimensions import BleedUnit
 from upscaler.compute.engines.imagen import MODELS as IMAGEN_MODELS
 from upscaler.compute.images import OUTPUT_FORMATS
 from upscaler.domain.jobs import JobWork, OutputOptions, Size
@@ -92,7 +93,7 @@ class CommonUpscaleForm(BaseModel):
                          "side of the print, in bleed_unit at target_dpi: the output covers the "
                          "print plus the bleed (24x16 in + 0.125 in at 300 dpi: 7275x4875 px). "
                          "Needs a print size or pixel target (else bleed_needs_print_size).")
-    bleed_unit: Literal["in", "mm"] = Field("in", description="Unit of bleed: in or mm.")
+    bleed_unit: BleedUnit = Field("in", description="Unit of bleed: in or mm.")
     _bleed_unit = field_validator("bleed_unit", mode="before")(lambda cls, v: lower_unit(v))
 
     @property

@@ -5,6 +5,7 @@ plans exactly as before."""
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,8 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from upscaler.compute.dimensions import (
+    BLEED_UNITS,
+    BleedUnit,
     OutputPlan,
     PlanError,
     _px,
@@ -81,6 +84,10 @@ def test_the_aspect_compared_is_the_print_with_its_bleed():
     # ...and against 24x16 in + 0.125 in (0.5 % off): exactly the box, no crop.
     plan = calculate_output_dimensions(600, 400, None, 100, 24, 16, bleed=0.125)
     assert plan.crop_info is None and (plan.output_width, plan.output_height) == (2425, 1625)
+
+
+def test_the_units_are_one_list():
+    assert set(get_args(BleedUnit)) == set(BLEED_UNITS)
 
 
 def test_a_factor_alone_has_no_print_to_bleed():

@@ -9,9 +9,9 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 ASPECT_TOLERANCE = 0.01
-# A bleed's unit: how many of it make an inch.
-BLEED_UNITS = {"in": 1.0, "mm": 25.4}
 BleedUnit = Literal["in", "mm"]
+# A bleed's unit: how many of it make an inch (the keys are BleedUnit's values).
+BLEED_UNITS: dict[str, float] = {"in": 1.0, "mm": 25.4}
 
 
 class PlanError(ValueError):

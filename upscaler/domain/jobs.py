@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from upscaler.compute.dimensions import OutputPlan
+from upscaler.compute.dimensions import BleedUnit, OutputPlan
 from upscaler.domain.job_stats import JobStats
 from upscaler.domain.webhooks import JOB_END_EVENTS, WebhookEvent, WebhookState
 from upscaler.errors import UpscalerError
@@ -71,7 +71,7 @@ class OutputOptions(BaseModel):
     crop_to_target: bool = False
     # bleed (issue 23): around the print, sized by upscaler.compute.dimensions
     bleed: float = 0.0
-    bleed_unit: Literal["in", "mm"] = "in"
+    bleed_unit: BleedUnit = "in"
 
 
 class EsrganParams(OutputOptions):
