@@ -107,6 +107,15 @@ def test_cli_bleed_flag(flag, fields):
     assert {k: sent[k] for k in fields} == fields
 
 
+def test_client_options_bleed():
+    """A unit written with the bleed wins, in any order; without one, bleed_unit applies."""
+    assert form_fields({"bleed_unit": "in", "bleed": "3mm"}) == {"bleed": "3.0",
+                                                                 "bleed_unit": "mm"}
+    assert form_fields({"bleed_unit": "mm", "bleed": "3"}) == {"bleed_unit": "mm",
+                                                               "bleed": "3.0"}
+    assert form_fields({"bleed": 0.125}) == {"bleed": "0.125"}
+
+
 @pytest.mark.parametrize("flag", ["-3mm", "3pt", "mm"])
 def test_cli_refuses_a_bleed_it_cannot_read(flag, capsys):
     with pytest.raises(SystemExit) as info:

@@ -68,7 +68,8 @@ def _pixels(text: str) -> tuple[int, int]:
 
 def _bleed(text: str) -> tuple[float, str]:
     try:
-        return parse_bleed(text)
+        amount, unit = parse_bleed(text)
+        return amount, unit or "in"
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -41,17 +41,18 @@ def parse_print_size(text: str) -> tuple[float, float]:
     return round(w / per_inch, 4), round(h / per_inch, 4)
 
 
-def parse_bleed(text: str) -> tuple[float, str]:
-    """``3mm``, ``0.125in`` or ``0.125`` (inches) -> (amount, unit), the API's ``bleed`` and
-    ``bleed_unit`` (cm is sent as mm). Raises ValueError with what is accepted."""
+def parse_bleed(text: str) -> tuple[float, str | None]:
+    """``3mm``, ``0.125in`` or ``0.125`` -> (amount, unit), the API's ``bleed`` and
+    ``bleed_unit`` (cm is sent as mm; no unit written: None, the API's default, inches).
+    Raises ValueError with what is accepted."""
     m = _BLEED_RE.fullmatch(text)
     if not m:
         raise ValueError(f"bleed {text!r}: write a length with its unit, e.g. 3mm or 0.125in "
                          "(no unit: inches)")
-    amount, unit = float(m[1]), (m[2] or "in").lower()
+    amount, unit = float(m[1]), (m[2] or "").lower()
     if unit == "cm":
         return round(amount * 10, 6), "mm"
-    return amount, "mm" if unit == "mm" else "in"
+    return amount, {"": None, "mm": "mm"}.get(unit, "in")
 
 
 def parse_pixels(text: str) -> tuple[int, int]:
@@ -73,6 +74,7 @@ def form_fields(options: Mapping[str, Any]) -> dict[str, str]:
     string or (width, height); ``bleed`` a number (in ``bleed_unit``), a string (``3mm``) or
     (amount, unit)."""
     fields: dict[str, str] = {}
+    bleed_unit = None  # a unit written with the bleed wins over a bleed_unit option
     for name, value in options.items():
         if value is None:
             continue
@@ -80,13 +82,15 @@ def form_fields(options: Mapping[str, Any]) -> dict[str, str]:
             w, h = parse_print_size(value) if isinstance(value, str) else value
             fields["target_width_inches"], fields["target_height_inches"] = _field(w), _field(h)
         elif name == "bleed" and isinstance(value, (str, tuple)):
-            amount, unit = parse_bleed(value) if isinstance(value, str) else value
-            fields["bleed"], fields["bleed_unit"] = _field(amount), unit
+            amount, bleed_unit = parse_bleed(value) if isinstance(value, str) else value
+            fields["bleed"] = _field(amount)
         elif name == "pixels":
             w, h = parse_pixels(value) if isinstance(value, str) else value
             fields["target_width"], fields["target_height"] = _field(w), _field(h)
         else:
             fields[ALIASES.get(name, name)] = _field(value)
+    if bleed_unit:
+        fields["bleed_unit"] = bleed_unit
     return fields
 
 
