@@ -194,15 +194,15 @@ def output_plan(settings: Settings, width: int, height: int,
         plan = calculate_output_dimensions(
             width, height, form.plan_factor, form.target_dpi, form.target_width_inches,
             form.target_height_inches, form.crop_to_target, form.target_width,
-            form.target_height)
+            form.target_height, form.bleed, form.bleed_unit)
     except ValueError as exc:
-        raise InvalidRequest(str(exc)) from exc
+        raise InvalidRequest(str(exc), code=getattr(exc, "code", None)) from exc
     pixels = plan.output_width * plan.output_height
     if pixels > settings.max_output_pixels:
         raise OutputTooLarge(
             f"the output would be {plan.output_width}x{plan.output_height} = {pixels:,} "
             f"pixels; the limit is {settings.max_output_pixels:,}. Lower upscale_factor, the "
-            "target size or target_dpi")
+            "target size, the bleed or target_dpi")
     final = max(plan.final_width, plan.final_height)
     if form.output_format == "jpeg" and final > JPEG_MAX_SIDE:
         raise OutputTooLarge(

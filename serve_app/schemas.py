@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from serve_app import print_fields as pf
 from serve_app import schema_examples as ex
+from serve_app.schema_bleed import BleedInfo, lower_unit
+from upscaler.compute.dimensions import BleedUnit
 from upscaler.compute.engines.imagen import MODELS as IMAGEN_MODELS
 from upscaler.compute.images import OUTPUT_FORMATS
 from upscaler.domain.jobs import JobWork, OutputOptions, Size
@@ -93,6 +95,13 @@ class CommonUpscaleForm(BaseModel):
         None, max_length=200, description=f"Comma-separated subset of {', '.join(EVENTS)}; "
         f"default {','.join(DEFAULT_EVENTS)}. Only with webhook_url.",
         json_schema_extra={"pattern": WEBHOOK_EVENTS_PATTERN})
+    # --- bleed (issue 23, part "bleed"): around the print size, in upscaler.compute.dimensions
+    bleed: float = Field(0, ge=0, le=1000, examples=[0.125], description="Bleed on every "
+                         "side of the print, in bleed_unit at target_dpi: the output covers the "
+                         "print plus the bleed (24x16 in + 0.125 in at 300 dpi: 7275x4875 px). "
+                         "Needs a print size or pixel target (else bleed_needs_print_size).")
+    bleed_unit: BleedUnit = Field("in", description="Unit of bleed: in or mm.")
+    _bleed_unit = field_validator("bleed_unit", mode="before")(lambda cls, v: lower_unit(v))
 
     @property
     def plan_factor(self) -> float:
@@ -273,6 +282,8 @@ class UpscaleResponse(BaseModel):
     dpi: int
     cropInfo: CropGuidance | None = None
     cropApplied: bool = False
+    bleed: BleedInfo | None = Field(None, description="The bleed and the trim box (None "
+                                    "without a bleed).")
     error: str | None = None
     expires_at: float | None = Field(None, description="When the job's record and result are "
                                      "deleted (Unix time; retention after the job ends).")
@@ -324,6 +335,11 @@ class JobStatusResponse(BaseModel):
         None, description="While open and its engine has no replica running (scaled to zero, "
         "or its node lost): `waiting for a GPU node` (none can run it; the autoscaler "
         "launches one) or `waiting for its engine to start`.")
+    bleed_px: float | None = Field(None, description="The bleed a side in output pixels "
+                                   "(None without a bleed).")
+    trim_box: tuple[int, int, int, int] | None = Field(
+        None, description="With a bleed: the print without it (left, top, right, bottom) in "
+        "the pixels of the file (output_size).")
 
 
 class PlanResponse(BaseModel):
@@ -337,9 +353,14 @@ class PlanResponse(BaseModel):
                             "applied, else outputSize.")
     scaleFactor: float
     dpi: int
-    printInches: tuple[float, float] = Field(description="finalSize at dpi, in inches.")
+    printInches: tuple[float, float] = Field(description="finalSize at dpi, in inches (with "
+                                             "a bleed: the print and its bleed).")
     cropInfo: CropGuidance | None = None
     cropApplied: bool = False
+    bleed: BleedInfo | None = Field(None, description="The bleed and the trim box (None "
+                                    "without a bleed).")
+    trimInches: tuple[float, float] | None = Field(
+        None, description="With a bleed: the print without it (the trim box at dpi), in inches.")
     estimatedTime: float = Field(description="Seconds, with the jobs of that engine open here.")
     computedMegapixels: float | None = Field(
         None, description="Megapixels the default model would compute (every pass and the "

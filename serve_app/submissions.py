@@ -14,6 +14,7 @@ from serve_app.access import check_project
 from serve_app.deps import EnginesDep, Intake, SettingsDep, output_plan
 from serve_app.gateway import EngineGateway
 from serve_app.outlook import Outlook
+from serve_app.schema_bleed import bleed_info
 from serve_app.schemas import (
     CommonUpscaleForm,
     CropGuidance,
@@ -22,6 +23,7 @@ from serve_app.schemas import (
     ImagenUpscaleForm,
     PlanResponse,
 )
+from upscaler.compute.dimensions import OutputPlan
 from upscaler.compute.engines.imagen import choose_factor, request_image_bytes
 from upscaler.compute.engines.imagen import model_spec as imagen_model
 from upscaler.compute.memory import coordinator_bytes
@@ -58,7 +60,7 @@ def wait_seconds(field: float | None, prefer: str | None, default: float) -> flo
 
 
 PLAN_FIELDS = ("upscale_factor", "target_dpi", "target_width_inches", "target_height_inches",
-               "target_width", "target_height", "crop_to_target",
+               "target_width", "target_height", "crop_to_target", "bleed", "bleed_unit",
                "output_format")  # formats: JPEG's 65,535 px side is checked on the plan
 
 
@@ -95,7 +97,16 @@ def plan_upload(settings: Settings, outlook: Outlook, width: int, height: int, e
         cropInfo=CropGuidance(direction=crop.direction, amount_px=crop.amount_px,
                               amount_inches=crop.amount_inches, box=crop.box) if crop else None,
         cropApplied=plan.crop_applied, estimatedTime=estimate,
+        bleed=bleed_info(plan, form.bleed, form.bleed_unit), trimInches=trim_inches(plan),
         computedMegapixels=None if computed is None else round(computed, 3))
+
+
+def trim_inches(plan: OutputPlan) -> tuple[float, float] | None:
+    """The print without its bleed, in inches (None without a bleed)."""
+    if plan.trim_box is None:
+        return None
+    left, top, right, bottom = plan.trim_box
+    return round((right - left) / plan.dpi, 2), round((bottom - top) / plan.dpi, 2)
 
 
 def new_job(settings: Settings, intake: Intake, params: JobParams,

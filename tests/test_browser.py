@@ -117,6 +117,34 @@ def test_photo_to_a_print_size(page, client, tmp_path):
     assert "300 × 300 px · 150 DPI · 2 × 2 in" in card.locator(".result-info").inner_text()
 
 
+def test_bleed_and_its_trim_line(page, client, tmp_path):
+    """A 2x2 in print at 150 dpi with 0.1 in bleed: 330x330 px, the dashed trim line at the
+    print (15 px in from every side) over the plan's preview and over the result."""
+    page.set_input_files("#files", str(save_photo(tmp_path, "rocket", (96, 96))))
+    page.wait_for_selector("#queue li .info")
+    page.check("input[name=mode][value=print]", force=True)
+    page.select_option("#preset", "custom")
+    for field, value in (("#pw", "2"), ("#ph", "2"), ("#bleed", "0.1")):
+        page.fill(field, value)
+    page.select_option("#dpi", "150")
+    expect(page.locator("#plan .big")).to_have_text("330 × 330 px")
+    expect(page.locator("#plan")).to_contain_text("trims to 2 × 2 in")
+    preview, line = (page.locator("#plan .plan-preview").bounding_box(),
+                     page.locator("#plan .plan-preview .trim").bounding_box())
+    assert line["x"] - preview["x"] == pytest.approx(preview["width"] * 15 / 330, abs=1.5)
+    assert line["width"] == pytest.approx(preview["width"] * 300 / 330, abs=1.5)
+    page.locator("#options summary").click()
+    page.select_option("#model", "tiny-rrdb")
+    page.click("#go")
+    page.wait_for_selector(".job .result:not([hidden]) .compare .trim", timeout=120_000)
+    card = page.locator(".job").first
+    assert "bleed 0.1 in" in card.locator(".job-meta").inner_text()
+    status = client.get(f"/api/status/{card.get_attribute('data-job-id')}").json()
+    assert status["output_size"] == {"width": 330, "height": 330}
+    assert status["trim_box"] == [15, 15, 315, 315]
+    shot(page, "7-bleed")
+
+
 def test_compare_models_side_by_side(page, tmp_path):
     src = tmp_path / "rocket.png"
     src.write_bytes(png_bytes(photo("rocket", (48, 32))))

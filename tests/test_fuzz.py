@@ -30,6 +30,8 @@ BEYOND_THE_SCHEMA = {
     (422, "jpeg_too_large"): "JPEG's 65,535 px side: the image's size times the scale",
     (422, "unknown_model"): "the models installed on this server",
     (422, "tile_padding_below_mask_blur"): "two fields compared",
+    (422, "bleed_needs_print_size"): "a bleed above 0 with no print size: a value compared",
+    (422, "bleed_too_large"): "the bleed compared with the side the image's aspect gives",
     (422, "factor_not_offered"): "Imagen's factors per model, the default model a setting",
     (422, "webhooks_not_configured"): "webhooks need a signing secret on the server",
     (422, "webhook_url_refused"): "the URL's host is resolved and must be public",

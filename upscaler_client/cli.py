@@ -26,7 +26,7 @@ from upscaler_client.errors import (
     WaitTimeout,
 )
 from upscaler_client.models import Job, ProgressUpdate
-from upscaler_client.options import ENGINES, parse_pixels, parse_print_size
+from upscaler_client.options import ENGINES, parse_bleed, parse_pixels, parse_print_size
 
 OK, JOB_FAILED, USAGE, API_REFUSED, UNAVAILABLE, INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_CODES = f"""exit codes:
@@ -67,6 +67,14 @@ def _pixels(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _bleed(text: str) -> tuple[float, str]:
+    try:
+        amount, unit = parse_bleed(text)
+        return amount, unit or "in"
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _field(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -81,7 +89,7 @@ def upscale_options(args: argparse.Namespace) -> dict[str, Any]:
         "print_size": args.print_size, "pixels": args.pixels, "output_format": fmt,
         "tile_size": args.tile_size, "denoise": args.denoise, "steps": args.steps,
         "prompt": args.prompt, "seed": args.seed,
-        "crop_to_target": True if args.crop else None,
+        "crop_to_target": True if args.crop else None, "bleed": args.bleed,
         "use_fp16": False if args.no_fp16 else None, **print_options(args)}
     options.update(dict(args.field or []))
     return options
@@ -185,13 +193,20 @@ async def _upscale_all(args: argparse.Namespace, inputs: list[Path], outputs: li
                 detail = f"{size[0]}x{size[1]} px" if size else ""
                 _emit(args, {"input": str(src), "output": str(result.path),
                              "job": result.job.raw},
-                      f"{src} -> {result.path}  {detail}{f', {dpi} dpi' if dpi else ''}  "
-                      f"(job {result.job.id})")
+                      f"{src} -> {result.path}  {detail}{f', {dpi} dpi' if dpi else ''}"
+                      f"{bleed_text(args.bleed, result.job)}  (job {result.job.id})")
                 return OK
 
             jobs = (one(s, d) for s, d in zip(inputs, outputs, strict=True))
             worst = max([worst, *await asyncio.gather(*jobs)])
     return worst
+
+
+def bleed_text(bleed: tuple[float, str] | None, job: Job) -> str:
+    """The human line's bleed: what was asked, and where the print is in the file."""
+    box = job.trim_box()
+    return (f", bleed {bleed[0]:g} {bleed[1]} a side, trim {box[2] - box[0]}x{box[3] - box[1]}"
+            f" px at ({box[0]},{box[1]})" if bleed and box else "")
 
 
 def _cancel_started(args: argparse.Namespace, started: dict[str, str]) -> None:
@@ -329,6 +344,10 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--dpi", type=int, help="print DPI, written into the file (default 150)")
     up.add_argument("--crop", action="store_true",
                     help="crop (centred) to exactly the print size when the aspect differs")
+    up.add_argument("--bleed", type=_bleed, metavar="LENGTH",
+                    help="bleed on every side of the print, e.g. 3mm or 0.125in (no unit: "
+                    "inches): the output covers the print plus the bleed; needs --print or "
+                    "--pixels")
     up.add_argument("--format", choices=FORMAT_CHOICES,
                     help="output format (default: from -o's extension, else png)")
     add_print_flags(up)

@@ -46,6 +46,12 @@ class Job:
         s = self.raw.get(f"{name}_size") or self.raw.get(f"{name}Size")
         return (int(s["width"]), int(s["height"])) if s else None
 
+    def trim_box(self) -> tuple[int, int, int, int] | None:
+        """With a bleed: the print without it (left, top, right, bottom) in the file's
+        pixels, from either answer (``trim_box``, or ``bleed.trimBox``)."""
+        box = self.raw.get("trim_box") or (self.raw.get("bleed") or {}).get("trimBox")
+        return (int(box[0]), int(box[1]), int(box[2]), int(box[3])) if box else None
+
 
 @dataclass(frozen=True)
 class ProgressUpdate:

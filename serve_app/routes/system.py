@@ -51,8 +51,9 @@ async def health(engines: EnginesDep, runner: RunnerDep,
             description="`width` and `height` of the input in pixels, `engine`, and the "
             "engine's sizing fields as query parameters (`upscale_factor`, `target_dpi`, "
             "`target_width_inches`, `target_height_inches`, `target_width`, `target_height`, "
-            "`crop_to_target`, and `output_format`: JPEG's 65,535 px side), checked as the "
-            "upload would be: the same print-size rule, limits and 4xx answers.",
+            "`crop_to_target`, `bleed`, `bleed_unit`, and `output_format`: JPEG's 65,535 px "
+            "side), checked as the upload would be: the same print-size rule, limits and 4xx "
+            "answers.",
             responses={200: {"description": "The plan",
                              "content": {"application/json": {"example": PLAN}}},
                        **error_responses(401, 403, 422, 429)})

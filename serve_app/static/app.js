@@ -4,6 +4,7 @@
 
 import { ApiError, api, auth, errorHtml, esc, followJob } from "./api.js";
 import { readDpi } from "./dpi.js";
+import { bleedFields, bleedLine, drawTrim, planPreview } from "./print.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
@@ -77,6 +78,7 @@ function sizingFields() {
     f.target_height_inches = +(Number($("#ph").value) * toIn).toFixed(4);
     f.target_dpi = $("#dpi").value;
     f.crop_to_target = $("#crop").checked;
+    Object.assign(f, bleedFields($("#bleed").value, $("#bleedUnit").value));
   } else {
     f.upscale_factor = engine() === "imagen" ? `x${$("#factor").value}` : $("#factor").value;
   }
@@ -155,9 +157,11 @@ async function plan() {
         ? `Cropped to the print: ${c.amount_px} px (${fmtNum(c.amount_inches)} in) off the ${side}, centred.`
         : `Other shape than the print: ${c.amount_px} px (${fmtNum(c.amount_inches)} in) overhang ${side}; tick “Crop” to cut it, or crop when printing.`);
     }
+    if (p.bleed) lines.push(bleedLine(p));
     lines.push(`About ${fmtSeconds(p.estimatedTime)} with the jobs waiting now.`);
     box.innerHTML = `<div class="big">${p.finalSize.width} × ${p.finalSize.height} px</div>
       <ul>${lines.map((l) => `<li>${esc(l)}</li>`).join("")}</ul>`;
+    if (p.bleed) box.append(planPreview(item.url, p.finalSize, p.bleed.trimBox));
   } catch (error) {
     if (seq !== state.planSeq) return;
     box.classList.add("bad"); box.innerHTML = errorHtml(error);
@@ -191,8 +195,9 @@ function newCard(item, title, fields) {
   const size = fields.target_width_inches
     ? `${fmtNum(fields.target_width_inches)} × ${fmtNum(fields.target_height_inches)} in at ${fields.target_dpi} DPI`
     : `${String(fields.upscale_factor).replace("x", "")}×`;
+  const bleed = fields.bleed ? `bleed ${fields.bleed} ${fields.bleed_unit}` : "";
   $(".job-meta", node).textContent = [engine().toUpperCase(), fields.model || fields.upscale_model, size,
-    fields.output_format.toUpperCase()].filter(Boolean).join(" · ");
+    bleed, fields.output_format.toUpperCase()].filter(Boolean).join(" · ");
   const card = { node, item, jobId: null, expected: null, engine: engine() };
   const cancel = $(".cancel", node);
   cancel.addEventListener("click", async () => {
@@ -254,6 +259,7 @@ async function showResult(card, s) {
   box.style.aspectRatio = `${width} / ${height}`;
   $(".after", node).src = url;
   $(".before", node).src = card.item.url;
+  if (s.trim_box) drawTrim(box, s.output_size, s.trim_box);
   const split = $(".split", node);
   const setSplit = () => {
     box.style.setProperty("--split", `${split.value}%`);
@@ -397,7 +403,8 @@ function wire() {
   $$("input[name=engine], input[name=mode]").forEach((i) => i.addEventListener("change", syncForm));
   $("#preset").addEventListener("change", () => { applyPreset(); schedulePlan(); });
   for (const id of ["#pw", "#ph", "#unit"]) $(id).addEventListener("input", () => { $("#preset").value = "custom"; schedulePlan(); });
-  for (const id of ["#factor", "#dpi", "#crop"]) $(id).addEventListener("change", schedulePlan);
+  for (const id of ["#factor", "#dpi", "#crop", "#bleedUnit"]) $(id).addEventListener("change", schedulePlan);
+  $("#bleed").addEventListener("input", schedulePlan);
   $("#format").addEventListener("change", () => { syncForm(); schedulePlan(); });
   $("#rotate").addEventListener("click", () => { [$("#pw").value, $("#ph").value] = [$("#ph").value, $("#pw").value]; schedulePlan(); });
   $("#setup").addEventListener("submit", (e) => { e.preventDefault(); runQueue(); });

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from upscaler.compute.dimensions import OutputPlan
+from upscaler.compute.dimensions import BleedUnit, OutputPlan
 from upscaler.compute.encode_options import EncodeOptions, TiffCompression
 from upscaler.domain.job_stats import JobStats
 from upscaler.domain.webhooks import JOB_END_EVENTS, WebhookEvent, WebhookState
@@ -71,6 +71,9 @@ class OutputOptions(BaseModel):
     target_width: int | None = None  # a pixel target (target_width/height), not inches
     target_height: int | None = None
     crop_to_target: bool = False
+    # bleed (issue 23): around the print, sized by upscaler.compute.dimensions
+    bleed: float = 0.0
+    bleed_unit: BleedUnit = "in"
     # --- formats (issue 23): how the file is written for print ---
     jpeg_quality: int = _ENCODE_DEFAULTS.jpeg_quality
     tiff_compression: TiffCompression | None = None  # None: the server's setting
