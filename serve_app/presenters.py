@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 
+from serve_app.schema_quality import QualityReport
 from serve_app.schemas import CropGuidance, ErrorResponse, JobStatusResponse, UpscaleResponse
 from upscaler.domain.jobs import JobRecord, JobState
 
@@ -35,7 +36,8 @@ def upscale_body(job: JobRecord, estimated_time: float | None) -> UpscaleRespons
         dpi=plan.dpi,
         cropInfo=CropGuidance(direction=crop.direction, amount_px=crop.amount_px,
                               amount_inches=crop.amount_inches, box=crop.box) if crop else None,
-        cropApplied=plan.crop_applied, error=job.error, expires_at=job.expires_at)
+        cropApplied=plan.crop_applied, error=job.error, expires_at=job.expires_at,
+        quality=QualityReport.of(job.quality))
 
 
 def upscale_response(job: JobRecord, estimated_time: float | None) -> JSONResponse:
@@ -70,4 +72,5 @@ def job_status(job: JobRecord, queue_position: int | None = None,
         tiles_done=job.tiles_done, tiles_total=job.tiles_total,
         queue_position=queue_position if job.state == JobState.queued else None,
         estimated_time=None if job.state.is_terminal else estimated_time,
-        status_detail=None if job.state.is_terminal else status_detail)
+        status_detail=None if job.state.is_terminal else status_detail,
+        quality=QualityReport.of(job.quality))

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve_app import schema_examples as ex
+from serve_app.schema_quality import QualityReport
 from upscaler.compute.engines.imagen import MODELS as IMAGEN_MODELS
 from upscaler.compute.images import OUTPUT_FORMATS
 from upscaler.domain.jobs import JobWork, OutputOptions, Size
@@ -266,6 +267,9 @@ class UpscaleResponse(BaseModel):
     error: str | None = None
     expires_at: float | None = Field(None, description="When the job's record and result are "
                                      "deleted (Unix time; retention after the job ends).")
+    # fidelity (issue 23)
+    quality: QualityReport | None = Field(None, description="The fidelity report, once "
+                                          "completed.")
 
 
 class JobStatusResponse(BaseModel):
@@ -314,6 +318,9 @@ class JobStatusResponse(BaseModel):
         None, description="While open and its engine has no replica running (scaled to zero, "
         "or its node lost): `waiting for a GPU node` (none can run it; the autoscaler "
         "launches one) or `waiting for its engine to start`.")
+    # fidelity (issue 23)
+    quality: QualityReport | None = Field(None, description="The fidelity report of a "
+                                          "completed job (null before, and for older jobs).")
 
 
 class PlanResponse(BaseModel):
