@@ -253,6 +253,7 @@ def test_prometheus_metrics_on_the_ray_endpoint(client, service):
     assert r.status_code == 200
     wanted = ("ray_upscaler_jobs_total{", "ray_upscaler_model_load_seconds",
               "ray_upscaler_job_seconds_bucket", "ray_upscaler_queue_size{",
+              'ray_upscaler_delta_e_mean_bucket{engine="esrgan"',  # the job's fidelity
               "ray_serve_http_request_latency_ms_bucket")  # request latency, Serve's own
     text = _scrape_until(service.metrics_port, wanted)
     jobs = [ln for ln in text.splitlines() if ln.startswith("ray_upscaler_jobs_total{")]
