@@ -227,31 +227,41 @@ def drift(redrawn: np.ndarray, source: np.ndarray, block: int) -> float:
 # --- seams -----------------------------------------------------------------------------------
 
 class SeamMeter:
-    """Mean |difference| between the two pixel columns (rows) straddling each inner tile
-    border, over the mean |difference| of the pairs near it (``REACH`` steps of the upscale
-    factor on either side: the same phase of it, and the same content); per orientation,
-    then weighted by the border pixels of each. 1.0: borders look like their surroundings;
-    a visible seam scores above (2 or more: plainly seen). The phase matters: in an x4
-    upscale the pairs straddling the input pixels' edges (where tile borders fall) differ
-    more than the pairs inside them. Only those pairs are read from each strip."""
+    """How much more the pixels straddling the tile borders differ than their neighbours do.
+    Each inner border is cut into segments of ``SEGMENT`` px along it; in each, the summed
+    |difference| of the two pixel columns (rows) straddling the border is divided by the mean
+    of the same sums for the pairs near it (``REACH`` steps of the upscale factor on either
+    side: the same content, and the same phase of the factor, since in an x4 upscale the
+    pairs straddling the input pixels' edges, where tile borders fall, differ more than the
+    pairs inside them). Per border, the median of its segments' ratios (an edge of the
+    picture that happens to lie along a border moves only a few segments) over the median
+    of the same ratios of its neighbours (each against the same mean), which takes out the
+    skew a median of ratios has; the score is the mean over borders, weighted by their
+    length. 1.0: borders look like their surroundings; a seam along one border raises it
+    (2 or more: plainly seen). Only these columns and rows are read from each strip."""
 
     REACH = 8
+    SEGMENT = 32
 
     def __init__(self, out_h: int, out_w: int, grid: TileGrid,
                  periods: tuple[int, int] = (1, 1)):
         self.grid = grid
-        self._cols = _Gaps(grid.col_edges, out_w, periods[1], self.REACH)
-        self._rows = _Gaps(grid.row_edges, out_h, periods[0], self.REACH)
+        seg = self.SEGMENT
+        self._cols = _Gaps(grid.col_edges, out_w, periods[1], self.REACH, -(-out_h // seg))
+        self._rows = _Gaps(grid.row_edges, out_h, periods[0], self.REACH, -(-out_w // seg))
         self._last: np.ndarray | None = None  # the previous strip's last row
 
     def add(self, top: int, rows: np.ndarray) -> None:
         view, unit = _rgb_view(rows)
+        seg, h = self.SEGMENT, view.shape[0]
         if self._cols.index.size:
             i = self._cols.index
             a, b = view[:, i].astype(np.float32), view[:, i + 1].astype(np.float32)
-            self._cols.sums += np.abs(b - a).sum(axis=(0, 2), dtype=np.float64) * unit
+            diff = np.abs(b - a).sum(axis=2, dtype=np.float64) * unit  # h x gaps
+            ids = (top + np.arange(h)) // seg
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            self._cols.sums[ids[starts]] += np.add.reduceat(diff, starts, axis=0)
         if self._rows.index.size:
-            h = view.shape[0]
             # Gaps g (rows g and g+1) with g+1 in this strip; row g may be the last strip's.
             lo, hi = np.searchsorted(self._rows.index, [top - 1, top + h - 1])
             for k in range(lo, hi):
@@ -259,38 +269,48 @@ class SeamMeter:
                 upper = self._last if g < top else view[g - top]
                 if upper is None:
                     continue
-                diff = np.abs(view[g + 1 - top].astype(np.float32) - upper.astype(np.float32))
-                self._rows.sums[k] += float(diff.sum(dtype=np.float64)) * unit
+                lower = view[g + 1 - top].astype(np.float32)
+                diff = np.abs(lower - upper.astype(np.float32)).sum(axis=1, dtype=np.float64)
+                starts = np.arange(0, diff.shape[0], seg)
+                self._rows.sums[:, k] += np.add.reduceat(diff, starts) * unit
         self._last = view[-1].copy()
 
     def score(self) -> float | None:
         if self.grid.tiles <= 1:
             return None
-        (rx, wx), (ry, wy) = self._cols.ratio(), self._rows.ratio()
-        wx, wy = wx * (self._rows.length + 1), wy * (self._cols.length + 1)
-        return (rx * wx + ry * wy) / (wx + wy) if wx + wy else None
+        ratios = [*self._cols.ratios(), *self._rows.ratios()]
+        if not ratios:
+            return None
+        values, weights = zip(*ratios, strict=True)
+        return float(np.average(values, weights=weights))
 
 
 class _Gaps:
-    """The gaps (pairs of adjacent columns or rows) one axis of the seam score reads: those at
-    inner borders, and their neighbours of the same phase; each one's |difference| sum."""
+    """One axis of the seam score: the gaps (pairs of adjacent columns or rows) at inner
+    borders and near them, and each one's |difference| summed per segment along it."""
 
-    def __init__(self, edges: tuple[int, ...], size: int, period: int, reach: int):
-        self.length = max(0, size - 1)  # gaps along the axis
+    def __init__(self, edges: tuple[int, ...], size: int, period: int, reach: int,
+                 segments: int):
+        length = max(0, size - 1)  # gaps along the axis
         borders = sorted({e - 1 for e in edges[1:-1] if 0 < e < size})
-        near = {g + j * period for g in borders for j in range(-reach, reach + 1) if j}
-        near = {g for g in near if 0 <= g < self.length} - set(borders)
-        self.index = np.array(sorted({*borders, *near}), np.int64)
-        self.is_border = np.isin(self.index, borders)
-        self.sums = np.zeros(self.index.size, np.float64)
+        near = {b: [g for g in (b + j * period for j in range(-reach, reach + 1) if j)
+                    if 0 <= g < length and g not in borders] for b in borders}
+        self.index = np.array(sorted({*borders, *(g for n in near.values() for g in n)}),
+                              np.int64)
+        at = {int(g): k for k, g in enumerate(self.index)}
+        self._pairs = [(at[b], [at[g] for g in n]) for b, n in near.items() if n]
+        self.sums = np.zeros((segments, self.index.size), np.float64)
 
-    def ratio(self) -> tuple[float, int]:
-        border = self.is_border
-        if not border.any() or border.all():
-            return 1.0, 0
-        eps = 1e-9
-        return float((self.sums[border].mean() + eps) / (self.sums[~border].mean() + eps)), int(
-            border.sum())
+    def ratios(self) -> list[tuple[float, int]]:
+        """Per border: its ratio (see ``SeamMeter``) and its segments (its weight)."""
+        eps = 1e-6
+        out = []
+        for b, n in self._pairs:
+            near = self.sums[:, n].mean(axis=1, keepdims=True) + eps
+            border = np.median((self.sums[:, b] + eps) / near[:, 0])
+            reference = np.median((self.sums[:, n] + eps) / near)
+            out.append((float(border / reference), int(near.size)))
+        return out
 
 
 # --- the report --------------------------------------------------------------------------------
