@@ -74,7 +74,9 @@ def breakdown(status: dict, replicas: int) -> dict:
 def run_jobs(models: Path, work: Path, replicas: int, args) -> dict[str, dict]:
     env = {"UPSCALER_FLUX_MIN_REPLICAS": str(replicas),
            "UPSCALER_FLUX_MAX_REPLICAS": str(replicas), "UPSCALER_CPU_THREADS": "1",
-           "UPSCALER_FLUX_MIN_TILE_SIZE": "32", "HF_HUB_OFFLINE": "1"}
+           "UPSCALER_FLUX_MIN_TILE_SIZE": "32", "HF_HUB_OFFLINE": "1",
+           # The tiny FLUX's random VAE drifts every tile: one draw each, as measured before.
+           "UPSCALER_FLUX_TILE_MAX_DELTA_E": "100"}
     svc = start_service(work / f"data{replicas}", models, work / f"service{replicas}.log", env,
                         timeout=300)
     w, h = (int(v) for v in args.size.split("x"))

@@ -23,6 +23,7 @@ BENCH = Path(__file__).resolve().parent
 BENCHES = {
     "tiling": ["bench_tiling.py"],
     "request": ["bench_esrgan.py"],
+    "fidelity": ["bench_fidelity.py"],
     "encode": ["bench_encode.py", "--repeat", "3"],
     "memory": ["bench_memory.py"],
     "decode-memory": ["bench_decode_memory.py"],

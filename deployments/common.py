@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from deployments.fencing import AttemptFence, write_result
+from deployments.quality import Fidelity, measure_quality
 from upscaler import ray_support
 from upscaler.compute.device import resolve_device, use_cpu_threads
 from upscaler.compute.encode import encode_image
@@ -68,9 +69,12 @@ def read_input(store: JobStore, spec: JobSpec, max_pixels: int,
 
 
 def finish_job(store: JobStore, spec: JobSpec, image: DecodedImage, settings: Settings,
-               stats: JobStats, fence: AttemptFence | None = None) -> Completed:
+               stats: JobStats, fence: AttemptFence | None = None,
+               fidelity: Fidelity | None = None) -> Completed:
     """The engine's output at the planned size: cropped when the crop is applied, encoded with
-    the DPI, written to job storage; the event that reports it."""
+    the DPI, written to job storage; the event that reports it, with the fidelity report
+    measured on the uncropped output against ``fidelity.source``."""
+    quality, quality_seconds = measure_quality(spec.engine.value, fidelity, image)
     started = time.perf_counter()
     image = image.cropped(spec.plan.applied_crop_box)
     params = spec.params
@@ -82,7 +86,8 @@ def finish_job(store: JobStore, spec: JobSpec, image: DecodedImage, settings: Se
     # while storage is down, for up to a lease: a finished image is not thrown away lightly.
     key = write_result(store, spec, encoded, settings.stale_after_s, fence)
     return Completed(key, spec.result_filename, stats.with_output(
-        round(time.perf_counter() - started, 3), len(encoded)))
+        round(time.perf_counter() - started, 3), len(encoded)).with_quality_seconds(
+        quality_seconds), quality)
 
 
 async def stream_from_thread(work: Callable[[Emit, threading.Event], Completed],

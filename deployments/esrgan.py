@@ -27,6 +27,7 @@ from deployments.common import (
     stream_from_thread,
 )
 from deployments.fencing import AttemptFence
+from deployments.quality import esrgan_fidelity
 from upscaler import ray_support
 from upscaler.compute.engines.models import ModelInfo, ModelRegistry
 from upscaler.compute.images import DecodedImage
@@ -153,7 +154,8 @@ class EsrganDeployment:
     # --- the work ------------------------------------------------------------------------
     def _upscale(self, spec: JobSpec, model: str, tile_size: int | None, use_fp16: bool,
                  emit: Emit | None = None, cancelled: threading.Event | None = None,
-                 data: bytes | None = None) -> tuple[DecodedImage, dict]:
+                 data: bytes | None = None) -> tuple[DecodedImage, DecodedImage, dict]:
+        """The job's decoded input, its upscaled image (uncropped) and the engine's stats."""
         _, image = read_input(self.store, spec, self.settings.max_input_pixels, data)
         with self._gpu_lock:
             if emit:
@@ -163,16 +165,17 @@ class EsrganDeployment:
                 progress=emit and (lambda done, total: emit(Progress(done, total))),
                 should_stop=cancelled.is_set if cancelled else None,
                 quantize=emit is not None)  # FLUX's pre-pass (no events) wants floats
-        return result.image, result.stats
+        return image, result.image, result.stats
 
     def _process(self, spec: JobSpec, data: bytes | None, emit: Emit,
                  cancelled: threading.Event, fence: AttemptFence | None = None) -> Completed:
         params = spec.params
         assert isinstance(params, EsrganParams)
-        image, stats = self._upscale(spec, params.model, params.tile_size, params.use_fp16,
-                                     emit, cancelled, data)
+        source, image, stats = self._upscale(spec, params.model, params.tile_size,
+                                             params.use_fp16, emit, cancelled, data)
         return finish_job(self.store, spec, image, self.settings,
-                          EsrganStats(**stats, replica=self.replica_id), fence)
+                          EsrganStats(**stats, replica=self.replica_id), fence,
+                          esrgan_fidelity(source, stats, image.height, image.width))
 
     async def prepass(self, spec: JobSpec) -> DecodedImage:
         """FLUX's first step: the pre-pass model to the exact output size (uncropped)."""
@@ -180,8 +183,8 @@ class EsrganDeployment:
         assert isinstance(params, FluxParams)
         self._busy_jobs += 1
         try:
-            image, _ = await asyncio.to_thread(self._upscale, spec, params.upscale_model, None,
-                                               True)
+            _, image, _ = await asyncio.to_thread(self._upscale, spec, params.upscale_model,
+                                                  None, True)
             return image
         finally:
             self._busy_jobs -= 1

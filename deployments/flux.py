@@ -17,8 +17,15 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.common import engine_device, finish_job, open_job_store, replica_tag
+from deployments.common import (
+    engine_device,
+    finish_job,
+    open_job_store,
+    read_input,
+    replica_tag,
+)
 from deployments.fencing import AttemptFence
+from deployments.quality import Fidelity
 from upscaler import ray_support
 from upscaler.compute.budget import MemoryBudget
 from upscaler.compute.engines.flux_files import (
@@ -36,6 +43,7 @@ from upscaler.compute.engines.usdu import (
     render_crop,
     replay,
 )
+from upscaler.compute.fidelity import drift, usdu_grid
 from upscaler.compute.images import DecodedImage
 from upscaler.compute.memory import coordinator_bytes
 from upscaler.compute.metadata import METADATA_BLOCKS, ImageMetadata
@@ -53,6 +61,19 @@ logger = logging.getLogger("ray.serve")
 
 class TileCancelled(Exception):
     pass
+
+
+RERUN_SEED_STEP = 7919  # a re-drawn tile's new seed: seed + index + this
+
+
+def tile_attempt(params: FluxParams, seed: int, attempt: int) -> tuple[FluxParams, int]:
+    """A tile's draw ``attempt`` (0: as asked): a new seed first, then half the denoise (what
+    keeps a tile closest to the pixels it was drawn from)."""
+    if attempt == 0:
+        return params, seed
+    if attempt == 1:
+        return params, seed + RERUN_SEED_STEP
+    return params.model_copy(update={"denoise": params.denoise / 2}), seed
 
 
 @serve.deployment(name="FLUX")
@@ -219,6 +240,7 @@ class FluxCoordinator:
         schedule = TileSchedule(tiles, outputs)
         tile_log: list[TileLogEntry] = []
         running: dict[asyncio.Future, Tile] = {}
+        block = max(1, round(spec.plan.scale_factor))  # drift is judged at the input's scale
 
         async def send_ready() -> None:
             """Start every tile whose needed tiles are drawn (all at once: Serve spreads them
@@ -231,7 +253,8 @@ class FluxCoordinator:
                 lambda: [render_crop(prepass.rgb, tiles, needed, t, params.mask_blur)
                          for t in ready])
             for tile, crop in zip(ready, crops, strict=True):
-                running[asyncio.ensure_future(self._draw(tile, crop, embeds, params))] = tile
+                running[asyncio.ensure_future(
+                    self._draw(tile, crop, embeds, params, block))] = tile
 
         try:
             await send_ready()
@@ -239,7 +262,7 @@ class FluxCoordinator:
                 finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in sorted(finished, key=lambda f: running[f].index):
                     tile = running.pop(task)
-                    out, drawn, sent, returned = task.result()
+                    out, drawn, sent, returned, delta_e, attempts = task.result()
                     # Stored before any tile that needs it starts: a resumed job's crops are
                     # cut from the very pixels this run's were.
                     await asyncio.to_thread(
@@ -250,7 +273,8 @@ class FluxCoordinator:
                     tile_log.append(TileLogEntry(
                         replica=drawn.replica, seconds=drawn.seconds,
                         started_at=drawn.started_at, finished_at=drawn.finished_at,
-                        tile=tile.index, sent=sent, returned=returned, stored=time.time()))
+                        tile=tile.index, sent=sent, returned=returned, stored=time.time(),
+                        delta_e=delta_e, attempts=attempts))
                     await send_ready()
                     yield Progress(len(schedule.done), len(tiles), tile=tile.index,
                                    replica=drawn.replica)
@@ -265,31 +289,57 @@ class FluxCoordinator:
         timeline["image"] = time.time()
         image = prepass.with_pixels(rgb, prepass.alpha)
         replicas = sorted({t.replica for t in tile_log})
+        # The report compares with the upload (read again: the pre-pass replica decoded it).
+        _, source = await asyncio.to_thread(read_input, self.store, spec,
+                                            self.settings.max_input_pixels)
+        fidelity = Fidelity(source, usdu_grid(image.height, image.width, params.tile_size),
+                            tiles_rerun=sum(t.attempts > 1 for t in tile_log))
         yield await asyncio.to_thread(finish_job, self.store, spec, image, self.settings,
                                       FluxStats(tiles=len(tiles), tiles_computed=len(tile_log),
                                                 tiles_resumed=resumed, replicas=replicas,
                                                 tile_log=tile_log, timeline=timeline,
                                                 seconds=round(time.perf_counter() - start, 3)),
-                                      fence)
+                                      fence, fidelity)
 
     async def _draw(self, tile: Tile, crop: np.ndarray, embeds: PromptEmbeds,
-                    params: FluxParams) -> tuple[np.ndarray, TileResult, float, float]:
-        """One tile on whichever FLUX replica Serve picks, colour-fixed off the event loop;
-        the replica's answer, when it was sent and when it came back."""
-        sent = time.time()
-        response = self.flux.redraw.remote(crop, embeds, params, params.seed + tile.index)
-        try:
-            result: TileResult = await response
-        except asyncio.CancelledError:
-            # Stop the replica's work too, not only this wait for it.
-            if (cancel := getattr(response, "cancel", None)) is not None:
-                cancel()
-            raise
-        returned = time.time()
-        out = await asyncio.to_thread(
-            lambda: color_fix(result.image.astype(np.float32), crop,
-                              params.color_fix).astype(np.float16))
-        return out, result, sent, returned
+                    params: FluxParams, block: int
+                    ) -> tuple[np.ndarray, TileResult, float, float, float, int]:
+        """One tile on whichever FLUX replica Serve picks, colour-fixed off the event loop,
+        and drawn again while it drifts (``flux_tile_max_delta_e``, up to
+        ``flux_tile_max_reruns`` times): the best draw, its replica's answer, when it was
+        first sent and last came back, its drift and the draws made."""
+        sent, best = time.time(), None
+        for attempt in range(1 + self.settings.flux_tile_max_reruns):
+            asked, seed = tile_attempt(params, params.seed + tile.index, attempt)
+            response = self.flux.redraw.remote(crop, embeds, asked, seed)
+            try:
+                result: TileResult = await response
+            except asyncio.CancelledError:
+                # Stop the replica's work too, not only this wait for it.
+                if (cancel := getattr(response, "cancel", None)) is not None:
+                    cancel()
+                raise
+            out, delta_e = await asyncio.to_thread(
+                _fixed_and_drift, result.image, crop, tile, params, block)
+            if best is None or delta_e < best[2]:
+                best = (out, result, delta_e)
+            if delta_e <= self.settings.flux_tile_max_delta_e:
+                break
+        assert best is not None
+        return best[0], best[1], sent, time.time(), round(best[2], 3), attempt + 1
+
+
+def _fixed_and_drift(image: np.ndarray, crop: np.ndarray, tile: Tile, params: FluxParams,
+                     block: int) -> tuple[np.ndarray, float]:
+    """The redrawn tile colour-fixed, and its drift: mean ΔE2000 of its core (the rect it
+    owns) vs the same pixels of the crop it was drawn from, both area-averaged over the
+    upscale factor. The crop, not the upload: it is what the redraw was asked to keep, at
+    hand as each tile returns (the pre-pass's own drift from the upload is ESRGAN's)."""
+    out = color_fix(image.astype(np.float32), crop, params.color_fix)
+    y0, y1, x0, x1 = tile.rect
+    cy, cx = tile.crop[0], tile.crop[2]
+    core = (slice(y0 - cy, y1 - cy), slice(x0 - cx, x1 - cx))
+    return out.astype(np.float16), drift(out[core], crop[core].astype(np.float32), block)
 
 
 def _image_to_npz(image: DecodedImage) -> bytes:

@@ -21,6 +21,7 @@ from deployments.common import (
     read_input,
     stream_from_thread,
 )
+from deployments.quality import Fidelity
 from deployments.vertex import VertexClient
 from upscaler.compute.engines.imagen import credentials_status, request_image_bytes
 from upscaler.compute.engines.imagen import model_spec as imagen_model
@@ -82,7 +83,7 @@ class ImagenDeployment:
                           ImagenStats(model=model.name, vertex_factor=params.factor,
                                       vertex_output=[result.width, result.height],
                                       vertex_seconds=round(call_seconds, 3),
-                                      device="vertex-ai"))
+                                      device="vertex-ai"), fidelity=Fidelity(source))
 
     async def run(self, spec: JobSpec, data: bytes | None = None) -> AsyncIterator[JobEvent]:
         # One Vertex call cannot stop midway; the fence keeps a superseded run's result out.

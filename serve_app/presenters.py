@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 
 from serve_app.schema_bleed import bleed_info
+from serve_app.schema_quality import QualityReport
 from serve_app.schemas import CropGuidance, ErrorResponse, JobStatusResponse, UpscaleResponse
 from upscaler.domain.jobs import JobRecord, JobState
 
@@ -38,7 +39,7 @@ def upscale_body(job: JobRecord, estimated_time: float | None) -> UpscaleRespons
                               amount_inches=crop.amount_inches, box=crop.box) if crop else None,
         cropApplied=plan.crop_applied,
         bleed=bleed_info(plan, job.params.bleed, job.params.bleed_unit), error=job.error,
-        expires_at=job.expires_at)
+        expires_at=job.expires_at, quality=QualityReport.of(job.quality))
 
 
 def upscale_response(job: JobRecord, estimated_time: float | None) -> JSONResponse:
@@ -75,4 +76,4 @@ def job_status(job: JobRecord, queue_position: int | None = None,
         estimated_time=None if job.state.is_terminal else estimated_time,
         status_detail=None if job.state.is_terminal else status_detail,
         bleed_px=round(job.plan.bleed_px, 3) if job.plan.trim_box else None,
-        trim_box=job.plan.final_trim_box)
+        trim_box=job.plan.final_trim_box, quality=QualityReport.of(job.quality))

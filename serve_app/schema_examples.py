@@ -7,14 +7,21 @@ JOB_ID = "3f2b9c4e8a1d4f6b9e0c7a5d2b1e8f3c"
 _SIZES = {"inputSize": {"width": 1200, "height": 800},
           "outputSize": {"width": 7200, "height": 4800}}
 
+# fidelity (issue 23): a 2 x 3 tile grid of a 7200 x 4800 output
+QUALITY = {"delta_e_mean": 0.41, "delta_e_p95": 1.12, "seam_score": 1.01, "tiles_rerun": 0,
+           "tile_grid": [2, 3], "tiles": [
+               {"box": [x, y, x + 2400, y + 2400], "delta_e_mean": de}
+               for (x, y), de in zip([(x, y) for y in (0, 2400) for x in (0, 2400, 4800)],
+                                     (0.38, 0.45, 0.40, 0.36, 0.47, 0.41), strict=True)]}
 UPSCALE_COMPLETED = {
     "jobId": JOB_ID, "task_id": JOB_ID, "status": "completed",
     "outputUrl": f"/api/results/{JOB_ID}.tiff", "processingTime": 4.21, "estimatedTime": None,
     **_SIZES, "statusUrl": f"/api/status/{JOB_ID}", "progress": 100,
     "model": "4x-UltraSharp", "scaleFactor": 6.0, "dpi": 300, "cropInfo": None,
-    "cropApplied": False, "error": None}
+    "cropApplied": False, "error": None, "quality": QUALITY}
 UPSCALE_QUEUED = {**UPSCALE_COMPLETED, "status": "queued", "outputUrl": None,
-                  "processingTime": None, "estimatedTime": 12.5, "progress": 0}
+                  "processingTime": None, "estimatedTime": 12.5, "progress": 0,
+                  "quality": None}
 
 _STATUS_SIZES = {"input_size": {"width": 1200, "height": 800},
                  "output_size": {"width": 7200, "height": 4800}}
@@ -26,7 +33,7 @@ STATUS_PROCESSING = {
     "processing_time": None, "resumes": 0, "stats": {}}
 STATUS_COMPLETED = {**STATUS_PROCESSING, "status": "completed", "progress": 100,
                     "output_url": f"/api/results/{JOB_ID}.tiff", "finished_at": 1767225604.6,
-                    "processing_time": 4.21}
+                    "processing_time": 4.21, "quality": QUALITY}
 STATUS_CANCELLED = {**STATUS_PROCESSING, "status": "cancelled", "finished_at": 1767225602.0,
                     "error": "cancelled", "error_code": "cancelled"}
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from serve_app import print_fields as pf
 from serve_app import schema_examples as ex
 from serve_app.schema_bleed import BleedInfo, lower_unit
+from serve_app.schema_quality import QualityReport
 from upscaler.compute.dimensions import BleedUnit
 from upscaler.compute.engines.imagen import MODELS as IMAGEN_MODELS
 from upscaler.compute.images import OUTPUT_FORMATS
@@ -287,6 +288,9 @@ class UpscaleResponse(BaseModel):
     error: str | None = None
     expires_at: float | None = Field(None, description="When the job's record and result are "
                                      "deleted (Unix time; retention after the job ends).")
+    # fidelity (issue 23)
+    quality: QualityReport | None = Field(None, description="The fidelity report, once "
+                                          "completed.")
 
 
 class JobStatusResponse(BaseModel):
@@ -340,6 +344,9 @@ class JobStatusResponse(BaseModel):
     trim_box: tuple[int, int, int, int] | None = Field(
         None, description="With a bleed: the print without it (left, top, right, bottom) in "
         "the pixels of the file (output_size).")
+    # fidelity (issue 23)
+    quality: QualityReport | None = Field(None, description="The fidelity report of a "
+                                          "completed job (null before, and for older jobs).")
 
 
 class PlanResponse(BaseModel):

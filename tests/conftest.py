@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers.config import (  # noqa: E402
     FAST_STALE,
+    FLUX_DUMMY_MAX_DELTA_E,
     FLUX_ENV,
     METRICS_INTERVAL_MS,
     TEST_LIMITS,
@@ -136,6 +137,7 @@ def app(tmp_path_factory, full_models_root, vertex):
     data = tmp_path_factory.mktemp("app-data")
     settings = settings_from_env({**TEST_LIMITS, **vertex_env(vertex)}, data_dir=data,
                                  models_dir=full_models_root, flux_min_tile_size=32,
+                                 flux_tile_max_delta_e=FLUX_DUMMY_MAX_DELTA_E,
                                  sync_wait_s=60, device="cpu")
     with local_client(settings) as client:
         yield client

@@ -19,14 +19,14 @@ HEALTH = {"status", "gpu_available", "gpu_name", "gpu_memory_free", "models_load
           "queue_size", "engines", "scope"}
 MODEL = {"name", "architecture", "scale", "input_channels", "output_channels",
          "supports_half", "supports_bfloat16", "size_bytes", "file"}
-OUTPUT = {"encode_seconds", "output_bytes"}
+OUTPUT = {"encode_seconds", "output_bytes", "quality_seconds"}
 ESRGAN_STATS = OUTPUT | {"model", "architecture", "model_scale", "passes", "pass_input",
                          "computed_pixels", "tile_size", "context", "tiles", "oom_retries",
                          "device", "dtype", "model_seconds", "engine_seconds", "replica"}
 FLUX_STATS = OUTPUT | {"tiles", "tiles_computed", "tiles_resumed", "replicas", "tile_log",
                        "timeline", "seconds"}
 TILE_LOG = {"replica", "seconds", "started_at", "finished_at", "tile", "sent", "returned",
-            "stored"}
+            "stored", "delta_e", "attempts"}
 IMAGEN_STATS = OUTPUT | {"model", "vertex_factor", "vertex_output", "vertex_seconds", "device"}
 
 

@@ -22,6 +22,7 @@ import httpx
 import pytest
 import yaml
 from helpers.api import download, eventually, upload, wait_for_job
+from helpers.config import FLUX_DUMMY_MAX_DELTA_E
 from helpers.fake_autoscaler import FakeAutoscalingCluster
 from helpers.images import photo, png_bytes
 from helpers.processes import REPO, free_port
@@ -76,6 +77,7 @@ def serve_config(port: int, data_dir: Path, models_dir: Path, storage: tuple[str
                      "esrgan_min_replicas": 0, "esrgan_max_replicas": 1,
                      "flux_min_replicas": 0, "flux_max_replicas": 1, "flux_idle_s": IDLE_S,
                      "flux_min_tile_size": 32, "gpu_node_start_s": 30,
+                     "flux_tile_max_delta_e": FLUX_DUMMY_MAX_DELTA_E,
                      "esrgan_cold_start_s": 10, "flux_cold_start_s": 20,
                      "ingress_drain_s": 2},
             "deployments": [{"name": "ESRGAN", "autoscaling_config": zero},

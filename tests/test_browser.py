@@ -115,6 +115,15 @@ def test_photo_to_a_print_size(page, client, tmp_path):
     assert downloaded.size == (api_size["width"], api_size["height"]) == (300, 300)
     assert round(downloaded.info["dpi"][0]) == 150
     assert "300 × 300 px · 150 DPI · 2 × 2 in" in card.locator(".result-info").inner_text()
+    # The fidelity badge, and the heat map of its tiles over the preview.
+    fidelity = card.locator(".fidelity")
+    expect(fidelity).to_be_visible()
+    assert fidelity.inner_text().startswith(f"ΔE {status['quality']['delta_e_mean']:.1f}")
+    assert fidelity.get_attribute("class").split()[-1] in ("good", "fair", "poor")
+    expect(card.locator(".heat")).to_be_hidden()
+    card.locator(".heat-toggle").click()
+    expect(card.locator(".heat")).to_be_visible()
+    shot(page, "3-heat-map")
 
 
 def test_bleed_and_its_trim_line(page, client, tmp_path):

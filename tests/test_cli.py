@@ -101,6 +101,7 @@ def test_one_file_to_a_print_size(service, tmp_path):
     assert r.returncode == OK, r.stderr
     record = json.loads(r.stdout)
     assert record["output"] == str(out) and record["job"]["status"] == "completed"
+    assert record["quality"] == record["job"]["quality"] and record["quality"]["delta_e_p95"] >= 0
     with Image.open(out) as im:
         assert im.format == "TIFF" and im.size == (400, 300)
         assert round(float(im.info["dpi"][0])) == 100
@@ -121,6 +122,7 @@ def test_a_folder_of_three(service, tmp_path, capsys, monkeypatch):
         with Image.open(tmp_path / "out" / name) as im:
             assert im.size == (80, 60)
     assert out.count("(job ") == 3
+    assert out.count("\n  fidelity: dE2000 ") == 3  # one summary line per image
     assert err.count(": completed (job ") == 3  # no terminal: each stage is a log line
 
 

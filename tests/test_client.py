@@ -151,6 +151,22 @@ def test_bad_print_sizes_say_what_is_accepted(text):
         parse_print_size(text)
 
 
+def test_the_fidelity_report_of_a_status():
+    from upscaler_client import Job, Quality
+
+    body = {**status_body("completed", 100), "quality": {
+        "delta_e_mean": 0.612, "delta_e_p95": 1.4, "seam_score": 1.021, "tiles_rerun": 2,
+        "tile_grid": [1, 2], "tiles": [{"box": [0, 0, 64, 64], "delta_e_mean": 0.5},
+                                       {"box": [64, 0, 128, 64], "delta_e_mean": 0.7}]}}
+    quality = Job.from_api(body).quality
+    assert isinstance(quality, Quality) and quality.seam_score == 1.021
+    assert quality.tiles[1]["box"] == [64, 0, 128, 64]
+    assert quality.summary() == "dE2000 0.61 (p95 1.40), seams 1.02, 2 tiles re-drawn"
+    assert Job.from_api(status_body("processing", 5)).quality is None
+    one = Quality.from_api({"delta_e_mean": 0.2, "delta_e_p95": 0.5, "seam_score": None})
+    assert one.summary() == "dE2000 0.20 (p95 0.50)"
+
+
 def test_verify_webhook():
     secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
     body = json.dumps({"type": "job.completed", "data": {"jobId": JOB}})

@@ -267,5 +267,6 @@ def test_grafana_dashboard_queries_our_metrics():
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     # Each metric function is named after its metric; Ray exports it with a ray_ prefix.
     for fn in (ray_support.jobs_total, ray_support.queue_size, ray_support.job_seconds,
-               ray_support.tile_seconds, ray_support.model_load_seconds):
+               ray_support.tile_seconds, ray_support.model_load_seconds,
+               ray_support.delta_e_mean, ray_support.seam_score):
         assert f"ray_upscaler_{fn.__name__}" in exprs

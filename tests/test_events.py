@@ -64,6 +64,11 @@ def test_events_of_a_job_in_process(bare_app):
     assert last["data"]["output_url"] == f"/api/results/{job_id}.png"
     assert last["data"] == bare_app.get(f"/api/status/{job_id}").json()
     assert last["data"]["tiles_done"] == last["data"]["tiles_total"] > 1
+    # The completed event carries the fidelity report; the events before it have none.
+    quality = last["data"]["quality"]
+    assert quality["delta_e_mean"] >= 0 and quality["seam_score"] > 0
+    assert len(quality["tiles"]) == quality["tile_grid"][0] * quality["tile_grid"][1] > 1
+    assert all(e["data"]["quality"] is None for e in events[:-1])
 
     # A reconnect after the end: the terminal event once, then nothing more (204).
     r = bare_app.get(f"/api/jobs/{job_id}/events", headers={"Last-Event-ID": "150"})

@@ -41,6 +41,8 @@ def test_upscale_through_vertex(app, vertex):
                                                                     "height": 96}
     out = Image.open(io.BytesIO(app.get(body["outputUrl"]).content))
     assert out.size == (128, 96) and round(out.info["dpi"][0]) == 300
+    quality = body["quality"]  # one tile: no seam score, one heat-map cell
+    assert quality["seam_score"] is None and quality["tiles"][0]["box"] == [0, 0, 128, 96]
     [call] = vertex.calls
     assert call["path"] == ("/v1/projects/test-project/locations/us-central1/publishers/"
                             "google/models/imagen-4.0-upscale-preview:predict")

@@ -253,10 +253,13 @@ def test_prometheus_metrics_on_the_ray_endpoint(client, service):
     assert r.status_code == 200
     wanted = ("ray_upscaler_jobs_total{", "ray_upscaler_model_load_seconds",
               "ray_upscaler_job_seconds_bucket", "ray_upscaler_queue_size{",
+              "ray_upscaler_delta_e_mean_bucket",  # the job's fidelity report
               "ray_serve_http_request_latency_ms_bucket")  # request latency, Serve's own
     text = _scrape_until(service.metrics_port, wanted)
     jobs = [ln for ln in text.splitlines() if ln.startswith("ray_upscaler_jobs_total{")]
     assert any('engine="esrgan"' in ln and 'status="completed"' in ln for ln in jobs), jobs
+    drift = [ln for ln in text.splitlines() if ln.startswith("ray_upscaler_delta_e_mean_count")]
+    assert any('engine="esrgan"' in ln for ln in drift), drift
     assert "ray_serve_num_http_requests" in text or "ray_serve_deployment_request_counter" in text
     # Ray drops a gauge its process has not re-reported for two export intervals; ours are
     # re-sent, so the queue gauges set at start are still there well after that.

@@ -217,6 +217,22 @@ def tile_seconds():
                    ("engine",), tuple(TILE_BUCKETS))
 
 
+DELTA_E_BUCKETS = [0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20]
+SEAM_BUCKETS = [0.9, 1.0, 1.05, 1.1, 1.25, 1.5, 2, 3, 5]
+
+
+def delta_e_mean():
+    return _metric("histogram", "upscaler_delta_e_mean", "Colour drift of finished jobs: mean "
+                   "CIEDE2000 of the output, area-averaged to the input's size, vs the input.",
+                   ("engine",), tuple(DELTA_E_BUCKETS))
+
+
+def seam_score():
+    return _metric("histogram", "upscaler_seam_score", "Seam score of finished tiled jobs: "
+                   "gradient energy across tile borders over that inside tiles (1 = no seam).",
+                   ("engine",), tuple(SEAM_BUCKETS))
+
+
 def model_load_seconds():
     return _metric("gauge", "upscaler_model_load_seconds", "Seconds the last load of a model "
                    "took.", ("engine", "model"))

@@ -24,14 +24,15 @@ from upscaler_client.errors import (
     WaitTimeout,
     WebhookVerificationError,
 )
-from upscaler_client.models import Job, ProgressUpdate, UpscaleResult
+from upscaler_client.models import Job, ProgressUpdate, Quality, UpscaleResult
 from upscaler_client.options import parse_print_size
 from upscaler_client.webhooks import verify_webhook
 
 __all__ = [
     "ApiError", "AsyncClient", "BadRequest", "Client", "Conflict", "ConnectionFailed",
     "Forbidden", "InvalidRequest", "Job", "JobCancelled", "JobFailed", "NotFound",
-    "PayloadTooLarge", "ProgressUpdate", "RateLimited", "ServerError", "ServiceUnavailable",
-    "Unauthorized", "UnsupportedMediaType", "UpscaleResult", "UpscalerClientError",
-    "WaitTimeout", "WebhookVerificationError", "parse_print_size", "verify_webhook",
+    "PayloadTooLarge", "ProgressUpdate", "Quality", "RateLimited", "ServerError",
+    "ServiceUnavailable", "Unauthorized", "UnsupportedMediaType", "UpscaleResult",
+    "UpscalerClientError", "WaitTimeout", "WebhookVerificationError", "parse_print_size",
+    "verify_webhook",
 ]

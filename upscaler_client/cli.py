@@ -191,10 +191,12 @@ async def _upscale_all(args: argparse.Namespace, inputs: list[Path], outputs: li
                 size = result.job.size()
                 dpi = options.get("target_dpi")
                 detail = f"{size[0]}x{size[1]} px" if size else ""
+                quality = result.job.quality  # the fidelity summary (issue 23)
                 _emit(args, {"input": str(src), "output": str(result.path),
-                             "job": result.job.raw},
+                             "job": result.job.raw, "quality": result.job.raw.get("quality")},
                       f"{src} -> {result.path}  {detail}{f', {dpi} dpi' if dpi else ''}"
-                      f"{bleed_text(args.bleed, result.job)}  (job {result.job.id})")
+                      f"{bleed_text(args.bleed, result.job)}  (job {result.job.id})"
+                      + (f"\n  fidelity: {quality.summary()}" if quality else ""))
                 return OK
 
             jobs = (one(s, d) for s, d in zip(inputs, outputs, strict=True))

@@ -41,6 +41,12 @@ class Job:
                    output_url=body.get("output_url") or body.get("outputUrl"),
                    error=body.get("error"), error_code=body.get("error_code"), raw=body)
 
+    @property
+    def quality(self) -> Quality | None:
+        """The fidelity report of a completed job (None before, or from an older server)."""
+        body = self.raw.get("quality")
+        return Quality.from_api(body) if isinstance(body, dict) else None
+
     def size(self, name: str = "output") -> tuple[int, int] | None:
         """``output`` or ``input`` size as (width, height), when the answer has it."""
         s = self.raw.get(f"{name}_size") or self.raw.get(f"{name}Size")
@@ -51,6 +57,38 @@ class Job:
         pixels, from either answer (``trim_box``, or ``bleed.trimBox``)."""
         box = self.raw.get("trim_box") or (self.raw.get("bleed") or {}).get("trimBox")
         return (int(box[0]), int(box[1]), int(box[2]), int(box[3])) if box else None
+
+
+@dataclass(frozen=True)
+class Quality:
+    """How faithful the result is (the API's ``quality``): colour drift as CIEDE2000 between
+    the output, area-averaged back to the input's size, and the input (below 1: not visible),
+    the seam score over the tile borders (1.0: no seam; None for one tile), FLUX's re-drawn
+    tiles, and the per-tile drift (``tiles``: dicts with ``box`` and ``delta_e_mean``)."""
+
+    delta_e_mean: float
+    delta_e_p95: float
+    seam_score: float | None = None
+    tiles_rerun: int = 0
+    tiles: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_api(cls, body: dict[str, Any]) -> Quality:
+        return cls(delta_e_mean=float(body["delta_e_mean"]),
+                   delta_e_p95=float(body["delta_e_p95"]),
+                   seam_score=None if body.get("seam_score") is None else float(
+                       body["seam_score"]),
+                   tiles_rerun=int(body.get("tiles_rerun") or 0),
+                   tiles=list(body.get("tiles") or []))
+
+    def summary(self) -> str:
+        """One line (ASCII, for any terminal): ``dE2000 0.62 (p95 1.40), seams 1.02``."""
+        text = f"dE2000 {self.delta_e_mean:.2f} (p95 {self.delta_e_p95:.2f})"
+        if self.seam_score is not None:
+            text += f", seams {self.seam_score:.2f}"
+        if self.tiles_rerun:
+            text += f", {self.tiles_rerun} tile{'s' if self.tiles_rerun > 1 else ''} re-drawn"
+        return text
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@
 
 import { ApiError, api, auth, errorHtml, esc, followJob } from "./api.js";
 import { readDpi } from "./dpi.js";
+import { showFidelity } from "./fidelity.js";
 import { bleedFields, bleedLine, drawTrim, planPreview } from "./print.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -250,6 +251,7 @@ async function showResult(card, s) {
   link.href = url;
   link.download = `${card.item.name.replace(/\.[^.]+$/, "")}-${width}x${height}.${ext}`;
   card.result = { url, width, height, dpi, blob };
+  if (s.quality) showFidelity(node, s.quality, width, height);
   if (ext === "tiff") {  // browsers do not show TIFF
     $(".viewer", node).hidden = true; $(".zoom", node).hidden = true;
     $(".result-info", node).textContent = `${info} · TIFF: download it to see it`;

@@ -14,8 +14,12 @@ if TYPE_CHECKING:
 TEST_LIMITS = {"UPSCALER_MAX_UPLOAD_MB": "2", "UPSCALER_MAX_INPUT_PIXELS": "4000000",
                "UPSCALER_MAX_OUTPUT_PIXELS": "20000000"}
 # FLUX in seconds: small tiles allowed; never the hub.
+# The tiny FLUX's random VAE drifts every tile by 15-20 ΔE2000 (wavelet fix), 35-45 (none):
+# above this no tile is re-drawn, so a FLUX test costs one draw per tile.
+FLUX_DUMMY_MAX_DELTA_E = 100.0
 FLUX_ENV = {"UPSCALER_FLUX_MIN_TILE_SIZE": "32", "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1"}
+            "TRANSFORMERS_OFFLINE": "1",
+            "UPSCALER_FLUX_TILE_MAX_DELTA_E": str(FLUX_DUMMY_MAX_DELTA_E)}
 # The session service's webhook signing secret (its receivers are on 127.0.0.1, allowed).
 WEBHOOK_SECRET = "whsec_" + "dGVzdHMtb25seS13ZWJob29rLXNlY3JldC0zMmJ5dGVz"
 # Vertex's deadline and per-call timeout, short so retried failures end in seconds.

@@ -30,11 +30,17 @@ class TileLogEntry(Contract):
     sent: float
     returned: float
     stored: float
+    delta_e: float | None = None  # its drift (deployments.flux: _fixed_and_drift)
+    attempts: int = 1  # draws made: more than one when it drifted past the threshold
 
 
 class _JobStats(Contract):
     encode_seconds: float = 0.0  # set by ``with_output`` once the result is written
     output_bytes: int = 0
+    quality_seconds: float = 0.0  # the fidelity report's time (``deployments.quality``)
+
+    def with_quality_seconds(self, seconds: float) -> Self:
+        return self.model_copy(update={"quality_seconds": seconds})
 
     def with_output(self, encode_seconds: float, output_bytes: int) -> Self:
         return self.model_copy(update={"encode_seconds": encode_seconds,

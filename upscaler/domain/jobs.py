@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from upscaler.compute.dimensions import BleedUnit, OutputPlan
 from upscaler.compute.encode_options import EncodeOptions, TiffCompression
 from upscaler.domain.job_stats import JobStats
+from upscaler.domain.quality import Quality
 from upscaler.domain.webhooks import JOB_END_EVENTS, WebhookEvent, WebhookState
 from upscaler.errors import UpscalerError
 
@@ -172,6 +173,7 @@ class Completed:
     result_key: str
     filename: str
     stats: JobStats | None = None
+    quality: Quality | None = None  # the fidelity report (older engines: None)
 
 
 JobEvent = Started | Progress | Completed
@@ -226,6 +228,7 @@ class JobRecord(BaseModel):
     result_deleted: bool = False  # DELETE on the finished job removed its result
     webhooks: WebhookState | None = None
     work: JobWork | None = None  # what it computes, charged at submit (older records: None)
+    quality: Quality | None = None  # the fidelity report of a completed job (older: None)
 
     @model_validator(mode="before")
     @classmethod
@@ -288,6 +291,7 @@ class JobRecord(BaseModel):
         self.result_key = event.result_key
         self.result_filename = event.filename
         self.stats = {} if event.stats is None else event.stats.as_json()
+        self.quality = event.quality
         self.finished_at = time.time()
         self.started_at = self.started_at or self.finished_at
 

@@ -81,6 +81,15 @@ class EngineFields(BaseModel):
     flux_min_tile_size: int = Field(default=256, ge=16)
     flux_max_resumes: int = Field(default=3, ge=0,
                                   description="Times a FLUX job is resumed after a crash.")
+    # fidelity (issue 23): tiles that drift are drawn again
+    flux_tile_max_delta_e: float = Field(
+        default=3.0, ge=0,
+        description="A redrawn FLUX tile whose colours drift more than this (mean CIEDE2000 "
+        "of its core vs the pixels it was drawn from, both area-averaged by the upscale "
+        "factor) is drawn again: with a new seed, then with half the denoise; the best draw "
+        "is kept.")
+    flux_tile_max_reruns: int = Field(default=2, ge=0, le=2,
+                                      description="Re-draws per drifting tile (0: none).")
 
     # --- Imagen (Vertex AI) -------------------------------------------------------------
     gcp_project_id: str | None = Field(default=None, description="Default project; a request's "
