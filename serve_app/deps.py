@@ -9,11 +9,11 @@ from typing import Annotated, Generic, TypeVar
 from fastapi import Depends, File, Form, Header, Request, UploadFile
 
 from serve_app.estimates import Estimator
+from serve_app.forms import CommonUpscaleForm
 from serve_app.gateway import EngineGateway, QuotaClient
 from serve_app.limits import StreamSlots, UploadSlots
 from serve_app.outlook import Outlook
 from serve_app.runner import JobRunner
-from serve_app.schemas import CommonUpscaleForm
 from serve_app.webhooks import WebhookSender
 from upscaler.compute.budget import MemoryBudget
 from upscaler.compute.decode_worker import DecodeWorkers

@@ -21,13 +21,13 @@ from serve_app import deploy_options as opt
 from serve_app.deps import Intake
 from serve_app.engine_wait import Placement
 from serve_app.estimates import InitialRate
-from serve_app.gateway import EngineGateway
-from serve_app.schemas import (
+from serve_app.forms import (
     CommonUpscaleForm,
     EsrganUpscaleForm,
     FluxUpscaleForm,
     ImagenUpscaleForm,
 )
+from serve_app.gateway import EngineGateway
 from serve_app.submissions import esrgan_job, flux_job, imagen_job, require_flux
 from upscaler.domain.jobs import Engine, EsrganParams, FluxParams, ImagenParams, JobRecord
 from upscaler.domain.keys import Caller

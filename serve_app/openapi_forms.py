@@ -8,7 +8,7 @@ import copy
 from typing import Any
 
 from serve_app.deps import FILE_FIELDS
-from serve_app.schemas import FluxUpscaleForm
+from serve_app.forms import FluxUpscaleForm
 from upscaler.settings import Settings
 
 NULL = {"type": "null"}

@@ -12,17 +12,16 @@ from pydantic import ValidationError
 
 from serve_app.access import check_project
 from serve_app.deps import EnginesDep, Intake, SettingsDep, output_plan
-from serve_app.gateway import EngineGateway
-from serve_app.outlook import Outlook
-from serve_app.schema_bleed import bleed_info
-from serve_app.schemas import (
+from serve_app.forms import (
     CommonUpscaleForm,
-    CropGuidance,
     EsrganUpscaleForm,
     FluxUpscaleForm,
     ImagenUpscaleForm,
-    PlanResponse,
 )
+from serve_app.gateway import EngineGateway
+from serve_app.outlook import Outlook
+from serve_app.schema_bleed import bleed_info
+from serve_app.schemas import CropGuidance, PlanResponse
 from upscaler.compute.dimensions import OutputPlan
 from upscaler.compute.engines.imagen import choose_factor, request_image_bytes
 from upscaler.compute.engines.imagen import model_spec as imagen_model

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from serve_app.schemas import CommonUpscaleForm
+from serve_app.forms import CommonUpscaleForm
 from serve_app.webhooks import WebhookSender
 from upscaler.domain.keys import Caller, KeyStore
 from upscaler.domain.webhooks import WebhookState, parse_events

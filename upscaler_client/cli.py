@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from upscaler_client.cli_files import UsageError, collect_inputs, plan_outputs
-from upscaler_client.cli_print import FORMAT_CHOICES, add_print_flags, output_format, print_options
+from upscaler_client.cli_print import (
+    FORMAT_CHOICES,
+    add_print_flags,
+    bleed_length,
+    bleed_text,
+    output_format,
+    print_options,
+)
 from upscaler_client.client import AsyncClient, Client
 from upscaler_client.errors import (
     ApiError,
@@ -26,7 +33,7 @@ from upscaler_client.errors import (
     WaitTimeout,
 )
 from upscaler_client.models import Job, ProgressUpdate
-from upscaler_client.options import ENGINES, parse_bleed, parse_pixels, parse_print_size
+from upscaler_client.options import ENGINES, parse_pixels, parse_print_size
 
 OK, JOB_FAILED, USAGE, API_REFUSED, UNAVAILABLE, INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_CODES = f"""exit codes:
@@ -63,14 +70,6 @@ def _print_size(text: str) -> tuple[float, float]:
 def _pixels(text: str) -> tuple[int, int]:
     try:
         return parse_pixels(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _bleed(text: str) -> tuple[float, str]:
-    try:
-        amount, unit = parse_bleed(text)
-        return amount, unit or "in"
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -202,13 +201,6 @@ async def _upscale_all(args: argparse.Namespace, inputs: list[Path], outputs: li
             jobs = (one(s, d) for s, d in zip(inputs, outputs, strict=True))
             worst = max([worst, *await asyncio.gather(*jobs)])
     return worst
-
-
-def bleed_text(bleed: tuple[float, str] | None, job: Job) -> str:
-    """The human line's bleed: what was asked, and where the print is in the file."""
-    box = job.trim_box()
-    return (f", bleed {bleed[0]:g} {bleed[1]} a side, trim {box[2] - box[0]}x{box[3] - box[1]}"
-            f" px at ({box[0]},{box[1]})" if bleed and box else "")
 
 
 def _cancel_started(args: argparse.Namespace, started: dict[str, str]) -> None:
@@ -346,7 +338,7 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--dpi", type=int, help="print DPI, written into the file (default 150)")
     up.add_argument("--crop", action="store_true",
                     help="crop (centred) to exactly the print size when the aspect differs")
-    up.add_argument("--bleed", type=_bleed, metavar="LENGTH",
+    up.add_argument("--bleed", type=bleed_length, metavar="LENGTH",
                     help="bleed on every side of the print, e.g. 3mm or 0.125in (no unit: "
                     "inches): the output covers the print plus the bleed; needs --print or "
                     "--pixels")

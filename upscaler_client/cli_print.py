@@ -1,10 +1,13 @@
-"""The upscale command's print-file flags (issue 23: formats, metadata, colour) and the
-output format an ``-o`` file name asks for."""
+"""The upscale command's print flags (formats, metadata, colour, bleed), the output format an
+``-o`` file name asks for, and the human line's bleed."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from upscaler_client.models import Job
+from upscaler_client.options import parse_bleed
 
 FORMAT_CHOICES = ("png", "tiff", "tif", "jpeg", "jpg")
 # An output file's extension and the format it asks for (one spelling each: .jpeg results).
@@ -39,3 +42,19 @@ def print_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"jpeg_quality": args.jpeg_quality, "tiff_compression": args.tiff_compression,
             "metadata": args.metadata, "keep_gps": True if args.keep_gps else None,
             "output_profile": args.output_profile}
+
+
+def bleed_length(text: str) -> tuple[float, str]:
+    """``--bleed 3mm`` / ``0.125in`` / ``0.125`` (inches) as (amount, unit)."""
+    try:
+        amount, unit = parse_bleed(text)
+        return amount, unit or "in"
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def bleed_text(bleed: tuple[float, str] | None, job: Job) -> str:
+    """The human line's bleed: what was asked, and where the print is in the file."""
+    box = job.trim_box()
+    return (f", bleed {bleed[0]:g} {bleed[1]} a side, trim {box[2] - box[0]}x{box[3] - box[1]}"
+            f" px at ({box[0]},{box[1]})" if bleed and box else "")
