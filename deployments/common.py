@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from deployments.fencing import AttemptFence, write_result
 from upscaler import ray_support
+from upscaler.compute.canvas import OutputImage, scratch_folder
 from upscaler.compute.device import resolve_device, use_cpu_threads
-from upscaler.compute.encode import encode_image
 from upscaler.compute.images import DecodedImage, decode_image
+from upscaler.compute.writers import write_output
 from upscaler.domain.job_stats import JobStats
 from upscaler.domain.job_store import JobStore
 from upscaler.domain.jobs import Completed, JobEvent, JobSpec
@@ -67,20 +68,25 @@ def read_input(store: JobStore, spec: JobSpec, max_pixels: int,
     return data, decode_image(data, max_pixels)
 
 
-def finish_job(store: JobStore, spec: JobSpec, image: DecodedImage, settings: Settings,
-               stats: JobStats, fence: AttemptFence | None = None) -> Completed:
-    """The engine's output at the planned size: cropped when the crop is applied, encoded with
-    the DPI, written to job storage; the event that reports it."""
+def finish_job(store: JobStore, spec: JobSpec, image: DecodedImage | OutputImage,
+               settings: Settings, stats: JobStats, fence: AttemptFence | None = None
+               ) -> Completed:
+    """The engine's output at the planned size (in memory, or an ``OutputImage`` on a canvas):
+    cropped when the crop is applied, written with the DPI to a file in the scratch folder
+    strip by strip, uploaded from it to job storage; the event that reports it."""
     started = time.perf_counter()
-    image = image.cropped(spec.plan.applied_crop_box)
-    encoded = encode_image(image, spec.params.output_format, spec.plan.dpi,
-                           settings.png_compress_level, settings.tiff_compression,
-                           settings.png_encoder)
-    # Fenced (written only while this run is the job's current attempt) and tried again
-    # while storage is down, for up to a lease: a finished image is not thrown away lightly.
-    key = write_result(store, spec, encoded, settings.stale_after_s, fence)
+    output = image if isinstance(image, OutputImage) else OutputImage.from_decoded(image)
+    output = output.cropped(spec.plan.applied_crop_box)
+    with scratch_folder(settings.resolved_scratch_dir, f"result-{spec.job_id}") as folder:
+        path = folder / spec.result_filename
+        size = write_output(output, spec.params.output_format, path, spec.plan.dpi,
+                            settings.png_compress_level, settings.tiff_compression,
+                            settings.png_encoder)
+        # Fenced (written only while this run is the job's current attempt) and tried again
+        # while storage is down, for up to a lease: a finished image is not thrown away lightly.
+        key = write_result(store, spec, path, settings.stale_after_s, fence)
     return Completed(key, spec.result_filename, stats.with_output(
-        round(time.perf_counter() - started, 3), len(encoded)))
+        round(time.perf_counter() - started, 3), size))
 
 
 async def stream_from_thread(work: Callable[[Emit, threading.Event], Completed],

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ray import serve
@@ -28,6 +29,7 @@ from deployments.common import (
 )
 from deployments.fencing import AttemptFence
 from upscaler import ray_support
+from upscaler.compute.canvas import OutputImage, scratch_folder
 from upscaler.compute.engines.models import ModelInfo, ModelRegistry
 from upscaler.compute.images import DecodedImage
 from upscaler.compute.memory import return_big_buffers
@@ -153,7 +155,8 @@ class EsrganDeployment:
     # --- the work ------------------------------------------------------------------------
     def _upscale(self, spec: JobSpec, model: str, tile_size: int | None, use_fp16: bool,
                  emit: Emit | None = None, cancelled: threading.Event | None = None,
-                 data: bytes | None = None) -> tuple[DecodedImage, dict]:
+                 data: bytes | None = None, canvas_dir: Path | None = None
+                 ) -> tuple[DecodedImage | OutputImage, dict]:
         _, image = read_input(self.store, spec, self.settings.max_input_pixels, data)
         with self._gpu_lock:
             if emit:
@@ -162,17 +165,26 @@ class EsrganDeployment:
                 image, model, spec.plan, tile_size=tile_size, use_fp16=use_fp16,
                 progress=emit and (lambda done, total: emit(Progress(done, total))),
                 should_stop=cancelled.is_set if cancelled else None,
-                quantize=emit is not None)  # FLUX's pre-pass (no events) wants floats
+                quantize=emit is not None,  # FLUX's pre-pass (no events) wants floats
+                canvas_dir=canvas_dir)
         return result.image, result.stats
 
     def _process(self, spec: JobSpec, data: bytes | None, emit: Emit,
                  cancelled: threading.Event, fence: AttemptFence | None = None) -> Completed:
         params = spec.params
         assert isinstance(params, EsrganParams)
-        image, stats = self._upscale(spec, params.model, params.tile_size, params.use_fp16,
-                                     emit, cancelled, data)
-        return finish_job(self.store, spec, image, self.settings,
-                          EsrganStats(**stats, replica=self.replica_id), fence)
+        # The output is assembled on local disk, tile by tile; the folder goes with the job
+        # (done, failed or cancelled).
+        with scratch_folder(self.settings.resolved_scratch_dir, f"esrgan-{spec.job_id}") as \
+                folder:
+            image, stats = self._upscale(spec, params.model, params.tile_size,
+                                         params.use_fp16, emit, cancelled, data, folder)
+            try:
+                return finish_job(self.store, spec, image, self.settings,
+                                  EsrganStats(**stats, replica=self.replica_id), fence)
+            finally:
+                if isinstance(image, OutputImage):
+                    image.close()
 
     async def prepass(self, spec: JobSpec) -> DecodedImage:
         """FLUX's first step: the pre-pass model to the exact output size (uncropped)."""

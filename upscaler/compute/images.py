@@ -88,6 +88,10 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         # 89 M): turning its warning into an error refused images between that and our limit.
         # Its DecompressionBombError (over twice that) still stops a bomb before any decoding.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Past ~179 M pixels the bomb check would refuse what a raised max_pixels allows:
+        # it moves up with the limit (never down), still stopping anything beyond it.
+        if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+            Image.MAX_IMAGE_PIXELS = max_pixels
         try:
             im = Image.open(io.BytesIO(data), formats=OPENERS)
         except Image.DecompressionBombError as exc:

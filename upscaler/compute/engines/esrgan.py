@@ -9,10 +9,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from upscaler.compute.canvas import Canvas, CanvasSink, OutputImage, ResampledAlpha
 from upscaler.compute.device import resolve_device
 from upscaler.compute.dimensions import OutputPlan
 from upscaler.compute.encode import quantize_plane
@@ -63,7 +65,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 @dataclass
 class EsrganResult:
-    image: DecodedImage
+    image: DecodedImage | OutputImage  # OutputImage: written into a canvas (``canvas_dir``)
     stats: dict
 
 
@@ -142,11 +144,14 @@ class EsrganEngine:
                 tile_size: int | None = None, use_fp16: bool = True,
                 progress: ProgressFn | None = None,
                 should_stop: Callable[[], bool] | None = None,
-                quantize: bool = True) -> EsrganResult:
+                quantize: bool = True, canvas_dir: Path | None = None) -> EsrganResult:
         """The image at the plan's output size (before any crop). With ``quantize`` the
         pixels come back as the file will hold them (uint8, or uint16 for 16-bit sources)
         when the model's own size is the plan's: no float copy of the output is ever made;
-        else (another factor, or ``quantize=False`` for FLUX's pre-pass) as float32."""
+        else (another factor, or ``quantize=False`` for FLUX's pre-pass) as float32. With
+        ``canvas_dir`` too, the quantized output goes tile by tile into a ``Canvas`` file
+        there (closed by whoever removes the folder) and comes back as an ``OutputImage``:
+        host memory then follows the tile, not the output."""
         started = time.perf_counter()
         loaded = self.load(model_name, use_fp16)
         desc = loaded.descriptor
@@ -172,7 +177,11 @@ class EsrganEngine:
         for pass_index in range(passes.passes):
             last = pass_index == passes.passes - 1
             h, w = x.shape[-2:]
-            if last and exact and quantize:
+            if last and exact and quantize and canvas_dir is not None:
+                sink = CanvasSink(Canvas(canvas_dir, h * scale, w * scale, 3,
+                                         np.uint16 if image.bit_depth == 16 else np.uint8),
+                                  image.bit_depth)
+            elif last and exact and quantize:
                 sink = QuantizedSink(3, h * scale, w * scale, image.bit_depth, self.device)
             else:
                 sink = TensorSink(3, h * scale, w * scale, torch.device("cpu"))
@@ -180,6 +189,13 @@ class EsrganEngine:
                                   passes.passes - pass_index, progress, should_stop)
             x = sink.result()
 
+        if isinstance(x, Canvas):  # on disk; alpha is resampled strip by strip when read
+            alpha_plane = None if image.alpha is None else ResampledAlpha(
+                image.alpha, plan.output_width // image.width, image.bit_depth)
+            return EsrganResult(OutputImage(x, alpha_plane, image.color, image.bit_depth,
+                                            image.icc_profile, image.source_format),
+                                self._stats(model_name, desc, scale, passes, tile, context,
+                                            counts, loaded, started))
         if isinstance(x, np.ndarray):  # quantized already, at the planned size
             rgb = x
         else:
@@ -189,7 +205,12 @@ class EsrganEngine:
             image.alpha, plan.output_height, plan.output_width)
         if alpha is not None and rgb.dtype != np.float32:
             alpha = quantize_plane(alpha, image.bit_depth)
-        stats = {
+        return EsrganResult(image.with_pixels(rgb, alpha), self._stats(
+            model_name, desc, scale, passes, tile, context, counts, loaded, started))
+
+    def _stats(self, model_name: str, desc, scale: int, passes: PassPlan, tile: int,
+               context: int, counts: dict, loaded: LoadedModel, started: float) -> dict:
+        return {
             "model": model_name,
             "architecture": desc.architecture.name,  # type: ignore[attr-defined]
             "model_scale": scale,
@@ -205,7 +226,6 @@ class EsrganEngine:
             "model_seconds": round(counts["model_seconds"], 3),
             "engine_seconds": round(time.perf_counter() - started, 3),
         }
-        return EsrganResult(image.with_pixels(rgb, alpha), stats)
 
     def _run_pass(self, x: torch.Tensor, fn, scale: int, tile: int, context: int,
                   dtype: torch.dtype, sink, counts: dict, passes_left: int,
