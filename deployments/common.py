@@ -61,11 +61,12 @@ def gpu_snapshot() -> dict[str, Any]:
 
 
 def read_input(store: JobStore, spec: JobSpec, max_pixels: int,
-               data: bytes | None = None) -> tuple[bytes, DecodedImage]:
-    """The job's upload (as sent along with the call, else read from job storage), decoded."""
+               data: bytes | None = None, integers: bool = False) -> tuple[bytes, DecodedImage]:
+    """The job's upload (as sent along with the call, else read from job storage), decoded
+    (``integers``: as ``decode_image`` says)."""
     if data is None:
         data = store.storage.read_bytes(JobStore.input_key(spec.job_id))
-    return data, decode_image(data, max_pixels)
+    return data, decode_image(data, max_pixels, integers)
 
 
 def finish_job(store: JobStore, spec: JobSpec, image: DecodedImage | OutputImage,

@@ -157,7 +157,9 @@ class EsrganDeployment:
                  emit: Emit | None = None, cancelled: threading.Event | None = None,
                  data: bytes | None = None, canvas_dir: Path | None = None
                  ) -> tuple[DecodedImage | OutputImage, dict]:
-        _, image = read_input(self.store, spec, self.settings.max_input_pixels, data)
+        # The engine takes the upload's integers as they are (a quarter of float32's bytes).
+        _, image = read_input(self.store, spec, self.settings.max_input_pixels, data,
+                              integers=True)
         with self._gpu_lock:
             if emit:
                 emit(Started(self.replica_id))

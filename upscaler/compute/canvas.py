@@ -149,11 +149,7 @@ class ResampledAlpha:
         s, rows = self.scale, self.alpha.shape[0]
         first = max(0, top // s - self.MARGIN)
         last = min(rows, -(-(top + count) // s) + self.MARGIN)
-        band = self.alpha[first:last]
-        if np.issubdtype(band.dtype, np.integer):
-            band = band.astype(np.float32) / np.float32(np.iinfo(band.dtype).max)
-        out = resample_plane(band.astype(np.float32, copy=False), (last - first) * s,
-                             self.width)
+        out = resample_plane(self.alpha[first:last], (last - first) * s, self.width)
         skip = top - first * s
         return quantize_plane(out[skip:skip + count], self.bit_depth)[..., None]
 

@@ -136,7 +136,7 @@ def _tiles(image: OutputImage, cmyk_transform, cmyk: bool) -> Iterator[np.ndarra
                 padded = np.zeros((TIFF_TILE, TIFF_TILE, channels), dtype)
                 padded[:tile.shape[0], :tile.shape[1]] = tile
                 tile = padded
-            yield np.ascontiguousarray(tile)
+            yield np.ascontiguousarray(tile if channels > 1 else tile[..., 0])
 
 
 def write_tiff_file(image: OutputImage, path: Path, dpi: int,
@@ -154,9 +154,10 @@ def write_tiff_file(image: OutputImage, path: Path, dpi: int,
     codec = TIFF_COMPRESSION.get((compression or "none").lower(), compression)
     with tifffile.TiffWriter(path, bigtiff=needs_bigtiff(
             image.width, image.height, channels, dtype().itemsize)) as tif:
-        tif.write(_tiles(image, transform, cmyk), shape=(image.height, image.width, channels),
-                  dtype=dtype, tile=(TIFF_TILE, TIFF_TILE), photometric=photometric,
-                  planarconfig="contig", compression=codec,
+        shape = (image.height, image.width) + ((channels,) if channels > 1 else ())
+        tif.write(_tiles(image, transform, cmyk), shape=shape, dtype=dtype,
+                  tile=(TIFF_TILE, TIFF_TILE), photometric=photometric,
+                  planarconfig="contig" if channels > 1 else None, compression=codec,
                   extrasamples=["unassalpha"] if image.alpha is not None else None,
                   resolution=(dpi, dpi), resolutionunit="INCH",
                   iccprofile=_icc(image, cmyk), extratags=extra.tiff_tags if extra else ())

@@ -28,7 +28,7 @@ from upscaler.compute.engines.tiling import (
 )
 from upscaler.compute.images import DecodedImage
 from upscaler.compute.passes import PassPlan, plan_passes
-from upscaler.compute.resample import resample, resample_plane
+from upscaler.compute.resample import resample, resample_plane, unit_float
 
 MIN_TILE = 64
 ProgressFn = Callable[[int, int], None]
@@ -131,8 +131,13 @@ class EsrganEngine:
 
         @torch.inference_mode()
         def fn(tile: torch.Tensor) -> torch.Tensor:
-            x = tile.mean(dim=1, keepdim=True) if gray_model else tile
-            x = x.to(loaded.device, loaded.dtype, non_blocking=True)
+            if tile.dtype == torch.uint16:  # few kernels take uint16: floats on the host
+                tile = tile.to(torch.float32).div_(65535.0)
+            x = tile.to(loaded.device, non_blocking=True)
+            if x.dtype == torch.uint8:  # the upload's integers, made floats on the device
+                x = x.to(torch.float32).div_(255.0)
+            x = x.mean(dim=1, keepdim=True) if gray_model else x
+            x = x.to(loaded.dtype)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = desc(x).float()  # type: ignore[operator]
@@ -160,11 +165,13 @@ class EsrganEngine:
             desc.architecture.id)  # type: ignore[attr-defined]
         passes = self.plan(image.width, image.height, plan, scale)
         # A view in the decoded layout: each window is made contiguous as it is cut, so the
-        # image is never copied whole (a quarter of the output's bytes at x4, in float32).
+        # image is never copied whole (a quarter of the output's bytes at x4, in float32;
+        # less as the upload's integers, which each window is converted from).
         x = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
         if passes.shrinks_input:  # one pass would pass the output cap: shrink it first
             width, height = passes.pass_input
-            x = resample(x, height, width)
+            x = resample(torch.from_numpy(unit_float(image.rgb)).permute(2, 0, 1)[None],
+                         height, width)
         if self.device.type == "cuda":
             x = x.pin_memory()  # tiles go to the GPU without a staging copy
         fn = self._model_fn(loaded)
