@@ -88,3 +88,22 @@ def test_a_big_output_is_right_at_sampled_tiles(engine, tmp_path):
 def _png(im, folder):
     im.save(folder / "upload.png", compress_level=1)
     return (folder / "upload.png").read_bytes()
+
+
+@pytest.mark.parametrize("order,seam_fix", [("chess", "none"), ("parallel", "band_pass")])
+def test_the_flux_blend_made_by_bands_is_the_whole_blend(tmp_path, order, seam_fix):
+    from upscaler.compute.encode import quantize_plane
+    from upscaler.compute.engines.usdu import blend_to_canvas, plan_tiles, redraw_tiles
+
+    image = source(8, True, side=150)
+    rng = np.random.default_rng(1)
+    tiles = plan_tiles(150, 150, 48, 16, order, seam_fix, seam_width=16)
+    outputs: dict[int, np.ndarray] = {}
+    reference = redraw_tiles(
+        image.rgb, tiles, lambda crop, _: np.clip(crop + rng.normal(0, 0.05, crop.shape), 0, 1),
+        4, color="none", on_tile=lambda tile, out: outputs.__setitem__(tile.index, out))
+    out = blend_to_canvas(image, tiles, outputs, 4, tmp_path, rows=37)
+    rows = np.concatenate([r for _, r in out.strips(50, with_alpha=True)])
+    out.close()
+    expected = np.dstack([quantize_plane(reference, 8), quantize_plane(image.alpha, 8)])
+    assert np.array_equal(rows, expected)

@@ -194,6 +194,26 @@ def _decode_16bit_color(data: bytes, fmt: str) -> np.ndarray | None:
     return None
 
 
+def _decode_png_8bit(data: bytes, im: Image.Image) -> np.ndarray | None:
+    """An 8-bit RGB(A) PNG straight into one H x W x C array (libpng through imagecodecs):
+    no Pillow image beside it at the decode's peak (4 bytes a pixel more). None for any other
+    kind of image (palettes, tRNS colour keys, gray, animations: Pillow's)."""
+    ihdr = _png_ihdr(data)
+    if ihdr not in ((8, 2), (8, 6)) or "transparency" in im.info or getattr(
+            im, "is_animated", False):
+        return None
+    import imagecodecs
+
+    try:
+        arr = np.asarray(imagecodecs.png_decode(data))
+    except Exception as exc:  # noqa: BLE001 - any codec failure is a corrupt upload
+        raise InvalidImage(f"the image data is corrupt or truncated: {exc}") from exc
+    if arr.ndim != 3 or arr.dtype != np.uint8:
+        return None
+    oriented = _apply_orientation(arr, _exif_orientation(im))
+    return oriented if oriented is arr else np.ascontiguousarray(oriented)
+
+
 def _icc_from_tiff(data: bytes) -> bytes | None:
     import tifffile
 
@@ -252,6 +272,11 @@ def decode_image(data: bytes, max_pixels: int, integers: bool = False) -> Decode
             return DecodedImage(rgb, pixels[..., 1].copy(), "gray", 16, icc, fmt)
         alpha = pixels[..., 3].copy() if pixels.shape[-1] == 4 else None
         return DecodedImage(np.ascontiguousarray(pixels[..., :3]), alpha, "rgb", 16, icc, fmt)
+
+    if integers and (arr := _decode_png_8bit(data, im)) is not None:
+        alpha = arr[..., 3].copy() if arr.shape[-1] == 4 else None
+        rgb = arr if alpha is None else np.ascontiguousarray(arr[..., :3])
+        return DecodedImage(rgb, alpha, "rgb", 8, im.info.get("icc_profile"), fmt)
 
     # Animated GIF/WebP/PNG, multi-page TIFF, MPO: Image.open is at the first frame, which is
     # the one used. (Asking n_frames would walk the whole file: slow, and a damaged later frame
