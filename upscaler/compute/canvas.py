@@ -242,9 +242,11 @@ class CanvasSink:
         import torch
 
         core = core[0].clamp_(0.0, 1.0).mul_(self.top).add_(0.5).permute(1, 2, 0)
-        # torch's uint16 has few CUDA kernels: 16-bit cores leave the device as int32.
-        core = core.to(torch.uint8 if self.bits == 8 else torch.int32)
-        block = core.cpu().numpy()
+        # One pass casts (truncating, as astype) into the file's layout; torch's uint16 has few
+        # CUDA kernels: 16-bit cores leave the device as int32.
+        block = torch.empty(core.shape, dtype=torch.uint8 if self.bits == 8 else torch.int32,
+                            device=core.device)
+        block = block.copy_(core).cpu().numpy()
         self.canvas.write_block(y0, x0, block if self.bits == 8 else block.astype(np.uint16))
 
     def result(self) -> Canvas:
