@@ -107,3 +107,38 @@ def test_the_flux_blend_made_by_bands_is_the_whole_blend(tmp_path, order, seam_f
     out.close()
     expected = np.dstack([quantize_plane(reference, 8), quantize_plane(image.alpha, 8)])
     assert np.array_equal(rows, expected)
+
+
+@pytest.mark.parametrize("factor,alpha", [(3, True), (2.5, False), (6, True)])
+def test_a_resampled_output_on_the_canvas_is_the_in_memory_one(engine, tmp_path, factor,
+                                                               alpha):
+    """Another factor than the model's (x3, x2.5 through a x4 model; x6 by two passes): the
+    last pass kept in 16 bits on disk and resampled band by band as it is read gives the
+    in-memory path's pixels, but for float rounding (at most one step, rarely)."""
+    image = source(8, alpha, side=90)
+    plan = calculate_output_dimensions(90, 90, factor)
+    memory = engine.upscale(image, NANO, plan).image
+    with scratch_folder(tmp_path) as folder:
+        out = engine.upscale(image, NANO, plan, canvas_dir=folder).image
+        rows = np.concatenate([r for _, r in out.strips(33, with_alpha=True)])
+        out.close()
+        assert list(folder.iterdir()) == []
+    from upscaler.compute.encode import quantize_plane
+
+    expected = quantize_plane(memory.rgb if memory.alpha is None else np.dstack(
+        [memory.rgb, memory.alpha]), 8)  # the in-memory path's floats, as the file has them
+    diff = np.abs(rows.astype(int) - expected.astype(int))
+    assert rows.shape == expected.shape and diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def test_band_weights_are_the_resamplers():
+    from upscaler.compute.resample import resample_plane
+    from upscaler.compute.resample_bands import FloatPlane, ResampledPlane
+
+    plane = np.random.default_rng(5).random((97, 131, 3), dtype=np.float32)
+    for height, width in ((300, 401), (40, 55), (97, 200)):
+        whole = resample_plane(plane, height, width)
+        bands = ResampledPlane(FloatPlane(plane), height, width, 16)
+        got = np.concatenate([bands.read_rows(t, 17) for t in range(0, height, 17)])
+        expected = (np.clip(whole, 0, 1) * 65535 + 0.5).astype(np.uint16)
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1

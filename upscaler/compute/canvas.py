@@ -216,8 +216,8 @@ class OutputImage:
     def close(self) -> None:
         """Remove the canvases behind this image (in-memory planes have nothing to close)."""
         for plane in (self.pixels, self.alpha):
-            if isinstance(plane, Canvas):
-                plane.close()
+            if (close := getattr(plane, "close", None)) is not None:
+                close()
 
     def to_decoded(self) -> DecodedImage:
         """The whole image in memory (small outputs, for the whole-image encoders)."""

@@ -29,6 +29,7 @@ from upscaler.compute.engines.tiling import (
 from upscaler.compute.images import DecodedImage
 from upscaler.compute.passes import PassPlan, plan_passes
 from upscaler.compute.resample import resample, resample_plane, unit_float
+from upscaler.compute.resample_bands import FloatPlane, ResampledPlane
 
 MIN_TILE = 64
 ProgressFn = Callable[[int, int], None]
@@ -154,9 +155,10 @@ class EsrganEngine:
         pixels come back as the file will hold them (uint8, or uint16 for 16-bit sources)
         when the model's own size is the plan's: no float copy of the output is ever made;
         else (another factor, or ``quantize=False`` for FLUX's pre-pass) as float32. With
-        ``canvas_dir`` too, the quantized output goes tile by tile into a ``Canvas`` file
-        there (closed by whoever removes the folder) and comes back as an ``OutputImage``:
-        host memory then follows the tile, not the output."""
+        ``canvas_dir`` too, the last pass goes tile by tile into a ``Canvas`` file there (in
+        16 bits when another factor follows) and comes back as an ``OutputImage``, resampled
+        band by band as it is read (``resample_bands``): host memory then follows the tile,
+        not the output. The canvas goes with ``OutputImage.close`` or its folder."""
         started = time.perf_counter()
         loaded = self.load(model_name, use_fp16)
         desc = loaded.descriptor
@@ -184,10 +186,11 @@ class EsrganEngine:
         for pass_index in range(passes.passes):
             last = pass_index == passes.passes - 1
             h, w = x.shape[-2:]
-            if last and exact and quantize and canvas_dir is not None:
+            if last and quantize and canvas_dir is not None:
+                # To be resampled: kept in 16 bits, then read band by band at the plan's size.
+                bits = image.bit_depth if exact else 16
                 sink = CanvasSink(Canvas(canvas_dir, h * scale, w * scale, 3,
-                                         np.uint16 if image.bit_depth == 16 else np.uint8),
-                                  image.bit_depth)
+                                         np.uint16 if bits == 16 else np.uint8), bits)
             elif last and exact and quantize:
                 sink = QuantizedSink(3, h * scale, w * scale, image.bit_depth, self.device)
             else:
@@ -196,10 +199,13 @@ class EsrganEngine:
                                   passes.passes - pass_index, progress, should_stop)
             x = sink.result()
 
-        if isinstance(x, Canvas):  # on disk; alpha is resampled strip by strip when read
+        if isinstance(x, Canvas):  # on disk; resampled strip by strip when read
+            size = (plan.output_height, plan.output_width)
+            pixels = x if exact else ResampledPlane(x, *size, image.bit_depth)
             alpha_plane = None if image.alpha is None else ResampledAlpha(
-                image.alpha, plan.output_width // image.width, image.bit_depth)
-            return EsrganResult(OutputImage(x, alpha_plane, image.color, image.bit_depth,
+                image.alpha, plan.output_width // image.width, image.bit_depth) if exact else \
+                ResampledPlane(FloatPlane(image.alpha), *size, image.bit_depth)
+            return EsrganResult(OutputImage(pixels, alpha_plane, image.color, image.bit_depth,
                                             image.icc_profile, image.source_format),
                                 self._stats(model_name, desc, scale, passes, tile, context,
                                             counts, loaded, started))
