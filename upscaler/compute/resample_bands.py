@@ -13,6 +13,7 @@ import numpy as np
 from upscaler.compute.resample import unit_float
 
 _A = -0.5  # the antialiased bicubic's kernel parameter (PyTorch's and Pillow's)
+BAND_ROWS = 64
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:
@@ -60,9 +61,15 @@ class ResampledPlane:
         self.first, self.weights = aa_weights(source.height, height)
 
     def read_rows(self, top: int, count: int) -> np.ndarray:
+        """Rows made ``BAND_ROWS`` at a time (their float temporaries are a few bands')."""
+        count = max(0, min(count, self.height - top))
+        return np.concatenate([self._band(t, min(BAND_ROWS, top + count - t))
+                               for t in range(top, top + count, BAND_ROWS)]) if count else \
+            np.empty((0, self.width, self.channels), np.uint16 if self.bits == 16 else np.uint8)
+
+    def _band(self, top: int, count: int) -> np.ndarray:
         from upscaler.compute.encode import quantize_plane
 
-        count = max(0, min(count, self.height - top))
         first, weights = self.first[top:top + count], self.weights[top:top + count]
         start = int(first.min())
         stop = int((first + weights.shape[1]).max())
@@ -71,7 +78,10 @@ class ResampledPlane:
         across = _across(rows, self.width).reshape(stop - start, -1)
         # Each output row: its taps' rows, weighted (the taps past the source are weight 0).
         taps = np.minimum(first[:, None] - start + np.arange(weights.shape[1]), stop - start - 1)
-        out = np.einsum("ot,otx->ox", weights.astype(np.float32), across[taps])
+        # Tap by tap: one band-sized temporary, not a band per tap.
+        out = np.zeros((count, across.shape[1]), np.float32)
+        for t in range(weights.shape[1]):
+            out += weights[:, t, None].astype(np.float32) * across[taps[:, t]]
         return quantize_plane(out.reshape(count, self.width, self.channels), self.bits)
 
     def close(self) -> None:
