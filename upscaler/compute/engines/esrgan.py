@@ -28,6 +28,7 @@ from upscaler.compute.engines.tiling import (
 )
 from upscaler.compute.images import DecodedImage
 from upscaler.compute.passes import PassPlan, plan_passes
+from upscaler.compute.png import WHOLE_IMAGE_MAX_PIXELS
 from upscaler.compute.resample import resample, resample_plane, unit_float
 from upscaler.compute.resample_bands import FloatPlane, ResampledPlane
 
@@ -80,7 +81,8 @@ class EsrganEngine:
     def __init__(self, registry: ModelRegistry, device: str | torch.device = "auto",
                  cache_size: int = 3, cpu_tile_size: int = 256, context: int | None = None,
                  max_passes: int = 3, max_intermediate_pixels: int = 600_000_000,
-                 compile_models: bool = False):
+                 compile_models: bool = False,
+                 canvas_min_pixels: int = WHOLE_IMAGE_MAX_PIXELS):
         self.registry = registry
         self.device = resolve_device(device)
         self.cache = ModelCache(registry, self.device, cache_size, compile_models)
@@ -88,6 +90,9 @@ class EsrganEngine:
         self.context = context  # None: per architecture (tiling.CONTEXT_PX)
         self.max_passes = max_passes
         self.max_intermediate_pixels = max_intermediate_pixels
+        # Outputs up to this size stay in memory (the whole-image encoders take them as
+        # they are: a canvas would cost a write and a read back for nothing).
+        self.canvas_min_pixels = canvas_min_pixels
 
     # --- sizing --------------------------------------------------------------------------
     def _window_bytes(self, side: int, dtype: torch.dtype) -> int:
@@ -155,10 +160,11 @@ class EsrganEngine:
         pixels come back as the file will hold them (uint8, or uint16 for 16-bit sources)
         when the model's own size is the plan's: no float copy of the output is ever made;
         else (another factor, or ``quantize=False`` for FLUX's pre-pass) as float32. With
-        ``canvas_dir`` too, the last pass goes tile by tile into a ``Canvas`` file there (in
-        16 bits when another factor follows) and comes back as an ``OutputImage``, resampled
-        band by band as it is read (``resample_bands``): host memory then follows the tile,
-        not the output. The canvas goes with ``OutputImage.close`` or its folder."""
+        ``canvas_dir`` too (and an output past ``canvas_min_pixels``), the last pass goes tile
+        by tile into a ``Canvas`` file there (in 16 bits when another factor follows) and
+        comes back as an ``OutputImage``, resampled band by band as it is read
+        (``resample_bands``): host memory then follows the tile, not the output. The canvas
+        goes with ``OutputImage.close`` or its folder."""
         started = time.perf_counter()
         loaded = self.load(model_name, use_fp16)
         desc = loaded.descriptor
@@ -182,6 +188,8 @@ class EsrganEngine:
         if self.device.type == "cpu":  # the CPU tile bounds host memory, whatever was asked
             tile = min(tile, self.cpu_tile_size)
         exact = not passes.resampled
+        if plan.output_width * plan.output_height <= self.canvas_min_pixels:
+            canvas_dir = None
         counts = {"tiles": 0, "oom_retries": 0, "model_seconds": 0.0}
         for pass_index in range(passes.passes):
             last = pass_index == passes.passes - 1
