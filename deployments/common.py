@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from deployments.fencing import AttemptFence, write_result
 from deployments.quality import Fidelity, measure_quality
 from upscaler import ray_support
+from upscaler.compute.canvas import OutputImage, scratch_folder
 from upscaler.compute.device import resolve_device, use_cpu_threads
-from upscaler.compute.encode import encode_image
 from upscaler.compute.images import DecodedImage, decode_image
+from upscaler.compute.writers import write_output
 from upscaler.domain.job_stats import JobStats
 from upscaler.domain.job_store import JobStore
 from upscaler.domain.jobs import Completed, JobEvent, JobSpec
@@ -61,32 +62,37 @@ def gpu_snapshot() -> dict[str, Any]:
 
 
 def read_input(store: JobStore, spec: JobSpec, max_pixels: int,
-               data: bytes | None = None) -> tuple[bytes, DecodedImage]:
-    """The job's upload (as sent along with the call, else read from job storage), decoded."""
+               data: bytes | None = None, integers: bool = False) -> tuple[bytes, DecodedImage]:
+    """The job's upload (as sent along with the call, else read from job storage), decoded
+    (``integers``: as ``decode_image`` says)."""
     if data is None:
         data = store.storage.read_bytes(JobStore.input_key(spec.job_id))
-    return data, decode_image(data, max_pixels)
+    return data, decode_image(data, max_pixels, integers)
 
 
-def finish_job(store: JobStore, spec: JobSpec, image: DecodedImage, settings: Settings,
-               stats: JobStats, fence: AttemptFence | None = None,
+def finish_job(store: JobStore, spec: JobSpec, image: DecodedImage | OutputImage,
+               settings: Settings, stats: JobStats, fence: AttemptFence | None = None,
                fidelity: Fidelity | None = None) -> Completed:
-    """The engine's output at the planned size: cropped when the crop is applied, encoded with
-    the DPI, written to job storage; the event that reports it, with the fidelity report
-    measured on the uncropped output against ``fidelity.source``."""
-    quality, quality_seconds = measure_quality(spec.engine.value, fidelity, image)
+    """The engine's output at the planned size (in memory, or an ``OutputImage`` on a canvas):
+    its fidelity report measured (uncropped, against ``fidelity.source``), cropped when the
+    crop is applied, written with the DPI and the request's print options to a file in the
+    scratch folder strip by strip, uploaded from it to job storage; the event that reports it."""
+    output = image if isinstance(image, OutputImage) else OutputImage.from_decoded(image)
+    quality, quality_seconds = measure_quality(spec.engine.value, fidelity, output)
     started = time.perf_counter()
-    image = image.cropped(spec.plan.applied_crop_box)
+    output = output.cropped(spec.plan.applied_crop_box)
     params = spec.params
-    encoded = encode_image(image, params.output_format, spec.plan.dpi,
-                           settings.png_compress_level,
-                           params.tiff_compression or settings.tiff_compression,
-                           settings.png_encoder, params.encode_options())
-    # Fenced (written only while this run is the job's current attempt) and tried again
-    # while storage is down, for up to a lease: a finished image is not thrown away lightly.
-    key = write_result(store, spec, encoded, settings.stale_after_s, fence)
+    with scratch_folder(settings.resolved_scratch_dir, f"result-{spec.job_id}") as folder:
+        path = folder / spec.result_filename
+        size = write_output(output, params.output_format, path, spec.plan.dpi,
+                            settings.png_compress_level,
+                            params.tiff_compression or settings.tiff_compression,
+                            settings.png_encoder, params.encode_options())
+        # Fenced (written only while this run is the job's current attempt) and tried again
+        # while storage is down, for up to a lease: a finished image is not thrown away lightly.
+        key = write_result(store, spec, path, settings.stale_after_s, fence)
     return Completed(key, spec.result_filename, stats.with_output(
-        round(time.perf_counter() - started, 3), len(encoded)).with_quality_seconds(
+        round(time.perf_counter() - started, 3), size).with_quality_seconds(
         quality_seconds), quality)
 
 

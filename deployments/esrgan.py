@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ray import serve
@@ -29,6 +30,7 @@ from deployments.common import (
 from deployments.fencing import AttemptFence
 from deployments.quality import esrgan_fidelity
 from upscaler import ray_support
+from upscaler.compute.canvas import OutputImage, scratch_folder
 from upscaler.compute.engines.models import ModelInfo, ModelRegistry
 from upscaler.compute.images import DecodedImage
 from upscaler.compute.memory import return_big_buffers
@@ -154,9 +156,12 @@ class EsrganDeployment:
     # --- the work ------------------------------------------------------------------------
     def _upscale(self, spec: JobSpec, model: str, tile_size: int | None, use_fp16: bool,
                  emit: Emit | None = None, cancelled: threading.Event | None = None,
-                 data: bytes | None = None) -> tuple[DecodedImage, DecodedImage, dict]:
+                 data: bytes | None = None, canvas_dir: Path | None = None
+                 ) -> tuple[DecodedImage, DecodedImage | OutputImage, dict]:
         """The job's decoded input, its upscaled image (uncropped) and the engine's stats."""
-        _, image = read_input(self.store, spec, self.settings.max_input_pixels, data)
+        # The engine takes the upload's integers as they are (a quarter of float32's bytes).
+        _, image = read_input(self.store, spec, self.settings.max_input_pixels, data,
+                              integers=True)
         with self._gpu_lock:
             if emit:
                 emit(Started(self.replica_id))
@@ -164,18 +169,27 @@ class EsrganDeployment:
                 image, model, spec.plan, tile_size=tile_size, use_fp16=use_fp16,
                 progress=emit and (lambda done, total: emit(Progress(done, total))),
                 should_stop=cancelled.is_set if cancelled else None,
-                quantize=emit is not None)  # FLUX's pre-pass (no events) wants floats
+                quantize=emit is not None,  # FLUX's pre-pass (no events) wants floats
+                canvas_dir=canvas_dir)
         return image, result.image, result.stats
 
     def _process(self, spec: JobSpec, data: bytes | None, emit: Emit,
                  cancelled: threading.Event, fence: AttemptFence | None = None) -> Completed:
         params = spec.params
         assert isinstance(params, EsrganParams)
-        source, image, stats = self._upscale(spec, params.model, params.tile_size,
-                                             params.use_fp16, emit, cancelled, data)
-        return finish_job(self.store, spec, image, self.settings,
-                          EsrganStats(**stats, replica=self.replica_id), fence,
-                          esrgan_fidelity(source, stats, image.height, image.width))
+        # The output is assembled on local disk, tile by tile; the folder goes with the job
+        # (done, failed or cancelled).
+        with scratch_folder(self.settings.resolved_scratch_dir, f"esrgan-{spec.job_id}") as \
+                folder:
+            source, image, stats = self._upscale(spec, params.model, params.tile_size,
+                                                 params.use_fp16, emit, cancelled, data, folder)
+            try:
+                return finish_job(self.store, spec, image, self.settings,
+                                  EsrganStats(**stats, replica=self.replica_id), fence,
+                                  esrgan_fidelity(source, stats, image.height, image.width))
+            finally:
+                if isinstance(image, OutputImage):
+                    image.close()
 
     async def prepass(self, spec: JobSpec) -> DecodedImage:
         """FLUX's first step: the pre-pass model to the exact output size (uncropped)."""

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from upscaler.domain.job_store import JobStore
 from upscaler.domain.jobs import JobSpec
@@ -83,12 +84,13 @@ class AttemptFence:
         return Superseded(self.reason or f"job {self.job_id} moved on")
 
 
-def write_result(store: JobStore, spec: JobSpec, data: bytes, retry_s: float,
+def write_result(store: JobStore, spec: JobSpec, data: bytes | Path, retry_s: float,
                  fence: AttemptFence | None = None) -> str:
-    """Write a job's result, only while its record says this run's attempt is the job's
-    (``fence.ensure_current``; a superseded run raises ``Superseded`` and writes nothing).
-    Storage that cannot be reached (503) is tried again with backoff for up to ``retry_s``;
-    a full one (507) is final at once. Returns the result's key."""
+    """Write a job's result (its bytes, or a local file's, streamed), only while its record
+    says this run's attempt is the job's (``fence.ensure_current``; a superseded run raises
+    ``Superseded`` and writes nothing). Storage that cannot be reached (503) is tried again
+    with backoff for up to ``retry_s``; a full one (507) is final at once. Returns the
+    result's key."""
     fence = fence or AttemptFence(store, spec)
     key = JobStore.result_key(spec.result_filename)
     deadline = time.monotonic() + retry_s
@@ -96,7 +98,10 @@ def write_result(store: JobStore, spec: JobSpec, data: bytes, retry_s: float,
     while True:
         try:
             fence.ensure_current()
-            store.storage.write_bytes(key, data)
+            if isinstance(data, Path):
+                store.storage.write_file(key, data)
+            else:
+                store.storage.write_bytes(key, data)
             return key
         except StorageError:
             if time.monotonic() + delay > deadline:

@@ -28,6 +28,7 @@ from deployments.fencing import AttemptFence
 from deployments.quality import Fidelity
 from upscaler import ray_support
 from upscaler.compute.budget import MemoryBudget
+from upscaler.compute.canvas import scratch_folder
 from upscaler.compute.engines.flux_files import (
     FluxFiles,
     FluxNotInstalled,
@@ -36,12 +37,11 @@ from upscaler.compute.engines.flux_files import (
 )
 from upscaler.compute.engines.usdu import (
     Tile,
-    TiledCanvas,
     TileSchedule,
+    blend_to_canvas,
     color_fix,
     plan_tiles,
     render_crop,
-    replay,
 )
 from upscaler.compute.fidelity import drift, usdu_grid
 from upscaler.compute.images import DecodedImage
@@ -283,23 +283,23 @@ class FluxCoordinator:
                 task.cancel()
         timeline["tiles"] = time.time()
 
-        # The whole canvas once, off the event loop (seconds on a print-sized image).
-        rgb = await asyncio.to_thread(
-            lambda: replay(TiledCanvas(prepass.rgb, params.mask_blur), tiles, outputs).image())
-        timeline["image"] = time.time()
-        image = prepass.with_pixels(rgb, prepass.alpha)
-        replicas = sorted({t.replica for t in tile_log})
-        # The report compares with the upload (read again: the pre-pass replica decoded it).
-        _, source = await asyncio.to_thread(read_input, self.store, spec,
-                                            self.settings.max_input_pixels)
-        fidelity = Fidelity(source, usdu_grid(image.height, image.width, params.tile_size),
-                            tiles_rerun=sum(t.attempts > 1 for t in tile_log))
-        yield await asyncio.to_thread(finish_job, self.store, spec, image, self.settings,
-                                      FluxStats(tiles=len(tiles), tiles_computed=len(tile_log),
-                                                tiles_resumed=resumed, replicas=replicas,
-                                                tile_log=tile_log, timeline=timeline,
-                                                seconds=round(time.perf_counter() - start, 3)),
-                                      fence, fidelity)
+        # The blend, band by band into an on-disk canvas, off the event loop (seconds on a
+        # print-sized image); the folder goes with the job however it ends.
+        with scratch_folder(self.settings.resolved_scratch_dir, f"flux-{job_id}") as folder:
+            image = await asyncio.to_thread(blend_to_canvas, prepass, tiles, outputs,
+                                            params.mask_blur, folder)
+            timeline["image"] = time.time()
+            replicas = sorted({t.replica for t in tile_log})
+            # The report compares with the upload (read again: the pre-pass replica decoded it).
+            _, source = await asyncio.to_thread(read_input, self.store, spec,
+                                                self.settings.max_input_pixels, None, True)
+            fidelity = Fidelity(source, usdu_grid(image.height, image.width, params.tile_size),
+                                tiles_rerun=sum(t.attempts > 1 for t in tile_log))
+            yield await asyncio.to_thread(
+                finish_job, self.store, spec, image, self.settings,
+                FluxStats(tiles=len(tiles), tiles_computed=len(tile_log), tiles_resumed=resumed,
+                          replicas=replicas, tile_log=tile_log, timeline=timeline,
+                          seconds=round(time.perf_counter() - start, 3)), fence, fidelity)
 
     async def _draw(self, tile: Tile, crop: np.ndarray, embeds: PromptEmbeds,
                     params: FluxParams, block: int

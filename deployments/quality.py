@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from upscaler import ray_support
+from upscaler.compute.canvas import OutputImage
 from upscaler.compute.fidelity import (
-    Strip,
     TileGrid,
     array_strips,
     esrgan_grid,
@@ -42,17 +41,18 @@ def esrgan_fidelity(source: DecodedImage, stats: EsrganStats | dict, height: int
     return Fidelity(source, grid)
 
 
-def measure_quality(engine: str, fidelity: Fidelity | None, output: DecodedImage,
-                    strips: Iterable[Strip] | None = None) -> tuple[Quality | None, float]:
-    """The report and its seconds; ``strips`` the output's rows (default: ``output``'s pixels
-    in memory; an on-disk canvas gives its own). A report that fails is logged and left out:
-    it never fails the job it describes."""
+def measure_quality(engine: str, fidelity: Fidelity | None,
+                    output: DecodedImage | OutputImage) -> tuple[Quality | None, float]:
+    """The report and its seconds, read from the output's row strips (in memory, or from its
+    on-disk canvas: never the whole output as float). A report that fails is logged and left
+    out: it never fails the job it describes."""
     if fidelity is None:
         return None, 0.0
     started = time.perf_counter()
     try:
         report = measure_fidelity(fidelity.source.rgb,
-                                  strips if strips is not None else array_strips(output.rgb),
+                                  array_strips(output.rgb) if isinstance(output, DecodedImage)
+                                  else output.strips(),
                                   output.height, output.width, fidelity.grid)
     except Exception:  # noqa: BLE001 - a report, not the job
         logger.exception("fidelity report failed")

@@ -64,10 +64,10 @@ class CommonUpscaleForm(BaseModel):
     target_height_inches: float | None = Field(None, gt=0, le=1000, examples=[16],
                                                description="Print height in inches.")
     target_width: int | None = Field(
-        None, ge=1, le=100_000, description="Target width in pixels, "
+        None, ge=1, le=1_000_000, description="Target width in pixels, "
         "instead of a print size in inches: the same rule (fill, crop guidance, "
         "crop_to_target). Not together with target_width_inches/target_height_inches.")
-    target_height: int | None = Field(None, ge=1, le=100_000,
+    target_height: int | None = Field(None, ge=1, le=1_000_000,
                                       description="Target height in pixels; see target_width.")
     output_format: Literal["png", "tiff", "jpeg"] = pf.OUTPUT_FORMAT
     crop_to_target: bool = Field(

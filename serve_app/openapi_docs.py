@@ -31,6 +31,9 @@ ERRORS: dict[int, tuple[str, str, str]] = {
     410: ("The job ended longer ago than it is kept (its record and result were deleted), "
           "or its result was deleted", "job_expired", f"job {JOB_ID} ended longer ago than "
           "it is kept (result_ttl_s); its record and result were deleted"),
+    416: ("The `Range` asked starts past the result's end; `Content-Range: bytes */SIZE` "
+          "says its size", "range_not_satisfiable",
+          "the range asked starts past the result's 1048576 bytes"),
     413: ("Over a limit: upload bytes, input pixels (the message names it)",
           "upload_too_large", "the upload is larger than the limit of 104,857,600 bytes"),
     415: ("Not an accepted image (the content is sniffed, the name ignored)",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import threading
 import time
 import uuid
@@ -140,6 +141,19 @@ def test_a_late_heartbeat_never_overwrites_the_end(store_endpoint):
         await runner.stop()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_result_goes_up_from_its_file_and_is_read_by_ranges(store_endpoint, tmp_path):
+    """A big result is uploaded from the file it was written to (multipart past s3fs's
+    block) and served by ranges: only the bytes asked are read."""
+    storage = store_endpoint.storage()
+    path = tmp_path / "result.png"
+    path.write_bytes(os.urandom(12 * 1024 * 1024))
+    storage.write_file("results/r.png", path)
+    assert storage.size("results/r.png") == path.stat().st_size
+    with storage.open("results/r.png") as f:
+        f.seek(10 * 1024 * 1024)
+        assert f.read(1000) == path.read_bytes()[10 * 1024 * 1024:10 * 1024 * 1024 + 1000]
 
 
 def test_an_esrgan_job(store_endpoint, tmp_path, models_root):

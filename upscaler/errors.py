@@ -72,6 +72,12 @@ class Gone(UpscalerError):
     http_status, default_code = 410, "gone"
 
 
+class RangeNotSatisfiable(UpscalerError):
+    """A byte range that starts past a result's end (sent with ``Content-Range: bytes */N``)."""
+
+    http_status, default_code = 416, "range_not_satisfiable"
+
+
 class PayloadTooLarge(UpscalerError):
     """The upload, its pixels or what a model accepts is over a limit (the message names it)."""
 

@@ -16,6 +16,7 @@ from serve_app.deps import OutlookDep, QuotasDep, RunnerDep, SettingsDep, StoreD
 from serve_app.events import live_status
 from serve_app.openapi_docs import error_responses
 from serve_app.presenters import job_status
+from serve_app.ranges import requested_range
 from serve_app.runner import JobRunner
 from serve_app.schema_examples import JOB_ID, STATUS_CANCELLED
 from serve_app.schemas import JobStatusResponse
@@ -91,9 +92,14 @@ async def cancel(settings: SettingsDep, runner: RunnerDep, store: StoreDep, quot
             responses={200: {"description": "The image, with its DPI (and ICC profile)",
                              "content": {"image/png": {}, "image/tiff": {},
                                          "image/jpeg": {}}},
+                       206: {"description": "The part asked by `Range: bytes=a-b` (also "
+                             "`a-`, `-n`; one range), with `Content-Range`; the whole file "
+                             "instead when `If-Range` no longer matches the ETag",
+                             "content": {"image/png": {}, "image/tiff": {},
+                                         "image/jpeg": {}}},
                        304: {"description": "Unchanged (`If-None-Match` holds its ETag); "
                              "sent `Cache-Control: private, no-cache`: revalidated each use"},
-                       **error_responses(400, 401, 403, 404, 410, 429, 503, e400={
+                       **error_responses(400, 401, 403, 404, 410, 416, 429, 503, e400={
                            "error": "invalid_filename", "message": "result names look like "
                            "<32 hex digits>.png, .tiff or .jpeg, as given in outputUrl"})})
 async def result(settings: SettingsDep, runner: RunnerDep, store: StoreDep, who: CallerDep,
@@ -122,19 +128,31 @@ async def result(settings: SettingsDep, runner: RunnerDep, store: StoreDep, who:
     if not_modified(request, validators):
         return Response(status_code=304, headers=validators)
 
+    asked = requested_range(request.headers, size, validators)
+    start, stop = asked or (0, size)
+
     async def body() -> AsyncIterator[bytes]:
+        # Only the bytes asked are read (a seek, then chunks): a resumed download of a
+        # gigapixel result costs what is left of it.
         f = await asyncio.to_thread(storage.open, key)
         try:
-            while chunk := await asyncio.to_thread(f.read, CHUNK):
+            if start:
+                await asyncio.to_thread(f.seek, start)
+            left = stop - start
+            while left > 0 and (chunk := await asyncio.to_thread(f.read, min(CHUNK, left))):
+                left -= len(chunk)
                 yield chunk
         finally:
             f.close()
 
-    return StreamingResponse(
-        body(), media_type=MEDIA_TYPES[filename.rsplit(".", 1)[1]],
-        headers={"Content-Length": str(size),
-                 "Content-Disposition": f'inline; filename="{filename}"',
-                 "X-Content-Type-Options": "nosniff", **validators})
+    headers = {"Content-Length": str(stop - start), "Accept-Ranges": "bytes",
+               "Content-Disposition": f'inline; filename="{filename}"',
+               "X-Content-Type-Options": "nosniff", **validators}
+    if asked is not None:
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    return StreamingResponse(body(), status_code=206 if asked is not None else 200,
+                             media_type=MEDIA_TYPES[filename.rsplit(".", 1)[1]],
+                             headers=headers)
 
 
 def result_validators(job: JobRecord | None, filename: str, size: int) -> dict[str, str]:

@@ -9,8 +9,9 @@ float32), which keeps their precision. Both use the same engine, perceptual inte
 from __future__ import annotations
 
 import io
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageCms
@@ -62,21 +63,38 @@ class SrgbConverter:
         return (np.clip(out, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
 
 
-def to_srgb(image: DecodedImage) -> DecodedImage:
-    """The image with its pixels in sRGB (integers of its bit depth) and the sRGB profile.
+@dataclass(frozen=True)
+class SrgbPlan:
+    """How an image of one kind becomes sRGB: the converter of its pixels (None: they are
+    kept), and the colour kind and profile it is written with after."""
 
-    No profile: the pixels are taken as sRGB already (what every viewer does). CMYK sources
-    were decoded to sRGB already. A profile littleCMS cannot read is treated as no profile."""
-    untagged = image if image.color == "gray" else replace(image, color="rgb",
-                                                             icc_profile=srgb_icc())
-    if image.color == "cmyk" or not image.icc_profile or image.icc_profile == srgb_icc():
-        return untagged  # (gray stays one plane, untagged: an RGB profile cannot tag it)
+    converter: SrgbConverter | None
+    color: Literal["rgb", "gray", "cmyk"]
+    icc_profile: bytes | None
+
+
+def srgb_plan(color: Literal["rgb", "gray", "cmyk"], icc: bytes | None,
+              bit_depth: int) -> SrgbPlan:
+    """No profile: the pixels are taken as sRGB already (what every viewer does). CMYK sources
+    were decoded to sRGB already. A profile littleCMS cannot read is treated as no profile.
+    A gray image with no profile stays one plane, untagged (an RGB profile cannot tag it);
+    through a gray profile it becomes RGB in sRGB (neutral, but not one plane)."""
+    kept = SrgbPlan(None, color, icc) if color == "gray" else SrgbPlan(None, "rgb", srgb_icc())
+    if color == "cmyk" or not icc or icc == srgb_icc():
+        return kept
     try:
-        converter = SrgbConverter(image.icc_profile, image.bit_depth)
+        return SrgbPlan(SrgbConverter(icc, bit_depth), "rgb", srgb_icc())
     except (ImageCms.PyCMSError, OSError, ValueError):
-        return replace(untagged, icc_profile=None if image.color == "gray" else srgb_icc())
-    out = np.empty((image.height, image.width, 3), converter.dtype)
+        return replace(kept, icc_profile=None) if color == "gray" else kept
+
+
+def to_srgb(image: DecodedImage) -> DecodedImage:
+    """The image with its pixels in sRGB (integers of its bit depth) and the sRGB profile
+    (``srgb_plan`` says when they are kept)."""
+    plan = srgb_plan(image.color, image.icc_profile, image.bit_depth)
+    if plan.converter is None:
+        return replace(image, color=plan.color, icc_profile=plan.icc_profile)
+    out = np.empty((image.height, image.width, 3), plan.converter.dtype)
     for top in range(0, image.height, STRIP_ROWS):
-        out[top:top + STRIP_ROWS] = converter.rows(image.rgb[top:top + STRIP_ROWS])
-    # A gray image through a gray profile is RGB in sRGB (neutral, but not one plane).
-    return replace(image, rgb=out, color="rgb", icc_profile=srgb_icc())
+        out[top:top + STRIP_ROWS] = plan.converter.rows(image.rgb[top:top + STRIP_ROWS])
+    return replace(image, rgb=out, color="rgb", icc_profile=plan.icc_profile)

@@ -80,7 +80,8 @@ def encode_image(image: DecodedImage, fmt: str, dpi: int, png_compress_level: in
     return encoded
 
 
-def _png_chunks(meta: ImageMetadata | None) -> bytes:
+def png_metadata_chunks(meta: ImageMetadata | None) -> bytes:
+    """EXIF, XMP and IPTC as PNG chunks (none for None)."""
     if not meta:
         return b""
     return png_text_chunks(meta.exif, meta.xmp,
@@ -91,7 +92,7 @@ def _encode_lossless(image: DecodedImage, fmt: str, dpi: int, png_compress_level
                      tiff_compression: TiffCompression, png_encoder: PngEncoder,
                      meta: ImageMetadata | None) -> bytes:
     """PNG and TIFF (the TIFF's metadata is added after, ``add_tiff_metadata``)."""
-    chunks = _png_chunks(meta) if fmt == "png" else b""
+    chunks = png_metadata_chunks(meta) if fmt == "png" else b""
     depth = image.bit_depth
     alpha = None if image.alpha is None else quantize_plane(image.alpha, depth)
     icc = image.icc_profile

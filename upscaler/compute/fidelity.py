@@ -346,9 +346,9 @@ def _period(out: int, length: int) -> int:
 def measure_fidelity(source_rgb: np.ndarray, strips: Iterable[Strip], out_h: int, out_w: int,
                      grid: TileGrid | None = None,
                      max_tiles: int = MAX_TILES) -> FidelityReport:
-    """The report of one job: ``source_rgb`` the decoded input (H x W x 3 float in [0, 1]),
-    ``strips`` the engine's uncropped output (``out_h`` x ``out_w``) top to bottom, ``grid``
-    its tile borders (None: one tile)."""
+    """The report of one job: ``source_rgb`` the decoded input (H x W x 3: float in [0, 1],
+    or integers), ``strips`` the engine's uncropped output (``out_h`` x ``out_w``) top to
+    bottom, ``grid`` its tile borders (None: one tile)."""
     grid = grid or single_tile(out_h, out_w)
     in_h, in_w = source_rgb.shape[:2]
     averager = AreaAverager(out_h, out_w, in_h, in_w)

@@ -91,6 +91,10 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         # 89 M): turning its warning into an error refused images between that and our limit.
         # Its DecompressionBombError (over twice that) still stops a bomb before any decoding.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Past ~179 M pixels the bomb check would refuse what a raised max_pixels allows:
+        # it moves up with the limit (never down), still stopping anything beyond it.
+        if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+            Image.MAX_IMAGE_PIXELS = max_pixels
         try:
             im = Image.open(io.BytesIO(data), formats=OPENERS)
         except Image.DecompressionBombError as exc:
@@ -193,6 +197,26 @@ def _decode_16bit_color(data: bytes, fmt: str) -> np.ndarray | None:
     return None
 
 
+def _decode_png_8bit(data: bytes, im: Image.Image) -> np.ndarray | None:
+    """An 8-bit RGB(A) PNG straight into one H x W x C array (libpng through imagecodecs):
+    no Pillow image beside it at the decode's peak (4 bytes a pixel more). None for any other
+    kind of image (palettes, tRNS colour keys, gray, animations: Pillow's)."""
+    ihdr = _png_ihdr(data)
+    if ihdr not in ((8, 2), (8, 6)) or "transparency" in im.info or getattr(
+            im, "is_animated", False):
+        return None
+    import imagecodecs
+
+    try:
+        arr = np.asarray(imagecodecs.png_decode(data))
+    except Exception as exc:  # noqa: BLE001 - any codec failure is a corrupt upload
+        raise InvalidImage(f"the image data is corrupt or truncated: {exc}") from exc
+    if arr.ndim != 3 or arr.dtype != np.uint8:
+        return None
+    oriented = _apply_orientation(arr, _exif_orientation(im))
+    return oriented if oriented is arr else np.ascontiguousarray(oriented)
+
+
 def _icc_from_tiff(data: bytes) -> bytes | None:
     import tifffile
 
@@ -231,14 +255,17 @@ def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     return arr
 
 
-def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
+def decode_image(data: bytes, max_pixels: int, integers: bool = False) -> DecodedImage:
+    """The upload's pixels. With ``integers``, 8- and 16-bit RGB(A) and 8-bit gray come as
+    the file's integers (uint8 / uint16), not float32: a quarter (a half) of the memory, and
+    no float copy at the decode's peak (ESRGAN converts each tile as it is cut)."""
     im = _open(data, max_pixels)
-    image = _decode_pixels(im, data)
+    image = _decode_pixels(im, data, integers)
     # After the pixels: a PNG's eXIf chunk may follow its image data.
     return replace(image, metadata=read_metadata(im))
 
 
-def _decode_pixels(im: Image.Image, data: bytes) -> DecodedImage:
+def _decode_pixels(im: Image.Image, data: bytes, integers: bool) -> DecodedImage:
     fmt = str(im.format)
     try:
         wide = _decode_16bit_color(data, fmt)
@@ -246,12 +273,19 @@ def _decode_pixels(im: Image.Image, data: bytes) -> DecodedImage:
         raise InvalidImage(f"the image data is corrupt or truncated: {exc}") from exc
     if wide is not None:
         icc = im.info.get("icc_profile") or (_icc_from_tiff(data) if fmt == "TIFF" else None)
-        pixels = _apply_orientation(wide, _exif_orientation(im)).astype(np.float32) / 65535.0
+        pixels = _apply_orientation(wide, _exif_orientation(im))
+        if not integers:
+            pixels = pixels.astype(np.float32) / 65535.0
         if pixels.shape[-1] == 2:  # gray + alpha
             rgb = np.repeat(pixels[..., :1], 3, axis=2)
             return DecodedImage(rgb, pixels[..., 1].copy(), "gray", 16, icc, fmt)
         alpha = pixels[..., 3].copy() if pixels.shape[-1] == 4 else None
         return DecodedImage(np.ascontiguousarray(pixels[..., :3]), alpha, "rgb", 16, icc, fmt)
+
+    if integers and (arr := _decode_png_8bit(data, im)) is not None:
+        alpha = arr[..., 3].copy() if arr.shape[-1] == 4 else None
+        rgb = arr if alpha is None else np.ascontiguousarray(arr[..., :3])
+        return DecodedImage(rgb, alpha, "rgb", 8, im.info.get("icc_profile"), fmt)
 
     # Animated GIF/WebP/PNG, multi-page TIFF, MPO: Image.open is at the first frame, which is
     # the one used. (Asking n_frames would walk the whole file: slow, and a damaged later frame
@@ -271,6 +305,8 @@ def _decode_pixels(im: Image.Image, data: bytes) -> DecodedImage:
         elif mode == "L" and "transparency" in im.info:  # tRNS: one gray value transparent
             la = np.asarray(im.convert("LA"), dtype=np.float32) / 255.0
             gray, alpha = la[..., 0], la[..., 1].copy()
+        elif mode in ("1", "L") and integers:
+            gray = np.asarray(im.convert("L"))
         elif mode in ("1", "L"):
             gray = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
         else:  # 16-bit / 32-bit integer or float gray
@@ -296,6 +332,12 @@ def _decode_pixels(im: Image.Image, data: bytes) -> DecodedImage:
     has_alpha = mode in ("RGBA", "RGBa", "PA", "LA") or (
         mode in ("P", "RGB") and "transparency" in im.info)  # RGB: a tRNS colour key
     im = im.convert("RGBA" if has_alpha else "RGB")
+    if integers:
+        arr = np.array(im)
+        del im  # Pillow's copy (4 bytes a pixel) goes before the alpha is split off
+        alpha = arr[..., 3].copy() if has_alpha else None
+        return DecodedImage(arr if not has_alpha else np.ascontiguousarray(arr[..., :3]),
+                            alpha, "rgb", 8, icc, fmt)
     arr = np.asarray(im, dtype=np.float32) / 255.0
     alpha = arr[..., 3].copy() if has_alpha else None
     return DecodedImage(np.ascontiguousarray(arr[..., :3]), alpha, "rgb", 8, icc, fmt)

@@ -35,10 +35,11 @@ def decode_bytes(probe: ImageProbe) -> int:
     """Memory the check decode of this upload takes at its peak (the decode budget's unit)."""
     return probe.width * probe.height * decode_bytes_per_pixel(probe)
 
-# One FLUX job's image in the coordinator, per output pixel, float32 throughout: the pre-pass
-# (RGB + alpha, 16 B), the canvas's source, sums, weights and base (40 B), and the blended
-# image and its encoding (~24 B).
-COORDINATOR_BYTES_PER_PIXEL = 80
+# One FLUX job's image in the coordinator, per output pixel, at its peak: the pre-pass as it
+# comes (RGB + alpha in float32, 16 B), stored and read back in float16 (8 + 8 B), and made
+# float32 again (16 B). The tiles then take ~8 B; the blend is made by bands into an on-disk
+# canvas and streamed from it (it took ~64 B when made whole).
+COORDINATOR_BYTES_PER_PIXEL = 48
 
 
 def coordinator_bytes(plan: OutputPlan) -> int:

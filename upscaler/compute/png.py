@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Literal
 
@@ -104,24 +104,43 @@ def streamed_png(pixels: np.ndarray, alpha: np.ndarray | None, dpi: int, icc: by
                  level: int, more: bytes = b"") -> bytes:
     """``pixels`` (H x W x C, or H x W, of uint8 or uint16) and an optional ``alpha`` plane as
     a PNG with DPI and ICC, written ``STRIP_ROWS`` rows at a time: memory stays at the
-    compressed file and one strip; no whole-image copy is made, not even to join the alpha.
-    zlib's RLE strategy with the Sub filter, as the fast 16-bit path."""
+    compressed file and one strip; no whole-image copy is made, not even to join the alpha."""
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     height, width, colours = pixels.shape
-    channels = colours + (0 if alpha is None else 1)
-    depth = 16 if pixels.dtype == np.uint16 else 8
+
+    def strips() -> Iterator[np.ndarray]:
+        for top in range(0, height, STRIP_ROWS):
+            strip = pixels[top:top + STRIP_ROWS]
+            if alpha is not None:
+                strip = np.concatenate([strip, alpha[top:top + STRIP_ROWS, :, None]], axis=2)
+            yield strip
+
+    out = bytearray()
+    write_png_stream(out.extend, width, height, colours + (alpha is not None),
+                     pixels.dtype == np.uint16, strips(), dpi, icc, level, more)
+    return out  # a bytearray: handing it on as it is spares a copy of the whole file
+
+
+def write_png_stream(write: Callable[[bytes], object], width: int, height: int,
+                     channels: int, wide: bool, strips: Iterable[np.ndarray], dpi: int,
+                     icc: bytes | None, level: int, more: bytes = b"") -> None:
+    """A PNG of ``height`` rows of ``width`` x ``channels`` samples (16 bits when ``wide``,
+    else 8), from ``strips`` (n x W x C arrays, top to bottom), passed to ``write`` chunk by
+    chunk (a file's write: nothing of the image is held beyond one strip). zlib's RLE
+    strategy with the Sub filter, as the fast 16-bit path. ``more`` (ready chunks: EXIF, XMP,
+    IPTC from ``png_text_chunks``) goes before the pixels, after pHYs and iCCP."""
+    depth = 16 if wide else 8
     bpp = channels * depth // 8  # bytes a pixel: the Sub filter's distance
-    out = bytearray(PNG_SIGNATURE)
-    out += png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth,
-                                          _COLOR_TYPES[channels], 0, 0, 0))
-    out += png_add_metadata(PNG_SIGNATURE + b"\0" * (_IHDR_END - 8), dpi, icc,
-                            more)[_IHDR_END:]
+    write(PNG_SIGNATURE + png_chunk(b"IHDR", struct.pack(
+        ">IIBBBBB", width, height, depth, _COLOR_TYPES[channels], 0, 0, 0)))
+    write(png_add_metadata(PNG_SIGNATURE + b"\0" * (_IHDR_END - 8), dpi, icc,
+                           more)[_IHDR_END:])
     comp = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    for top in range(0, height, STRIP_ROWS):
-        strip = pixels[top:top + STRIP_ROWS]
-        if alpha is not None:
-            strip = np.concatenate([strip, alpha[top:top + STRIP_ROWS, :, None]], axis=2)
+    rows_written = 0
+    for strip in strips:
+        if strip.ndim == 2:
+            strip = strip[..., None]
         if depth == 16:
             strip = strip.astype(">u2")  # PNG's samples are big-endian
         rows = np.ascontiguousarray(strip).view(np.uint8).reshape(len(strip), width * bpp)
@@ -129,7 +148,9 @@ def streamed_png(pixels: np.ndarray, alpha: np.ndarray | None, dpi: int, icc: by
         filtered[:, 0] = 1  # Sub: each byte less the one a pixel to its left
         filtered[:, 1:1 + bpp] = rows[:, :bpp]
         np.subtract(rows[:, bpp:], rows[:, :-bpp], out=filtered[:, 1 + bpp:])
+        rows_written += len(rows)
         if data := comp.compress(filtered):
-            out += png_chunk(b"IDAT", data)
-    out += png_chunk(b"IDAT", comp.flush()) + png_chunk(b"IEND", b"")
-    return out  # a bytearray: handing it on as it is spares a copy of the whole file
+            write(png_chunk(b"IDAT", data))
+    if rows_written != height:
+        raise ValueError(f"PNG strips gave {rows_written} rows, not {height}")
+    write(png_chunk(b"IDAT", comp.flush()) + png_chunk(b"IEND", b""))

@@ -21,11 +21,18 @@ def resample(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
+def unit_float(array: np.ndarray) -> np.ndarray:
+    """Pixels as float32 in [0, 1]: a file's integers (uint8 / uint16) scaled by their top."""
+    if not np.issubdtype(array.dtype, np.integer):
+        return array
+    return array.astype(np.float32) / np.float32(np.iinfo(array.dtype).max)
+
+
 def resample_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
     """An H x W (alpha) or H x W x C (colour) float array, resampled the same way."""
     import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(plane))
+    t = torch.from_numpy(np.ascontiguousarray(unit_float(plane)))
     t = t.permute(2, 0, 1)[None] if t.dim() == 3 else t[None, None]
     out = resample(t, height, width)[0]
     return np.ascontiguousarray((out.permute(1, 2, 0) if plane.ndim == 3 else out[0]).numpy())

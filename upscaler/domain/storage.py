@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import posixpath
 import uuid
 from collections.abc import Callable, Iterator
@@ -118,6 +119,24 @@ class Storage:
                     self.fs.rm_file(tmp)
         else:  # object stores make a single PUT visible atomically
             self.fs.pipe_file(final, data)
+
+    @_outage_is_503
+    def write_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        """As ``write_bytes``, from a file on this machine, streamed: a big result is never
+        held in memory (local: a copy then a rename; object stores: fsspec's ``put_file``,
+        multipart where the store has it, visible once complete)."""
+        final = self.path(key)
+        if self._is_local:
+            self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
+            tmp = f"{final}.{uuid.uuid4().hex}.tmp"
+            try:
+                self.fs.put_file(os.fspath(local_path), tmp)
+                self.fs.mv(tmp, final)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(tmp)
+        else:
+            self.fs.put_file(os.fspath(local_path), final)
 
     @_outage_is_503
     def read_versioned(self, key: str) -> tuple[bytes, str]:

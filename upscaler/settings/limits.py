@@ -17,7 +17,11 @@ class LimitFields(BaseModel):
     # --- limits ------------------------------------------------------------------------
     max_upload_mb: float = Field(default=50, gt=0)
     max_input_pixels: int = Field(default=40_000_000, gt=0)
-    max_output_pixels: int = Field(default=150_000_000, gt=0)
+    max_output_pixels: int = Field(
+        default=150_000_000, gt=0,
+        description="Pixels an output may have. Up to 1.5e9 (and beyond) is supported: ESRGAN "
+        "outputs are assembled on disk (scratch_dir) and streamed, so a job's memory follows "
+        "its tile, not its output (bench/bench_memory.py).")
     max_scale: float = Field(default=16.0, gt=1)
     max_model_passes: int = Field(default=3, ge=1)
     max_open_jobs: int = Field(

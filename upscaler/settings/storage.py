@@ -42,6 +42,20 @@ class StorageFields(BaseModel):
     cache_dir: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "upscaler",
         description="Download cache for `upscaler models pull`.")
+    # --- gigapixel outputs (issue 23) ----------------------------------------------------
+    scratch_dir: Path | None = Field(
+        default=None,
+        description="A folder on the engine node's own disk where a job's output is "
+        "assembled (an on-disk canvas) and encoded before it goes to job storage; each "
+        "job's files are removed when it ends. Needs room for about twice the largest "
+        "output's raw pixels (3 bytes a pixel, 6 at 16 bits). Default: the system's "
+        "temporary folder.")
+
+    @property
+    def resolved_scratch_dir(self) -> Path:
+        import tempfile
+
+        return self.scratch_dir or Path(tempfile.gettempdir()) / "upscaler-scratch"
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -9,10 +9,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from upscaler.compute.canvas import Canvas, CanvasSink, OutputImage, ResampledAlpha
 from upscaler.compute.device import resolve_device
 from upscaler.compute.dimensions import OutputPlan
 from upscaler.compute.encode import quantize_plane
@@ -26,7 +28,9 @@ from upscaler.compute.engines.tiling import (
 )
 from upscaler.compute.images import DecodedImage
 from upscaler.compute.passes import PassPlan, plan_passes
-from upscaler.compute.resample import resample, resample_plane
+from upscaler.compute.png import WHOLE_IMAGE_MAX_PIXELS
+from upscaler.compute.resample import resample, resample_plane, unit_float
+from upscaler.compute.resample_bands import FloatPlane, ResampledPlane
 
 MIN_TILE = 64
 ProgressFn = Callable[[int, int], None]
@@ -63,7 +67,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 @dataclass
 class EsrganResult:
-    image: DecodedImage
+    image: DecodedImage | OutputImage  # OutputImage: written into a canvas (``canvas_dir``)
     stats: dict
 
 
@@ -77,7 +81,8 @@ class EsrganEngine:
     def __init__(self, registry: ModelRegistry, device: str | torch.device = "auto",
                  cache_size: int = 3, cpu_tile_size: int = 256, context: int | None = None,
                  max_passes: int = 3, max_intermediate_pixels: int = 600_000_000,
-                 compile_models: bool = False):
+                 compile_models: bool = False,
+                 canvas_min_pixels: int = WHOLE_IMAGE_MAX_PIXELS):
         self.registry = registry
         self.device = resolve_device(device)
         self.cache = ModelCache(registry, self.device, cache_size, compile_models)
@@ -85,6 +90,9 @@ class EsrganEngine:
         self.context = context  # None: per architecture (tiling.CONTEXT_PX)
         self.max_passes = max_passes
         self.max_intermediate_pixels = max_intermediate_pixels
+        # Outputs up to this size stay in memory (the whole-image encoders take them as
+        # they are: a canvas would cost a write and a read back for nothing).
+        self.canvas_min_pixels = canvas_min_pixels
 
     # --- sizing --------------------------------------------------------------------------
     def _window_bytes(self, side: int, dtype: torch.dtype) -> int:
@@ -129,8 +137,13 @@ class EsrganEngine:
 
         @torch.inference_mode()
         def fn(tile: torch.Tensor) -> torch.Tensor:
-            x = tile.mean(dim=1, keepdim=True) if gray_model else tile
-            x = x.to(loaded.device, loaded.dtype, non_blocking=True)
+            if tile.dtype == torch.uint16:  # few kernels take uint16: floats on the host
+                tile = tile.to(torch.float32).div_(65535.0)
+            x = tile.to(loaded.device, non_blocking=True)
+            if x.dtype == torch.uint8:  # the upload's integers, made floats on the device
+                x = x.to(torch.float32).div_(255.0)
+            x = x.mean(dim=1, keepdim=True) if gray_model else x
+            x = x.to(loaded.dtype)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = desc(x).float()  # type: ignore[operator]
@@ -142,11 +155,16 @@ class EsrganEngine:
                 tile_size: int | None = None, use_fp16: bool = True,
                 progress: ProgressFn | None = None,
                 should_stop: Callable[[], bool] | None = None,
-                quantize: bool = True) -> EsrganResult:
+                quantize: bool = True, canvas_dir: Path | None = None) -> EsrganResult:
         """The image at the plan's output size (before any crop). With ``quantize`` the
         pixels come back as the file will hold them (uint8, or uint16 for 16-bit sources)
         when the model's own size is the plan's: no float copy of the output is ever made;
-        else (another factor, or ``quantize=False`` for FLUX's pre-pass) as float32."""
+        else (another factor, or ``quantize=False`` for FLUX's pre-pass) as float32. With
+        ``canvas_dir`` too (and an output past ``canvas_min_pixels``), the last pass goes tile
+        by tile into a ``Canvas`` file there (in 16 bits when another factor follows) and
+        comes back as an ``OutputImage``, resampled band by band as it is read
+        (``resample_bands``): host memory then follows the tile, not the output. The canvas
+        goes with ``OutputImage.close`` or its folder."""
         started = time.perf_counter()
         loaded = self.load(model_name, use_fp16)
         desc = loaded.descriptor
@@ -155,11 +173,13 @@ class EsrganEngine:
             desc.architecture.id)  # type: ignore[attr-defined]
         passes = self.plan(image.width, image.height, plan, scale)
         # A view in the decoded layout: each window is made contiguous as it is cut, so the
-        # image is never copied whole (a quarter of the output's bytes at x4, in float32).
+        # image is never copied whole (a quarter of the output's bytes at x4, in float32;
+        # less as the upload's integers, which each window is converted from).
         x = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
         if passes.shrinks_input:  # one pass would pass the output cap: shrink it first
             width, height = passes.pass_input
-            x = resample(x, height, width)
+            x = resample(torch.from_numpy(unit_float(image.rgb)).permute(2, 0, 1)[None],
+                         height, width)
         if self.device.type == "cuda":
             x = x.pin_memory()  # tiles go to the GPU without a staging copy
         fn = self._model_fn(loaded)
@@ -168,11 +188,18 @@ class EsrganEngine:
         if self.device.type == "cpu":  # the CPU tile bounds host memory, whatever was asked
             tile = min(tile, self.cpu_tile_size)
         exact = not passes.resampled
+        if plan.output_width * plan.output_height <= self.canvas_min_pixels:
+            canvas_dir = None
         counts = {"tiles": 0, "oom_retries": 0, "model_seconds": 0.0}
         for pass_index in range(passes.passes):
             last = pass_index == passes.passes - 1
             h, w = x.shape[-2:]
-            if last and exact and quantize:
+            if last and quantize and canvas_dir is not None:
+                # To be resampled: kept in 16 bits, then read band by band at the plan's size.
+                bits = image.bit_depth if exact else 16
+                sink = CanvasSink(Canvas(canvas_dir, h * scale, w * scale, 3,
+                                         np.uint16 if bits == 16 else np.uint8), bits)
+            elif last and exact and quantize:
                 sink = QuantizedSink(3, h * scale, w * scale, image.bit_depth, self.device)
             else:
                 sink = TensorSink(3, h * scale, w * scale, torch.device("cpu"))
@@ -180,6 +207,17 @@ class EsrganEngine:
                                   passes.passes - pass_index, progress, should_stop)
             x = sink.result()
 
+        if isinstance(x, Canvas):  # on disk; resampled strip by strip when read
+            size = (plan.output_height, plan.output_width)
+            pixels = x if exact else ResampledPlane(x, *size, image.bit_depth)
+            alpha_plane = None if image.alpha is None else ResampledAlpha(
+                image.alpha, plan.output_width // image.width, image.bit_depth) if exact else \
+                ResampledPlane(FloatPlane(image.alpha), *size, image.bit_depth)
+            return EsrganResult(OutputImage(pixels, alpha_plane, image.color, image.bit_depth,
+                                            image.icc_profile, image.source_format,
+                                            metadata=image.metadata),
+                                self._stats(model_name, desc, scale, passes, tile, context,
+                                            counts, loaded, started))
         if isinstance(x, np.ndarray):  # quantized already, at the planned size
             rgb = x
         else:
@@ -189,7 +227,12 @@ class EsrganEngine:
             image.alpha, plan.output_height, plan.output_width)
         if alpha is not None and rgb.dtype != np.float32:
             alpha = quantize_plane(alpha, image.bit_depth)
-        stats = {
+        return EsrganResult(image.with_pixels(rgb, alpha), self._stats(
+            model_name, desc, scale, passes, tile, context, counts, loaded, started))
+
+    def _stats(self, model_name: str, desc, scale: int, passes: PassPlan, tile: int,
+               context: int, counts: dict, loaded: LoadedModel, started: float) -> dict:
+        return {
             "model": model_name,
             "architecture": desc.architecture.name,  # type: ignore[attr-defined]
             "model_scale": scale,
@@ -205,7 +248,6 @@ class EsrganEngine:
             "model_seconds": round(counts["model_seconds"], 3),
             "engine_seconds": round(time.perf_counter() - started, 3),
         }
-        return EsrganResult(image.with_pixels(rgb, alpha), stats)
 
     def _run_pass(self, x: torch.Tensor, fn, scale: int, tile: int, context: int,
                   dtype: torch.dtype, sink, counts: dict, passes_left: int,

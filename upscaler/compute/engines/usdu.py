@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 if TYPE_CHECKING:  # torch is imported where it is used: the coordinator's module loads light
+    from pathlib import Path
+
     import torch
+
+    from upscaler.compute.canvas import OutputImage
+    from upscaler.compute.images import DecodedImage
 
 ColorFix = Literal["wavelet", "adain", "none"]
 TileOrder = Literal["parallel", "chess"]
@@ -305,3 +310,26 @@ def redraw_tiles(source: np.ndarray, tiles: list[Tile], redraw: RedrawFn, mask_b
             canvas.paste(tile, out)
         canvas.end_wave()
     return canvas.image()
+
+
+BLEND_ROWS = 256  # rows of the final blend made at a time (a window canvas each)
+
+
+def blend_to_canvas(source: DecodedImage, tiles: list[Tile], outputs: dict[int, np.ndarray],
+                    mask_blur: int, folder: Path, rows: int = BLEND_ROWS) -> OutputImage:
+    """``replay(...).image()`` of the whole image, made band by band (each a window canvas:
+    bit for bit the whole canvas's pixels there) and written, quantized, into a ``Canvas`` in
+    ``folder``: the blend holds a band, never the whole image's accumulators. Alpha is the
+    source's, quantized as it is read."""
+    from upscaler.compute.canvas import ArrayPlane, Canvas, OutputImage
+    from upscaler.compute.encode import quantize_plane
+
+    height, width = source.height, source.width
+    canvas = Canvas(folder, height, width, 3, np.uint16 if source.bit_depth == 16 else np.uint8)
+    for top in range(0, height, rows):
+        window = TiledCanvas(source.rgb[top:top + rows], mask_blur, origin=(top, 0))
+        canvas.write_rows(top, quantize_plane(replay(window, tiles, outputs).image(),
+                                              source.bit_depth))
+    alpha = None if source.alpha is None else ArrayPlane(source.alpha, source.bit_depth)
+    return OutputImage(canvas, alpha, source.color, source.bit_depth, source.icc_profile,
+                       source.source_format, metadata=source.metadata)
