@@ -166,5 +166,5 @@ def _encode_wide(arr: np.ndarray, fmt: str, dpi: int, icc: bytes | None, level: 
     tifffile.imwrite(buf, arr, photometric=photometric,
                      compression=TIFFFILE_COMPRESSION[tiff_compression],
                      resolution=(dpi, dpi), resolutionunit="INCH", iccprofile=icc,
-                     extrasamples=extrasamples)
+                     extrasamples=extrasamples, metadata=None, software=False)
     return buf.getvalue()

@@ -177,4 +177,6 @@ def write_tiff_file(image: OutputImage, path: Path, dpi: int,
                   planarconfig="contig" if channels > 1 else None, compression=codec,
                   extrasamples=["unassalpha"] if image.alpha is not None else None,
                   resolution=(dpi, dpi), resolutionunit="INCH",
-                  iccprofile=_icc(image, cmyk))
+                  iccprofile=_icc(image, cmyk),
+                  # No shape description or Software tag of tifffile's own in a print's file.
+                  metadata=None, software=False)
