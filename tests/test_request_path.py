@@ -31,7 +31,7 @@ def storage_calls(monkeypatch) -> Counter:
             return real(self, key, *args, **kwargs)
         return call
 
-    for name in ("write_bytes", "write_if", "read_bytes", "read_versioned", "open"):
+    for name in ("write_bytes", "write_file", "write_if", "read_bytes", "read_versioned", "open"):
         monkeypatch.setattr(Storage, name, counted(name))
     return calls
 
@@ -54,5 +54,5 @@ def test_a_job_writes_its_upload_record_and_result_once_and_reads_none_back(
     timings = RunnerTimings()
     allowed = 2 + int(elapsed / timings.progress_save_s) + int(elapsed / timings.heartbeat_s)
     assert 2 <= calls.pop(("write_if", "record")) <= allowed  # conditional writes
-    assert calls == {("write_bytes", "inputs"): 1, ("write_bytes", "results"): 1,
+    assert calls == {("write_bytes", "inputs"): 1, ("write_file", "results"): 1,
                      ("read_versioned", "record"): 1}
