@@ -7,6 +7,7 @@ file."""
 from __future__ import annotations
 
 import io
+import os
 
 import imagecodecs
 import numpy as np
@@ -152,3 +153,14 @@ def test_a_result_is_uploaded_from_its_file(tmp_path):
     storage.write_file("results/a.png", source)
     assert storage.read_bytes("results/a.png") == source.read_bytes()
     assert [p.name for p in (tmp_path / "storage" / "results").iterdir()] == ["a.png"]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="needs root to give a folder to another user")
+def test_a_scratch_root_of_another_user_is_refused(tmp_path):
+    root = tmp_path / "scratch"
+    root.mkdir()
+    os.chown(root, 12345, -1)
+    with pytest.raises(PermissionError, match="UPSCALER_SCRATCH_DIR"), \
+            scratch_folder(root):
+        pass

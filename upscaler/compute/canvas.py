@@ -35,8 +35,12 @@ _IO_CHUNK = 1 << 30  # pwrite/preadv move at most ~2 GiB a call on Linux
 @contextmanager
 def scratch_folder(root: Path, prefix: str = "job") -> Iterator[Path]:
     """A fresh folder under ``root`` for one job's files, removed with all of them when the
-    block ends, however it ends (done, failed, cancelled)."""
-    root.mkdir(parents=True, exist_ok=True)
+    block ends, however it ends (done, failed, cancelled). ``root`` (by default in the shared
+    temp folder) must be this user's own: another's could swap the files under a job."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if hasattr(os, "getuid") and root.stat().st_uid != os.getuid():
+        raise PermissionError(f"the scratch folder {root} belongs to another user; set "
+                              "UPSCALER_SCRATCH_DIR to a folder of this service's own")
     folder = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=root))
     try:
         yield folder
