@@ -64,6 +64,19 @@ def test_an_upload_decoded_as_integers_gives_the_same_output(engine, tmp_path):
     assert np.array_equal(a.rgb, b.rgb) and np.array_equal(a.alpha, b.alpha)
 
 
+@pytest.mark.parametrize("factor", [1, 0.5])
+def test_an_integer_upload_that_no_model_pass_enlarges(engine, tmp_path, factor):
+    """A factor of 1 or less runs no model pass: the upload's integers are resampled as
+    floats (they once reached the resampler as uint8, a 500 the fuzz test found)."""
+    photo("rocket", (120, 90)).save(tmp_path / "in.png")
+    data = (tmp_path / "in.png").read_bytes()
+    plan = calculate_output_dimensions(120, 90, factor)
+    out = engine.upscale(decode_image(data, 10**6, integers=True), NANO, plan).image
+    ref = engine.upscale(decode_image(data, 10**6), NANO, plan).image
+    assert out.rgb.shape == (plan.output_height, plan.output_width, 3)
+    assert np.array_equal(out.rgb, ref.rgb)
+
+
 @pytest.mark.slow  # ~40 MP written twice (PNG and TIFF) and read back: tens of seconds
 def test_a_big_output_is_right_at_sampled_tiles(engine, tmp_path):
     side = 1600  # 6400 x 6400 out: 41 MP

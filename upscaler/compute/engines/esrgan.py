@@ -221,6 +221,8 @@ class EsrganEngine:
         if isinstance(x, np.ndarray):  # quantized already, at the planned size
             rgb = x
         else:
+            if not x.is_floating_point():  # no model pass ran (a factor of 1 or less)
+                x = torch.from_numpy(unit_float(image.rgb)).permute(2, 0, 1)[None]
             rgb = np.ascontiguousarray(
                 resample(x, plan.output_height, plan.output_width)[0].permute(1, 2, 0).numpy())
         alpha = None if image.alpha is None else resample_plane(
