@@ -210,9 +210,13 @@ class FluxCoordinator:
         # (its tiles still running are cancelled) and writes no result. Watched once it has
         # its memory: a job waiting in the queue reads no record.
         fence, superseded = AttemptFence(self.store, spec), threading.Event()
+        p = spec.params
+        assert isinstance(p, FluxParams)
+        need = coordinator_bytes(spec.plan, p.tile_size, p.tile_padding, p.tile_order,
+                                 p.seam_fix, p.seam_fix_width)
         # The job's files (pre-pass, tiles, blend) go with it however it ends.
         with scratch_folder(self.settings.resolved_scratch_dir, f"flux-{spec.job_id}") as folder:
-            async with (self.memory.reserve(coordinator_bytes(spec.plan)),
+            async with (self.memory.reserve(need),
                         fence.watching(superseded),
                         contextlib.aclosing(self._run(spec, fence, folder)) as events):
                 async for event in events:

@@ -112,3 +112,21 @@ def test_crops_and_blend_from_disk_are_the_in_memory_ones(tmp_path, order, seam_
     assert np.array_equal(rows_want[..., 3], quantize_plane(memory.alpha, 8))
     got.close()
     want.close()
+
+
+def test_the_coordinator_reserves_the_arrival_or_the_crops_in_flight():
+    """The pre-pass as it arrives, or, where more, the crops of the largest wave waiting for
+    replicas (wide padding, every tile at once), plus one crop's or band's work."""
+    from upscaler.compute.dimensions import calculate_output_dimensions
+    from upscaler.compute.memory import (
+        COORDINATOR_BYTES_PER_PIXEL,
+        CROP_BYTES_PER_PIXEL,
+        coordinator_bytes,
+    )
+
+    plan = calculate_output_dimensions(1024, 1024, 4)
+    px = plan.output_width * plan.output_height
+    chess = coordinator_bytes(plan)
+    assert px * COORDINATOR_BYTES_PER_PIXEL < chess < px * 2 * COORDINATOR_BYTES_PER_PIXEL
+    wide = coordinator_bytes(plan, 256, 128, "parallel")
+    assert wide > px * 4 * CROP_BYTES_PER_PIXEL  # each crop is 4x its tile
