@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,10 +44,15 @@ from upscaler.compute.engines.usdu import (
     plan_tiles,
     render_crop,
 )
+from upscaler.compute.engines.usdu_disk import (
+    DiskImage,
+    TileFiles,
+    image_to_disk,
+    read_npz,
+    write_npz,
+)
 from upscaler.compute.fidelity import drift, usdu_grid
-from upscaler.compute.images import DecodedImage
 from upscaler.compute.memory import coordinator_bytes
-from upscaler.compute.metadata import METADATA_BLOCKS, ImageMetadata
 from upscaler.domain.contracts import EngineStatus, TileResult
 from upscaler.domain.job_stats import FluxStats, TileLogEntry
 from upscaler.domain.job_store import JobStore
@@ -160,10 +166,6 @@ def _npy(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _from_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
-
-
 @serve.deployment(name="FluxCoordinator")
 class FluxCoordinator:
     def __init__(self, settings: Settings, esrgan: DeploymentHandle, flux: DeploymentHandle):
@@ -171,27 +173,35 @@ class FluxCoordinator:
         self.esrgan = esrgan
         self.flux = flux
         self.store = open_job_store(settings)
-        # Each job's image lives here while its tiles are drawn: jobs run as they fit.
+        # Each job's tiles (and the pre-pass as it arrives) live here: jobs run as they fit.
         self.memory = MemoryBudget(settings.flux_coordinator_memory_bytes)
 
-    def _load_done(self, job_id: str) -> dict[int, np.ndarray]:
-        done = {}
+    def _load_done(self, job_id: str, tiles: TileFiles) -> None:
+        """Tiles finished in an earlier run, copied one at a time into the job's tile files."""
         for key in self.store.storage.list(JobStore.tiles_prefix(job_id)):
             name = key.rsplit("/", 1)[-1]
             if name.endswith(".npy") and name[:-4].isdigit():
-                done[int(name[:-4])] = _from_npy(self.store.storage.read_bytes(key))
-        return done
+                tiles.put_npy(int(name[:-4]), self.store.storage.read_bytes(key))
 
-    async def _prepass(self, spec: JobSpec) -> DecodedImage:
-        """ESRGAN to the exact output size (no crop yet), kept in storage for resumes."""
+    def _read_prepass(self, key: str, folder: Path) -> DiskImage:
+        with self.store.storage.open(key) as stored:
+            return read_npz(stored, folder)
+
+    async def _prepass(self, spec: JobSpec, folder: Path) -> DiskImage:
+        """ESRGAN to the exact output size (no crop yet), in float16 canvases in ``folder``
+        and kept in storage (the same float16) for resumes: both runs cut the same crops."""
         key = JobStore.prepass_key(spec.job_id)
         if await asyncio.to_thread(self.store.storage.exists, key):
-            return _image_from_npz(await asyncio.to_thread(self.store.storage.read_bytes, key))
+            return await asyncio.to_thread(self._read_prepass, key, folder)
+        # It still arrives whole over the handle (float32): on disk at once, then dropped.
         image = await self.esrgan.prepass.remote(spec)
-        stored = _image_to_npz(image)
-        await asyncio.to_thread(self.store.storage.write_bytes, key, stored)
-        # What a resumed run will read back (half precision): the same image either way.
-        return _image_from_npz(stored)
+        disk = await asyncio.to_thread(image_to_disk, image, folder)
+        del image
+        npz = folder / "prepass.npz"
+        await asyncio.to_thread(write_npz, disk, npz)
+        await asyncio.to_thread(self.store.storage.write_file, key, npz)
+        npz.unlink()
+        return disk
 
     async def run(self, spec: JobSpec, _data: bytes | None = None) -> AsyncIterator[JobEvent]:
         """The job, once its image fits in the memory budget (until then it stays queued).
@@ -200,15 +210,22 @@ class FluxCoordinator:
         # (its tiles still running are cancelled) and writes no result. Watched once it has
         # its memory: a job waiting in the queue reads no record.
         fence, superseded = AttemptFence(self.store, spec), threading.Event()
-        async with (self.memory.reserve(coordinator_bytes(spec.plan)),
-                    fence.watching(superseded),
-                    contextlib.aclosing(self._run(spec, fence)) as events):
-            async for event in events:
-                if superseded.is_set():
-                    raise fence.error()  # closing _run cancels its running tiles
-                yield event
+        p = spec.params
+        assert isinstance(p, FluxParams)
+        need = coordinator_bytes(spec.plan, p.tile_size, p.tile_padding, p.tile_order,
+                                 p.seam_fix, p.seam_fix_width)
+        # The job's files (pre-pass, tiles, blend) go with it however it ends.
+        with scratch_folder(self.settings.resolved_scratch_dir, f"flux-{spec.job_id}") as folder:
+            async with (self.memory.reserve(need),
+                        fence.watching(superseded),
+                        contextlib.aclosing(self._run(spec, fence, folder)) as events):
+                async for event in events:
+                    if superseded.is_set():
+                        raise fence.error()  # closing _run cancels its running tiles
+                    yield event
 
-    async def _run(self, spec: JobSpec, fence: AttemptFence) -> AsyncIterator[JobEvent]:
+    async def _run(self, spec: JobSpec, fence: AttemptFence,
+                   folder: Path) -> AsyncIterator[JobEvent]:
         job_id, params = spec.job_id, spec.params
         assert isinstance(params, FluxParams)
         start = time.perf_counter()
@@ -217,7 +234,7 @@ class FluxCoordinator:
         # processing once a FLUX replica answered: with FLUX scaled to zero it stays queued
         # (with the start in its estimate) while Serve starts one.
         prompt = asyncio.ensure_future(self.flux.encode_prompt.remote(params.prompt))
-        prepassing = asyncio.ensure_future(self._prepass(spec))
+        prepassing = asyncio.ensure_future(self._prepass(spec, folder))
         try:
             embeds = await prompt
             timeline["prompt"] = time.time()
@@ -234,8 +251,10 @@ class FluxCoordinator:
 
         tiles = plan_tiles(prepass.height, prepass.width, params.tile_size, params.tile_padding,
                            params.tile_order, params.seam_fix, params.seam_fix_width)
-        # Tiles finished in an earlier run are pasted, not recomputed.
-        outputs = await asyncio.to_thread(self._load_done, job_id)
+        # Tiles finished in an earlier run are pasted, not recomputed. All are read from
+        # disk as a crop or a band of the blend needs them.
+        outputs = TileFiles(folder / "tiles")
+        await asyncio.to_thread(self._load_done, job_id, outputs)
         resumed = len(outputs)
         schedule = TileSchedule(tiles, outputs)
         tile_log: list[TileLogEntry] = []
@@ -248,9 +267,8 @@ class FluxCoordinator:
             ready = schedule.take_ready()
             if not ready:
                 return
-            needed = {j: outputs[j] for t in ready for j in schedule.needs[t.index]}
             crops = await asyncio.to_thread(
-                lambda: [render_crop(prepass.rgb, tiles, needed, t, params.mask_blur)
+                lambda: [render_crop(prepass.rgb, tiles, outputs, t, params.mask_blur)
                          for t in ready])
             for tile, crop in zip(ready, crops, strict=True):
                 running[asyncio.ensure_future(
@@ -263,12 +281,10 @@ class FluxCoordinator:
                 for task in sorted(finished, key=lambda f: running[f].index):
                     tile = running.pop(task)
                     out, drawn, sent, returned, delta_e, attempts = task.result()
-                    # Stored before any tile that needs it starts: a resumed job's crops are
-                    # cut from the very pixels this run's were.
                     await asyncio.to_thread(
-                        self.store.storage.write_bytes,
-                        f"{JobStore.tiles_prefix(job_id)}/{tile.index}.npy", _npy(out))
-                    outputs[tile.index] = out
+                        self._keep_tile, f"{JobStore.tiles_prefix(job_id)}/{tile.index}.npy",
+                        outputs, tile.index, _npy(out))
+                    del out
                     schedule.finish(tile.index)
                     tile_log.append(TileLogEntry(
                         replica=drawn.replica, seconds=drawn.seconds,
@@ -284,22 +300,27 @@ class FluxCoordinator:
         timeline["tiles"] = time.time()
 
         # The blend, band by band into an on-disk canvas, off the event loop (seconds on a
-        # print-sized image); the folder goes with the job however it ends.
-        with scratch_folder(self.settings.resolved_scratch_dir, f"flux-{job_id}") as folder:
-            image = await asyncio.to_thread(blend_to_canvas, prepass, tiles, outputs,
-                                            params.mask_blur, folder)
-            timeline["image"] = time.time()
-            replicas = sorted({t.replica for t in tile_log})
-            # The report compares with the upload (read again: the pre-pass replica decoded it).
-            _, source = await asyncio.to_thread(read_input, self.store, spec,
-                                                self.settings.max_input_pixels, None, True)
-            fidelity = Fidelity(source, usdu_grid(image.height, image.width, params.tile_size),
-                                tiles_rerun=sum(t.attempts > 1 for t in tile_log))
-            yield await asyncio.to_thread(
-                finish_job, self.store, spec, image, self.settings,
-                FluxStats(tiles=len(tiles), tiles_computed=len(tile_log), tiles_resumed=resumed,
-                          replicas=replicas, tile_log=tile_log, timeline=timeline,
-                          seconds=round(time.perf_counter() - start, 3)), fence, fidelity)
+        # print-sized image).
+        image = await asyncio.to_thread(blend_to_canvas, prepass, tiles, outputs,
+                                        params.mask_blur, folder)
+        timeline["image"] = time.time()
+        replicas = sorted({t.replica for t in tile_log})
+        # The report compares with the upload (read again: the pre-pass replica decoded it).
+        _, source = await asyncio.to_thread(read_input, self.store, spec,
+                                            self.settings.max_input_pixels, None, True)
+        fidelity = Fidelity(source, usdu_grid(image.height, image.width, params.tile_size),
+                            tiles_rerun=sum(t.attempts > 1 for t in tile_log))
+        yield await asyncio.to_thread(
+            finish_job, self.store, spec, image, self.settings,
+            FluxStats(tiles=len(tiles), tiles_computed=len(tile_log), tiles_resumed=resumed,
+                      replicas=replicas, tile_log=tile_log, timeline=timeline,
+                      seconds=round(time.perf_counter() - start, 3)), fence, fidelity)
+
+    def _keep_tile(self, key: str, outputs: TileFiles, index: int, data: bytes) -> None:
+        """Stored before any tile that needs it starts: a resumed job's crops are cut from the
+        very pixels this run's were."""
+        self.store.storage.write_bytes(key, data)
+        outputs.put_npy(index, data)
 
     async def _draw(self, tile: Tile, crop: np.ndarray, embeds: PromptEmbeds,
                     params: FluxParams, block: int
@@ -341,26 +362,3 @@ def _fixed_and_drift(image: np.ndarray, crop: np.ndarray, tile: Tile, params: Fl
     core = (slice(y0 - cy, y1 - cy), slice(x0 - cx, x1 - cx))
     return out.astype(np.float16), drift(out[core], crop[core].astype(np.float32), block)
 
-
-def _image_to_npz(image: DecodedImage) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, rgb=image.rgb.astype(np.float16),
-             alpha=(image.alpha if image.alpha is not None else np.zeros(0)).astype(np.float16),
-             icc=np.frombuffer(image.icc_profile or b"", np.uint8),
-             meta=np.array(f"{image.color}|{image.bit_depth}|{image.source_format}"),
-             **{f"metadata_{name}": np.frombuffer(getattr(image.metadata, name, None) or b"",
-                                                  np.uint8) for name in METADATA_BLOCKS})
-    return buf.getvalue()
-
-
-def _image_from_npz(data: bytes) -> DecodedImage:
-    arrays = np.load(io.BytesIO(data), allow_pickle=False)
-    color, bit_depth, source_format = arrays["meta"].item().split("|")
-    alpha = arrays["alpha"].astype(np.float32) if arrays["alpha"].size else None
-    # (A pre-pass stored before metadata was kept has none.)
-    blocks = {name: arrays[key].tobytes() or None for name in METADATA_BLOCKS
-              if (key := f"metadata_{name}") in arrays.files}
-    metadata = ImageMetadata(**blocks)
-    return DecodedImage(arrays["rgb"].astype(np.float32), alpha, color, int(bit_depth),
-                        arrays["icc"].tobytes() or None, source_format,
-                        metadata if metadata else None)

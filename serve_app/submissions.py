@@ -147,7 +147,9 @@ async def flux_job(settings: Settings, engines: EngineGateway, who: Caller,
     if not low <= form.tile_size <= 2048 or form.tile_size % 16:
         raise InvalidRequest(f"tile_size must be a multiple of 16 between {low} and 2048 (got "
                              f"{form.tile_size})")
-    need, budget = coordinator_bytes(intake.plan), settings.flux_coordinator_memory_bytes
+    need = coordinator_bytes(intake.plan, form.tile_size, form.tile_padding, form.tile_order,
+                             form.seam_fix, form.seam_fix_width)
+    budget = settings.flux_coordinator_memory_bytes
     if need > budget:
         raise OutputTooLarge(f"a FLUX job of {intake.plan.output_width}x"
                              f"{intake.plan.output_height} needs {need / 2**30:.1f} GB in the "

@@ -14,7 +14,6 @@ from helpers.images import photo
 from helpers.print_files import IPTC, XMP, camera_exif, wide_gamut_icc, with_metadata
 from PIL import ExifTags, Image, IptcImagePlugin
 
-from deployments.flux import _image_from_npz, _image_to_npz
 from upscaler.compute.encode import encode_image
 from upscaler.compute.encode_options import EncodeOptions
 from upscaler.compute.images import DecodedImage, decode_image
@@ -125,12 +124,19 @@ def test_16bit_png_and_gray_carry_metadata():
             out.info["Raw profile type iptc"]) == IPTC
 
 
-def test_metadata_survives_flux_prepass_npz():
+def test_metadata_survives_flux_prepass_npz(tmp_path):
+    from upscaler.compute.engines.usdu_disk import image_to_disk, read_npz, write_npz
+
+    def stored_and_read(image: DecodedImage):
+        write_npz(image_to_disk(image, tmp_path), tmp_path / "prepass.npz")
+        with open(tmp_path / "prepass.npz", "rb") as f:
+            return read_npz(f, tmp_path)
+
     image = decode_image(with_metadata(photo("coffee", (40, 30)), "PNG"), MAX)
-    back = _image_from_npz(_image_to_npz(image))
+    back = stored_and_read(image)
     assert back.metadata == image.metadata and back.metadata.iptc == IPTC
     bare = DecodedImage(image.rgb, None, "rgb", 8, None, "PNG")
-    assert _image_from_npz(_image_to_npz(bare)).metadata is None
+    assert stored_and_read(bare).metadata is None
 
 
 def test_oversized_block_is_dropped():

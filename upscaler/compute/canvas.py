@@ -98,15 +98,27 @@ class Canvas:
         for i in range(block.shape[0]):
             self._write(flat[i * row:(i + 1) * row], (y0 + i) * self.row_bytes + x0 * step)
 
-    def read_rows(self, top: int, count: int) -> np.ndarray:
-        count = max(0, min(count, self.height - top))
-        out = np.empty((count, self.width, self.channels), self.dtype)
-        view, offset = memoryview(out).cast("B"), top * self.row_bytes
+    def _read_into(self, view: memoryview, offset: int) -> None:
         while view:
             got = os.preadv(self.fd, [view[:_IO_CHUNK]], offset)
             if got <= 0:
                 raise OSError(f"canvas {self.path} ended early")
             view, offset = view[got:], offset + got
+
+    def read_rows(self, top: int, count: int) -> np.ndarray:
+        count = max(0, min(count, self.height - top))
+        out = np.empty((count, self.width, self.channels), self.dtype)
+        self._read_into(memoryview(out).cast("B"), top * self.row_bytes)
+        return out
+
+    def block(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The rectangle [y0, y1) x [x0, x1) (h x w x C): one read per row, so a crop costs
+        its own bytes, not its rows' whole width."""
+        out = np.empty((y1 - y0, x1 - x0, self.channels), self.dtype)
+        step = self.channels * self.dtype.itemsize
+        flat, row = memoryview(out).cast("B"), (x1 - x0) * step
+        for i in range(y1 - y0):
+            self._read_into(flat[i * row:(i + 1) * row], (y0 + i) * self.row_bytes + x0 * step)
         return out
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from upscaler.compute.dimensions import OutputPlan
 
 if TYPE_CHECKING:
+    from upscaler.compute.engines.usdu import SeamFix, TileOrder
     from upscaler.compute.images import ImageProbe
 
 # Peak bytes per pixel of an upload's check decode, by (Pillow mode, bit depth, alpha): the
@@ -35,15 +36,34 @@ def decode_bytes(probe: ImageProbe) -> int:
     """Memory the check decode of this upload takes at its peak (the decode budget's unit)."""
     return probe.width * probe.height * decode_bytes_per_pixel(probe)
 
-# One FLUX job's image in the coordinator, per output pixel, at its peak: the pre-pass as it
-# comes (RGB + alpha in float32, 16 B), stored and read back in float16 (8 + 8 B), and made
-# float32 again (16 B). The tiles then take ~8 B; the blend is made by bands into an on-disk
-# canvas and streamed from it (it took ~64 B when made whole).
-COORDINATOR_BYTES_PER_PIXEL = 48
+# One FLUX job in the coordinator at its peak (bench/bench_flux_coordinator.py: peak RSS over
+# the imports, torch included; [bracketed] B per output pixel). The pre-pass arrives whole over
+# the handle, float32 RGB + alpha: [16.5] at 4096x4096, [16.2] at 8192x8192; it is written to
+# float16 canvases at once and dropped. After that the image is on disk (page cache, not RSS)
+# and the coordinator holds tiles: every crop sent and not yet back (float32 RGB, all of the
+# largest wave at once: they wait in the handle's queue) and the crop or band being made. A
+# resumed job (no arrival): chess [12.2] at 4096x4096, [8.7] at 8192x8192; parallel [19.4].
+COORDINATOR_BYTES_PER_PIXEL = 18  # the pre-pass as it arrives (was 48 with the image in memory)
+CROP_BYTES_PER_PIXEL = 12  # a crop waiting for its replica
+# Making one crop (its window canvas replayed, the colour fix) or one band of the blend (a
+# window canvas BLEND_ROWS high), per pixel of it: [~220] over the crops in flight.
+WORK_BYTES_PER_PIXEL = 256
 
 
-def coordinator_bytes(plan: OutputPlan) -> int:
-    return plan.output_width * plan.output_height * COORDINATOR_BYTES_PER_PIXEL
+def coordinator_bytes(plan: OutputPlan, tile_size: int = 512, tile_padding: int = 32,
+                      order: TileOrder = "chess", seam_fix: SeamFix = "none",
+                      seam_width: int = 64) -> int:
+    """Memory one FLUX job takes in the coordinator (its budget's unit), for its tiling."""
+    from upscaler.compute.engines.usdu import BLEND_ROWS, plan_tiles, waves
+
+    height, width = plan.output_height, plan.output_width
+    tiles = plan_tiles(height, width, tile_size, tile_padding, order, seam_fix, seam_width)
+    in_flight = max(sum((t.crop[1] - t.crop[0]) * (t.crop[3] - t.crop[2]) for t in wave)
+                    for wave in waves(tiles))
+    largest_crop = max((t.crop[1] - t.crop[0]) * (t.crop[3] - t.crop[2]) for t in tiles)
+    work = max(largest_crop, min(BLEND_ROWS, height) * width) * WORK_BYTES_PER_PIXEL
+    return max(height * width * COORDINATOR_BYTES_PER_PIXEL,
+               in_flight * CROP_BYTES_PER_PIXEL) + work
 
 
 # glibc's mallopt parameter: allocations at least this large are mmap'd, so freeing one gives

@@ -6,7 +6,7 @@ tests). Design: docs/design/engines.md
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # torch is imported where it is used: the coordinator's modul
 
     import torch
 
-    from upscaler.compute.canvas import OutputImage
+    from upscaler.compute.canvas import Canvas, OutputImage
+    from upscaler.compute.engines.usdu_disk import DiskImage
     from upscaler.compute.images import DecodedImage
 
 ColorFix = Literal["wavelet", "adain", "none"]
@@ -211,7 +212,7 @@ class TiledCanvas:
         self._weight = np.zeros_like(self._weight)
 
 
-def replay(canvas: TiledCanvas, tiles: list[Tile], outputs: dict[int, np.ndarray],
+def replay(canvas: TiledCanvas, tiles: list[Tile], outputs: Mapping[int, np.ndarray],
            before_wave: int | None = None) -> TiledCanvas:
     """The steps ``redraw_tiles`` takes on its canvas, with the tiles already drawn: every wave
     (or those before ``before_wave``, leaving the canvas as that wave's crops see it). Only the
@@ -230,12 +231,20 @@ def replay(canvas: TiledCanvas, tiles: list[Tile], outputs: dict[int, np.ndarray
     return canvas
 
 
-def render_crop(source: np.ndarray, tiles: list[Tile], outputs: dict[int, np.ndarray],
-                tile: Tile, mask_blur: int) -> np.ndarray:
+def _window(source: np.ndarray | Canvas, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Those pixels of an in-memory image or of an on-disk canvas (read just them)."""
+    if isinstance(source, np.ndarray):
+        return source[y0:y1, x0:x1]
+    return source.block(y0, y1, x0, x1)
+
+
+def render_crop(source: np.ndarray | Canvas, tiles: list[Tile],
+                outputs: Mapping[int, np.ndarray], tile: Tile, mask_blur: int) -> np.ndarray:
     """What ``tile`` is redrawn from: the canvas as the waves before its own left it, replayed
-    over its crop only (the earlier tiles ``TileSchedule.needs`` for it are in ``outputs``)."""
+    over its crop only (the earlier tiles ``TileSchedule.needs`` for it are in ``outputs``,
+    which may read them from disk: only those reaching the crop are asked for)."""
     cy0, cy1, cx0, cx1 = tile.crop
-    canvas = TiledCanvas(source[cy0:cy1, cx0:cx1], mask_blur, origin=(cy0, cx0))
+    canvas = TiledCanvas(_window(source, cy0, cy1, cx0, cx1), mask_blur, origin=(cy0, cx0))
     return replay(canvas, tiles, outputs, before_wave=tile.wave).crop(tile)
 
 
@@ -315,21 +324,28 @@ def redraw_tiles(source: np.ndarray, tiles: list[Tile], redraw: RedrawFn, mask_b
 BLEND_ROWS = 256  # rows of the final blend made at a time (a window canvas each)
 
 
-def blend_to_canvas(source: DecodedImage, tiles: list[Tile], outputs: dict[int, np.ndarray],
-                    mask_blur: int, folder: Path, rows: int = BLEND_ROWS) -> OutputImage:
+def blend_to_canvas(source: DecodedImage | DiskImage, tiles: list[Tile],
+                    outputs: Mapping[int, np.ndarray], mask_blur: int, folder: Path,
+                    rows: int = BLEND_ROWS) -> OutputImage:
     """``replay(...).image()`` of the whole image, made band by band (each a window canvas:
     bit for bit the whole canvas's pixels there) and written, quantized, into a ``Canvas`` in
     ``folder``: the blend holds a band, never the whole image's accumulators. Alpha is the
-    source's, quantized as it is read."""
-    from upscaler.compute.canvas import ArrayPlane, Canvas, OutputImage
+    source's, quantized as it is read. A ``DiskImage`` source and ``TileFiles`` outputs are read
+    a band's rows and the tiles reaching it at a time."""
+    from upscaler.compute.canvas import ArrayPlane, Canvas, OutputImage, Plane
     from upscaler.compute.encode import quantize_plane
+    from upscaler.compute.engines.usdu_disk import DiskImage
 
     height, width = source.height, source.width
     canvas = Canvas(folder, height, width, 3, np.uint16 if source.bit_depth == 16 else np.uint8)
     for top in range(0, height, rows):
-        window = TiledCanvas(source.rgb[top:top + rows], mask_blur, origin=(top, 0))
+        band = _window(source.rgb, top, min(top + rows, height), 0, width)
+        window = TiledCanvas(band, mask_blur, origin=(top, 0))
         canvas.write_rows(top, quantize_plane(replay(window, tiles, outputs).image(),
                                               source.bit_depth))
-    alpha = None if source.alpha is None else ArrayPlane(source.alpha, source.bit_depth)
+    if isinstance(source, DiskImage):
+        alpha: Plane | None = source.alpha_plane()
+    else:
+        alpha = None if source.alpha is None else ArrayPlane(source.alpha, source.bit_depth)
     return OutputImage(canvas, alpha, source.color, source.bit_depth, source.icc_profile,
                        source.source_format, metadata=source.metadata)
