@@ -1,4 +1,4 @@
-"""Memory of the check decode every upload gets (``upscaler.compute.images.check_decodes``), per
+"""Memory of the check decode every upload gets (``streamed_decode.check_decodes``), per
 format.
 
     .venv/bin/python bench/bench_decode_memory.py [--side 2000] [--repeat 1]
@@ -96,8 +96,9 @@ def child(path: Path, pin: bool) -> dict:
     import imagecodecs  # noqa: F401 - imported by the 16-bit path: not the decode's memory
     import tifffile  # noqa: F401
 
-    from upscaler.compute.images import check_decodes, probe_image
+    from upscaler.compute.images import probe_image
     from upscaler.compute.memory import return_big_buffers, trim_heap
+    from upscaler.compute.streamed_decode import check_decodes
 
     if pin:
         return_big_buffers()

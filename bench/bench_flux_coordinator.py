@@ -30,7 +30,7 @@ def run_one(side: int, order: str, resume: bool) -> dict:
     import numpy as np
     import torch  # noqa: F401  (the coordinator has it once a tile is made: the baseline)
 
-    from upscaler.compute.canvas import scratch_folder
+    from upscaler.compute.canvas_file import scratch_folder
     from upscaler.compute.engines.usdu import (
         TileSchedule,
         blend_to_canvas,

@@ -59,7 +59,7 @@ def _settings(folder: Path):
 def job(folder: Path, fmt: str, factor: float) -> dict:
     """Runs in the child: one job as the replica runs it, timed, with its RSS."""
     from deployments.esrgan import esrgan_engine
-    from upscaler.compute.canvas import scratch_folder
+    from upscaler.compute.canvas_file import scratch_folder
     from upscaler.compute.dimensions import calculate_output_dimensions
     from upscaler.compute.engines.models import ModelRegistry
     from upscaler.compute.images import decode_image

@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deployments.fencing import AttemptFence, write_result
 from deployments.quality import Fidelity, measure_quality
 from upscaler import ray_support
-from upscaler.compute.canvas import OutputImage, scratch_folder
+from upscaler.compute.canvas import OutputImage
+from upscaler.compute.canvas_file import scratch_folder
 from upscaler.compute.device import resolve_device, use_cpu_threads
 from upscaler.compute.images import DecodedImage, decode_image
+from upscaler.compute.streamed_decode import decode_to_canvas
 from upscaler.compute.writers import write_output
 from upscaler.domain.job_stats import JobStats
 from upscaler.domain.job_store import JobStore
@@ -68,6 +72,30 @@ def read_input(store: JobStore, spec: JobSpec, max_pixels: int,
     if data is None:
         data = store.storage.read_bytes(JobStore.input_key(spec.job_id))
     return data, decode_image(data, max_pixels, integers)
+
+
+def read_input_by_strips(storage: Storage, key: str, max_pixels: int, folder: Path,
+                         data: bytes | None = None) -> DecodedImage:
+    """A job's upload (``key`` in job storage, or ``data`` sent along with the call) as
+    ``read_input(integers=True)`` gives it; a big 8-bit RGB(A) one decoded strip by strip into
+    a canvas in ``folder`` (``compute.streamed_decode``), copied there from storage first: the
+    job never holds its upload's bytes or pixels whole."""
+    source: bytes | Path
+    if data is None:
+        source = folder / "upload"
+        with storage.open(key) as src, source.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    else:
+        source = data
+    try:
+        image = decode_to_canvas(source, folder, max_pixels)
+        if image is None:
+            image = decode_image(source if isinstance(source, bytes) else source.read_bytes(),
+                                 max_pixels, integers=True)
+    finally:
+        if isinstance(source, Path):
+            source.unlink(missing_ok=True)
+    return image
 
 
 def finish_job(store: JobStore, spec: JobSpec, image: DecodedImage | OutputImage,

@@ -24,18 +24,21 @@ from deployments.common import (
     gpu_snapshot,
     open_job_store,
     read_input,
+    read_input_by_strips,
     replica_tag,
     stream_from_thread,
 )
 from deployments.fencing import AttemptFence
 from deployments.quality import esrgan_fidelity
 from upscaler import ray_support
-from upscaler.compute.canvas import OutputImage, scratch_folder
+from upscaler.compute.canvas import OutputImage
+from upscaler.compute.canvas_file import scratch_folder
 from upscaler.compute.engines.models import ModelInfo, ModelRegistry
 from upscaler.compute.images import DecodedImage
 from upscaler.compute.memory import return_big_buffers
 from upscaler.domain.contracts import EngineStatus, ModelList
 from upscaler.domain.job_stats import EsrganStats
+from upscaler.domain.job_store import JobStore
 from upscaler.domain.jobs import (
     Completed,
     EsrganParams,
@@ -159,9 +162,14 @@ class EsrganDeployment:
                  data: bytes | None = None, canvas_dir: Path | None = None
                  ) -> tuple[DecodedImage, DecodedImage | OutputImage, dict]:
         """The job's decoded input, its upscaled image (uncropped) and the engine's stats."""
-        # The engine takes the upload's integers as they are (a quarter of float32's bytes).
-        _, image = read_input(self.store, spec, self.settings.max_input_pixels, data,
-                              integers=True)
+        # The engine takes the upload's integers as they are (a quarter of float32's bytes),
+        # a big one from disk when the job has a scratch folder.
+        if canvas_dir is not None:
+            image = read_input_by_strips(self.store.storage, JobStore.input_key(spec.job_id),
+                                         self.settings.max_input_pixels, canvas_dir, data)
+        else:
+            _, image = read_input(self.store, spec, self.settings.max_input_pixels, data,
+                                  integers=True)
         with self._gpu_lock:
             if emit:
                 emit(Started(self.replica_id))

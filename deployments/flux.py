@@ -29,7 +29,7 @@ from deployments.fencing import AttemptFence
 from deployments.quality import Fidelity
 from upscaler import ray_support
 from upscaler.compute.budget import MemoryBudget
-from upscaler.compute.canvas import scratch_folder
+from upscaler.compute.canvas_file import scratch_folder
 from upscaler.compute.engines.flux_files import (
     FluxFiles,
     FluxNotInstalled,

@@ -17,7 +17,8 @@ from helpers.image_files import SRGB_ICC
 from PIL import Image, ImageCms
 
 from upscaler.compute import writers
-from upscaler.compute.canvas import ArrayPlane, Canvas, OutputImage, scratch_folder
+from upscaler.compute.canvas import ArrayPlane, OutputImage
+from upscaler.compute.canvas_file import Canvas, scratch_folder
 from upscaler.compute.writers import needs_bigtiff, write_output, write_png_file, write_tiff_file
 from upscaler.domain.storage import Storage
 

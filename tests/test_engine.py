@@ -171,7 +171,7 @@ def test_batches_of_windows_give_the_same_output():
 
 
 def test_quantized_cores_are_the_quantized_float_output():
-    from upscaler.compute.encode import quantize_plane
+    from upscaler.compute.quantize import quantize_plane
 
     image = torch.rand(1, 3, 40, 30)
     for bits, dtype in ((8, np.uint8), (16, np.uint16)):

@@ -9,7 +9,7 @@ import io
 import numpy as np
 import pytest
 
-from upscaler.compute.canvas import Canvas
+from upscaler.compute.canvas_file import Canvas
 from upscaler.compute.engines.usdu import (
     TileSchedule,
     blend_to_canvas,
@@ -85,7 +85,7 @@ def test_the_stored_prepass_is_the_npz_it_was_and_reads_back(tmp_path, alpha):
 def test_crops_and_blend_from_disk_are_the_in_memory_ones(tmp_path, order, seam_fix):
     """The coordinator's steps (crops cut as tiles become ready, tiles kept, the blend by
     bands) from the canvases and tile files, against the in-memory float16 pre-pass."""
-    from upscaler.compute.encode import quantize_plane
+    from upscaler.compute.quantize import quantize_plane
 
     image = _image(150, 130, True)
     memory = _half(image)

@@ -10,7 +10,8 @@ from helpers.images import photo
 from helpers.model_factory import write_compact
 from helpers.sampled import model_region, png_rows, tiff_region
 
-from upscaler.compute.canvas import OutputImage, scratch_folder
+from upscaler.compute.canvas import OutputImage
+from upscaler.compute.canvas_file import scratch_folder
 from upscaler.compute.dimensions import calculate_output_dimensions
 from upscaler.compute.engines.esrgan import EsrganEngine
 from upscaler.compute.engines.models import ModelRegistry
@@ -107,8 +108,8 @@ def _png(im, folder):
 
 @pytest.mark.parametrize("order,seam_fix", [("chess", "none"), ("parallel", "band_pass")])
 def test_the_flux_blend_made_by_bands_is_the_whole_blend(tmp_path, order, seam_fix):
-    from upscaler.compute.encode import quantize_plane
     from upscaler.compute.engines.usdu import blend_to_canvas, plan_tiles, redraw_tiles
+    from upscaler.compute.quantize import quantize_plane
 
     image = source(8, True, side=150)
     rng = np.random.default_rng(1)
@@ -138,7 +139,7 @@ def test_a_resampled_output_on_the_canvas_is_the_in_memory_one(engine, tmp_path,
         rows = np.concatenate([r for _, r in out.strips(33, with_alpha=True)])
         out.close()
         assert list(folder.iterdir()) == []
-    from upscaler.compute.encode import quantize_plane
+    from upscaler.compute.quantize import quantize_plane
 
     expected = quantize_plane(memory.rgb if memory.alpha is None else np.dstack(
         [memory.rgb, memory.alpha]), 8)  # the in-memory path's floats, as the file has them

@@ -13,7 +13,8 @@ from helpers.image_files import MAX, SRGB_ICC, _rng, png_header_only, rgb8, rgb1
 from PIL import Image
 
 from upscaler.compute.encode import encode_image
-from upscaler.compute.images import DecodedImage, check_decodes, decode_image, probe_image
+from upscaler.compute.images import DecodedImage, decode_image, probe_image
+from upscaler.compute.streamed_decode import check_decodes
 from upscaler.errors import UpscalerError
 
 # --- bad input -------------------------------------------------------------------------------

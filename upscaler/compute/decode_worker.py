@@ -152,8 +152,8 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     import imagecodecs  # noqa: F401 - the 16-bit decoders' imports: once, not in a decode
     import tifffile  # noqa: F401
 
-    from upscaler.compute.images import check_decodes
     from upscaler.compute.memory import trim_heap
+    from upscaler.compute.streamed_decode import check_decodes
 
     answers.write(READY)
     answers.flush()

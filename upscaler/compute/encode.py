@@ -28,18 +28,8 @@ from upscaler.compute.png import (
     png_text_chunks,
     streamed_png,
 )
+from upscaler.compute.quantize import quantize_plane
 from upscaler.compute.tiff_metadata import add_tiff_metadata
-
-
-def quantize_plane(x: np.ndarray, bit_depth: int) -> np.ndarray:
-    """Float [0, 1] pixels as the file's integers; integers (quantized already, by an engine
-    that wrote its output so) are taken as they are."""
-    dtype = np.uint16 if bit_depth == 16 else np.uint8
-    if np.issubdtype(x.dtype, np.integer):
-        return x if x.dtype == dtype else x.astype(dtype)
-    top = 65535.0 if bit_depth == 16 else 255.0
-    out = np.clip(x, 0.0, 1.0) * top + 0.5
-    return out.astype(dtype)
 
 
 def _gray(rgb: np.ndarray, bit_depth: int) -> np.ndarray:

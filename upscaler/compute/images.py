@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import struct
 import warnings
 from dataclasses import dataclass, replace
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from upscaler.compute.metadata import ImageMetadata, read_metadata
 from upscaler.errors import BadRequest, InvalidImage, PayloadTooLarge, UnsupportedMediaType
+
+if TYPE_CHECKING:
+    from upscaler.compute.canvas_file import Canvas
 
 # Formats accepted as input (Pillow's names). Anything else Pillow can parse is refused.
 ALLOWED_INPUT_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP", "GIF"})
@@ -38,13 +43,17 @@ class ImageProbe:
     mode: str
     bit_depth: int
     has_alpha: bool
+    # Decoded by strips into a file (upscaler.compute.streamed_decode): its check and its job
+    # hold a strip of it, not all of it.
+    streamed: bool = False
 
 
 @dataclass
 class DecodedImage:
     # float32 in [0, 1]; or, from an engine that wrote its output as the file will hold it,
     # integers of bit_depth (uint8/uint16), which encode_image takes as they are.
-    rgb: np.ndarray  # H x W x 3
+    # H x W x 3; or, for a big upload decoded by strips, on disk (compute.streamed_decode)
+    rgb: np.ndarray | Canvas
     alpha: np.ndarray | None  # H x W
     color: Literal["rgb", "gray", "cmyk"]
     bit_depth: int  # 8 or 16: what the output is written with
@@ -83,8 +92,9 @@ def _png_ihdr(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
-    if not data:
+def open_upload(data: bytes | Path, max_pixels: int) -> Image.Image:
+    """The upload (its bytes, or a file of them) opened by Pillow, header only, checked."""
+    if not (data if isinstance(data, bytes) else data.stat().st_size):
         raise BadRequest("the uploaded file is empty", code="empty_file")
     with warnings.catch_warnings():
         # ``max_pixels`` decides what is too large, not Pillow's global MAX_IMAGE_PIXELS (about
@@ -96,7 +106,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
             Image.MAX_IMAGE_PIXELS = max_pixels
         try:
-            im = Image.open(io.BytesIO(data), formats=OPENERS)
+            im = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data,
+                            formats=OPENERS)
         except Image.DecompressionBombError as exc:
             raise PayloadTooLarge(
                 f"image is too large to decode safely ({exc}); the limit is "
@@ -131,20 +142,46 @@ def probe_image(data: bytes, max_pixels: int) -> ImageProbe:
     """Describe an upload from its header alone: format (an accepted one), size after EXIF
     orientation (within ``max_pixels``), mode, bit depth, alpha. Nothing is decoded, so the
     output size can be planned and refused before any pixel memory is spent."""
-    im = _open(data, max_pixels)
+    im = open_upload(data, max_pixels)
     width, height = im.size
     # Rotated by 90 degrees; Pillow's TIFF reader already reports the rotated size.
     if im.format != "TIFF" and _exif_orientation(im) in (5, 6, 7, 8):
         width, height = height, width
     return ImageProbe(format=str(im.format), width=width, height=height, mode=im.mode,
-                      bit_depth=_header_bit_depth(im, data), has_alpha=_header_alpha(im))
+                      bit_depth=_header_bit_depth(im, data), has_alpha=_header_alpha(im),
+                      streamed=is_streamed(im, data[:64]))
 
 
-def check_decodes(data: bytes, max_pixels: int) -> None:
-    """Decode the whole image once and drop it: a corrupt or truncated upload is refused
-    here, before it is stored or any engine time is spent (``upscaler.compute.memory.decode_bytes``
-    at its peak; the Ingress runs it in a worker process, ``upscaler.compute.decode_worker``)."""
-    decode_image(data, max_pixels)
+STREAMED_FORMATS = ("PNG", "TIFF", "JPEG")
+# Below this the in-memory decoders are as small (3 bytes a pixel: 48 MB) and a little faster.
+STREAMED_MIN_PIXELS = 16_000_000
+
+
+STREAMED_MAX_BLOCK_BYTES = 64 << 20
+
+
+def is_streamed(im: Image.Image, head: bytes) -> bool:
+    """Whether an upload Pillow has opened (header only; ``head`` its first bytes) is decoded
+    by strips (upscaler.compute.streamed_decode): an accepted format, 8-bit RGB or RGBA with no
+    colour key, one frame, upright, at least ``STREAMED_MIN_PIXELS``, and stored so that its
+    rows come a few at a time. (A rotated image needs all its rows to turn; an interlaced PNG
+    or a progressive JPEG is decoded whole by its codec, and so is a TIFF strip or tile.)"""
+    return (im.format in STREAMED_FORMATS and im.mode in ("RGB", "RGBA")
+            and im.width * im.height >= STREAMED_MIN_PIXELS
+            and "transparency" not in im.info and not getattr(im, "is_animated", False)
+            and not im.info.get("interlace") and not im.info.get("progressive")
+            and _header_bit_depth(im, head) == 8 and _exif_orientation(im) == 1
+            and block_rows(im) * im.width * len(im.mode) <= STREAMED_MAX_BLOCK_BYTES)
+
+
+def block_rows(im: Image.Image) -> int:
+    """Rows a strip decode must come in multiples of: its codec's block (a TIFF's strip or
+    tile, a JPEG's MCU row) and libvips's sequential reads (16 rows)."""
+    if im.format == "TIFF":
+        tags = im.tag_v2
+        rows = tags.get(322) and tags.get(323) or tags.get(278) or im.height  # tile, strip
+        return math.lcm(int(min(rows, im.height)), 16)
+    return 16
 
 
 def _header_bit_depth(im: Image.Image, data: bytes) -> int:
@@ -259,7 +296,7 @@ def decode_image(data: bytes, max_pixels: int, integers: bool = False) -> Decode
     """The upload's pixels. With ``integers``, 8- and 16-bit RGB(A) and 8-bit gray come as
     the file's integers (uint8 / uint16), not float32: a quarter (a half) of the memory, and
     no float copy at the decode's peak (ESRGAN converts each tile as it is cut)."""
-    im = _open(data, max_pixels)
+    im = open_upload(data, max_pixels)
     image = _decode_pixels(im, data, integers)
     # After the pixels: a PNG's eXIf chunk may follow its image data.
     return replace(image, metadata=read_metadata(im))

@@ -32,8 +32,15 @@ def decode_bytes_per_pixel(probe: ImageProbe) -> int:
                                       DECODE_BYTES_PER_PIXEL_OTHER)
 
 
+# A streamed check decode (upscaler.compute.streamed_decode): a strip and libvips's buffers,
+# whatever the size: [~40 MB] rise (bench/bench_decode_memory.py), plus room.
+STREAMED_DECODE_BYTES = 64 << 20
+
+
 def decode_bytes(probe: ImageProbe) -> int:
     """Memory the check decode of this upload takes at its peak (the decode budget's unit)."""
+    if probe.streamed:
+        return STREAMED_DECODE_BYTES
     return probe.width * probe.height * decode_bytes_per_pixel(probe)
 
 # One FLUX job in the coordinator at its peak (bench/bench_flux_coordinator.py: peak RSS over

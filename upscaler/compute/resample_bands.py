@@ -68,7 +68,7 @@ class ResampledPlane:
             np.empty((0, self.width, self.channels), np.uint16 if self.bits == 16 else np.uint8)
 
     def _band(self, top: int, count: int) -> np.ndarray:
-        from upscaler.compute.encode import quantize_plane
+        from upscaler.compute.quantize import quantize_plane
 
         first, weights = self.first[top:top + count], self.weights[top:top + count]
         start = int(first.min())

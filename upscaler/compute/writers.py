@@ -17,10 +17,11 @@ import numpy as np
 
 from upscaler.compute.canvas import STRIP_ROWS, OutputImage, Plane
 from upscaler.compute.colour import SrgbConverter, srgb_plan
-from upscaler.compute.encode import encode_image, png_metadata_chunks, quantize_plane
+from upscaler.compute.encode import encode_image, png_metadata_chunks
 from upscaler.compute.encode_options import TIFFFILE_COMPRESSION, EncodeOptions, TiffCompression
 from upscaler.compute.metadata import output_metadata
 from upscaler.compute.png import WHOLE_IMAGE_MAX_PIXELS, PngEncoder, write_png_stream
+from upscaler.compute.quantize import quantize_plane
 from upscaler.compute.tiff_metadata import add_tiff_metadata
 
 TIFF_TILE = 256

@@ -14,21 +14,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from upscaler.compute.canvas import Canvas, CanvasSink, OutputImage, ResampledAlpha
+from upscaler.compute.canvas import CanvasSink, OutputImage, ResampledAlpha
+from upscaler.compute.canvas_file import Canvas
 from upscaler.compute.device import resolve_device
 from upscaler.compute.dimensions import OutputPlan
-from upscaler.compute.encode import quantize_plane
 from upscaler.compute.engines.models import LoadedModel, ModelCache, ModelRegistry
 from upscaler.compute.engines.tiling import (
+    PassInput,
     QuantizedSink,
     TensorSink,
     context_for,
     count_tiles,
+    input_size,
     run_tiled,
 )
 from upscaler.compute.images import DecodedImage
 from upscaler.compute.passes import PassPlan, plan_passes
 from upscaler.compute.png import WHOLE_IMAGE_MAX_PIXELS
+from upscaler.compute.quantize import quantize_plane
 from upscaler.compute.resample import resample, resample_plane, unit_float
 from upscaler.compute.resample_bands import FloatPlane, ResampledPlane
 
@@ -172,19 +175,25 @@ class EsrganEngine:
         context = self.context if self.context is not None else context_for(
             desc.architecture.id)  # type: ignore[attr-defined]
         passes = self.plan(image.width, image.height, plan, scale)
-        # A view in the decoded layout: each window is made contiguous as it is cut, so the
-        # image is never copied whole (a quarter of the output's bytes at x4, in float32;
-        # less as the upload's integers, which each window is converted from).
-        x = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
-        if passes.shrinks_input:  # one pass would pass the output cap: shrink it first
-            width, height = passes.pass_input
-            x = resample(torch.from_numpy(unit_float(image.rgb)).permute(2, 0, 1)[None],
-                         height, width)
-        if self.device.type == "cuda":
-            x = x.pin_memory()  # tiles go to the GPU without a staging copy
+        if isinstance(image.rgb, Canvas) and (passes.shrinks_input or not passes.passes):
+            # An upload on disk that is resampled whole: read into memory first.
+            image = image.with_pixels(image.rgb.read_rows(0, image.height), image.alpha)
+        x: PassInput
+        if isinstance(image.rgb, Canvas):  # on disk: each window is read as it is cut
+            x = image.rgb
+        else:
+            # A view in the decoded layout: each window is made contiguous as it is cut, so
+            # the image is never copied whole (a quarter of the output's bytes at x4, in
+            # float32; less as the upload's integers, which each window is converted from).
+            x = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
+            if passes.shrinks_input:  # one pass would pass the output cap: shrink it first
+                width, height = passes.pass_input
+                x = resample(torch.from_numpy(unit_float(image.rgb)).permute(2, 0, 1)[None],
+                             height, width)
+            if self.device.type == "cuda":
+                x = x.pin_memory()  # tiles go to the GPU without a staging copy
         fn = self._model_fn(loaded)
-        tile = tile_size or self.auto_tile_size(x.shape[-2], x.shape[-1], loaded.dtype,
-                                                context)
+        tile = tile_size or self.auto_tile_size(*input_size(x), loaded.dtype, context)
         if self.device.type == "cpu":  # the CPU tile bounds host memory, whatever was asked
             tile = min(tile, self.cpu_tile_size)
         exact = not passes.resampled
@@ -193,7 +202,7 @@ class EsrganEngine:
         counts = {"tiles": 0, "oom_retries": 0, "model_seconds": 0.0}
         for pass_index in range(passes.passes):
             last = pass_index == passes.passes - 1
-            h, w = x.shape[-2:]
+            h, w = input_size(x)
             if last and quantize and canvas_dir is not None:
                 # To be resampled: kept in 16 bits, then read band by band at the plan's size.
                 bits = image.bit_depth if exact else 16
@@ -251,13 +260,13 @@ class EsrganEngine:
             "engine_seconds": round(time.perf_counter() - started, 3),
         }
 
-    def _run_pass(self, x: torch.Tensor, fn, scale: int, tile: int, context: int,
+    def _run_pass(self, x: PassInput, fn, scale: int, tile: int, context: int,
                   dtype: torch.dtype, sink, counts: dict, passes_left: int,
                   progress: ProgressFn | None, should_stop: Callable[[], bool] | None) -> int:
         """One model pass over ``x`` into ``sink``; on an out-of-memory error the pass is run
         again with half the tile. Returns the tile size it ran with."""
         while True:
-            h, w = x.shape[-2:]
+            h, w = input_size(x)
             # Tiles still to do: this pass and the ones after it (at this tile size).
             total = counts["tiles"] + sum(
                 count_tiles(h * scale**k, w * scale**k, tile, context)

@@ -10,6 +10,25 @@ from dataclasses import dataclass
 
 import torch
 
+from upscaler.compute.canvas_file import Canvas
+
+# A model pass's input: a (1, C, H, W) tensor, or a decoded upload on disk (H x W x C) read
+# window by window.
+PassInput = torch.Tensor | Canvas
+
+
+def input_size(image: PassInput) -> tuple[int, int]:
+    """(height, width) of a pass's input."""
+    if isinstance(image, Canvas):
+        return image.height, image.width
+    return int(image.shape[-2]), int(image.shape[-1])
+
+
+def _crop(image: PassInput, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+    if isinstance(image, Canvas):  # only the window's bytes are read
+        return torch.from_numpy(image.block(y0, y1, x0, x1)).permute(2, 0, 1)[None]
+    return image[:, :, y0:y1, x0:x1]
+
 # Input pixels of context each tile gets on every side, by spandrel architecture id.
 CONTEXT_PX: Mapping[str, int] = {
     # RRDB (4x-UltraSharp, Remacri, AnimeSharp, Real-ESRGAN x4plus): a deep receptive field
@@ -151,7 +170,7 @@ def _batches(windows: list[Window], batch: int) -> Iterator[list[Window]]:
 
 
 def run_tiled(
-    image: torch.Tensor,
+    image: PassInput,
     fn: Callable[[torch.Tensor], torch.Tensor],
     scale: int,
     tile: int,
@@ -163,14 +182,14 @@ def run_tiled(
     """Apply ``fn`` ((N, C, h, w) -> (N, C', h*scale, w*scale)) to ``image`` (1, C, H, W) tile
     by tile, ``batch`` tiles per call; each core's output goes to ``put(y0, y1, x0, x1, t)``
     in output coordinates."""
-    _, _, height, width = image.shape
+    height, width = input_size(image)
     with torch.inference_mode():  # no autograd state, and sinks may reuse outputs in place
         _run(image, fn, scale, plan_windows(height, width, tile, context), put, on_tile, batch)
 
 
 def _run(image, fn, scale, windows, put, on_tile, batch) -> None:
     for run in _batches(windows, batch):
-        crops = [image[:, :, w.y.start:w.y.stop, w.x.start:w.x.stop] for w in run]
+        crops = [_crop(image, w.y.start, w.y.stop, w.x.start, w.x.stop) for w in run]
         out = fn(torch.cat(crops) if len(crops) > 1 else crops[0])
         for i, w in enumerate(run):
             cy0, cy1 = (w.y.core_start - w.y.start) * scale, (w.y.core_stop - w.y.start) * scale

@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # torch is imported where it is used: the coordinator's modul
 
     import torch
 
-    from upscaler.compute.canvas import Canvas, OutputImage
+    from upscaler.compute.canvas import OutputImage
+    from upscaler.compute.canvas_file import Canvas
     from upscaler.compute.engines.usdu_disk import DiskImage
     from upscaler.compute.images import DecodedImage
 
@@ -332,9 +333,10 @@ def blend_to_canvas(source: DecodedImage | DiskImage, tiles: list[Tile],
     ``folder``: the blend holds a band, never the whole image's accumulators. Alpha is the
     source's, quantized as it is read. A ``DiskImage`` source and ``TileFiles`` outputs are read
     a band's rows and the tiles reaching it at a time."""
-    from upscaler.compute.canvas import ArrayPlane, Canvas, OutputImage, Plane
-    from upscaler.compute.encode import quantize_plane
+    from upscaler.compute.canvas import ArrayPlane, OutputImage, Plane
+    from upscaler.compute.canvas_file import Canvas
     from upscaler.compute.engines.usdu_disk import DiskImage
+    from upscaler.compute.quantize import quantize_plane
 
     height, width = source.height, source.width
     canvas = Canvas(folder, height, width, 3, np.uint16 if source.bit_depth == 16 else np.uint8)

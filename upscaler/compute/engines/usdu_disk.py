@@ -2,7 +2,7 @@
 the pre-pass in float16 (what job storage keeps for resumes, so a resumed job cuts its crops from
 the very pixels) in ``Canvas`` files read a crop window or a band at a time, and the redrawn
 tiles as .npy files read back when a crop or a band of the blend needs them. All in a job's
-scratch folder (``upscaler.compute.canvas.scratch_folder``). Design: docs/design/engines.md
+scratch folder (``upscaler.compute.canvas_file.scratch_folder``). Design: docs/design/engines.md
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING, Literal
 
 import numpy as np
 
-from upscaler.compute.canvas import Canvas
+from upscaler.compute.canvas_file import Canvas
 from upscaler.compute.metadata import METADATA_BLOCKS, ImageMetadata
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ class QuantizedPlane:
         self.height, self.width, self.channels = canvas.height, canvas.width, canvas.channels
 
     def read_rows(self, top: int, count: int) -> np.ndarray:
-        from upscaler.compute.encode import quantize_plane
+        from upscaler.compute.quantize import quantize_plane
 
         # float32 first: the very values the in-memory pre-pass (float16 made float32) gave.
         return quantize_plane(self.canvas.read_rows(top, count).astype(np.float32),
