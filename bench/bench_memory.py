@@ -3,15 +3,18 @@
     .venv/bin/python bench/bench_memory.py                    # 100 MP, 500 MP, 1.5 GP, PNG
     .venv/bin/python bench/bench_memory.py --sizes 100 --format tiff
 
-Each job runs in a process of its own, as an ESRGAN replica runs it: the upload read from job
-storage, decoded (as integers), upscaled tile by tile into the on-disk canvas (scratch_dir),
-written to a file strip by strip (PNG by rows, TIFF by tiles), uploaded to job storage from
-the file. The model is an SRVGG compact x4 in the real file layout with very few features
-(random weights: 4 features, 1 convolution by default) so 1.5 GP runs in minutes on a CPU;
+Each job runs in a process of its own, as an ESRGAN replica runs it: the upload copied from
+job storage to the scratch folder and decoded strip by strip into an on-disk canvas (or, below
+16 MP, in memory as integers), upscaled tile by tile into another canvas, its fidelity report
+measured, written to a file strip by strip (PNG by rows, TIFF by tiles), uploaded to job
+storage from the file. The model is an SRVGG compact x4 in the real file layout with very
+few features (random weights: 4 features, 1 convolution by default) so 1.5 GP runs in
+minutes on a CPU;
 the production loader and the CPU tile of the default settings. Inputs are scikit-image's
 astronaut, enlarged, square, so a x4 output hits each size. Figures: the job process's peak
 RSS (all of it: Python, torch, the model, the job), the rise above its RSS just before the
-job, and seconds per output megapixel; then the Ingress serving the result (a process
+job, and seconds per output megapixel; then the Ingress's check decode of the upload (in a
+process of its own, as a decode worker runs it) and the Ingress serving the result (a process
 running the real app under uvicorn, downloaded whole and a second time from its middle with
 a Range): its peak RSS. The output is checked at sampled tiles (the file decoded there as a
 stream) against the model run on each tile's own input alone. Goals: the peak <= 2 GB at
@@ -23,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -43,6 +45,12 @@ MODEL = "nano"
 RESULT_NAME = "0123456789abcdef0123456789abcdef"  # a job id's shape, for the results route
 
 
+def _hwm_kb() -> int:
+    """This process's peak RSS since its exec (getrusage's ru_maxrss would also count the
+    parent's pages at the fork that started it)."""
+    return _status_kb(os.getpid(), "VmHWM")
+
+
 def _rss_kb() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
@@ -58,11 +66,12 @@ def _settings(folder: Path):
 
 def job(folder: Path, fmt: str, factor: float) -> dict:
     """Runs in the child: one job as the replica runs it, timed, with its RSS."""
+    from deployments.common import read_input_by_strips
     from deployments.esrgan import esrgan_engine
+    from deployments.quality import esrgan_fidelity, measure_quality
     from upscaler.compute.canvas_file import scratch_folder
     from upscaler.compute.dimensions import calculate_output_dimensions
     from upscaler.compute.engines.models import ModelRegistry
-    from upscaler.compute.images import decode_image
     from upscaler.compute.writers import write_output
     from upscaler.domain.storage import Storage
 
@@ -72,27 +81,48 @@ def job(folder: Path, fmt: str, factor: float) -> dict:
     storage = Storage(settings.resolved_storage_url)
     before = _rss_kb()
     started = time.perf_counter()
-    data = storage.read_bytes("inputs/upload.png")
-    image = decode_image(data, settings.max_input_pixels, integers=True)
-    del data
-    decoded = time.perf_counter()
-    plan = calculate_output_dimensions(image.width, image.height, factor)
     with scratch_folder(settings.resolved_scratch_dir) as scratch:
+        # As the replica reads it: copied to the scratch folder, decoded by strips.
+        image = read_input_by_strips(storage, "inputs/upload.png", settings.max_input_pixels,
+                                     scratch)
+        decoded = time.perf_counter()
+        plan = calculate_output_dimensions(image.width, image.height, factor)
         result = engine.upscale(image, MODEL, plan, canvas_dir=scratch)
         upscaled = time.perf_counter()
+        out = result.image
+        quality, _ = measure_quality("esrgan", esrgan_fidelity(image, result.stats, out.height,
+                                                               out.width), out)
+        measured = time.perf_counter()
         path = scratch / f"{RESULT_NAME}.{fmt}"
-        size = write_output(result.image, fmt, path, plan.dpi, settings.png_compress_level,
+        size = write_output(out, fmt, path, plan.dpi, settings.png_compress_level,
                             settings.tiff_compression, settings.png_encoder)
         written = time.perf_counter()
         storage.write_file(f"results/{RESULT_NAME}.{fmt}", path)
-        result.image.close()
+        out.close()
     done = time.perf_counter()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_kb": peak, "before_kb": before, "output": [plan.output_width,
+    return {"peak_kb": _hwm_kb(), "before_kb": before, "output": [plan.output_width,
             plan.output_height], "file_bytes": size, "tile": result.stats["tile_size"],
+            "input_on_disk": type(image.rgb).__name__ == "Canvas",
+            "delta_e_mean": quality and quality.delta_e_mean,
             "seconds": {"decode": decoded - started, "engine": upscaled - decoded,
-                        "write": written - upscaled, "store": done - written,
-                        "total": done - started}}
+                        "quality": measured - upscaled, "write": written - measured,
+                        "store": done - written, "total": done - started}}
+
+
+def check(upload: Path) -> dict:
+    """Runs in the child: the Ingress's check decode of the upload (as a decode worker runs
+    it, the upload's bytes in memory), with its RSS."""
+    import imagecodecs  # noqa: F401 - a worker imports these before it says it is ready
+    import tifffile  # noqa: F401
+
+    from upscaler.compute.streamed_decode import check_decodes
+
+    data = upload.read_bytes()
+    before = _rss_kb()
+    started = time.perf_counter()
+    check_decodes(data, 400_000_000)
+    return {"peak_kb": _hwm_kb(), "before_kb": before,
+            "upload_bytes": len(data), "seconds": time.perf_counter() - started}
 
 
 def ingress(folder: Path, port: int) -> None:
@@ -205,6 +235,11 @@ def run_size(megapixels: int, fmt: str, feat: int, convs: int, factor: float) ->
         if out.returncode:
             raise SystemExit(out.stderr[-3000:])
         measured = json.loads(out.stdout.strip().splitlines()[-1])
+        out = subprocess.run([sys.executable, __file__, "--check", str(upload)], cwd=ROOT,
+                             capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(out.stderr[-3000:])
+        measured["checked"] = json.loads(out.stdout.strip().splitlines()[-1])
         measured["served"] = serve_and_download(folder, fmt, measured["file_bytes"])
         shutil.rmtree(folder / "scratch", ignore_errors=True)
         # Sampled tiles are checked where the model's size is the output's (another factor:
@@ -230,6 +265,7 @@ def main() -> int:
                         "covers every size in it (--sizes '' prints it alone)")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--ingress", help=argparse.SUPPRESS)
+    parser.add_argument("--check", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.job:
@@ -237,6 +273,9 @@ def main() -> int:
         return 0
     if args.ingress:
         ingress(Path(args.ingress), args.port)
+        return 0
+    if args.check:
+        print(json.dumps(check(Path(args.check))))
         return 0
     rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines()] \
         if args.rows and Path(args.rows).exists() else []
@@ -253,26 +292,33 @@ def main() -> int:
     print(f"\nSRVGG compact x4 ({args.feat} features, {args.convs} conv), CPU tile "
           f"{rows[0]['tile']}, {args.format.upper()}\n")
     print("| output | input | job peak RSS | rise in the job | s / output MP (decode + engine "
-          "+ write + store) | file | Ingress peak RSS (serving it twice) | tiles checked |")
-    print("|---|---|---|---|---|---|---|---|")
+          "+ fidelity + write + store) | file | Ingress: check decode peak RSS (upload) | "
+          "Ingress peak RSS (serving it twice) | tiles checked |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for m in rows:
         s = m["seconds"]
+        c = m["checked"]
         print(f"| {m['output'][0]}x{m['output'][1]} ({m['mp']:.0f} MP, x{m.get('factor', 4):g})"
               f" | {m['side']}x"
               f"{m['side']} | {m['peak_kb'] / 1e6:.2f} GB | "
               f"{(m['peak_kb'] - m['before_kb']) / 1e6:.2f} GB | {s['total'] / m['mp']:.3f} "
               f"({s['decode'] / m['mp']:.3f} + {s['engine'] / m['mp']:.3f} + "
+              f"{s['quality'] / m['mp']:.3f} + "
               f"{s['write'] / m['mp']:.3f} + {s['store'] / m['mp']:.3f}) | "
-              f"{m['file_bytes'] / 1e9:.2f} GB | {m['served']['peak_kb'] / 1e6:.2f} GB "
+              f"{m['file_bytes'] / 1e9:.2f} GB | {c['peak_kb'] / 1e6:.2f} GB "
+              f"({c['upload_bytes'] / 1e6:.0f} MB) | {m['served']['peak_kb'] / 1e6:.2f} GB "
               f"({m['served']['mb_per_s']:.0f} MB/s) | {m['checked_tiles']} |")
     exact = [m for m in rows if m.get("factor", 4) == 4] or rows  # the goals' rows
     peaks = [m["peak_kb"] for m in exact]
     per_mp = [m["seconds"]["total"] / m["mp"] for m in exact]
     served = [m["served"]["peak_kb"] for m in exact]
+    checks = [m["checked"]["peak_kb"] for m in exact]
     met = [report("memory: job peak RSS at the largest output", peaks[-1] / 1e6,
                   PEAK_GOAL_GB, unit=" GB", note=f"{exact[-1]['mp']:.0f} MP"),
            report("memory: job peak RSS spread across output sizes",
                   round(max(peaks) / min(peaks) - 1, 3), FLAT_GOAL),
+           report("memory: Ingress check decode peak RSS spread across upload sizes",
+                  round(max(checks) / min(checks) - 1, 3), FLAT_GOAL),
            report("memory: Ingress peak RSS spread serving the results",
                   round(max(served) / min(served) - 1, 3), FLAT_GOAL),
            report("time per output MP spread across output sizes",
