@@ -127,3 +127,79 @@ def test_quality_travels_in_completed_and_the_record():
     job.mark_completed(event)
     again = JobRecord.model_validate_json(job.model_dump_json())
     assert again.quality == quality and again.quality.tiles[0].box == (0, 0, 32, 32)
+
+
+# --- the report streamed: nothing at the input's size ---------------------------------------
+
+def whole_map_report(src: np.ndarray, out: np.ndarray, grid: TileGrid):
+    """The reference: the whole ΔE map at once, numpy's percentile, each cell's mean of the
+    input pixels whose centres fall in it (the image's mean where none does)."""
+    from upscaler.compute.fidelity import as_unit_rgb
+
+    (in_h, in_w), (out_h, out_w) = src.shape[:2], out.shape[:2]
+    averager = AreaAverager(out_h, out_w, in_h, in_w)
+    averager.add(0, out)
+    de = delta_e_map(as_unit_rgb(src), averager.result).astype(np.float64)
+    cy, cx = (np.arange(in_h) + 0.5) * out_h / in_h, (np.arange(in_w) + 0.5) * out_w / in_w
+    cells = []
+    for r0, r1 in zip(grid.row_edges, grid.row_edges[1:], strict=False):
+        for c0, c1 in zip(grid.col_edges, grid.col_edges[1:], strict=False):
+            inside = de[((cy >= r0) & (cy < r1))][:, (cx >= c0) & (cx < c1)]
+            cells.append(inside.mean() if inside.size else de.mean())
+    return de.mean(), np.percentile(de, 95), cells
+
+
+class RowsOf:
+    """An image as a ``Plane`` (as an upload's canvas on disk reads)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array, (self.height, self.width) = array, array.shape[:2]
+        self.channels = 3
+
+    def read_rows(self, top: int, count: int) -> np.ndarray:
+        return self.array[top:top + count].copy()
+
+
+@pytest.mark.parametrize("case", ["x4-uint8", "x2.5-float", "gray-uint16", "fine-grid"])
+def test_the_streamed_report_equals_the_whole_map_one(case):
+    rng = np.random.default_rng(1)
+    src = np.asarray(photo("coffee", (60, 40)))
+    out_h, out_w, grid = 160, 240, None
+    if case == "x2.5-float":
+        out_h, out_w = 100, 150
+    big = np.asarray(photo("coffee", (out_w, out_h)), np.float32) / 255.0
+    out = np.clip(big + rng.normal(0, 0.03, big.shape), 0, 1).astype(np.float32)
+    if case == "x4-uint8":
+        out = (out * 255 + 0.5).astype(np.uint8)
+    if case == "gray-uint16":
+        src = src.mean(axis=2, keepdims=True).astype(np.uint8)[..., 0]
+        src = np.repeat(src[..., None], 3, axis=2)
+        out = (out.mean(axis=2, keepdims=True).repeat(3, axis=2) * 65535 + 0.5).astype(
+            np.uint16)
+    grid = usdu_grid(out_h, out_w, 2) if case == "fine-grid" else usdu_grid(out_h, out_w, 64)
+    heat = grid.coarsened()
+    mean, p95, cells = whole_map_report(src, out, heat)
+    for source in (src, RowsOf(src)):
+        report = measure_fidelity(source, array_strips(out, 9), out_h, out_w, grid)
+        assert abs(report.delta_e_mean - mean) < 1e-4
+        assert abs(report.delta_e_p95 - p95) < 2e-4  # the histogram's half bin, and rounding
+        assert [t.delta_e_mean for t in report.tiles] == pytest.approx(cells, abs=1e-3)
+        assert report.grid == (len(heat.row_edges) - 1, len(heat.col_edges) - 1)
+
+
+def test_the_report_holds_a_band_of_the_input_not_all_of_it():
+    import tracemalloc
+
+    side = 1200
+    src = np.asarray(photo("astronaut", (side, side)))
+    out = np.repeat(np.repeat(src, 2, axis=0), 2, axis=1)  # exact x2: no drift
+    tracemalloc.start()
+    try:
+        report = measure_fidelity(RowsOf(src), array_strips(out, 64), 2 * side, 2 * side)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert report.delta_e_mean < 1e-3
+    # The whole-map report held the averaged input, its float copy and the ΔE map (over
+    # 40 bytes an input pixel: 58 MB); left: the p95 histogram (16 MB) and a band's work.
+    assert peak < 25e6, peak

@@ -1,7 +1,8 @@
 """How faithful an upscale is: colour drift (CIEDE2000) between the output, area-averaged back to
 the input's size, and the input; and a seam score over the tile borders. Both read the output
-as row strips, top to bottom, so a gigapixel output on disk is read strip by strip: memory is
-the input's size plus one strip. Design: docs/design/fidelity.md
+as row strips, top to bottom (a gigapixel output on disk strip by strip), and each band of input
+rows is compared as soon as it is covered: memory is a strip and a band of the input, whatever
+the sizes. Design: docs/design/fidelity.md
 """
 
 from __future__ import annotations
@@ -9,8 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from upscaler.compute.drift_stats import DriftStats
+
+if TYPE_CHECKING:
+    from upscaler.compute.canvas import Plane
 
 Strip = tuple[int, np.ndarray]  # (top row, rows H_strip x W x C): uint8, uint16 or float
 Box = tuple[int, int, int, int]  # left, top, right, bottom (output px), as crop boxes are
@@ -135,12 +142,15 @@ class AreaAverager:
     to bottom: each input pixel is the mean of the output area it covers, partly covered
     output pixels weighted by the part (exact box averaging for integer factors). Rows go
     through the running integral of the rows seen (float64), evaluated at each input row's
-    fractional edges; columns the same way within a strip."""
+    fractional edges; columns the same way within a strip. Finished rows wait in ``take()``
+    (the report takes them as they come: nothing at the input's size is kept) or are kept
+    whole in ``result``."""
 
     def __init__(self, out_h: int, out_w: int, in_h: int, in_w: int):
         self.out_h, self.out_w, self.in_h, self.in_w = out_h, out_w, in_h, in_w
         self.sy, self.sx = out_h / in_h, out_w / in_w
-        self.result = np.zeros((in_h, in_w, 3), np.float32)
+        self._finished: list[np.ndarray] = []  # input rows done and not yet taken
+        self._taken = 0  # input rows taken
         self._total = np.zeros((in_w, 3), np.float64)  # sum of the rows seen (columns reduced)
         self._next_row = 0
         self._edge = 0  # the next input row edge to evaluate (edge i at output row i * sy)
@@ -189,10 +199,26 @@ class AreaAverager:
             else:
                 value = self._total + cum[k] + (b - math.floor(b)) * reduced[k]
             if self._edge > 0:
-                self.result[self._edge - 1] = (value - self._at_edge) / self.sy
+                self._finished.append(((value - self._at_edge) / self.sy).astype(np.float32))
             self._at_edge = value
             self._edge += 1
         self._total += cum[h]
+
+    def take(self) -> tuple[int, np.ndarray]:
+        """(first index, n x in_w x 3 float32) of the input rows finished since the last take
+        (n may be 0)."""
+        top = self._taken
+        rows = np.stack(self._finished) if self._finished else np.zeros((0, self.in_w, 3),
+                                                                         np.float32)
+        self._finished, self._taken = [], top + rows.shape[0]
+        return top, rows
+
+    @property
+    def result(self) -> np.ndarray:
+        """Every input row, once all strips are in (small images: ``drift``)."""
+        top, rows = self.take()
+        assert top == 0 and rows.shape[0] == self.in_h, "result is read once, at the end"
+        return rows
 
 
 # --- colour difference -------------------------------------------------------------------------
@@ -315,54 +341,44 @@ class _Gaps:
 
 # --- the report --------------------------------------------------------------------------------
 
-def _tile_means(de: np.ndarray, grid: TileGrid, out_h: int, out_w: int) -> list[TileDrift]:
-    """Each cell's mean ΔE: the input pixels whose centres fall in it (a cell smaller than an
-    input pixel gets the image's mean)."""
-    in_h, in_w = de.shape
-    cy = (np.arange(in_h) + 0.5) * out_h / in_h
-    cx = (np.arange(in_w) + 0.5) * out_w / in_w
-    rows, cols = len(grid.row_edges) - 1, len(grid.col_edges) - 1
-    ri = np.clip(np.searchsorted(grid.row_edges, cy, "right") - 1, 0, rows - 1)
-    ci = np.clip(np.searchsorted(grid.col_edges, cx, "right") - 1, 0, cols - 1)
-    cell = (ri[:, None] * cols + ci[None, :]).ravel()
-    sums = np.bincount(cell, weights=de.ravel().astype(np.float64), minlength=rows * cols)
-    counts = np.bincount(cell, minlength=rows * cols)
-    fallback = float(de.mean())
-    out = []
-    for r in range(rows):
-        for c in range(cols):
-            i = r * cols + c
-            mean = sums[i] / counts[i] if counts[i] else fallback
-            out.append(TileDrift((grid.col_edges[c], grid.row_edges[r], grid.col_edges[c + 1],
-                                  grid.row_edges[r + 1]), round(float(mean), 3)))
-    return out
-
-
 def _period(out: int, length: int) -> int:
     """The upscale factor along an axis when it is a whole number (else 1)."""
     return out // length if out % length == 0 and out >= length else 1
 
 
-def measure_fidelity(source_rgb: np.ndarray, strips: Iterable[Strip], out_h: int, out_w: int,
-                     grid: TileGrid | None = None,
+def measure_fidelity(source_rgb: np.ndarray | Plane, strips: Iterable[Strip], out_h: int,
+                     out_w: int, grid: TileGrid | None = None,
                      max_tiles: int = MAX_TILES) -> FidelityReport:
     """The report of one job: ``source_rgb`` the decoded input (H x W x 3: float in [0, 1],
-    or integers), ``strips`` the engine's uncropped output (``out_h`` x ``out_w``) top to
-    bottom, ``grid`` its tile borders (None: one tile)."""
+    or integers; in memory, or a ``Plane`` such as an upload's canvas on disk), ``strips`` the
+    engine's uncropped output (``out_h`` x ``out_w``) top to bottom, ``grid`` its tile borders
+    (None: one tile). Each band of input rows is compared as soon as the output's strips
+    cover it: memory follows the input's width, not its area."""
     grid = grid or single_tile(out_h, out_w)
-    in_h, in_w = source_rgb.shape[:2]
+    in_h, in_w = (source_rgb.shape[:2] if isinstance(source_rgb, np.ndarray)
+                  else (source_rgb.height, source_rgb.width))
     averager = AreaAverager(out_h, out_w, in_h, in_w)
+    heat = grid.coarsened(max_tiles)
+    drift_stats = DriftStats(in_h, in_w, heat.row_edges, heat.col_edges, out_h, out_w)
     periods = (_period(out_h, in_h), _period(out_w, in_w))
     seams = SeamMeter(out_h, out_w, grid, periods) if grid.tiles > 1 else None
     for top, rows in strips:
         averager.add(top, rows)
         if seams is not None:
             seams.add(top, rows)
-    de = delta_e_map(as_unit_rgb(source_rgb), averager.result)
-    heat = grid.coarsened(max_tiles)
+        first, averaged = averager.take()
+        if len(averaged):
+            source = (source_rgb[first:first + len(averaged)]
+                      if isinstance(source_rgb, np.ndarray)
+                      else source_rgb.read_rows(first, len(averaged)))
+            drift_stats.add(first, delta_e_map(as_unit_rgb(source), averaged))
+    means = drift_stats.cell_means()
+    rows, cols = means.shape
     return FidelityReport(
-        delta_e_mean=round(float(de.mean()), 4),
-        delta_e_p95=round(float(np.percentile(de, 95)), 4),
+        delta_e_mean=round(drift_stats.mean, 4),
+        delta_e_p95=round(drift_stats.percentile(95), 4),
         seam_score=None if seams is None else round(seams.score() or 1.0, 4),
-        tiles=_tile_means(de, heat, out_h, out_w),
-        grid=(len(heat.row_edges) - 1, len(heat.col_edges) - 1))
+        tiles=[TileDrift((heat.col_edges[c], heat.row_edges[r], heat.col_edges[c + 1],
+                          heat.row_edges[r + 1]), round(float(means[r, c]), 3))
+               for r in range(rows) for c in range(cols)],
+        grid=(rows, cols))
