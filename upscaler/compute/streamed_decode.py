@@ -39,6 +39,7 @@ def _strips(source: bytes | Path, width: int, height: int, bands: int, block: in
     import pyvips
 
     pyvips.cache_set_max(0)  # nothing kept once a strip is out
+    pyvips.concurrency_set(1)  # a sequential read gains nothing from threads, each a buffer
     try:
         if isinstance(source, bytes):
             image = pyvips.Image.new_from_buffer(source, "", access="sequential",
