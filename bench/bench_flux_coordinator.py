@@ -1,12 +1,12 @@
 """Peak RSS of the FLUX coordinator's own work on one job, per output pixel: what
 upscaler/compute/memory.py COORDINATOR_BYTES_PER_PIXEL sizes. Each size runs in a fresh
 subprocess doing the coordinator's steps (deployments/flux.py FluxCoordinator._run): the pre-pass
-arriving as one float32 array (RGB + alpha) or, ``--resume``, read from its stored npz; every
+read by bands from the npz the ESRGAN replica stored (written here by another process); every
 ready tile's crop cut at once (they wait in the handle's queue), each "redrawn" (noise: the
 replicas' work is not the coordinator's memory), colour-fixed and kept in files; the blend by
 bands; the result read by strips as the encoders do.
 
-    python bench/bench_flux_coordinator.py 4096 8192 [--order parallel] [--resume]
+    python bench/bench_flux_coordinator.py 4096 8192 [--order parallel]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_one(side: int, order: str, resume: bool) -> dict:
+def run_one(side: int, order: str) -> dict:
     import numpy as np
     import torch  # noqa: F401  (the coordinator has it once a tile is made: the baseline)
 
@@ -38,8 +38,7 @@ def run_one(side: int, order: str, resume: bool) -> dict:
         plan_tiles,
         render_crop,
     )
-    from upscaler.compute.engines.usdu_disk import TileFiles, image_to_disk, read_npz, write_npz
-    from upscaler.compute.images import DecodedImage
+    from upscaler.compute.engines.usdu_disk import TileFiles, read_npz
     from upscaler.compute.memory import return_big_buffers
 
     return_big_buffers()  # as every replica does at start (deployments/common.py)
@@ -47,18 +46,11 @@ def run_one(side: int, order: str, resume: bool) -> dict:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as root, scratch_folder(Path(root)) as folder:
         stored = Path(root) / "prepass.npz"
-        if resume:  # the npz a first run stored, written in another process
-            subprocess.run([sys.executable, __file__, "--write-npz", str(side), str(stored)],
-                           check=True)
-            marks["before_prepass"] = _peak()
-            with open(stored, "rb") as f:
-                prepass = read_npz(f, folder)
-        else:
-            image = DecodedImage(rng.random((side, side, 3), np.float32),
-                                 rng.random((side, side), np.float32), "rgb", 8, None, "PNG")
-            prepass = image_to_disk(image, folder)
-            del image
-            write_npz(prepass, stored)
+        # The npz the ESRGAN replica stored (deployments/esrgan.py prepass), made elsewhere.
+        subprocess.run([sys.executable, __file__, "--write-npz", str(side), str(stored)],
+                       check=True)
+        with open(stored, "rb") as f:
+            prepass = read_npz(f, folder)
         marks["prepass"] = _peak()
         tiles = plan_tiles(side, side, 512, 32, order)  # FluxParams' defaults
         schedule, outputs = TileSchedule(tiles), TileFiles(folder / "tiles")
@@ -98,23 +90,20 @@ def main() -> None:
     if sys.argv[1:2] == ["--write-npz"]:
         return _write_npz(int(sys.argv[2]), sys.argv[3])
     if sys.argv[1:2] == ["--one"]:
-        side, order, resume = int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
-        print(json.dumps(run_one(side, order, resume)))
+        print(json.dumps(run_one(int(sys.argv[2]), sys.argv[3])))
         return None
     parser = argparse.ArgumentParser()
     parser.add_argument("sides", type=int, nargs="+")
     parser.add_argument("--order", default="chess")
-    parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     for side in args.sides:
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, __file__, "--one", str(side), args.order,
-                              "1" if args.resume else "0"], check=True, capture_output=True,
-                             text=True).stdout
+        out = subprocess.run([sys.executable, __file__, "--one", str(side), args.order],
+                             check=True, capture_output=True, text=True).stdout
         marks = json.loads(out.strip().splitlines()[-1])
         base = marks["imports"]
         px = side * side
-        print(f"{side}x{side} {args.order}{' resume' if args.resume else ''}: "
+        print(f"{side}x{side} {args.order}: "
               + ", ".join(f"{k} {(v - base) / px:.1f} B/px" for k, v in marks.items()
                           if k != "imports")
               + f" (peak {marks['blend'] / 2**20:.0f} MiB, imports {base / 2**20:.0f} MiB,"

@@ -34,9 +34,10 @@ from upscaler import ray_support
 from upscaler.compute.canvas import OutputImage
 from upscaler.compute.canvas_file import scratch_folder
 from upscaler.compute.engines.models import ModelInfo, ModelRegistry
+from upscaler.compute.engines.usdu_disk import image_to_disk, write_npz
 from upscaler.compute.images import DecodedImage
 from upscaler.compute.memory import return_big_buffers
-from upscaler.domain.contracts import EngineStatus, ModelList
+from upscaler.domain.contracts import EngineStatus, ModelList, PrepassStored
 from upscaler.domain.job_stats import EsrganStats
 from upscaler.domain.job_store import JobStore
 from upscaler.domain.jobs import (
@@ -199,17 +200,31 @@ class EsrganDeployment:
                 if isinstance(image, OutputImage):
                     image.close()
 
-    async def prepass(self, spec: JobSpec) -> DecodedImage:
-        """FLUX's first step: the pre-pass model to the exact output size (uncropped)."""
-        params = spec.params
-        assert isinstance(params, FluxParams)
+    async def prepass(self, spec: JobSpec) -> PrepassStored:
+        """FLUX's first step: the pre-pass model to the exact output size (uncropped), kept
+        in job storage in float16 (what a resumed job reads too), for the coordinator to read
+        by bands: it never holds the image, and no image crosses the handle."""
         self._busy_jobs += 1
         try:
-            _, image, _ = await asyncio.to_thread(self._upscale, spec, params.upscale_model,
-                                                  None, True)
-            return image
+            return await asyncio.to_thread(self._store_prepass, spec)
         finally:
             self._busy_jobs -= 1
+
+    def _store_prepass(self, spec: JobSpec) -> PrepassStored:
+        params = spec.params
+        assert isinstance(params, FluxParams)
+        key = JobStore.prepass_key(spec.job_id)
+        with scratch_folder(self.settings.resolved_scratch_dir, f"prepass-{spec.job_id}") as \
+                folder:
+            _, image, _ = self._upscale(spec, params.upscale_model, None, True)
+            assert isinstance(image, DecodedImage)  # floats, in memory: no canvas asked
+            disk = image_to_disk(image, folder)
+            del image
+            npz = folder / "prepass.npz"
+            write_npz(disk, npz)
+            disk.close()
+            self.store.storage.write_file(key, npz)
+        return PrepassStored(key, disk.width, disk.height)
 
     async def run(self, spec: JobSpec, data: bytes | None = None) -> AsyncIterator[JobEvent]:
         """Process one job (``data``: its upload, when the caller sends it along): ``Started``

@@ -47,13 +47,11 @@ from upscaler.compute.engines.usdu import (
 from upscaler.compute.engines.usdu_disk import (
     DiskImage,
     TileFiles,
-    image_to_disk,
     read_npz,
-    write_npz,
 )
 from upscaler.compute.fidelity import drift, usdu_grid
 from upscaler.compute.memory import coordinator_bytes
-from upscaler.domain.contracts import EngineStatus, TileResult
+from upscaler.domain.contracts import EngineStatus, PrepassStored, TileResult
 from upscaler.domain.job_stats import FluxStats, TileLogEntry
 from upscaler.domain.job_store import JobStore
 from upscaler.domain.jobs import FluxParams, JobEvent, JobSpec, Progress, Started
@@ -191,17 +189,10 @@ class FluxCoordinator:
         """ESRGAN to the exact output size (no crop yet), in float16 canvases in ``folder``
         and kept in storage (the same float16) for resumes: both runs cut the same crops."""
         key = JobStore.prepass_key(spec.job_id)
-        if await asyncio.to_thread(self.store.storage.exists, key):
-            return await asyncio.to_thread(self._read_prepass, key, folder)
-        # It still arrives whole over the handle (float32): on disk at once, then dropped.
-        image = await self.esrgan.prepass.remote(spec)
-        disk = await asyncio.to_thread(image_to_disk, image, folder)
-        del image
-        npz = folder / "prepass.npz"
-        await asyncio.to_thread(write_npz, disk, npz)
-        await asyncio.to_thread(self.store.storage.write_file, key, npz)
-        npz.unlink()
-        return disk
+        if not await asyncio.to_thread(self.store.storage.exists, key):
+            stored: PrepassStored = await self.esrgan.prepass.remote(spec)
+            key = stored.key
+        return await asyncio.to_thread(self._read_prepass, key, folder)
 
     async def run(self, spec: JobSpec, _data: bytes | None = None) -> AsyncIterator[JobEvent]:
         """The job, once its image fits in the memory budget (until then it stays queued).

@@ -114,8 +114,8 @@ def test_crops_and_blend_from_disk_are_the_in_memory_ones(tmp_path, order, seam_
     want.close()
 
 
-def test_the_coordinator_reserves_the_arrival_or_the_crops_in_flight():
-    """The pre-pass as it arrives, or, where more, the crops of the largest wave waiting for
+def test_the_coordinator_reserves_its_floor_or_the_crops_in_flight():
+    """A floor per output pixel, or, where more, the crops of the largest wave waiting for
     replicas (wide padding, every tile at once), plus one crop's or band's work."""
     from upscaler.compute.dimensions import calculate_output_dimensions
     from upscaler.compute.memory import (

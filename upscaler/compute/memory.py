@@ -44,13 +44,13 @@ def decode_bytes(probe: ImageProbe) -> int:
     return probe.width * probe.height * decode_bytes_per_pixel(probe)
 
 # One FLUX job in the coordinator at its peak (bench/bench_flux_coordinator.py: peak RSS over
-# the imports, torch included; [bracketed] B per output pixel). The pre-pass arrives whole over
-# the handle, float32 RGB + alpha: [16.5] at 4096x4096, [16.2] at 8192x8192; it is written to
-# float16 canvases at once and dropped. After that the image is on disk (page cache, not RSS)
-# and the coordinator holds tiles: every crop sent and not yet back (float32 RGB, all of the
-# largest wave at once: they wait in the handle's queue) and the crop or band being made. A
-# resumed job (no arrival): chess [12.2] at 4096x4096, [8.7] at 8192x8192; parallel [19.4].
-COORDINATOR_BYTES_PER_PIXEL = 18  # the pre-pass as it arrives (was 48 with the image in memory)
+# the imports, torch included; [bracketed] B per output pixel). The pre-pass is read by bands
+# from the npz the ESRGAN replica stored (it arrived whole over the handle before: [16.5]); the
+# image is then on disk (page cache, not RSS) and the coordinator holds tiles: every crop sent
+# and not yet back (float32 RGB, all of the largest wave at once: they wait in the handle's
+# queue) and the crop or band being made: chess [12.2] at 4096x4096, [8.7] at 8192x8192;
+# parallel [19.4] (covered by the crops' term).
+COORDINATOR_BYTES_PER_PIXEL = 18  # a floor over chess's peaks (was 48 with the image in memory)
 CROP_BYTES_PER_PIXEL = 12  # a crop waiting for its replica
 # Making one crop (its window canvas replayed, the colour fix) or one band of the blend (a
 # window canvas BLEND_ROWS high), per pixel of it: [~220] over the crops in flight.

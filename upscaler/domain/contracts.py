@@ -86,3 +86,13 @@ class TileResult:
     seconds: float
     started_at: float
     finished_at: float
+
+
+@dataclass(frozen=True)
+class PrepassStored:
+    """FLUX's pre-pass, made by an ESRGAN replica and kept in job storage (``key``, the npz
+    the coordinator reads by bands): no image crosses the handle."""
+
+    key: str
+    width: int
+    height: int
