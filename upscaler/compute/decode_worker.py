@@ -149,7 +149,8 @@ def _read_exact(stream: IO[bytes], n: int) -> bytes | None:
 
 def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     """A worker's loop: one check decode per request, until the parent closes the pipe."""
-    import imagecodecs  # noqa: F401 - the 16-bit decoders' imports: once, not in a decode
+    import imagecodecs  # noqa: F401 - the decoders' imports (16-bit, streamed): once, not
+    import pyvips  # noqa: F401 - in a decode
     import tifffile  # noqa: F401
 
     from upscaler.compute.memory import trim_heap

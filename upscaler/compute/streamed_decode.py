@@ -41,12 +41,11 @@ def _strips(source: bytes | Path, width: int, height: int, bands: int, block: in
     pyvips.cache_set_max(0)  # nothing kept once a strip is out
     pyvips.concurrency_set(1)  # a sequential read gains nothing from threads, each a buffer
     try:
-        if isinstance(source, bytes):
-            image = pyvips.Image.new_from_buffer(source, "", access="sequential",
-                                                 fail_on="error")
-        else:
-            image = pyvips.Image.new_from_file(str(source), access="sequential",
-                                               fail_on="error")
+        # A Source reads the bytes where they are (new_from_buffer took a copy of them).
+        image = pyvips.Image.new_from_source(
+            pyvips.Source.new_from_memory(source) if isinstance(source, bytes)
+            else pyvips.Source.new_from_file(str(source)), "", access="sequential",
+            fail_on="error")
         if (image.width, image.height, image.bands, image.format) != (
                 width, height, bands, "uchar"):
             raise InvalidImage(f"the image decodes as {image.width}x{image.height}, "
