@@ -7,27 +7,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers.images import photo
-from helpers.model_factory import write_compact
+from helpers.model_factory import NANO, nano_engine
 from helpers.sampled import model_region, png_rows, tiff_region
 
 from upscaler.compute.canvas import OutputImage
 from upscaler.compute.canvas_file import scratch_folder
 from upscaler.compute.dimensions import calculate_output_dimensions
 from upscaler.compute.engines.esrgan import EsrganEngine
-from upscaler.compute.engines.models import ModelRegistry
 from upscaler.compute.images import DecodedImage, decode_image
 from upscaler.compute.writers import write_output
-
-NANO = "nano"  # 4 features, 1 convolution: a real-format x4 model that runs fast on a CPU
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> EsrganEngine:
-    folder = tmp_path_factory.mktemp("nano-models")
-    write_compact(folder / f"{NANO}.pth", num_feat=4, num_conv=1)
-    # Every output on the canvas, however small (production keeps those up to 16 MP in memory).
-    return EsrganEngine(ModelRegistry(folder), device="cpu", cpu_tile_size=128,
-                        canvas_min_pixels=0)
+    return nano_engine(tmp_path_factory.mktemp("nano-models"), cpu_tile_size=128)
 
 
 def source(bits: int, alpha: bool, side: int = 150) -> DecodedImage:

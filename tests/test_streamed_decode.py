@@ -12,23 +12,25 @@ import numpy as np
 import pytest
 import tifffile
 from helpers.images import photo
-from helpers.model_factory import write_compact
+from helpers.model_factory import NANO, nano_engine
 from helpers.print_files import wide_gamut_icc, with_metadata
 from PIL import Image
 
-from upscaler.compute import images, streamed_decode
+from upscaler.compute import images
 from upscaler.compute.canvas import OutputImage
 from upscaler.compute.canvas_file import Canvas, scratch_folder
 from upscaler.compute.dimensions import calculate_output_dimensions
 from upscaler.compute.engines.esrgan import EsrganEngine
-from upscaler.compute.engines.models import ModelRegistry
 from upscaler.compute.images import decode_image, probe_image
-from upscaler.compute.memory import STREAMED_DECODE_BYTES, decode_bytes
+from upscaler.compute.memory import (
+    STREAMED_DECODE_BASE_BYTES,
+    STREAMED_DECODE_STRIPS,
+    decode_bytes,
+)
 from upscaler.compute.streamed_decode import check_decodes, decode_to_canvas
 from upscaler.errors import InvalidImage, UnsupportedMediaType
 
 MAX = 10**8
-NANO = "nano"
 
 
 @pytest.fixture
@@ -61,7 +63,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_by_strips_gives_what_the_in_memory_decoders_give(streamed, tmp_path, case,
                                                           monkeypatch):
-    monkeypatch.setattr(streamed_decode, "STRIP_BYTES", 5000)  # many strips, a short last one
+    monkeypatch.setattr(images, "STREAMED_STRIP_BYTES", 5000)  # many strips, a short last one
     data = CASES[case]()
     expected = decode_image(data, MAX, integers=True)
     path = tmp_path / "upload"
@@ -153,9 +155,10 @@ def test_a_truncated_upload_is_refused_and_leaves_nothing(streamed, tmp_path, fm
 def test_a_streamed_check_costs_a_strip_not_the_image(streamed, monkeypatch):
     side = 1200
     data = _encoded("PNG", size=(side, side), compress_level=1)
+    monkeypatch.setattr(images, "STREAMED_STRIP_BYTES", side * 3 * 32)
     probe = probe_image(data, MAX)
-    assert probe.streamed and decode_bytes(probe) == STREAMED_DECODE_BYTES
-    monkeypatch.setattr(streamed_decode, "STRIP_BYTES", side * 3 * 32)
+    assert probe.streamed and probe.strip_bytes == side * 3 * 32
+    assert decode_bytes(probe) == STREAMED_DECODE_BASE_BYTES + STREAMED_DECODE_STRIPS * side * 96
     tracemalloc.start()
     try:
         check_decodes(data, MAX)
@@ -167,10 +170,7 @@ def test_a_streamed_check_costs_a_strip_not_the_image(streamed, monkeypatch):
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> EsrganEngine:
-    folder = tmp_path_factory.mktemp("nano-models")
-    write_compact(folder / f"{NANO}.pth", num_feat=4, num_conv=1)
-    return EsrganEngine(ModelRegistry(folder), device="cpu", cpu_tile_size=64,
-                        canvas_min_pixels=0)
+    return nano_engine(tmp_path_factory.mktemp("nano-models"), cpu_tile_size=64)
 
 
 @pytest.mark.parametrize("factor", [4, 3, 1])  # one exact pass, resampled by bands, no pass

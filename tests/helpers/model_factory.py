@@ -71,3 +71,17 @@ def write_test_models(folder: Path) -> Path:
     write_compact(folder / "tiny-compact.pth")
     write_dat(folder / f"{DAT}.pth")
     return folder
+
+
+NANO = "nano"  # 4 features, 1 convolution: a real-format x4 model that runs fast on a CPU
+
+
+def nano_engine(folder: Path, cpu_tile_size: int):
+    """A CPU ESRGAN engine with the NANO model written in ``folder``, every output on the
+    canvas however small (production keeps those up to 16 MP in memory)."""
+    from upscaler.compute.engines.esrgan import EsrganEngine
+    from upscaler.compute.engines.models import ModelRegistry
+
+    write_compact(folder / f"{NANO}.pth", num_feat=4, num_conv=1)
+    return EsrganEngine(ModelRegistry(folder), device="cpu", cpu_tile_size=cpu_tile_size,
+                        canvas_min_pixels=0)

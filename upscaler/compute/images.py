@@ -43,9 +43,13 @@ class ImageProbe:
     mode: str
     bit_depth: int
     has_alpha: bool
-    # Decoded by strips into a file (upscaler.compute.streamed_decode): its check and its job
-    # hold a strip of it, not all of it.
-    streamed: bool = False
+    # Decoded by strips into a file (upscaler.compute.streamed_decode), this many bytes a
+    # strip: its check and its job hold a strip of it, not all of it. 0: decoded whole.
+    strip_bytes: int = 0
+
+    @property
+    def streamed(self) -> bool:
+        return self.strip_bytes > 0
 
 
 @dataclass
@@ -147,17 +151,17 @@ def probe_image(data: bytes, max_pixels: int) -> ImageProbe:
     # Rotated by 90 degrees; Pillow's TIFF reader already reports the rotated size.
     if im.format != "TIFF" and _exif_orientation(im) in (5, 6, 7, 8):
         width, height = height, width
+    strip_bytes = strip_rows(im) * im.width * len(im.mode) if is_streamed(im, data[:64]) else 0
     return ImageProbe(format=str(im.format), width=width, height=height, mode=im.mode,
                       bit_depth=_header_bit_depth(im, data), has_alpha=_header_alpha(im),
-                      streamed=is_streamed(im, data[:64]))
+                      strip_bytes=strip_bytes)
 
 
 STREAMED_FORMATS = ("PNG", "TIFF", "JPEG")
 # Below this the in-memory decoders are as small (3 bytes a pixel: 48 MB) and a little faster.
 STREAMED_MIN_PIXELS = 16_000_000
-
-
-STREAMED_MAX_BLOCK_BYTES = 64 << 20
+STREAMED_STRIP_BYTES = 16 << 20  # rows decoded at a time: ~16 MB, however wide the image
+STREAMED_MAX_BLOCK_BYTES = 64 << 20  # a codec block bigger than this: decoded whole
 
 
 def is_streamed(im: Image.Image, head: bytes) -> bool:
@@ -182,6 +186,13 @@ def block_rows(im: Image.Image) -> int:
         rows = tags.get(322) and tags.get(323) or tags.get(278) or im.height  # tile, strip
         return math.lcm(int(min(rows, im.height)), 16)
     return 16
+
+
+def strip_rows(im: Image.Image) -> int:
+    """Rows a streamed decode reads at a time: about ``STREAMED_STRIP_BYTES``, in whole blocks
+    (a strip that ends inside one would read it again, out of order)."""
+    block = block_rows(im)
+    return max(1, STREAMED_STRIP_BYTES // (im.width * len(im.mode)) // block) * block
 
 
 def _header_bit_depth(im: Image.Image, data: bytes) -> int:

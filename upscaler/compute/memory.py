@@ -32,15 +32,18 @@ def decode_bytes_per_pixel(probe: ImageProbe) -> int:
                                       DECODE_BYTES_PER_PIXEL_OTHER)
 
 
-# A streamed check decode (upscaler.compute.streamed_decode): a strip and libvips's buffers,
-# whatever the size: [~40 MB] rise (bench/bench_decode_memory.py), plus room.
-STREAMED_DECODE_BYTES = 64 << 20
+# A streamed check decode (upscaler.compute.streamed_decode), whatever the image's size: its
+# strip a few times over (the bytes libvips writes, its region) and libvips's buffers. Rises
+# of [50 MB] for a 64 MP PNG 8000 px wide and [73 MB] for 60 MP 30000 px wide, both with
+# 16 MB strips (``ImageProbe.strip_bytes``): 32 MB + 4 strips, with room.
+STREAMED_DECODE_BASE_BYTES = 32 << 20
+STREAMED_DECODE_STRIPS = 4
 
 
 def decode_bytes(probe: ImageProbe) -> int:
     """Memory the check decode of this upload takes at its peak (the decode budget's unit)."""
     if probe.streamed:
-        return STREAMED_DECODE_BYTES
+        return STREAMED_DECODE_BASE_BYTES + STREAMED_DECODE_STRIPS * probe.strip_bytes
     return probe.width * probe.height * decode_bytes_per_pixel(probe)
 
 # One FLUX job in the coordinator at its peak (bench/bench_flux_coordinator.py: peak RSS over

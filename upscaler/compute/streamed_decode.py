@@ -14,15 +14,13 @@ import numpy as np
 from upscaler.compute.canvas_file import Canvas
 from upscaler.compute.images import (
     DecodedImage,
-    block_rows,
     decode_image,
     is_streamed,
     open_upload,
+    strip_rows,
 )
 from upscaler.compute.metadata import read_metadata
 from upscaler.errors import InvalidImage
-
-STRIP_BYTES = 16 << 20  # rows decoded at a time: ~16 MB, however wide the image
 
 
 def _head(source: bytes | Path) -> bytes:
@@ -32,7 +30,7 @@ def _head(source: bytes | Path) -> bytes:
         return f.read(64)
 
 
-def _strips(source: bytes | Path, width: int, height: int, bands: int, block: int
+def _strips(source: bytes | Path, width: int, height: int, bands: int, rows: int
             ) -> Iterator[tuple[int, np.ndarray]]:
     """(top, rows x width x bands uint8) from the top down; a file libvips cannot decode to
     the end (corrupt, truncated) raises ``InvalidImage``."""
@@ -51,9 +49,6 @@ def _strips(source: bytes | Path, width: int, height: int, bands: int, block: in
             raise InvalidImage(f"the image decodes as {image.width}x{image.height}, "
                                f"{image.bands} {image.format} bands; its header says "
                                f"{width}x{height}, {bands} bytes")
-        # Whole blocks of the codec's (a TIFF strip, a JPEG MCU row): a strip that ends
-        # inside one would read it again, out of order.
-        rows = max(1, STRIP_BYTES // (width * bands) // block) * block
         for top in range(0, height, rows):
             count = min(rows, height - top)
             data = image.crop(0, top, width, count).write_to_memory()
@@ -69,11 +64,11 @@ def check_decodes(data: bytes, max_pixels: int) -> None:
     ``upscaler.compute.decode_worker``). A big 8-bit one a strip at a time, as its job will."""
     with open_upload(data, max_pixels) as im:
         streamed = is_streamed(im, data[:64])
-        width, height, bands, block = im.width, im.height, len(im.mode), block_rows(im)
+        width, height, bands, rows = im.width, im.height, len(im.mode), strip_rows(im)
     if not streamed:
         decode_image(data, max_pixels)
         return
-    for _ in _strips(data, width, height, bands, block):
+    for _ in _strips(data, width, height, bands, rows):
         pass
 
 
@@ -85,12 +80,12 @@ def decode_to_canvas(source: bytes | Path, folder: Path, max_pixels: int
     with open_upload(source, max_pixels) as im:
         if not is_streamed(im, _head(source)):
             return None
-        width, height, bands, block = im.width, im.height, len(im.mode), block_rows(im)
+        width, height, bands, rows = im.width, im.height, len(im.mode), strip_rows(im)
         icc, fmt, metadata = im.info.get("icc_profile"), str(im.format), read_metadata(im)
     rgb = Canvas(folder, height, width, 3, np.uint8)
     alpha = np.empty((height, width), np.uint8) if bands == 4 else None
     try:
-        for top, strip in _strips(source, width, height, bands, block):
+        for top, strip in _strips(source, width, height, bands, rows):
             rgb.write_rows(top, strip[..., :3])
             if alpha is not None:
                 alpha[top:top + strip.shape[0]] = strip[..., 3]
