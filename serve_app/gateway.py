@@ -92,14 +92,17 @@ class EngineGateway:
                  placements: Mapping[Engine, Placement] | None = None,
                  gpu_node_start_s: float = 0.0,
                  local_models: LocalModels | None = None,
-                 cluster: ClusterView | None = None):
+                 cluster: ClusterView | None = None,
+                 status_deployments: Mapping[Engine, str] | None = None):
         """``esrgan`` answers the model questions; each engine's jobs stream from its ``runs``
         handle and its ``status()`` is its ``statuses`` handle's (serve_app/engine_specs.py);
         ``scales_to_zero``: the deployment an idle engine may have no replica of, and
         ``placements`` where such a one's replicas run (what its jobs wait for meanwhile);
         ``local_models``: the ESRGAN model list as this node's models folder has it, answered
         while ESRGAN has no replica (asking would start one); ``cluster``: Serve's replica
-        counts and the nodes, as Ray tells them (tests give their own)."""
+        counts and the nodes, as Ray tells them (tests give their own);
+        ``status_deployments``: the deployment behind each ``statuses`` handle, whose running
+        replicas tell a busy engine (no answer in time) from a lost one (none running)."""
         self.esrgan = esrgan
         self._runs = {engine: handle.options(stream=True) for engine, handle in runs.items()}
         self._statuses = dict(statuses)
@@ -108,8 +111,10 @@ class EngineGateway:
         self._gpu_node_start_s = gpu_node_start_s
         self._local_models = local_models
         self.cluster = cluster or ClusterView(serve_replica_counts, node_resources)
+        self._status_deployments = dict(status_deployments or {})
         self._status: dict[Engine, _Cached[EngineStatus]] = {}
         self._models: _Cached[ModelList] | None = None
+        self._first_models: asyncio.Task[ModelList] | None = None
 
     def run(self, spec: JobSpec, data: bytes | None = None) -> AsyncIterator[JobEvent]:
         return self._runs[spec.engine].run.remote(spec, data)
@@ -124,10 +129,35 @@ class EngineGateway:
                                        time.monotonic())
             return self._models.value
         if self._models is None:
-            self._models = _Cached(await self.esrgan.list_models.remote(), time.monotonic())
-        elif time.monotonic() - self._models.at > MODELS_FRESH_S:
+            return await self._first_list()
+        if time.monotonic() - self._models.at > MODELS_FRESH_S:
             self._refresh_models()
         return self._models.value
+
+    async def _first_list(self) -> ModelList:
+        """This replica's first list: ESRGAN's, unless every slot it has holds image work for
+        longer than a status question may wait. Then this node's list answers meanwhile (as
+        while ESRGAN is at zero) and ESRGAN's replaces it when it comes, so no upload waits
+        behind another job for its model check."""
+        if self._first_models is None:
+            self._first_models = asyncio.get_running_loop().create_task(self._ask_models())
+            # Its failure is the waiting questions' to raise; one nobody waits for is dropped.
+            self._first_models.add_done_callback(lambda t: t.cancelled() or t.exception())
+        asked = self._first_models
+        if self._local_models is None:
+            return await asyncio.shield(asked)
+        try:
+            return await asyncio.wait_for(asyncio.shield(asked), STATUS_TIMEOUT_S)
+        except TimeoutError:
+            return await asyncio.to_thread(self._local_models.list_models)
+
+    async def _ask_models(self) -> ModelList:
+        try:
+            models = await self.esrgan.list_models.remote()
+        finally:
+            self._first_models = None  # asked again by the next question if this failed
+        self._models = _Cached(models, time.monotonic())
+        return models
 
     async def _esrgan_at_zero(self) -> bool:
         """Before a model question would go to ESRGAN: whether it has no replica to answer
@@ -210,16 +240,17 @@ class EngineGateway:
 
     async def _ask_status(self, engine: Engine) -> EngineStatus:
         """Ask the deployment. No answer in time from a live replica means every slot holds
-        image work: its last answer, marked busy. A dead replica is an error until Serve has
-        replaced it."""
+        image work: its last answer, marked busy. A dead replica, or none running, is an
+        error until Serve has replaced it."""
         last = self._status.get(engine)
         try:
             status: EngineStatus = await asyncio.wait_for(
                 self._statuses[engine].status.remote(), STATUS_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - busy or down: report it, never fail health
             cause = unwrap(exc)
-            if last is not None and last.value.answered and not isinstance(
-                    cause, RayActorError):
+            if (last is not None and last.value.answered
+                    and not isinstance(cause, RayActorError)
+                    and await self._has_replica(engine) is not False):
                 status = last.value.model_copy(update={"state": "busy"})
             else:
                 status = EngineStatus(installed=False,
@@ -228,6 +259,17 @@ class EngineGateway:
                                       "answering yet; retry shortly")
         self._status[engine] = _Cached(status, time.monotonic())
         return status
+
+    async def _has_replica(self, engine: Engine) -> bool | None:
+        """Whether Serve counts a running replica of the engine's deployment now (None: it
+        cannot say). A lost node's replica is gone from the count once Serve's controller
+        sees it dead; the router then holds the question rather than failing it, so the
+        count, not the error, tells a lost engine from a busy one."""
+        deployment = self._status_deployments.get(engine)
+        if deployment is None:
+            return None
+        running = await self.running_replicas(deployment, fresh=True)
+        return None if running is None else running > 0
 
     def device(self, engine: Engine) -> str | None:
         """The device an engine last said it runs on (None before it answered)."""

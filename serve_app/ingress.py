@@ -54,7 +54,8 @@ def engine_gateway(settings: Settings, handles: Mapping[str, Any]) -> EngineGate
         {spec.engine: handles[spec.status] for spec in ENGINES},
         {spec.engine: spec.scales_to_zero for spec in ENGINES if spec.engine in placements
          and spec.scales_to_zero}, placements=placements,
-        gpu_node_start_s=settings.gpu_node_start_s, local_models=ModelQuestions(settings))
+        gpu_node_start_s=settings.gpu_node_start_s, local_models=ModelQuestions(settings),
+        status_deployments={spec.engine: spec.status for spec in ENGINES})
 
 
 def build_services(settings: Settings, handles: Mapping[str, Any]) -> Services:
