@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +17,6 @@ from upscaler_client.core import (
     STREAM_ERRORS,
     CloseEvents,
     Core,
-    Download,
     Flow,
     NextEvent,
     OpenEvents,
@@ -27,15 +25,10 @@ from upscaler_client.core import (
     Sleep,
     Source,
 )
+from upscaler_client.downloads import Download
 from upscaler_client.models import Job, UpscaleResult
 
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
-CHUNK = 1024 * 1024
-
-
-def _temp_beside(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
 
 
 class _Base:
@@ -167,18 +160,21 @@ class Client(_Base):
             events[0].close()
 
     def _download(self, step: Download) -> tuple[httpx.Response, bytes | None]:
-        with self._http.stream(step.request.method, step.request.url) as response:
-            if response.status_code != 200 or step.path is None:
+        with self._http.stream("GET", step.url, headers=step.headers()) as response:
+            if step.path is None or response.status_code not in (200, 206):
                 return response, response.read()
-            fd, tmp = _temp_beside(step.path)
             try:
-                with os.fdopen(fd, "wb") as f:
-                    for chunk in response.iter_bytes(CHUNK):
+                # Chunks as they arrive: a chunk size would hold back what came before a break.
+                with step.open_part(response) as f:
+                    for chunk in response.iter_bytes():
                         f.write(chunk)
-                os.replace(tmp, step.path)
+                        step.wrote(len(chunk))
+            except httpx.TransportError:
+                raise  # the part stays: the core goes on from it
             except BaseException:
-                Path(tmp).unlink(missing_ok=True)
+                step.discard()
                 raise
+            step.finish()
             return response, None
 
 
@@ -287,17 +283,19 @@ class AsyncClient(_Base):
             await events[0].aclose()
 
     async def _download(self, step: Download) -> tuple[httpx.Response, bytes | None]:
-        async with self._http.stream(step.request.method, step.request.url) as response:
-            if response.status_code != 200 or step.path is None:
+        async with self._http.stream("GET", step.url, headers=step.headers()) as response:
+            if step.path is None or response.status_code not in (200, 206):
                 return response, await response.aread()
-            fd, tmp = _temp_beside(step.path)
             try:
-                with os.fdopen(fd, "wb") as f:
-                    async for chunk in response.aiter_bytes(CHUNK):
+                with step.open_part(response) as f:
+                    async for chunk in response.aiter_bytes():
                         f.write(chunk)
-                os.replace(tmp, step.path)
+                        step.wrote(len(chunk))
+            except httpx.TransportError:
+                raise  # the part stays: the core goes on from it
             except BaseException:
-                Path(tmp).unlink(missing_ok=True)
+                step.discard()
                 raise
+            step.finish()
             return response, None
 

@@ -28,6 +28,7 @@ from typing import IO, Any
 import httpx
 from httpx_sse import ServerSentEvent, SSEError
 
+from upscaler_client.downloads import Download
 from upscaler_client.errors import (
     ConnectionFailed,
     JobCancelled,
@@ -77,15 +78,6 @@ class NextEvent:
 @dataclass
 class CloseEvents:
     pass
-
-
-@dataclass
-class Download:
-    """GET a result; answer: (response, bytes or None). With ``path`` the body is streamed into
-    that file (through a temporary file beside it, so no half-written result is left)."""
-
-    request: Send
-    path: Path | None
 
 
 STREAM_ERRORS = (httpx.TransportError, SSEError)
@@ -311,26 +303,37 @@ class Core:
     def download(self, job: Job, output: str | os.PathLike | None = None,
                  source_name: str = "image") -> Generator[Any, Any, tuple[bytes | None,
                                                                           Path | None]]:
-        """The result as bytes, or written to ``output`` (a file, or a folder)."""
+        """The result as bytes, or written to ``output`` (a file, or a folder); a download
+        into a file that breaks off goes on from where it stopped (downloads.py)."""
         if not job.output_url:
             raise JobFailed(job)
         path = output_path(output, job, source_name) if output is not None else None
-        attempt = 0
+        attempt, partial = 0, None
         while True:
+            step = Download(job.output_url, path, partial)
+            went_on_from = partial.size if partial else 0
             try:
-                response, data = yield Download(Send("GET", job.output_url), path)
-                delay = self._retry_delay(response, attempt)
+                response, data = yield step
             except httpx.TransportError as exc:
+                partial = step.resumable()
+                if partial is not None and partial.size > went_on_from:
+                    attempt = 0  # it got further: a flaky link, not a dead one
                 if attempt >= self.max_retries:
+                    step.discard()
                     raise ConnectionFailed(f"GET {self.base_url}{job.output_url}: "
                                            f"{exc!r}") from exc
                 delay = backoff(attempt)
             else:
-                if delay is None:
+                partial = step.partial
+                if response.status_code == 416 and partial is not None:
+                    step.discard()  # the part is no longer a start of the result: anew
+                    partial, delay = None, 0.0
+                elif (delay := self._retry_delay(response, attempt)) is None:
                     break
             attempt += 1
             yield Sleep(delay)
-        if response.status_code != 200:
+        if response.status_code not in (200, 206):
+            step.discard()
             raise error_for(response)
         return data, path
 
