@@ -18,8 +18,11 @@ from upscaler.compute.canvas import OutputImage
 from upscaler.compute.encode import encode_image
 from upscaler.compute.encode_options import EncodeOptions
 from upscaler.compute.images import decode_image
+from upscaler.compute.metadata import output_metadata
+from upscaler.compute.tiff_metadata import add_tiff_metadata
 
 SIZE = (96, 64)
+TAKEN = "2026:01:02 03:04:05"  # the camera EXIF's DateTimeOriginal (helpers/print_files.py)
 
 
 @pytest.fixture
@@ -90,3 +93,48 @@ def test_streamed_tiff_compression(streamed, tmp_path, name, code):
     data = _written(tmp_path, _decoded(), "tiff", tiff_compression=name)
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         assert tif.pages[0].compression == code
+
+
+def _same_metadata(data: bytes, ref: bytes) -> None:
+    """EXIF (IFD0, the EXIF IFD), XMP and IPTC of ``data`` are ``ref``'s, read by Pillow and
+    tifffile."""
+    out, want = Image.open(io.BytesIO(data)), Image.open(io.BytesIO(ref))
+    assert out.getexif().get_ifd(0x8769) == want.getexif().get_ifd(0x8769) != {}
+    assert out.getexif()[0x8298] == want.getexif()[0x8298]
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        tags = tif.pages[0].tags
+        assert bytes(tags[33723].value) == IPTC and XMP[:40] in bytes(tags[700].value)
+        # The EXIF IFD, as tifffile reads it.
+        assert tags["ExifTag"].value["DateTimeOriginal"] == TAKEN
+
+
+def test_a_bigtiff_carries_the_same_metadata(streamed, tmp_path, monkeypatch):
+    """Past 4 GB the streamed TIFF is a BigTIFF (forced here for a small photo): EXIF, XMP
+    and IPTC are written into it as into a classic one."""
+    monkeypatch.setattr(writers, "_CLASSIC_TIFF_LIMIT", 0)
+    image = _decoded()
+    data = _written(tmp_path, image, "tiff")
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        assert tif.is_bigtiff
+        assert np.array_equal(tif.pages[0].asarray(), np.asarray(
+            Image.open(io.BytesIO(encode_image(image, "tiff", 300)))))
+    _same_metadata(data, encode_image(image, "tiff", 300))
+
+
+def test_metadata_past_4_gb_of_a_bigtiff_is_addressed_whole(tmp_path):
+    """The metadata goes at the end of the file, past 4 GB in a big print: its sub-IFD's
+    offset is a LONG8, read whole (a sparse file stands for the print's pixels)."""
+    image = _decoded()
+    path = tmp_path / "big.tiff"
+    tifffile.imwrite(path, image.rgb, bigtiff=True, photometric="rgb")
+    with open(path, "r+b") as f:
+        f.truncate(5 * 2**30)  # sparse: the pixels a 1.7 GP print would hold
+        meta = output_metadata(image.metadata, SIZE[1], SIZE[0], 300, keep_gps=False)
+        assert add_tiff_metadata(f, meta) and f.seek(0, 2) > 5 * 2**30
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        assert tags["ExifTag"].dtype == 16 and tags["ExifTag"].value["DateTimeOriginal"] == TAKEN
+        assert bytes(tags[33723].value) == IPTC and XMP[:40] in bytes(tags[700].value)
+        assert np.array_equal(tif.pages[0].asarray(), image.rgb)
+    with Image.open(path) as out:
+        assert out.getexif().get_ifd(0x8769)

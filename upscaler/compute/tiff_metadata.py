@@ -1,13 +1,15 @@
-"""EXIF, XMP and IPTC added to a classic TIFF after its writer (Pillow/libtiff or tifffile,
-neither of which writes EXIF sub-IFDs for every image kind) is done: the new tags and their
-data are appended, then a new first IFD (the old entries, whose offsets stay valid, plus the
-new ones) and the header pointed at it. The old first IFD stays behind, unreferenced (a few
-hundred bytes). Works on any seekable file, so a streamed output on disk is patched in place.
+"""EXIF, XMP and IPTC added to a TIFF after its writer (Pillow/libtiff or tifffile, neither of
+which writes EXIF sub-IFDs for every image kind) is done: the new tags and their data are
+appended, then a new first IFD (the old entries, whose offsets stay valid, plus the new ones)
+and the header pointed at it. The old first IFD stays behind, unreferenced (a few hundred
+bytes). Works on any seekable file, so a streamed output on disk is patched in place, classic
+TIFF or (little-endian, as tifffile writes it) BigTIFF past 4 GB.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from PIL import Image, TiffImagePlugin
@@ -21,24 +23,46 @@ from upscaler.compute.metadata import (
 )
 
 XMP_TAG, IPTC_TAG = 700, 33723
-_BYTE, _UNDEFINED = 1, 7
+_BYTE, _UNDEFINED, _LONG, _LONG8 = 1, 7, 4, 16
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a TIFF kind keeps its first IFD's offset, and its IFDs' field sizes."""
+
+    header: int  # bytes of header, the first IFD's offset last
+    count: str  # struct code of an IFD's entry count
+    offset: str  # of an offset (the first IFD's, the next IFD's, an entry's value)
+    entry: int  # bytes of an IFD entry
+    limit: int  # offsets it can address
+
+
+_CLASSIC = _Layout(8, "H", "I", 12, 2**32)
+_BIG = _Layout(16, "Q", "Q", 20, 2**64)
+_KINDS = {b"II*\x00": ("<", _CLASSIC), b"MM\x00*": (">", _CLASSIC),
+          # Pillow tells a BigTIFF IFD by the header's third byte: little-endian only.
+          b"II+\x00": ("<", _BIG)}
 
 
 def add_tiff_metadata(fp: BinaryIO, metadata: ImageMetadata) -> bool:
-    """Add ``metadata`` to the classic TIFF in ``fp`` (positioned anywhere); False, and nothing
-    written, for a BigTIFF or a file that is not a TIFF."""
+    """Add ``metadata`` to the TIFF in ``fp`` (positioned anywhere); False, and nothing
+    written, for a file that is not a TIFF this can patch (a big-endian BigTIFF)."""
     fp.seek(0)
-    head = fp.read(8)
-    if head[:4] not in (b"II*\x00", b"MM\x00*"):
+    head = fp.read(16)
+    if head[:4] not in _KINDS:
         return False
-    endian = "<" if head[:2] == b"II" else ">"
-    first = struct.unpack(endian + "I", head[4:8])[0]
+    endian, layout = _KINDS[head[:4]]
+    if layout is _BIG and head[4:8] != struct.pack(endian + "HH", 8, 0):
+        return False
+    head = head[:layout.header]
+    first = struct.unpack(endian + layout.offset, head[layout.header - struct.calcsize(
+        layout.offset):])[0]
     fp.seek(first)
-    (count,) = struct.unpack(endian + "H", fp.read(2))
-    old = fp.read(12 * count)
-    next_ifd = fp.read(4)
-    entries = {struct.unpack(endian + "H", old[i:i + 2])[0]: old[i:i + 12]
-               for i in range(0, len(old), 12)}
+    (count,) = struct.unpack(endian + layout.count, fp.read(struct.calcsize(layout.count)))
+    old = fp.read(layout.entry * count)
+    next_ifd = fp.read(struct.calcsize(layout.offset))
+    entries = {struct.unpack(endian + "H", old[i:i + 2])[0]: old[i:i + layout.entry]
+               for i in range(0, len(old), layout.entry)}
 
     new = TiffImagePlugin.ImageFileDirectory_v2(ifh=head)
     if metadata.exif:
@@ -64,16 +88,22 @@ def add_tiff_metadata(fp: BinaryIO, metadata: ImageMetadata) -> bool:
     # The new tags as an IFD of their own at ``at`` (never referenced): its entries then point
     # at their data right behind it, and are copied into the new first IFD as they are.
     blob = new.tobytes(at)
-    (added,) = struct.unpack(endian + "H", blob[:2])
+    counted = struct.calcsize(layout.count)
+    (added,) = struct.unpack(endian + layout.count, blob[:counted])
     for i in range(added):
-        entry = blob[2 + 12 * i:14 + 12 * i]
-        entries[struct.unpack(endian + "H", entry[:2])[0]] = entry
+        entry = blob[counted + layout.entry * i:counted + layout.entry * (i + 1)]
+        tag, kind = struct.unpack(endian + "HH", entry[:4])
+        if layout is _BIG and kind == _LONG and tag in (EXIF_IFD, GPS_IFD):
+            # Pillow types a sub-IFD's offset LONG, in an 8-byte field; past 4 GB a reader of
+            # a LONG would see its low half only. LONG8 reads the whole of it.
+            entry = entry[:2] + struct.pack(endian + "H", _LONG8) + entry[4:]
+        entries[tag] = entry
     ifd_at = at + len(blob) + len(blob) % 2
-    table = struct.pack(endian + "H", len(entries)) + b"".join(
+    table = struct.pack(endian + layout.count, len(entries)) + b"".join(
         entries[tag] for tag in sorted(entries)) + next_ifd
-    if ifd_at + len(table) >= 2**32:
+    if ifd_at + len(table) >= layout.limit:
         return False  # past classic TIFF's 4 GB of offsets
     fp.write(b"\x00" * (at - end) + blob + b"\x00" * (ifd_at - at - len(blob)) + table)
-    fp.seek(4)
-    fp.write(struct.pack(endian + "I", ifd_at))
+    fp.seek(layout.header - struct.calcsize(layout.offset))
+    fp.write(struct.pack(endian + layout.offset, ifd_at))
     return True

@@ -57,7 +57,7 @@ def write_output(image: OutputImage, fmt: str, path: Path, dpi: int,
         write_tiff_file(image, path, dpi, tiff_compression)
         if meta:
             with open(path, "r+b") as f:
-                add_tiff_metadata(f, meta)  # (a BigTIFF is left without: see its docstring)
+                add_tiff_metadata(f, meta)
     else:
         raise ValueError(f"no streamed writer for {fmt!r}")
     return path.stat().st_size
