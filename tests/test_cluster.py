@@ -169,9 +169,10 @@ def test_a_gpu_node_lost_mid_job(deployed):
     kept, computed = resumed["stats"]["tiles_resumed"], resumed["stats"]["tiles_computed"]
     assert 1 <= tiles_then < 64 and kept + computed == 64, resumed["stats"]  # each tile once
     if kept:  # a tile was on the lost replica: the run failed, the next took the stored ones
-        assert kept >= tiles_then and resumed["attempts"] == 2, resumed
+        assert kept >= tiles_then and resumed["resumes"] >= 1, resumed
     else:  # none was: the run's next tiles waited in Serve's queue for the new replica
-        assert resumed["attempts"] == 1, resumed
+        assert resumed["resumes"] == 0, resumed
+    assert resumed["attempts"] == 1, resumed  # a FLUX job resumes; it is never run anew
     assert deployed.stored("results") == sorted(f"results/{j}.png" for j in ended)
     for path, job_id in (("/esrgan", esrgan["jobId"]), ("/flux", flux["jobId"])):
         until(lambda p=path: rx.events(p), 30, f"no webhook at {path}")
