@@ -115,3 +115,18 @@ def test_the_async_client_resumes_too_and_gives_up_without_leaving_a_part(
         asyncio.run(download(dead, "b.png", max_retries=2))
     assert len(dead.seen) == 3 and not (tmp_path / "b.png").exists()
     assert not parts_beside(path)
+
+
+def test_a_download_stopped_while_it_waits_to_go_on_leaves_no_part(bare_app, done, tmp_path,
+                                                                   monkeypatch):
+    """Ctrl-C (or a timeout) during the backoff after a break: the part file goes too."""
+    job, _ = done
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("upscaler_client.client.time.sleep", interrupted)
+    with Client(str(bare_app.base_url), transport=Flaky(bare_app, breaks=1, keep=1000)
+                ) as client, pytest.raises(KeyboardInterrupt):
+        client.download(job, tmp_path / "print.png")
+    assert list(tmp_path.iterdir()) == []

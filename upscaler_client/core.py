@@ -331,7 +331,11 @@ class Core:
                 elif (delay := self._retry_delay(response, attempt)) is None:
                     break
             attempt += 1
-            yield Sleep(delay)
+            try:
+                yield Sleep(delay)
+            except BaseException:  # stopped while waiting to go on: no part is left behind
+                step.discard()
+                raise
         if response.status_code not in (200, 206):
             step.discard()
             raise error_for(response)
