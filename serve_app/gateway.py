@@ -114,7 +114,7 @@ class EngineGateway:
         self._status_deployments = dict(status_deployments or {})
         self._status: dict[Engine, _Cached[EngineStatus]] = {}
         self._models: _Cached[ModelList] | None = None
-        self._first_models: asyncio.Task[ModelList] | None = None
+        self._models_asked: asyncio.Task[ModelList] | None = None
 
     def run(self, spec: JobSpec, data: bytes | None = None) -> AsyncIterator[JobEvent]:
         return self._runs[spec.engine].run.remote(spec, data)
@@ -130,8 +130,8 @@ class EngineGateway:
             return self._models.value
         if self._models is None:
             return await self._first_list()
-        if time.monotonic() - self._models.at > MODELS_FRESH_S:
-            self._refresh_models()
+        if stale:
+            self._ask_models()  # in the background: the last list answers meanwhile
         return self._models.value
 
     async def _first_list(self) -> ModelList:
@@ -139,11 +139,7 @@ class EngineGateway:
         longer than a status question may wait. Then this node's list answers meanwhile (as
         while ESRGAN is at zero) and ESRGAN's replaces it when it comes, so no upload waits
         behind another job for its model check."""
-        if self._first_models is None:
-            self._first_models = asyncio.get_running_loop().create_task(self._ask_models())
-            # Its failure is the waiting questions' to raise; one nobody waits for is dropped.
-            self._first_models.add_done_callback(lambda t: t.cancelled() or t.exception())
-        asked = self._first_models
+        asked = self._ask_models()
         if self._local_models is None:
             return await asyncio.shield(asked)
         try:
@@ -151,30 +147,28 @@ class EngineGateway:
         except TimeoutError:
             return await asyncio.to_thread(self._local_models.list_models)
 
-    async def _ask_models(self) -> ModelList:
-        try:
-            models = await self.esrgan.list_models.remote()
-        finally:
-            self._first_models = None  # asked again by the next question if this failed
-        self._models = _Cached(models, time.monotonic())
-        return models
-
     async def _esrgan_at_zero(self) -> bool:
         """Before a model question would go to ESRGAN: whether it has no replica to answer
         (asking would start one, and its GPU node, and wait for them)."""
         return self._local_models is not None and await self.scaled_to_zero(Engine.esrgan,
                                                                              fresh=True)
 
-    def _refresh_models(self) -> None:
-        async def refresh() -> None:
-            assert self._models is not None
-            try:
-                self._models = _Cached(await self.esrgan.list_models.remote(), time.monotonic())
-            except Exception:  # noqa: BLE001 - keep what was known; asked again later
-                self._models.refreshing = None
+    def _ask_models(self) -> asyncio.Task[ModelList]:
+        """The one question for ESRGAN's list in flight (asked now if none is): its answer
+        replaces the list kept; its failure is raised to whoever awaits it, and a refresh
+        nobody awaits keeps the last list (asked again later)."""
+        if self._models_asked is None:
+            async def ask() -> ModelList:
+                try:
+                    models = await self.esrgan.list_models.remote()
+                finally:
+                    self._models_asked = None
+                self._models = _Cached(models, time.monotonic())
+                return models
 
-        if self._models is not None and self._models.refreshing is None:
-            self._models.refreshing = asyncio.get_running_loop().create_task(refresh())
+            self._models_asked = asyncio.get_running_loop().create_task(ask())
+            self._models_asked.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return self._models_asked
 
     async def model_info(self, name: str | None) -> ModelInfo:
         """The ESRGAN model ``name`` (None: the default). A name the list does not hold (new,
@@ -188,7 +182,7 @@ class EngineGateway:
             assert self._local_models is not None
             return await asyncio.to_thread(self._local_models.model_info, name)
         info = await self.esrgan.model_info.remote(name)
-        self._refresh_models()  # it exists after all: the list is behind
+        self._ask_models()  # it exists after all: the list is behind
         return info
 
     # --- status --------------------------------------------------------------------------
