@@ -308,15 +308,13 @@ class Core:
         if not job.output_url:
             raise JobFailed(job)
         path = output_path(output, job, source_name) if output is not None else None
-        attempt, partial = 0, None
+        step, attempt = Download(job.output_url, path), 0  # one step: its part is kept
         while True:
-            step = Download(job.output_url, path, partial)
-            went_on_from = partial.size if partial else 0
+            went_on_from = step.partial.size if step.partial else 0
             try:
                 response, data = yield step
             except httpx.TransportError as exc:
-                partial = step.resumable()
-                if partial is not None and partial.size > went_on_from:
+                if (partial := step.resumable()) is not None and partial.size > went_on_from:
                     attempt = 0  # it got further: a flaky link, not a dead one
                 if attempt >= self.max_retries:
                     step.discard()
@@ -324,10 +322,9 @@ class Core:
                                            f"{exc!r}") from exc
                 delay = backoff(attempt)
             else:
-                partial = step.partial
-                if response.status_code == 416 and partial is not None:
+                if response.status_code == 416 and step.partial is not None:
                     step.discard()  # the part is no longer a start of the result: anew
-                    partial, delay = None, 0.0
+                    delay = 0.0
                 elif (delay := self._retry_delay(response, attempt)) is None:
                     break
             attempt += 1

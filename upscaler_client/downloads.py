@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -31,12 +31,12 @@ class Partial:
 @dataclass
 class Download:
     """GET the result at ``url``; answer: (response, bytes or None). With ``path`` the body is
-    streamed into a part file beside it, then renamed to it; ``partial`` says where a resumed
-    download goes on, and the driver keeps it up to date as it writes."""
+    streamed into a part file beside it, then renamed to it. The same step is yielded again
+    for each try: ``partial`` says where it goes on, kept up to date as the driver writes."""
 
     url: str
     path: Path | None
-    partial: Partial | None = None
+    partial: Partial | None = field(default=None, init=False)
 
     def headers(self) -> dict[str, str]:
         if self.partial is None:
