@@ -30,15 +30,27 @@ _BYTE, _UNDEFINED, _LONG, _LONG8 = 1, 7, 4, 16
 class _Layout:
     """Where a TIFF kind keeps its first IFD's offset, and its IFDs' field sizes."""
 
-    header: int  # bytes of header, the first IFD's offset last
+    first_at: int  # where the header holds the first IFD's offset (the header's last field)
     count: str  # struct code of an IFD's entry count
     offset: str  # of an offset (the first IFD's, the next IFD's, an entry's value)
     entry: int  # bytes of an IFD entry
     limit: int  # offsets it can address
 
+    @property
+    def count_size(self) -> int:
+        return struct.calcsize(self.count)
 
-_CLASSIC = _Layout(8, "H", "I", 12, 2**32)
-_BIG = _Layout(16, "Q", "Q", 20, 2**64)
+    @property
+    def offset_size(self) -> int:
+        return struct.calcsize(self.offset)
+
+    @property
+    def header(self) -> int:
+        return self.first_at + self.offset_size
+
+
+_CLASSIC = _Layout(4, "H", "I", 12, 2**32)
+_BIG = _Layout(8, "Q", "Q", 20, 2**64)
 _KINDS = {b"II*\x00": ("<", _CLASSIC), b"MM\x00*": (">", _CLASSIC),
           # Pillow tells a BigTIFF IFD by the header's third byte: little-endian only.
           b"II+\x00": ("<", _BIG)}
@@ -55,12 +67,11 @@ def add_tiff_metadata(fp: BinaryIO, metadata: ImageMetadata) -> bool:
     if layout is _BIG and head[4:8] != struct.pack(endian + "HH", 8, 0):
         return False
     head = head[:layout.header]
-    first = struct.unpack(endian + layout.offset, head[layout.header - struct.calcsize(
-        layout.offset):])[0]
+    (first,) = struct.unpack(endian + layout.offset, head[layout.first_at:])
     fp.seek(first)
-    (count,) = struct.unpack(endian + layout.count, fp.read(struct.calcsize(layout.count)))
+    (count,) = struct.unpack(endian + layout.count, fp.read(layout.count_size))
     old = fp.read(layout.entry * count)
-    next_ifd = fp.read(struct.calcsize(layout.offset))
+    next_ifd = fp.read(layout.offset_size)
     entries = {struct.unpack(endian + "H", old[i:i + 2])[0]: old[i:i + layout.entry]
                for i in range(0, len(old), layout.entry)}
 
@@ -88,10 +99,10 @@ def add_tiff_metadata(fp: BinaryIO, metadata: ImageMetadata) -> bool:
     # The new tags as an IFD of their own at ``at`` (never referenced): its entries then point
     # at their data right behind it, and are copied into the new first IFD as they are.
     blob = new.tobytes(at)
-    counted = struct.calcsize(layout.count)
-    (added,) = struct.unpack(endian + layout.count, blob[:counted])
+    (added,) = struct.unpack(endian + layout.count, blob[:layout.count_size])
     for i in range(added):
-        entry = blob[counted + layout.entry * i:counted + layout.entry * (i + 1)]
+        at_entry = layout.count_size + layout.entry * i
+        entry = blob[at_entry:at_entry + layout.entry]
         tag, kind = struct.unpack(endian + "HH", entry[:4])
         if layout is _BIG and kind == _LONG and tag in (EXIF_IFD, GPS_IFD):
             # Pillow types a sub-IFD's offset LONG, in an 8-byte field; past 4 GB a reader of
@@ -102,8 +113,8 @@ def add_tiff_metadata(fp: BinaryIO, metadata: ImageMetadata) -> bool:
     table = struct.pack(endian + layout.count, len(entries)) + b"".join(
         entries[tag] for tag in sorted(entries)) + next_ifd
     if ifd_at + len(table) >= layout.limit:
-        return False  # past classic TIFF's 4 GB of offsets
+        return False  # past what its offsets address (classic TIFF: 4 GB)
     fp.write(b"\x00" * (at - end) + blob + b"\x00" * (ifd_at - at - len(blob)) + table)
-    fp.seek(layout.header - struct.calcsize(layout.offset))
+    fp.seek(layout.first_at)
     fp.write(struct.pack(endian + layout.offset, ifd_at))
     return True
