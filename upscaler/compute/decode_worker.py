@@ -149,8 +149,9 @@ def _read_exact(stream: IO[bytes], n: int) -> bytes | None:
 
 def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     """A worker's loop: one check decode per request, until the parent closes the pipe."""
-    import imagecodecs  # noqa: F401 - the decoders' imports (16-bit, streamed): once, not
-    import pyvips  # noqa: F401 - in a decode
+    # The decoders' imports (16-bit, streamed): once here, not inside a decode's time limit.
+    import imagecodecs  # noqa: F401
+    import pyvips  # noqa: F401
     import tifffile  # noqa: F401
 
     from upscaler.compute.memory import trim_heap
